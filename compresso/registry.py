@@ -68,8 +68,8 @@ def discover() -> dict[str, StrategyEntry]:
                                 f"but it is registered as {ep.name!r}")
             entry.cls = cls
         except Exception as exc:
-            last = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-            where = f" ({last.filename}:{last.lineno})" if last else ""
+            frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
+            where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
             entry.error = f"{type(exc).__name__}: {exc}{where}"
         found[ep.name] = entry
     return found

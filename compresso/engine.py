@@ -1,0 +1,377 @@
+"""Runs a recipe: stages in order, each on the previous stage's output.
+
+Every stage writes ``output_dir/NN-name/`` atomically: it is built in ``.tmp-NN-name`` and
+renamed into place only when complete, so a folder that exists is a finished stage. A stage is
+skipped when its ``stage.json`` carries the same content key (input key + strategy + version +
+params + teachers + seed); a stage that was interrupted resumes from its checkpoints in
+``.work/NN-name`` (strategies that checkpoint read them from ``ctx.work_dir``).
+The engine knows nothing about any particular strategy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from compresso import registry
+from compresso.models import check_available, is_local, load_bundle, save_bundle
+from compresso.recipe import LoadedRecipe, Recipe
+from compresso.strategy import BUNDLE_META, CompressionStrategy, ModelBundle, RunContext, TeacherRef, write_json
+
+
+class RunError(Exception):
+    """The run cannot start as asked (nothing to resume, unknown --from-stage, ...)."""
+
+
+@dataclass
+class StageOutcome:
+    index: int
+    dirname: str
+    strategy: str
+    status: str  # "ran" | "skipped"
+    seconds: float
+    path: Path
+    key: str
+    metrics: dict = field(default_factory=dict)
+    parameters: int | None = None
+    size_bytes: int | None = None
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    stages: list[StageOutcome]
+    evaluation: dict | None = None
+    seconds: float = 0.0
+
+
+def select_device(spec: str, local_rank: int = 0) -> torch.device:
+    if spec == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"device {spec!r} asked for, but torch sees no CUDA device "
+                       f"(torch {torch.__version__}); use device: cpu or auto")
+    return torch.device(spec)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _sha(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def model_fingerprint(ref: str, revision: str | None) -> dict:
+    """Identity of a model reference: a local folder by its files' sizes and mtimes, a hub id by revision."""
+    if is_local(ref):
+        root = Path(ref).expanduser()
+        files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
+                       for p in root.rglob("*") if p.is_file())
+        return {"path": str(root.resolve()), "files": _sha(files)}
+    return {"hub": ref, "revision": revision or "main"}
+
+
+def folder_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def parameter_count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def package_versions(extra_distributions: set[str]) -> dict[str, str]:
+    out = {}
+    for name in sorted({"compresso", "torch", "transformers", "tokenizers", "safetensors"} | extra_distributions):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        return subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=5, check=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def initial_bundle(recipe: Recipe, seed: int) -> ModelBundle:
+    ref, revision = recipe.student_ref()
+    bundle = load_bundle(ref, revision=revision, trust_remote_code=recipe.trust_remote_code)
+    if recipe.student.config:
+        # A student of a given shape with fresh weights (e.g. an undistilled baseline).
+        config = bundle.model.config
+        for key, value in recipe.student.config.items():
+            if not hasattr(config, key):
+                raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
+            setattr(config, key, value)
+        torch.manual_seed(seed)
+        bundle.model = type(bundle.model)(config)
+        bundle.lineage = bundle.lineage + [{"random_init": True, "config": recipe.student.config}]
+    return bundle
+
+
+def save_any(bundle: ModelBundle, path: Path) -> None:
+    if bundle.format == "transformers":
+        save_bundle(bundle, path)
+    else:
+        registry.get(bundle.format).save(bundle, path)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Put a finished folder in place; the previous one goes only after the new one is there."""
+    old = final.with_name(f".old-{final.name}")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _init_distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+class Runner:
+    """One run of one recipe. Build it, call ``preflight()`` (no side effects), then ``run()``."""
+
+    def __init__(self, loaded: LoadedRecipe, output_dir: str | Path | None = None, device: str | None = None,
+                 force: bool = False, resume: bool = False, from_stage: str | None = None,
+                 console: Console | None = None):
+        self.loaded = loaded
+        self.recipe = loaded.recipe
+        self.out = Path(output_dir or self.recipe.output_dir)
+        self.force, self.resume, self.from_stage = force, resume, from_stage
+        self.console = console or Console()
+        self.rank, self.world_size, local_rank = _init_distributed()
+        self.device = select_device(device or self.recipe.device, local_rank)
+        self.teachers = {t.name: TeacherRef(t.name, t.model, t.revision, self.recipe.trust_remote_code)
+                         for t in self.recipe.teachers}
+        self.strategies: list[CompressionStrategy] = []
+        for stage in self.recipe.stages:
+            cls = registry.get(stage.strategy)
+            self.strategies.append(cls(cls.Params.model_validate(stage.params)))
+        self.first_forced = self._first_forced_stage()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _first_forced_stage(self) -> int | None:
+        if self.force:
+            return 0
+        if self.from_stage is None:
+            return None
+        for i, stage in enumerate(self.recipe.stages):
+            if self.from_stage in (self.recipe.stage_dirname(i), stage.name, stage.strategy):
+                return i
+        names = [self.recipe.stage_dirname(i) for i in range(len(self.recipe.stages))]
+        raise RunError(f"--from-stage {self.from_stage!r} matches no stage; stages: {', '.join(names)}")
+
+    def _context(self, index: int) -> RunContext:
+        dirname = self.recipe.stage_dirname(index)
+        return RunContext(stage_dir=self.out / f".tmp-{dirname}", work_dir=self.out / ".work" / dirname,
+                          device=self.device, seed=self.recipe.seed, teachers=self.teachers,
+                          base_dir=Path.cwd(), console=self.console, rank=self.rank,
+                          world_size=self.world_size)
+
+    def preflight(self) -> None:
+        """Everything that can fail before work starts: models reachable, strategies' own checks."""
+        if self.resume and not (self.out / "run.json").is_file():
+            raise RunError(f"--resume: {self.out} holds no run (no run.json); run without --resume to start one")
+        for t in self.recipe.teachers:
+            check_available(t.model, t.revision, self.recipe.trust_remote_code)
+        ref, revision = self.recipe.student_ref()
+        check_available(ref, revision, self.recipe.trust_remote_code)
+        for i, strategy in enumerate(self.strategies):
+            strategy.preflight(self._context(i))
+
+    def _stage_key(self, index: int, input_key: str) -> str:
+        stage, strategy = self.recipe.stages[index], self.strategies[index]
+        entry = registry.discover()[stage.strategy]
+        return _sha({
+            "input": input_key, "strategy": stage.strategy, "version": entry.version,
+            "params": strategy.params.model_dump(mode="json"), "seed": self.recipe.seed,
+            "teachers": {t.name: model_fingerprint(t.model, t.revision) for t in self.recipe.teachers},
+        })
+
+    def _manifest(self, status: str, started: float, outcomes: list[StageOutcome], error: str | None = None,
+                  evaluation: dict | None = None) -> dict:
+        dists = {registry.discover()[s.strategy].distribution for s in self.recipe.stages}
+        return {
+            "recipe": str(self.loaded.path), "name": self.recipe.name, "resolved_recipe": self.loaded.raw,
+            "status": status, "error": error, "seed": self.recipe.seed,
+            "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})"
+                                          if self.device.type == "cuda" else ""),
+            "world_size": self.world_size,
+            "started": datetime.fromtimestamp(started, timezone.utc).isoformat(),
+            "seconds": round(time.time() - started, 2),
+            "versions": package_versions(dists), "git_commit": git_commit(),
+            "python": platform.python_version(), "host": platform.node(),
+            "stages": [{"stage": o.dirname, "strategy": o.strategy, "status": o.status, "seconds": round(o.seconds, 2),
+                        "key": o.key, "parameters": o.parameters, "size_bytes": o.size_bytes} for o in outcomes],
+            "evaluation": evaluation,
+        }
+
+    def run(self) -> RunResult:
+        started = time.time()
+        outcomes: list[StageOutcome] = []
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_json(self.out / "run.json", self._manifest("running", started, outcomes))
+        try:
+            result = self._run_stages(started, outcomes)
+        except BaseException as exc:
+            if self.is_main:
+                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+                write_json(self.out / "run.json", self._manifest(
+                    status, started, outcomes, error="".join(traceback.format_exception_only(exc)).strip()))
+            raise
+        return result
+
+    def _run_stages(self, started: float, outcomes: list[StageOutcome]) -> RunResult:
+        ref, revision = self.recipe.student_ref()
+        input_key = _sha({"student": model_fingerprint(ref, revision), "config": self.recipe.student.config,
+                          "seed": self.recipe.seed})
+        bundle: ModelBundle | None = None
+        bundle_path: Path | None = None  # where to load the input from when a stage was skipped
+        for i, stage in enumerate(self.recipe.stages):
+            dirname = self.recipe.stage_dirname(i)
+            final = self.out / dirname
+            key = self._stage_key(i, input_key)
+            forced = self.first_forced is not None and i >= self.first_forced
+            done = final / "stage.json"
+            if not forced and done.is_file() and json.loads(done.read_text()).get("key") == key:
+                info = json.loads(done.read_text())
+                outcomes.append(StageOutcome(i, dirname, stage.strategy, "skipped", 0.0, final, key,
+                                             info.get("metrics", {}), info.get("model", {}).get("parameters"),
+                                             info.get("model", {}).get("size_bytes")))
+                self.console.print(f"[dim]stage {dirname}: unchanged since last run, skipped[/dim]")
+                bundle, bundle_path, input_key = None, final, key
+                continue
+            if bundle is None:
+                bundle = (load_bundle(bundle_path) if bundle_path is not None
+                          else initial_bundle(self.recipe, self.recipe.seed))
+            outcome, bundle = self._run_stage(i, bundle, key, forced)
+            outcomes.append(outcome)
+            bundle_path, input_key = final, key
+            if self.is_main:
+                write_json(self.out / "run.json", self._manifest("running", started, outcomes))
+
+        evaluation = self._evaluate(outcomes) if self.recipe.evaluate is not None else None
+        result = RunResult(self.out, outcomes, evaluation, time.time() - started)
+        if self.is_main:
+            write_json(self.out / "run.json", self._manifest("finished", started, outcomes, evaluation=evaluation))
+        return result
+
+    def _run_stage(self, index: int, bundle: ModelBundle, key: str, forced: bool) -> tuple[StageOutcome, ModelBundle]:
+        stage, strategy = self.recipe.stages[index], self.strategies[index]
+        dirname = self.recipe.stage_dirname(index)
+        ctx = self._context(index)
+        if self.is_main:
+            if ctx.stage_dir.exists():
+                shutil.rmtree(ctx.stage_dir)  # leftovers of an interrupted attempt
+            if forced and ctx.work_dir.exists():
+                shutil.rmtree(ctx.work_dir)  # --force / --from-stage: no resuming from old checkpoints
+            ctx.stage_dir.mkdir(parents=True)
+            ctx.work_dir.mkdir(parents=True, exist_ok=True)
+        _barrier(self.world_size)
+        self.console.rule(f"stage {dirname} · {stage.strategy}")
+        seed_everything(self.recipe.seed + index)
+        t0 = time.time()
+        input_lineage = list(bundle.lineage)
+        new = strategy.apply(bundle, ctx)
+        seconds = time.time() - t0
+        entry = registry.discover()[stage.strategy]
+        new.lineage = input_lineage + [{"stage": dirname, "strategy": stage.strategy, "version": entry.version,
+                                        "params": strategy.params.model_dump(mode="json"), "key": key}]
+        params = parameter_count(new.model)
+        size = None
+        if self.is_main:
+            save_any(new, ctx.stage_dir)
+            size = sum(p.stat().st_size for p in ctx.stage_dir.glob("*.safetensors"))
+            write_json(ctx.stage_dir / "stage.json", {
+                "stage": dirname, "strategy": stage.strategy, "distribution": entry.distribution,
+                "version": entry.version, "params": strategy.params.model_dump(mode="json"), "key": key,
+                "input": input_lineage[-1] if input_lineage else None, "seconds": round(seconds, 2),
+                "finished": datetime.now(timezone.utc).isoformat(), "metrics": ctx.metrics,
+                "model": {"format": new.format, "parameters": params, "size_bytes": size,
+                          "class": type(new.model).__name__},
+            })
+            _replace_dir(ctx.stage_dir, self.out / dirname)
+            shutil.rmtree(ctx.work_dir, ignore_errors=True)
+        _barrier(self.world_size)
+        return (StageOutcome(index, dirname, stage.strategy, "ran", seconds, self.out / dirname, key,
+                             dict(ctx.metrics), params, size), new)
+
+    def _evaluate(self, outcomes: list[StageOutcome]) -> dict | None:
+        from compresso.evaluation import EvalModel, evaluate_models
+
+        if not self.is_main:
+            return None
+        models = [EvalModel(name=t.name, path=t.model, role="teacher", strategy=None, input_path=None, params=None)
+                  for t in self.recipe.teachers]
+        previous: str = self.recipe.student_ref()[0]
+        for o in outcomes:
+            models.append(EvalModel(name=o.dirname, path=str(o.path), role="student", strategy=o.strategy,
+                                    input_path=previous, params=self.recipe.stages[o.index].params))
+            previous = str(o.path)
+        if not outcomes and not self.recipe.teacher(self.recipe.student.model):
+            # An evaluate-only recipe: score the student as given.
+            models.append(EvalModel(name="student", path=previous, role="student", strategy=None,
+                                    input_path=None, params=None))
+        self.console.rule("evaluation")
+        return evaluate_models(models, self.recipe.evaluate, self.recipe.report, self.out / "evaluation",
+                               self.device, self.recipe.seed, self.console)
+
+
+def summary_table(result: RunResult) -> Table:
+    table = Table(title=f"compresso run · {result.output_dir}", show_lines=False)
+    for col in ("stage", "strategy", "status", "time", "parameters", "size"):
+        table.add_column(col, justify="right" if col in ("time", "parameters", "size") else "left")
+    for o in result.stages:
+        table.add_row(o.dirname, o.strategy, o.status, f"{o.seconds:.1f}s" if o.status == "ran" else "-",
+                      f"{o.parameters / 1e6:.2f} M" if o.parameters else "-",
+                      f"{o.size_bytes / 2**20:.1f} MiB" if o.size_bytes else "-")
+    return table
+
+
+__all__ = ["Runner", "RunResult", "RunError", "StageOutcome", "summary_table", "BUNDLE_META"]
