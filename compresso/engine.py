@@ -51,6 +51,7 @@ class StageOutcome:
     metrics: dict = field(default_factory=dict)
     parameters: int | None = None
     size_bytes: int | None = None
+    input_path: str | None = None
 
 
 @dataclass
@@ -247,7 +248,8 @@ class Runner:
             "versions": package_versions(dists), "git_commit": git_commit(),
             "python": platform.python_version(), "host": platform.node(),
             "stages": [{"stage": o.dirname, "strategy": o.strategy, "status": o.status, "seconds": round(o.seconds, 2),
-                        "key": o.key, "parameters": o.parameters, "size_bytes": o.size_bytes} for o in outcomes],
+                        "input": o.input_path, "key": o.key, "parameters": o.parameters, "size_bytes": o.size_bytes}
+                       for o in outcomes],
             "evaluation": evaluation,
         }
 
@@ -267,32 +269,67 @@ class Runner:
             raise
         return result
 
+    def _stage_input(self, index: int, keys: list[str], student_key: str) -> tuple[str, str, str | None]:
+        """(kind, reference, key) of what stage ``index`` starts from.
+
+        kind is "stage" (reference: the stage's index as text), "teacher" (reference: its name) or
+        "student"."""
+        spec = self.recipe.stages[index].input
+        if spec is None:
+            return ("stage", str(index - 1), keys[index - 1]) if index > 0 else ("student", "student", student_key)
+        if spec == "student":
+            return "student", "student", student_key
+        source = self.recipe.stage_index(spec, before=index)
+        if source is not None:
+            return "stage", str(source), keys[source]
+        t = self.recipe.teacher(spec)
+        return "teacher", spec, _sha({"teacher": model_fingerprint(t.model, t.revision)})
+
+    def _input_path(self, kind: str, ref: str) -> str:
+        if kind == "stage":
+            return str(self.out / self.recipe.stage_dirname(int(ref)))
+        if kind == "teacher":
+            return self.recipe.teacher(ref).model
+        return self.recipe.student_ref()[0]
+
     def _run_stages(self, started: float, outcomes: list[StageOutcome]) -> RunResult:
         ref, revision = self.recipe.student_ref()
-        input_key = _sha({"student": model_fingerprint(ref, revision), "config": self.recipe.student.config,
-                          "seed": self.recipe.seed})
-        bundle: ModelBundle | None = None
-        bundle_path: Path | None = None  # where to load the input from when a stage was skipped
+        student_key = _sha({"student": model_fingerprint(ref, revision), "config": self.recipe.student.config,
+                            "seed": self.recipe.seed})
+        keys: list[str] = []
+        last: tuple[int, ModelBundle] | None = None  # the previous stage's output, still in memory
         for i, stage in enumerate(self.recipe.stages):
             dirname = self.recipe.stage_dirname(i)
             final = self.out / dirname
+            kind, source, input_key = self._stage_input(i, keys, student_key)
             key = self._stage_key(i, input_key)
+            keys.append(key)
             forced = self.first_forced is not None and i >= self.first_forced
             done = final / "stage.json"
             if not forced and done.is_file() and json.loads(done.read_text()).get("key") == key:
                 info = json.loads(done.read_text())
                 outcomes.append(StageOutcome(i, dirname, stage.strategy, "skipped", 0.0, final, key,
                                              info.get("metrics", {}), info.get("model", {}).get("parameters"),
-                                             info.get("model", {}).get("size_bytes")))
+                                             info.get("model", {}).get("size_bytes"),
+                                             self._input_path(kind, source)))
                 self.console.print(f"[dim]stage {dirname}: unchanged since last run, skipped[/dim]")
-                bundle, bundle_path, input_key = None, final, key
+                last = None
                 continue
-            if bundle is None:
-                bundle = (load_bundle(bundle_path) if bundle_path is not None
-                          else initial_bundle(self.recipe, self.recipe.seed))
-            outcome, bundle = self._run_stage(i, bundle, key, forced)
+            # Strategies may change their input in place, so an input other than the output just
+            # made is loaded afresh (never the cached teacher objects used for distillation).
+            if kind == "stage" and last is not None and last[0] == int(source):
+                bundle = last[1]
+            elif kind == "stage":
+                bundle = load_bundle(self._input_path(kind, source))
+            elif kind == "teacher":
+                t = self.recipe.teacher(source)
+                bundle = load_bundle(t.model, revision=t.revision, trust_remote_code=self.recipe.trust_remote_code)
+            else:
+                bundle = initial_bundle(self.recipe, self.recipe.seed)
+            outcome, new = self._run_stage(i, bundle, key, forced)
+            outcome.input_path = self._input_path(kind, source)
             outcomes.append(outcome)
-            bundle_path, input_key = final, key
+            last = (i, new)
             if self.is_main:
                 write_json(self.out / "run.json", self._manifest("running", started, outcomes))
 
@@ -349,15 +386,13 @@ class Runner:
             return None
         models = [EvalModel(name=t.name, path=t.model, role="teacher", strategy=None, input_path=None, params=None)
                   for t in self.recipe.teachers]
-        previous: str = self.recipe.student_ref()[0]
         for o in outcomes:
             models.append(EvalModel(name=o.dirname, path=str(o.path), role="student", strategy=o.strategy,
-                                    input_path=previous, params=self.recipe.stages[o.index].params))
-            previous = str(o.path)
+                                    input_path=o.input_path, params=self.recipe.stages[o.index].params))
         if not outcomes and not self.recipe.teacher(self.recipe.student.model):
             # An evaluate-only recipe: score the student as given.
-            models.append(EvalModel(name="student", path=previous, role="student", strategy=None,
-                                    input_path=None, params=None))
+            models.append(EvalModel(name="student", path=self.recipe.student_ref()[0], role="student",
+                                    strategy=None, input_path=None, params=None))
         self.console.rule("evaluation")
         return evaluate_models(models, self.recipe.evaluate, self.recipe.report, self.out / "evaluation",
                                self.device, self.recipe.seed, self.console)

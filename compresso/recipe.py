@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from compresso import registry
 
@@ -39,6 +39,9 @@ class StudentSpec(_Strict):
 class StageSpec(_Strict):
     strategy: str
     name: str | None = Field(None, description="Stage folder name; defaults to the strategy name.")
+    input: str | None = Field(
+        None, description="What this stage starts from: an earlier stage's name, a teacher's name, or "
+                          "'student' (the recipe's student). Default: the previous stage's output.")
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -69,6 +72,26 @@ class Recipe(_Strict):
         if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
             raise ValueError("expected auto, cpu, cuda or cuda:N")
         return v
+
+    @model_validator(mode="after")
+    def _stage_inputs(self):
+        seen: set[str] = set()
+        names = [t.name for t in self.teachers]
+        for i, stage in enumerate(self.stages):
+            if stage.input is not None and stage.input not in seen | set(names) | {"student"}:
+                raise ValueError(
+                    f"stages.{i}.input: {stage.input!r} is not an earlier stage ({', '.join(sorted(seen)) or 'none'}), "
+                    f"a teacher ({', '.join(names) or 'none'}) or 'student'")
+            seen |= {self.stage_dirname(i), stage.name or stage.strategy}
+        return self
+
+    def stage_index(self, name: str, before: int | None = None) -> int | None:
+        """The latest stage (before index ``before``) called ``name`` (NN-name, name or strategy)."""
+        for i in reversed(range(len(self.stages) if before is None else before)):
+            stage = self.stages[i]
+            if name in (self.stage_dirname(i), stage.name, stage.strategy):
+                return i
+        return None
 
     def teacher(self, name: str) -> TeacherSpec | None:
         return next((t for t in self.teachers if t.name == name), None)

@@ -196,3 +196,32 @@ def test_cli_unreachable_hub_model_fails_at_once_with_advice(tmp_path, site):
     assert "dumitrescustefan/bert-base-romanian-cased-v1" in result.stderr
     assert "local" in result.stderr and "path" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_stage_inputs_branch_from_teachers_and_earlier_stages(tmp_path, site):
+    model_dir = tiny_bert(tmp_path / "tiny", layers=4)
+    path = recipe_file(tmp_path, model_dir, stages=((3, False), (2, False)))
+    text = path.read_text() + ("  - strategy: keep_layers\n    name: from-teacher\n    input: t\n    params: {layers: 1}\n"
+                               "  - strategy: keep_layers\n    name: from-first\n    input: keep3\n    params: {layers: 3}\n")
+    path.write_text(text)
+    result = run(path)
+    out = tmp_path / "run"
+    layers = {o.dirname: AutoModelForMaskedLM.from_pretrained(out / o.dirname).config.num_hidden_layers
+              for o in result.stages}
+    assert layers == {"00-keep3": 3, "01-keep2": 2, "02-from-teacher": 1, "03-from-first": 3}
+    inputs = {s["stage"]: s["input"] for s in json.loads((out / "run.json").read_text())["stages"]}
+    assert inputs["02-from-teacher"] == str(model_dir) and inputs["03-from-first"] == str(out / "00-keep3")
+    # The teacher was not modified by the stages that started from it.
+    assert AutoModelForMaskedLM.from_pretrained(model_dir).config.num_hidden_layers == 4
+    # A second run skips everything, whatever the inputs.
+    assert {o.status for o in run(path).stages} == {"skipped"}
+
+
+def test_stage_input_must_exist_before_use(tmp_path, site):
+    from compresso.recipe import RecipeError
+
+    model_dir = tiny_bert(tmp_path / "tiny", layers=2)
+    path = recipe_file(tmp_path, model_dir, stages=((1, False),))
+    path.write_text(path.read_text().replace("    name: keep1\n", "    name: keep1\n    input: later\n"))
+    with pytest.raises(RecipeError, match="'later' is not an earlier stage"):
+        load_recipe(path)
