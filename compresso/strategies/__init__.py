@@ -1,0 +1,1 @@
+"""Built-in compression strategies (each registered through the ``compresso.strategies`` entry points)."""
