@@ -133,6 +133,8 @@ class VocabTrimStrategy(CompressionStrategy):
             trim_model(model, keep_ids)
         except TrimError as exc:
             raise StrategyError(f"vocab_trim: {exc}") from None
+        probe = next((text for text, ids in sample if kept_mask[ids].all()), None)
+        self._check_special_tokens(tokenizer, new_tokenizer, keep_ids, probe)
         verify = self._verify_tokenizer(new_tokenizer, sample, keep_ids, kept_mask, unk_id)
         max_diff = self._compare_logits(model, reference, keep_ids)
 
@@ -211,6 +213,23 @@ class VocabTrimStrategy(CompressionStrategy):
                 raise StrategyError(f"vocab_trim: {exc}") from None
             progress.update(task, completed=total)
         return counts, sample, docs, tokens
+
+    @staticmethod
+    def _check_special_tokens(old, new, keep_ids, probe: str | None) -> None:
+        """Some tokenizer classes rebuild themselves on load with fixed special ids; make sure the
+        reloaded one agrees with the renumbering, including the ids its post-processor adds."""
+        old_to_new = {o: n for n, o in enumerate(keep_ids)}
+        for token, old_id in zip(old.all_special_tokens, old.all_special_ids):
+            if new.convert_tokens_to_ids(token) != old_to_new[old_id]:
+                raise StrategyError(f"vocab_trim: {type(new).__name__} reloads {token!r} as id "
+                                    f"{new.convert_tokens_to_ids(token)}, expected {old_to_new[old_id]}; this "
+                                    f"tokenizer class cannot be trimmed safely")
+        if probe is not None:
+            old_ids = old(probe, add_special_tokens=True)["input_ids"]
+            if [old_to_new.get(i) for i in old_ids] != new(probe, add_special_tokens=True)["input_ids"]:
+                raise StrategyError(f"vocab_trim: the trimmed {type(new).__name__} encodes a covered document "
+                                    f"differently (special tokens included) than the original; cannot trim "
+                                    f"it safely")
 
     @staticmethod
     def _verify_tokenizer(tokenizer, sample, keep_ids, kept_mask, unk_id) -> dict:
