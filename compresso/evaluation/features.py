@@ -1,0 +1,151 @@
+"""Tokenised task examples and their batches: dynamic padding, length-grouped order.
+
+Tagging tasks label the first sub-token of each word and ignore the rest (-100); words the
+tokenizer truncated away (or turned into no token at all) are recorded, so that their prediction
+falls back to the training-label prior instead of silently vanishing from the score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from compresso.evaluation.data import Example
+from compresso.evaluation.tasks import TaskSpec
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[np.ndarray]
+    token_type_ids: list[np.ndarray] | None
+    labels: list[np.ndarray] | np.ndarray
+    """Tagging: one array per example aligned with its sub-tokens; otherwise one value each."""
+    word_pos: list[np.ndarray] | None
+    """Tagging: sub-token position of each word's first piece, -1 where the word has no token."""
+    lengths: np.ndarray
+    missing_words: int = 0
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def n_words(self) -> np.ndarray:
+        return np.array([len(p) for p in self.word_pos], dtype=np.int64)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Identity of a tokenizer's behaviour, so students sharing a teacher's tokenizer reuse its encodings."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        state = backend.to_str()
+    else:
+        state = repr(sorted(tokenizer.get_vocab().items())) + repr(type(tokenizer))
+    return hashlib.sha256(state.encode()).hexdigest()[:16]
+
+
+def encode(spec: TaskSpec, examples: list[Example], tokenizer, max_length: int,
+           label_index: dict[str, int] | None, chunk: int = 2000) -> Encoded:
+    input_ids: list[np.ndarray] = []
+    type_ids: list[np.ndarray] = []
+    labels: list = []
+    word_pos: list[np.ndarray] = []
+    missing = 0
+    for start in range(0, len(examples), chunk):
+        part = examples[start:start + chunk]
+        if spec.kind == "tagging":
+            if not getattr(tokenizer, "is_fast", False):
+                raise TypeError(f"{spec.title} needs a fast (Rust) tokenizer to align words and sub-tokens; "
+                                f"{type(tokenizer).__name__} is not one")
+            enc = tokenizer([ex.text for ex in part], is_split_into_words=True, truncation=True,
+                            max_length=max_length)
+        else:
+            texts = [ex.text for ex in part]
+            pairs = [ex.text_pair for ex in part]
+            enc = tokenizer(texts, pairs if any(p is not None for p in pairs) else None,
+                            truncation=True, max_length=max_length)
+        has_types = "token_type_ids" in enc
+        for i, ex in enumerate(part):
+            ids = np.asarray(enc["input_ids"][i], dtype=np.int64)
+            input_ids.append(ids)
+            if has_types:
+                type_ids.append(np.asarray(enc["token_type_ids"][i], dtype=np.int64))
+            if spec.kind == "tagging":
+                pos = np.full(len(ex.text), -1, dtype=np.int64)
+                token_labels = np.full(len(ids), IGNORE, dtype=np.int64)
+                previous = None
+                for j, w in enumerate(enc.word_ids(i)):
+                    if w is not None and w != previous:
+                        pos[w] = j
+                        token_labels[j] = label_index[ex.label[w]]
+                    previous = w
+                missing += int((pos < 0).sum())
+                word_pos.append(pos)
+                labels.append(token_labels)
+            elif spec.kind == "classification":
+                labels.append(label_index[ex.label])
+            else:
+                labels.append(float(ex.label))
+    if spec.kind == "classification":
+        labels = np.asarray(labels, dtype=np.int64)
+    elif spec.kind == "regression":
+        labels = np.asarray(labels, dtype=np.float32)
+    return Encoded(input_ids, type_ids or None, labels, word_pos if spec.kind == "tagging" else None,
+                   np.array([len(x) for x in input_ids], dtype=np.int64), missing)
+
+
+def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                           group: int = 50) -> list[np.ndarray]:
+    """Shuffled batches of similar lengths: shuffle, sort within windows of ``group`` batches,
+    cut, then shuffle the batch order (less padding, still random)."""
+    order = rng.permutation(len(lengths))
+    batches = []
+    window = batch_size * group
+    for start in range(0, len(order), window):
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Deterministic batches for inference, longest first (the first batch shows memory trouble early)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(enc: Encoded, idx: np.ndarray, pad_id: int, with_labels: bool, multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Pad a batch to its longest member (rounded up to ``multiple`` for tensor cores)."""
+    longest = int(enc.lengths[idx].max())
+    width = -(-longest // multiple) * multiple
+    n = len(idx)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    types = np.zeros((n, width), dtype=np.int64) if enc.token_type_ids is not None else None
+    token_labels = np.full((n, width), IGNORE, dtype=np.int64) if with_labels and enc.word_pos is not None else None
+    for row, i in enumerate(idx):
+        length = enc.lengths[i]
+        ids[row, :length] = enc.input_ids[i]
+        mask[row, :length] = 1
+        if types is not None:
+            types[row, :length] = enc.token_type_ids[i]
+        if token_labels is not None:
+            token_labels[row, :length] = enc.labels[i]
+    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if types is not None:
+        batch["token_type_ids"] = torch.from_numpy(types)
+    if with_labels:
+        if token_labels is not None:
+            batch["labels"] = torch.from_numpy(token_labels)
+        else:
+            batch["labels"] = torch.from_numpy(np.ascontiguousarray(enc.labels[idx]))
+    if enc.word_pos is not None:
+        # flat positions (row * width + column) of the words' first sub-tokens, for one gather
+        flat = [row * width + enc.word_pos[i][enc.word_pos[i] >= 0] for row, i in enumerate(idx)]
+        batch["word_index"] = torch.from_numpy(np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64))
+    return batch

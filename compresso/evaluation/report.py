@@ -1,0 +1,357 @@
+"""report.md, results.json and PNG plots from an evaluation's results.
+
+Every file is written under a temporary name in the output folder and renamed into place, so a
+reader never sees half a report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from compresso.evaluation.config import ReportConfig
+from compresso.evaluation.tasks import METRIC_TITLES
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _fmt(stat: dict | None, decimals: int) -> str:
+    if not stat:
+        return "–"
+    text = f"{stat['mean']:.{decimals}f}"
+    if stat.get("std") is not None:
+        text += f" ± {stat['std']:.{decimals}f}"
+    return text
+
+
+def _mib(n: int | None) -> str:
+    return f"{n / 2**20:.1f} MiB" if n else "–"
+
+
+def _ratio(x: float | None, suffix: str = "×") -> str:
+    return f"{x:.2f}{suffix}" if x else "–"
+
+
+def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    sep = ["---:" if a == "r" else ":---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _model_label(m: dict) -> str:
+    label = f"{m['name']}"
+    if m["role"] == "teacher":
+        label += " (teacher)"
+    elif m.get("strategy"):
+        label += f" ({m['strategy']})"
+    return label
+
+
+def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
+    d = cfg.decimals
+    tasks = results["tasks"]
+    models = results["models"]
+    scores = results["scores"]
+    seeds = results["seeds"]
+    env = results["environment"]
+    out = [f"# {results['title']}", ""]
+    out.append(f"{len(models)} model(s) × {len(tasks)} task(s) × {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) "
+               f"on {env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}; "
+               f"{results['created']}; wall time {results['seconds']:.0f} s. Scores are 0–100 on the test sets"
+               + (", mean ± sample std over seeds" if len(seeds) > 1 else "") + ".")
+    out.append("")
+    if results["errors"]:
+        out += ["**Failures** (cells left empty below):", ""]
+        out += [f"- {e['model']} · {e['task']} · seed {e['seed']}: `{e['error'][:300]}`" for e in results["errors"]]
+        out.append("")
+
+    # Paper-style table: one row per model, one column per task's headline metric.
+    out += ["## Scores", ""]
+    header = ["model"] + [f"{t['title']} ({METRIC_TITLES[t['headline']]})" for t in tasks.values()]
+    best = {}
+    for task, t in tasks.items():
+        vals = [scores[m["name"]][task]["metrics"][t["headline"]]["mean"]
+                for m in models if task in scores.get(m["name"], {})]
+        best[task] = max(vals) if vals else None
+    rows = []
+    for m in models:
+        row = [_model_label(m)]
+        for task, t in tasks.items():
+            entry = scores.get(m["name"], {}).get(task)
+            stat = entry["metrics"][t["headline"]] if entry else None
+            cell = _fmt(stat, d)
+            if stat and best[task] is not None and len(models) > 1 and stat["mean"] == best[task]:
+                cell = f"**{cell}**"
+            row.append(cell)
+        rows.append(row)
+    out += [_table(header, rows), ""]
+
+    # Every metric.
+    out += ["### All metrics", ""]
+    header, keys = ["model"], []
+    for task, t in tasks.items():
+        for metric in _metric_names(scores, task, t):
+            header.append(f"{t['title']} {METRIC_TITLES.get(metric, metric.replace('_', ' '))}")
+            keys.append((task, metric))
+    rows = [[m["name"]] + [_fmt(scores.get(m["name"], {}).get(task, {}).get("metrics", {}).get(metric), d)
+                           for task, metric in keys] for m in models]
+    out += [_table(header, rows), ""]
+
+    reapplied = [(m, task) for m in models for task in tasks if "input_metrics" in scores.get(m["name"], {}).get(task, {})]
+    if reapplied:
+        out += ["### Before and after re-applying a strategy to the fine-tuned model", "",
+                f"The input model is fine-tuned on the task, the strategy (e.g. INT8 quantization) is applied to "
+                f"that fine-tuned model, and both are scored on the test set.", ""]
+        rows = []
+        for m, task in reapplied:
+            t, e = tasks[task], scores[m["name"]][task]
+            before, after = e["input_metrics"][t["headline"]], e["metrics"][t["headline"]]
+            rows.append([m["name"], m["strategy"], f"{t['title']} {METRIC_TITLES[t['headline']]}",
+                         _fmt(before, d), _fmt(after, d), f"{after['mean'] - before['mean']:+.{d}f}"])
+        out += [_table(["model", "strategy", "metric", "before", "after", "Δ"], rows, list("lllrrr")), ""]
+
+    # Loyalty.
+    if results["loyalty"]:
+        out += ["## Loyalty", "",
+                "Each cell: label loyalty / probability loyalty (for STS: regression loyalty), in [0, 1]; "
+                "1 = the student predicts exactly what the reference predicts. Tagging tasks count words. "
+                "Definitions in docs/evaluation.md.", ""]
+        for (reference, relation), entries in _group_loyalty(results["loyalty"]).items():
+            title = f"### Loyalty to {reference}" + (" (teacher)" if relation == "teacher" else " (its input model)")
+            students = list(dict.fromkeys(e["student"] for e in entries))
+            rows = []
+            for s in students:
+                row = [s]
+                for task in tasks:
+                    e = next((x for x in entries if x["student"] == s and x["task"] == task), None)
+                    row.append(_loyalty_cell(e, d + 1))
+                rows.append(row)
+            out += [title, "", _table(["student"] + [t["title"] for t in tasks.values()], rows), ""]
+
+    # Efficiency.
+    eff = results.get("efficiency")
+    if eff:
+        ref = eff["reference"]
+        cfg_e = eff["config"]
+        out += ["## Efficiency", "",
+                f"Ratios are to {ref}{' (first teacher)' if eff['reference_is_teacher'] else ' (first model; no teacher given)'}: "
+                f"size ratios = model / reference, speed-ups = model speed / reference speed. Speed is the encoder "
+                f"alone on random ids: GPU at batch {cfg_e['gpu_batch_size']} × {cfg_e['gpu_seq_length']} in bf16, "
+                f"CPU at sequence {cfg_e['cpu_seq_length']} with {cfg_e['cpu_threads']} threads ({env['cpu']}). "
+                f"Size on disk counts the weight files as saved (dtype shown).", ""]
+        batches = [str(b) for b in cfg_e["cpu_batch_sizes"]]
+        header = ["model", "parameters", "× ref", "size on disk", "× ref", "dtype", "GPU seq/s", "speed-up"]
+        for b in batches:
+            header += [f"CPU ms (batch {b})", "speed-up"]
+        rows = []
+        for m in models:
+            e = eff["models"].get(m["name"])
+            if e is None:
+                continue
+            r = e.get("ratios", {})
+            gpu = f"{e['gpu_throughput']:.0f}" if e.get("gpu_throughput") else e.get("gpu_note", "–")
+            row = [m["name"], f"{e['parameters'] / 1e6:.2f} M" if e["parameters"] else "–", _ratio(r.get("parameters")),
+                   _mib(e["disk_bytes"]), _ratio(r.get("disk_bytes")), ", ".join(e["weights_dtypes"]) or "–",
+                   gpu, _ratio(r.get("gpu_speedup"))]
+            for b in batches:
+                ms = e["cpu_latency_ms"].get(b)
+                row += [f"{ms:.1f}" if ms else e.get("cpu_note", "–"), _ratio(r.get(f"cpu_speedup_b{b}"))]
+            rows.append(row)
+        out += [_table(header, rows, ["l"] + ["r"] * (len(header) - 1)), ""]
+        notes = [f"- {name}: {n}" for name, e in eff["models"].items() for n in e.get("notes", [])]
+        if notes:
+            out += notes + [""]
+
+    # Data and settings.
+    out += ["## Data", ""]
+    rows = []
+    for task, t in tasks.items():
+        s = t["sizes"]
+        rows.append([t["title"], t["dataset"], str(s["train"]), str(s["validation"]), str(s["test"]),
+                     str(t["classes"] or "regression 0–5"), "; ".join(t["notes"]) or "–"])
+    out += [_table(["task", "dataset", "train", "validation", "test", "classes", "notes"], rows,
+                   list("llrrrll")), ""]
+    sources = sorted({f"`{v}`" for t in tasks.values() for v in t["sources"].values() if v})
+    out += ["Files: " + ", ".join(sources), ""]
+
+    out += ["## Fine-tuning", "",
+            "AdamW, linear warm-up then linear decay, gradient clipping, best epoch on validation "
+            "(headline metric); bf16 autocast on GPU; dynamic padding with length-grouped batches.", ""]
+    rows = []
+    for task, t in tasks.items():
+        st = t.get("settings") or {}
+        epochs = "; ".join(f"{m['name']}: {', '.join(map(str, scores[m['name']][task]['best_epochs']))}"
+                           for m in models if task in scores.get(m["name"], {}))
+        rows.append([t["title"], f"{st.get('lr', 0):g}", str(st.get("epochs", "")), str(st.get("batch_size", "")),
+                     str(st.get("max_length", "")), f"{st.get('warmup_ratio', 0):g}", epochs or "–"])
+    out += [_table(["task", "lr", "epochs", "batch", "max length", "warm-up", "best epoch per model"], rows,
+                   list("lrrrrrl")), ""]
+
+    if plots:
+        out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    return "\n".join(out)
+
+
+def _metric_names(scores: dict, task: str, t: dict) -> list[str]:
+    for per_task in scores.values():
+        if task in per_task:
+            names = list(per_task[task]["metrics"])
+            return [n for n in t["metrics"]] + [n for n in names if n not in t["metrics"]]
+    return list(t["metrics"])
+
+
+def _group_loyalty(entries: list[dict]) -> dict[tuple, list[dict]]:
+    groups: dict[tuple, list[dict]] = {}
+    for e in entries:
+        groups.setdefault((e["reference"], e["relation"]), []).append(e)
+    return groups
+
+
+def _loyalty_cell(e: dict | None, decimals: int) -> str:
+    if e is None:
+        return "–"
+    if "regression" in e:
+        return _fmt(e["regression"], decimals)
+    return f"{_fmt(e['label'], decimals)} / {_fmt(e['probability'], decimals)}"
+
+
+# --- plots ---------------------------------------------------------------------------------------
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def plot_scores(results: dict, path: Path, dpi: int) -> bool:
+    import matplotlib.pyplot as plt
+
+    tasks, models, scores = results["tasks"], results["models"], results["scores"]
+    if not any(scores.get(m["name"]) for m in models):
+        return False
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tasks) * max(1, len(models)) / 3, 4.2))
+    width = 0.8 / max(1, len(models))
+    x = np.arange(len(tasks))
+    for i, m in enumerate(models):
+        means, stds = [], []
+        for task, t in tasks.items():
+            stat = scores.get(m["name"], {}).get(task, {}).get("metrics", {}).get(t["headline"])
+            means.append(stat["mean"] if stat else np.nan)
+            stds.append(stat["std"] or 0.0 if stat else 0.0)
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, means, width, yerr=stds if any(stds) else None,
+               label=m["name"], capsize=2)
+    ax.set_xticks(x, [f"{t['title']}\n{METRIC_TITLES[t['headline']]}" for t in tasks.values()], fontsize=8)
+    ax.set_ylabel("test score (0–100)")
+    lowest = np.nanmin([b.get_height() for b in ax.patches] + [0.0])
+    ax.set_ylim(min(0.0, lowest - 5), 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncol=min(len(models), 3), loc="lower right")
+    ax.set_title("Headline metric per task")
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return True
+
+
+def plot_loyalty(results: dict, path: Path, dpi: int) -> bool:
+    import matplotlib.pyplot as plt
+
+    groups = _group_loyalty(results["loyalty"])
+    if not groups:
+        return False
+    tasks = results["tasks"]
+    task_names = list(tasks)
+    students_all = [list(dict.fromkeys(e["student"] for e in entries)) for entries in groups.values()]
+    fig, axes = plt.subplots(1, len(groups), squeeze=False,
+                             figsize=(1.2 + 1.1 * len(task_names) * len(groups),
+                                      1.4 + 0.55 * max(len(s) for s in students_all)))
+    shown = [e["regression" if "regression" in e else "probability"]["mean"] for es in groups.values() for e in es]
+    vmin = max(0.0, np.floor((min(shown) - 0.02) * 20) / 20)  # colour range follows the data, in steps of 0.05
+    image = None
+    for ax, ((reference, relation), entries), students in zip(axes[0], groups.items(), students_all):
+        grid = np.full((len(students), len(task_names)), np.nan)
+        text = [["" for _ in task_names] for _ in students]
+        for e in entries:
+            r, c = students.index(e["student"]), task_names.index(e["task"])
+            if "regression" in e:
+                grid[r, c] = e["regression"]["mean"]
+                text[r][c] = f"R {e['regression']['mean']:.3f}"
+            else:
+                grid[r, c] = e["probability"]["mean"]
+                text[r][c] = f"L {e['label']['mean']:.3f}\nP {e['probability']['mean']:.3f}"
+        image = ax.imshow(grid, vmin=vmin, vmax=1.0, cmap="viridis", aspect="auto")
+        for r in range(len(students)):
+            for c in range(len(task_names)):
+                if text[r][c]:
+                    ax.text(c, r, text[r][c], ha="center", va="center", fontsize=7,
+                            color="white" if grid[r, c] < vmin + 0.6 * (1 - vmin) else "black")
+        ax.set_xticks(range(len(task_names)), [tasks[t]["title"] for t in task_names], fontsize=8)
+        ax.set_yticks(range(len(students)), students, fontsize=8)
+        ax.set_title(f"to {reference}" + (" (teacher)" if relation == "teacher" else " (input)"), fontsize=9)
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
+                 label="probability loyalty (STS: regression loyalty)")
+    fig.suptitle("Loyalty of students (L label, P probability, R regression)", fontsize=10, y=1.08)
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return True
+
+
+def plot_efficiency(results: dict, path: Path, dpi: int) -> bool:
+    import matplotlib.pyplot as plt
+
+    eff = results.get("efficiency")
+    if not eff:
+        return False
+    keys = [("parameters", "parameters"), ("disk_bytes", "size on disk"), ("gpu_speedup", "GPU speed-up")]
+    keys += [(f"cpu_speedup_b{b}", f"CPU speed-up (b={b})") for b in eff["config"]["cpu_batch_sizes"]]
+    names = [m["name"] for m in results["models"] if m["name"] in eff["models"]]
+    keys = [(k, label) for k, label in keys if any(eff["models"][n]["ratios"].get(k) for n in names)]
+    if not keys or len(names) < 2:
+        return False
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(keys) * len(names) / 3, 3.8))
+    width = 0.8 / len(names)
+    x = np.arange(len(keys))
+    for i, n in enumerate(names):
+        vals = [eff["models"][n]["ratios"].get(k) or np.nan for k, _ in keys]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, vals, width, label=n)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xticks(x, [label for _, label in keys], fontsize=8)
+    ax.set_ylabel(f"ratio to {eff['reference']}")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Size (model / reference) and speed-up (reference time / model time)")
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return True
+
+
+def write_outputs(results: dict, cfg: ReportConfig, out_dir: Path) -> None:
+    """Plots, results.json and report.md into ``out_dir``; records the file names in ``results``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = []
+    if cfg.plots:
+        for name, fn in (("scores.png", plot_scores), ("loyalty.png", plot_loyalty),
+                         ("efficiency.png", plot_efficiency)):
+            if fn(results, out_dir / name, cfg.plot_dpi):
+                plots.append(name)
+    results["outputs"] = {"plots": plots}
+    if "markdown" in cfg.formats:
+        results["outputs"]["report"] = "report.md"
+    if "json" in cfg.formats:
+        results["outputs"]["results"] = "results.json"
+        _atomic_write(out_dir / "results.json",
+                      json.dumps(results, indent=2, ensure_ascii=False, default=str) + "\n")
+    if "markdown" in cfg.formats:
+        _atomic_write(out_dir / "report.md", markdown(results, cfg, plots))

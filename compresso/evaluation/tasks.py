@@ -1,0 +1,180 @@
+"""The seven benchmark tasks: data, label sets, head, metrics and fine-tuning defaults.
+
+Defaults suit small BERTs (hidden 256, ~13 M parameters) as well as base-size ones: a higher
+learning rate than BERT-base fine-tuning usually takes, warm-up, and more epochs for the small
+tagging sets; the best epoch on validation is kept, so generous epoch counts cost time, not score.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from compresso.evaluation.config import EvaluateConfig, FinetuneOverrides
+from compresso.evaluation.data import (
+    DataError,
+    Example,
+    LOCAL_READERS,
+    RawSplits,
+    carve_validation,
+    fixed_subset,
+)
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    lr: float
+    epochs: int
+    batch_size: int
+    max_length: int
+    eval_batch_size: int = 256
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+
+    def with_overrides(self, *overrides: FinetuneOverrides | None) -> "FinetuneSettings":
+        out = self
+        for o in overrides:
+            if o is not None:
+                out = replace(out, **o.model_dump(exclude_none=True))
+        return out
+
+
+Kind = Literal["tagging", "classification", "regression"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    title: str
+    kind: Kind
+    dataset: str
+    headline: str
+    metrics: tuple[str, ...]
+    defaults: FinetuneSettings
+    value_range: tuple[float, float] | None = None  # regression targets
+
+
+TASKS: dict[str, TaskSpec] = {
+    "upos": TaskSpec("upos", "UPOS", "tagging", "ro_rrt", "macro_f1", ("macro_f1", "accuracy"),
+                     FinetuneSettings(lr=2e-4, epochs=12, batch_size=16, max_length=256)),
+    "xpos": TaskSpec("xpos", "XPOS", "tagging", "ro_rrt", "macro_f1", ("macro_f1", "accuracy"),
+                     FinetuneSettings(lr=3e-4, epochs=20, batch_size=16, max_length=256)),
+    "ner": TaskSpec("ner", "NER", "tagging", "ronec", "f1_macro", ("f1_macro", "f1_micro"),
+                    FinetuneSettings(lr=2e-4, epochs=15, batch_size=16, max_length=512)),
+    "sapn": TaskSpec("sapn", "SAPN", "classification", "laroseda", "accuracy", ("accuracy", "macro_f1"),
+                     FinetuneSettings(lr=1e-4, epochs=3, batch_size=32, max_length=256)),
+    "sar": TaskSpec("sar", "SAR", "classification", "laroseda", "macro_f1", ("macro_f1", "accuracy"),
+                    FinetuneSettings(lr=1e-4, epochs=4, batch_size=32, max_length=256)),
+    "sts": TaskSpec("sts", "STS", "regression", "ro_sts", "pearson", ("pearson", "spearman"),
+                    FinetuneSettings(lr=1e-4, epochs=10, batch_size=32, max_length=128), value_range=(0.0, 5.0)),
+    "di": TaskSpec("di", "DI", "classification", "moroco", "macro_f1", ("macro_f1", "accuracy"),
+                   FinetuneSettings(lr=1e-4, epochs=5, batch_size=32, max_length=512)),
+}
+
+METRIC_TITLES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "f1_macro": "entity F1 macro",
+                 "f1_micro": "entity F1 micro", "pearson": "Pearson", "spearman": "Spearman"}
+
+
+@dataclass
+class TaskData:
+    spec: TaskSpec
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    labels: list[str] | None
+    """Class names in head order (None for regression)."""
+    label_prior: np.ndarray | None
+    """Training label frequencies: the prediction for a word the tokenizer truncated away."""
+    sources: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "validation": len(self.validation), "test": len(self.test)}
+
+
+def _examples(task: str, records: list) -> list[Example]:
+    if task == "upos":
+        return [Example(r.words, r.upos, id=r.id) for r in records]
+    if task == "xpos":
+        return [Example(r.words, r.xpos, id=r.id) for r in records]
+    if task == "ner":
+        return [Example(r.tokens, r.tags, id=r.id) for r in records]
+    if task == "sapn":
+        return [Example(r.title, "negative" if r.rating <= 2 else "positive", r.content, r.id) for r in records]
+    if task == "sar":
+        return [Example(r.title, str(r.rating), r.content, r.id) for r in records]
+    if task == "sts":
+        return [Example(r.sentence1, float(r.score), r.sentence2) for r in records]
+    if task == "di":
+        return [Example(r.text, "moldavian" if r.dialect == 1 else "romanian", id=r.id) for r in records]
+    raise KeyError(task)
+
+
+FIXED_LABELS = {"sapn": ["negative", "positive"], "sar": ["1", "2", "4", "5"], "di": ["moldavian", "romanian"]}
+
+
+def _label_set(task: str, splits: list[list[Example]]) -> list[str]:
+    if task in FIXED_LABELS:
+        return FIXED_LABELS[task]
+    # Every tag seen in any split, so that a test tag absent from train still counts as an error.
+    seen = {tag for split in splits for ex in split for tag in ex.label}
+    return sorted(seen, key=lambda t: (t != "O", t))
+
+
+def _prior(task: str, train: list[Example], labels: list[str]) -> np.ndarray:
+    counts = Counter(tag for ex in train for tag in (ex.label if isinstance(ex.label, list) else [ex.label]))
+    prior = np.array([counts.get(label, 0) for label in labels], dtype=np.float64) + 1e-3
+    return prior / prior.sum()
+
+
+class DatasetCache:
+    """Reads each dataset once per evaluation (SAPN and SAR share LaRoSeDa, UPOS and XPOS RRT)."""
+
+    def __init__(self, config: EvaluateConfig):
+        self.config = config
+        self._raw: dict[str, RawSplits] = {}
+
+    def raw(self, dataset: str, task: str) -> RawSplits:
+        if dataset not in self._raw:
+            if self.config.source == "local":
+                self._raw[dataset] = LOCAL_READERS[dataset](Path(self.config.data_dir).expanduser())
+            else:
+                from compresso.evaluation.hub import hub_splits
+
+                self._raw[dataset] = hub_splits(dataset, self.config.hub_datasets.get(task))
+        return self._raw[dataset]
+
+    def task(self, task: str) -> TaskData:
+        spec = TASKS[task]
+        cfg = self.config
+        raw = self.raw(spec.dataset, task)
+        notes = list(raw.notes)
+        train, test = _examples(task, raw.train), _examples(task, raw.test)
+        if raw.validation is not None:
+            validation = _examples(task, raw.validation)
+        else:
+            train, validation = carve_validation(train, cfg.validation_fraction)
+            notes.append(f"no validation split: {len(validation)} training examples "
+                         f"({cfg.validation_fraction:.0%}, fixed seed) held out for choosing the best epoch")
+        labels = None if spec.kind == "regression" else _label_set(task, [train, validation, test])
+        prior = None if labels is None else _prior(task, train, labels)
+        full = (len(train), len(validation), len(test))
+        train = fixed_subset(train, cfg.max_train_examples)
+        validation = fixed_subset(validation, cfg.max_eval_examples)
+        test = fixed_subset(test, cfg.max_eval_examples)
+        if (len(train), len(validation), len(test)) != full:
+            notes.append(f"quick run: subsets of {len(train)}/{len(validation)}/{len(test)} out of "
+                         f"{full[0]}/{full[1]}/{full[2]} train/validation/test examples")
+        for name, split in (("train", train), ("validation", validation), ("test", test)):
+            if not split:
+                raise DataError(f"{task}: the {name} split is empty ({raw.sources.get(name, '?')})")
+        if spec.kind == "classification":
+            missing = sorted(set(labels) - {ex.label for ex in train})
+            if missing:
+                notes.append(f"training data has no example of {', '.join(missing)}")
+        return TaskData(spec, train, validation, test, labels, prior, dict(raw.sources), notes)
