@@ -114,6 +114,27 @@ def test_wordpiece_trim_keeps_corpus_tokens_and_outputs(tmp_path, ctx, corpus_fi
         torch.testing.assert_close(after, before[:, expected_keep], rtol=1e-5, atol=1e-5)
 
 
+def test_added_tokens_beyond_the_model_vocabulary_are_kept(tmp_path, ctx):
+    tokenizer = wordpiece_tokenizer()
+    tokenizer.add_tokens(["supercalifragilistic"])
+    tokenizer.add_tokens(["[ENT]"], special_tokens=True)
+    model = tiny_bert(tokenizer)
+    original = copy.deepcopy(model)
+    docs = ROMANIAN + ["[ENT] Guvernul supercalifragilistic a anunțat ieri măsuri."]
+    (tmp_path / "corpus.txt").write_text("\n".join(docs))
+    out = run(ModelBundle(model, tokenizer), ctx, corpus=[tmp_path / "corpus.txt"])
+    new_tok = out.tokenizer
+    added = ["supercalifragilistic", "[ENT]"]
+    old_ids = tokenizer.convert_tokens_to_ids(added)
+    new_ids = new_tok.convert_tokens_to_ids(added)
+    assert new_ids == [len(new_tok) - 2, len(new_tok) - 1]
+    assert new_tok.added_tokens_decoder[new_ids[1]].special and not new_tok.added_tokens_decoder[new_ids[0]].special
+    assert new_tok.tokenize(docs[-1]) == tokenizer.tokenize(docs[-1])
+    emb_old, emb_new = original.get_input_embeddings().weight, out.model.get_input_embeddings().weight
+    torch.testing.assert_close(emb_new[new_ids], emb_old[old_ids], rtol=0, atol=0)
+    assert ctx.metrics["verify_identical_documents"] == len(docs)
+
+
 def test_min_count_drops_rare_tokens(tmp_path, ctx):
     # The first eight documents appear twice, so all their tokens reach min_count=2.
     docs = ROMANIAN[:8] + ROMANIAN

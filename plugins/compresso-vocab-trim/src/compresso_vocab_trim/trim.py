@@ -49,7 +49,8 @@ def tokenizer_spec(tokenizer) -> dict:
 
 
 def vocab_tokens(spec: dict) -> list[str]:
-    """The model vocabulary as a list indexed by id."""
+    """Every token as a list indexed by id: the model vocabulary, then added tokens that the
+    model vocabulary does not hold (``tokenizer.add_tokens``), which get the ids after it."""
     model = spec["model"]
     if model["type"] == "WordPiece":
         tokens: list[str | None] = [None] * len(model["vocab"])
@@ -57,8 +58,18 @@ def vocab_tokens(spec: dict) -> list[str]:
             if idx >= len(tokens) or tokens[idx] is not None:
                 raise TrimError("tokenizer.json's WordPiece vocab ids are not 0..N-1 without gaps")
             tokens[idx] = token
-        return tokens  # type: ignore[return-value]
-    return [piece for piece, _score in model["vocab"]]
+    else:
+        tokens = [piece for piece, _score in model["vocab"]]
+    beyond = sorted((t["id"], t["content"]) for t in spec.get("added_tokens", []) if t["id"] >= len(tokens))
+    for idx, content in beyond:
+        if idx != len(tokens):
+            raise TrimError(f"added token {content!r} has id {idx}, leaving a gap after id {len(tokens) - 1}")
+        tokens.append(content)
+    return tokens  # type: ignore[return-value]
+
+
+def model_vocab_size(spec: dict) -> int:
+    return len(spec["model"]["vocab"])
 
 
 def required_ids(tokenizer, spec: dict) -> set[int]:
@@ -117,11 +128,14 @@ def trimmed_spec(spec: dict, keep_ids: list[int]) -> dict:
     old_to_new = {old: new for new, old in enumerate(keep_ids)}
     spec = json.loads(json.dumps(spec))
     model = spec["model"]
+    # Added tokens beyond the model vocabulary stay outside it; being kept and last, they are
+    # renumbered right after the kept model vocabulary, where tokenizers expects them.
+    in_model = [old for old in keep_ids if old < model_vocab_size(spec)]
     if model["type"] == "WordPiece":
         tokens = vocab_tokens(spec)
-        model["vocab"] = {tokens[old]: new for new, old in enumerate(keep_ids)}
+        model["vocab"] = {tokens[old]: new for new, old in enumerate(in_model)}
     else:
-        model["vocab"] = [model["vocab"][old] for old in keep_ids]
+        model["vocab"] = [model["vocab"][old] for old in in_model]
         if model.get("unk_id") is not None:
             model["unk_id"] = old_to_new[model["unk_id"]]
     for added in spec.get("added_tokens", []):
@@ -145,7 +159,8 @@ def trim_tokenizer(tokenizer, spec: dict, keep_ids: list[int]):
         (folder / "tokenizer.json").write_text(json.dumps(new_spec, ensure_ascii=False))
         # Files a slow tokenizer would read instead of tokenizer.json must not disagree with it.
         if (folder / "vocab.txt").exists():
-            (folder / "vocab.txt").write_text("".join(t + "\n" for t in vocab_tokens(new_spec)))
+            tokens = vocab_tokens(new_spec)[:model_vocab_size(new_spec)]
+            (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens))
         for stale in ("sentencepiece.bpe.model", "spiece.model", "tokenizer.model"):
             (folder / stale).unlink(missing_ok=True)
         return AutoTokenizer.from_pretrained(folder)
