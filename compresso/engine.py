@@ -91,6 +91,27 @@ def model_fingerprint(ref: str, revision: str | None) -> dict:
     return {"hub": ref, "revision": revision or "main"}
 
 
+def file_fingerprints(value) -> dict[str, list]:
+    """Size and mtime of every existing file named in a parameter tree (corpus files, data), so
+    that changing a file's contents at the same path invalidates the stage."""
+    found: dict[str, list] = {}
+    if isinstance(value, dict):
+        for v in value.values():
+            found.update(file_fingerprints(v))
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            found.update(file_fingerprints(v))
+    elif isinstance(value, str) and len(value) < 4096 and "\n" not in value:
+        p = Path(value).expanduser()
+        try:
+            if p.is_file():
+                st = p.stat()
+                found[str(p.resolve())] = [st.st_size, st.st_mtime_ns]
+        except OSError:
+            pass
+    return found
+
+
 def folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -228,9 +249,10 @@ class Runner:
     def _stage_key(self, index: int, input_key: str) -> str:
         stage, strategy = self.recipe.stages[index], self.strategies[index]
         entry = registry.discover()[stage.strategy]
+        params = strategy.params.model_dump(mode="json")
         return _sha({
             "input": input_key, "strategy": stage.strategy, "version": entry.version,
-            "params": strategy.params.model_dump(mode="json"), "seed": self.recipe.seed,
+            "params": params, "files": file_fingerprints(params), "seed": self.recipe.seed,
             "teachers": {t.name: model_fingerprint(t.model, t.revision) for t in self.recipe.teachers},
         })
 

@@ -225,3 +225,17 @@ def test_stage_input_must_exist_before_use(tmp_path, site):
     path.write_text(path.read_text().replace("    name: keep1\n", "    name: keep1\n    input: later\n"))
     with pytest.raises(RecipeError, match="'later' is not an earlier stage"):
         load_recipe(path)
+
+
+def test_file_parameters_are_fingerprinted(tmp_path):
+    import os
+
+    from compresso.engine import file_fingerprints
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("una\n")
+    first = file_fingerprints({"corpus": [str(corpus)], "steps": 3, "name": "not a file"})
+    assert list(first) == [str(corpus.resolve())]
+    corpus.write_text("una doua\n")
+    os.utime(corpus, ns=(1, 2))
+    assert file_fingerprints({"corpus": [str(corpus)]}) != first
