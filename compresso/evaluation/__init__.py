@@ -11,7 +11,14 @@ Use it as the ``evaluate:``/``report:`` sections of a recipe, from the command l
 """
 
 from compresso.evaluation.config import EvaluateConfig, ReportConfig
-from compresso.evaluation.runner import EvalModel, EvaluationError, evaluate_models, preflight, select_models
+from compresso.evaluation.runner import (
+    EvalModel,
+    EvaluationError,
+    check_data,
+    evaluate_models,
+    preflight,
+    select_models,
+)
 
-__all__ = ["EvalModel", "EvaluateConfig", "EvaluationError", "ReportConfig", "evaluate_models", "preflight",
-           "select_models"]
+__all__ = ["EvalModel", "EvaluateConfig", "EvaluationError", "ReportConfig", "check_data", "evaluate_models",
+           "preflight", "select_models"]

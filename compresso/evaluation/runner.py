@@ -133,13 +133,20 @@ def preflight(models: list[EvalModel], evaluate: EvaluateConfig | dict | None) -
                 check_available(ref)
             except ModelLoadError as exc:
                 raise EvaluationError(f"model {m.name!r}: {exc}") from None
+    check_data(cfg)
+    return selected
+
+
+def check_data(evaluate: EvaluateConfig | dict | None) -> None:
+    """Read every task's data once (a few seconds), so that a missing or malformed file stops a
+    run before any model is trained. Raises EvaluationError naming the file (and line)."""
+    cfg = _as_config(EvaluateConfig, evaluate)
     cache = DatasetCache(cfg)
     try:
         for task in cfg.tasks:
             cache.task(task)
     except DataError as exc:
         raise EvaluationError(str(exc)) from None
-    return selected
 
 
 class _Evaluation:
