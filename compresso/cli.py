@@ -6,6 +6,7 @@ while running, 130 interrupted.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -66,6 +67,12 @@ def main() -> None:
       compresso apply recipes/distilmulti_ro.yaml --set stages.0.params.max_steps=10
       compresso evaluate runs/quickstart/00-distill --tasks upos,sapn
     """
+    # compresso draws its own progress bars; transformers' per-file loading bars only add noise.
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 @main.command()
