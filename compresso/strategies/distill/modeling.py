@@ -1,0 +1,200 @@
+"""Model plumbing for distillation: encoder/head access, student construction, sanity checks.
+
+The losses need the encoder's hidden states everywhere but vocabulary logits only at masked
+positions (at a 50k vocabulary the output projection costs as much as several layers), so every
+masked-LM is driven as ``encoder(...) -> hidden`` then ``head(hidden[masked])``. The MLM heads of
+the common encoder families are listed here; anything else falls back to a full forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from compresso.strategy import StrategyError
+
+# Models whose position ids start after the padding index (RoBERTa style) lose that many positions.
+_POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "camembert", "data2vec-text", "xmod", "roberta-prelayernorm",
+                          "longformer", "xlm-roberta-xl"}
+
+
+def is_masked_lm(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForMaskedLM") and model.get_output_embeddings() is not None
+
+
+def usable_positions(config) -> int | None:
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if getattr(config, "model_type", "") in _POSITION_OFFSET_TYPES:
+        limit -= (config.pad_token_id or 0) + 1
+    return int(limit)
+
+
+def _mlm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    name = type(model).__name__
+    if name == "DistilBertForMaskedLM":
+        return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+    if name == "ElectraForMaskedLM":
+        return lambda h: model.generator_lm_head(model.generator_predictions(h))
+    for attr in ("cls", "lm_head", "predictions"):
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Module):
+            return head
+    return None
+
+
+class MaskedLM:
+    """Uniform access to a ``...ForMaskedLM``: ``encode`` -> hidden states, ``head`` -> logits."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        prefix = getattr(model, "base_model_prefix", "")
+        self.base = getattr(model, prefix, None) if prefix else None
+        self._head = _mlm_head(model)
+        self.split = self.base is not None and self._head is not None
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
+                   else self.model.config.dim)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    def encode(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool = False):
+        """``(last_hidden (B, L, H), hidden_states tuple or None, full_logits or None)``."""
+        if attention is not None and getattr(self.model.config, "_attn_implementation", None) == "sdpa":
+            # A ready 4-D boolean mask goes to SDPA as is; a 2-D one would make transformers check
+            # on the host whether it can be dropped, a device sync in every forward pass.
+            attention = attention.bool()[:, None, None, :]
+        if self.split:
+            out = self.base(input_ids=ids, attention_mask=attention, output_hidden_states=all_hidden,
+                            return_dict=True)
+            return out.last_hidden_state, (out.hidden_states if all_hidden else None), None
+        out = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=True, return_dict=True)
+        return out.hidden_states[-1], out.hidden_states, out.logits
+
+    def logits_at(self, hidden: torch.Tensor, flat_pos: torch.Tensor, full_logits: torch.Tensor | None):
+        """Vocabulary logits at flat positions of a (B, L, H) hidden-state tensor."""
+        if full_logits is not None:
+            return full_logits.reshape(-1, full_logits.shape[-1]).index_select(0, flat_pos)
+        return self._head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_pos))
+
+
+def layer_list(model: nn.Module) -> tuple[nn.Module, str]:
+    """The encoder's ``nn.ModuleList`` of transformer layers: (parent module, attribute name)."""
+    n = model.config.num_hidden_layers
+    found = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) == n and name.split(".")[-1] in ("layer", "layers")]
+    if len(found) != 1:
+        raise StrategyError(f"cannot find the {n} encoder layers of {type(model).__name__} "
+                            f"(candidates: {[f[0] for f in found] or 'none'}); choose `layers: all` to keep them all")
+    path = found[0][0].split(".")
+    parent = model.get_submodule(".".join(path[:-1])) if len(path) > 1 else model
+    return parent, path[-1]
+
+
+def default_layers(total: int, keep: int) -> list[int]:
+    """``keep`` of ``total`` layers, evenly spaced with the first and last kept (12 -> 6: 0,2,4,7,9,11)."""
+    if keep >= total:
+        return list(range(total))
+    if keep == 1:
+        return [total - 1]
+    return [round(i * (total - 1) / (keep - 1)) for i in range(keep)]
+
+
+def choose_layers(model: nn.Module, layers, num_layers: int | None) -> list[int]:
+    total = int(model.config.num_hidden_layers)
+    if layers == "all":
+        return list(range(total))
+    if layers is not None:
+        bad = [i for i in layers if i >= total]
+        if bad:
+            raise StrategyError(f"layers: index {bad[0]} does not exist; the input model has {total} layers "
+                                f"(0..{total - 1})")
+        return list(layers)
+    if num_layers is not None and num_layers > total:
+        raise StrategyError(f"num_layers: {num_layers} is more than the input model's {total} layers")
+    return default_layers(total, num_layers or max(1, total // 2))
+
+
+def build_student(model: nn.Module, layers: list[int]) -> nn.Module:
+    """A copy of ``model`` that keeps only ``layers`` (embeddings and MLM head copied whole)."""
+    student = copy.deepcopy(model)
+    if layers == list(range(model.config.num_hidden_layers)):
+        return student
+    if getattr(model.config, "model_type", "") == "albert":
+        raise StrategyError("ALBERT shares one layer across depth; layer selection does not apply "
+                            "(use `layers: all`)")
+    parent, attr = layer_list(student)
+    old = getattr(parent, attr)
+    kept = nn.ModuleList([old[i] for i in layers])
+    for new_index, layer in enumerate(kept):
+        for sub in layer.modules():
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new_index  # cache bookkeeping in recent transformers
+    setattr(parent, attr, kept)
+    student.config.num_hidden_layers = len(layers)
+    if hasattr(student.config, "layer_types") and isinstance(student.config.layer_types, list):
+        student.config.layer_types = [student.config.layer_types[i] for i in layers]
+    return student
+
+
+def check_teacher(name: str, model: nn.Module, tokenizer, rows: int) -> None:
+    """A teacher must be a masked-LM with a fast tokenizer and room for ``rows``-token rows."""
+    if not is_masked_lm(model):
+        raise StrategyError(f"teacher {name!r} is a {type(model).__name__}, not a masked-LM "
+                            f"(...ForMaskedLM): distillation needs its MLM head for soft targets; "
+                            f"point the recipe at the pretrained masked-LM checkpoint")
+    check_positions(f"teacher {name!r}", model, rows)
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise StrategyError(f"teacher {name!r}: its tokenizer is not a fast tokenizer")
+    if tokenizer.mask_token_id is None:
+        raise StrategyError(f"teacher {name!r}: its tokenizer has no mask token")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if len(tokenizer) > vocab:
+        raise StrategyError(f"teacher {name!r}: tokenizer has {len(tokenizer)} tokens but the model's "
+                            f"output layer only {vocab}")
+
+
+def check_positions(what: str, model: nn.Module, rows: int) -> None:
+    usable = usable_positions(model.config)
+    if usable is not None and rows > usable:
+        raise StrategyError(f"{what} accepts at most {usable} positions (max_position_embeddings), but rows "
+                            f"are {rows} tokens long: lower seq_len / teacher_seq_len to {usable} or less")
+
+
+class StudentModule(nn.Module):
+    """The trained parameters: the student and, per teacher, optional hidden-state projections.
+
+    This is the module DDP wraps, so its ``forward`` does all of the student's work: encoder
+    once, MLM head at masked positions only.
+    """
+
+    def __init__(self, model: nn.Module, projections: dict[str, nn.Module]):
+        super().__init__()
+        self.model = model
+        self.projections = nn.ModuleDict(projections)
+        self.lm = MaskedLM(model)
+
+    def forward(self, ids, attention, masked_pos, all_hidden: bool = False):
+        last, hidden, full_logits = self.lm.encode(ids, attention, all_hidden)
+        logits = self.lm.logits_at(last, masked_pos, full_logits)
+        return last, hidden, logits
+
+
+def make_projection(student_width: int, teacher_width: int) -> nn.Linear:
+    """Student -> teacher width; identity when square, so training starts from the plain loss."""
+    proj = nn.Linear(student_width, teacher_width, bias=True)
+    with torch.no_grad():
+        proj.bias.zero_()
+        if student_width == teacher_width:
+            proj.weight.copy_(torch.eye(teacher_width))
+        else:
+            nn.init.normal_(proj.weight, std=student_width ** -0.5)
+    return proj

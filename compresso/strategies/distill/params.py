@@ -1,0 +1,145 @@
+"""The ``distill`` strategy's recipe parameters (see docs/distillation.md for the long form)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from compresso.strategy import InputPath, StrategyParams
+
+
+class DistillParams(StrategyParams):
+    # Teachers ------------------------------------------------------------------------------
+    teachers: list[str] | dict[str, float] | None = Field(
+        None, description="Teachers to distil from, by recipe name: a list (equal weights) or a mapping "
+                          "name -> weight. Default: every teacher of the recipe, equal weights.")
+    teacher_weighting: Literal["static", "entropy"] = Field(
+        "static", description="static: the weights above. entropy: at each masked position, the weights "
+                              "above times softmax(-entropy / entropy_temperature) over the teachers that "
+                              "supervise it, so confident teachers count more.")
+    entropy_temperature: float = Field(1.0, gt=0, description="Scale (nats) of the entropy weighting.")
+
+    # Student -------------------------------------------------------------------------------
+    num_layers: int | None = Field(None, ge=1, description="Student depth; layers are taken evenly spaced "
+                                                           "from the input model, first and last kept. "
+                                                           "Default: half of the input's layers.")
+    layers: list[int] | Literal["all"] | None = Field(
+        None, description="Explicit input layers to keep (0-based), e.g. [0, 2, 4, 7, 9, 11], or 'all' to "
+                          "keep every layer (recovery training after pruning).")
+
+    # Corpus --------------------------------------------------------------------------------
+    corpus: list[InputPath] = Field(default_factory=list,
+                                    description="Text files, one document per line (.txt, .gz, .xz, .bz2).")
+    dataset: str | None = Field(None, description="Instead of `corpus`: a Hugging Face dataset id, streamed.")
+    dataset_config: str | None = None
+    dataset_split: str = "train"
+    text_field: str = "text"
+    max_documents: int | None = Field(None, ge=1, description="Use at most this many training documents "
+                                                              "(an epoch ends there).")
+    heldout_documents: int = Field(1000, ge=0, description="The corpus's first N documents: never trained on, "
+                                                           "used for the final held-out metrics.")
+
+    # Batches -------------------------------------------------------------------------------
+    seq_len: int = Field(128, ge=8, description="Student sequence length; documents are packed into rows.")
+    teacher_seq_len: int | None = Field(None, ge=8, description="Row length limit for teachers with another "
+                                                                "tokenizer (default seq_len).")
+    batch_size: int = Field(32, ge=1, description="Rows per micro-batch, per data-parallel rank.")
+    grad_accum_steps: int = Field(1, ge=1)
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps.")
+
+    # Optimisation --------------------------------------------------------------------------
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of max_steps; "
+                                                              "then linear decay to 0.")
+    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_eps: float = Field(1e-6, gt=0)
+    max_grad_norm: float | None = Field(5.0, gt=0, description="Gradient clipping; null turns it off.")
+
+    # Loss ----------------------------------------------------------------------------------
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft-target loss.")
+    alpha_ce: float = Field(5.0, ge=0, description="Weight of T^2 * KL(teacher || student) on masked tokens.")
+    alpha_mlm: float = Field(2.0, ge=0, description="Weight of the masked-LM cross-entropy on true tokens.")
+    alpha_cos: float = Field(1.0, ge=0, description="Weight of the cosine loss on last hidden states.")
+    alpha_hidden_mse: float = Field(0.0, ge=0, description="Weight of the intermediate hidden-state MSE.")
+    hidden_layer_map: dict[int, int] | None = Field(
+        None, description="For the hidden MSE: student hidden-state index -> teacher hidden-state index "
+                          "(0 = embeddings, i = output of layer i). Default: student i -> teacher "
+                          "round(i * teacher_layers / student_layers) for every student layer.")
+    project_hidden: Literal["auto", "always", "never"] = Field(
+        "auto", description="Learned linear projection from student to teacher hidden states: auto = for "
+                            "every teacher the student was not initialised from, or whose width differs.")
+
+    # Masking -------------------------------------------------------------------------------
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    mask_replace_prob: float = Field(0.8, ge=0, le=1, description="Of the masked: share replaced by [MASK].")
+    mask_random_prob: float = Field(0.1, ge=0, le=1, description="Of the masked: share replaced by a random "
+                                                                 "token (the rest stay unchanged).")
+    whole_word_mask: bool = Field(True, description="Mask whole words (needed by teachers with another "
+                                                    "tokenizer); false masks sub-word tokens independently.")
+
+    # Runtime -------------------------------------------------------------------------------
+    checkpoint_every: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
+    log_every: int = Field(20, ge=1, description="Read losses back from the device every N steps.")
+    num_workers: int | None = Field(None, ge=0, description="Tokenizer worker processes; default 0 on CPU, "
+                                                            "up to 8 on GPU.")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("an empty layer list leaves no student; give at least one layer index")
+            if any(i < 0 for i in v):
+                raise ValueError(f"layer indices are 0-based and non-negative, got {v}")
+            dup = sorted({i for i in v if v.count(i) > 1})
+            if dup:
+                raise ValueError(f"layer indices repeat: {dup}")
+        return v
+
+    @field_validator("teachers")
+    @classmethod
+    def _teachers(cls, v):
+        if isinstance(v, dict):
+            bad = {k: w for k, w in v.items() if not w > 0}
+            if bad:
+                raise ValueError(f"teacher weights must be positive, got {bad}")
+        if v is not None and len(v) == 0:
+            raise ValueError("an empty teacher list; leave the key out to use every teacher of the recipe")
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise ValueError(f"a teacher is named twice in {v}")
+        return v
+
+    @field_validator("hidden_layer_map")
+    @classmethod
+    def _layer_map(cls, v):
+        if v is not None and any(s < 1 or t < 0 for s, t in v.items()):
+            raise ValueError("student hidden-state indices start at 1 (layer outputs) and teacher indices "
+                             "at 0 (embeddings)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.layers is not None and self.num_layers is not None:
+            raise ValueError("give either num_layers or layers, not both")
+        if bool(self.corpus) == bool(self.dataset):
+            raise ValueError("give the training text as either `corpus` (a list of text files) or `dataset` "
+                             "(a hub dataset id)" + (", not both" if self.corpus else ""))
+        if self.alpha_ce + self.alpha_mlm + self.alpha_cos + self.alpha_hidden_mse <= 0:
+            raise ValueError("all loss weights (alpha_ce, alpha_mlm, alpha_cos, alpha_hidden_mse) are 0: "
+                             "nothing to train on")
+        if self.mask_replace_prob + self.mask_random_prob > 1:
+            raise ValueError("mask_replace_prob + mask_random_prob must not exceed 1")
+        if self.teacher_seq_len is not None and self.teacher_seq_len < self.seq_len // 2:
+            raise ValueError(f"teacher_seq_len {self.teacher_seq_len} is under half of seq_len "
+                             f"{self.seq_len}: rows would be mostly empty")
+        return self
+
+    def teacher_weights(self, available: list[str]) -> dict[str, float]:
+        """Chosen teachers with their (unnormalised) weights; unknown names are the caller's error."""
+        if self.teachers is None:
+            return {name: 1.0 for name in available}
+        if isinstance(self.teachers, dict):
+            return dict(self.teachers)
+        return {name: 1.0 for name in self.teachers}

@@ -1,0 +1,89 @@
+"""What a distillation stage leaves behind: ``distill.json``, ``loss_curve.png``, stage metrics."""
+
+from __future__ import annotations
+
+from compresso.strategy import RunContext, write_json
+
+
+def _round(x, n=5):
+    return None if x is None else round(float(x), n)
+
+
+def write_report(ctx: RunContext, params, *, layers, input_layers, student, teachers, result, views, heldout_docs,
+                 teachers_eval, before, after, links) -> dict:
+    final = result.history[-1] if result.history else {}
+    n_params = sum(p.numel() for p in student.parameters())
+    teacher_section = {}
+    for link in links:
+        info = dict(teachers[link.name])
+        info["loss_share"] = _round(result.loss_share.get(link.name))
+        info["supervised_fraction"] = _round(result.supervised_fraction.get(link.name))
+        if link.name in teachers_eval:
+            info["heldout"] = {**teachers_eval[link.name],
+                               "student_agreement_before": (before or {}).get("agreement", {}).get(link.name),
+                               "student_agreement": (after or {}).get("agreement", {}).get(link.name)}
+        teacher_section[link.name] = info
+    report = {
+        "config": params.model_dump(mode="json"),
+        "student": {"layers_kept": layers, "num_layers": len(layers), "input_layers": input_layers,
+                    "parameters": n_params, "hidden_size": int(student.config.hidden_size),
+                    "class": type(student).__name__},
+        "teachers": teacher_section,
+        "tokenizations": [{"view": i, "name": v.name, "max_len": v.max_len, "vocab_size": v.vocab_size}
+                          for i, v in enumerate(views)],
+        "training": {"steps": result.steps, "resumed_from_step": result.resumed_from, "tokens": result.tokens,
+                     "seconds": round(result.seconds, 2),
+                     "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
+                     "world_size": ctx.world_size, "device": str(ctx.device),
+                     "final_losses": {k: _round(final.get(k)) for k in ("loss", "ce", "mlm", "cos", "mse")}},
+        "heldout": {"documents": heldout_docs, "student_before": before, "student_after": after,
+                    "teachers": teachers_eval},
+        "loss_curve": result.history,
+    }
+    write_json(ctx.stage_dir / "distill.json", report)
+    plot_losses(result.history, ctx.stage_dir / "loss_curve.png", title=f"distill: {len(layers)}-layer student "
+                f"from {', '.join(teachers)}")
+
+    m = ctx.metrics
+    m.update({"steps": result.steps, "tokens": result.tokens, "seconds": round(result.seconds, 2),
+              "tokens_per_second": report["training"]["tokens_per_second"], "student_layers": len(layers),
+              "student_parameters": n_params})
+    for k in ("loss", "ce", "mlm", "cos", "mse"):
+        if final.get(k) is not None:
+            m[f"final_{k}"] = _round(final[k])
+    if after:
+        m["heldout_mlm_accuracy"] = _round(after["mlm_accuracy"])
+        m["heldout_mlm_accuracy_before"] = _round(before["mlm_accuracy"])
+    for name, info in teacher_section.items():
+        m[f"loss_share_{name}"] = info["loss_share"]
+        m[f"supervised_fraction_{name}"] = info["supervised_fraction"]
+        m[f"vocab_coverage_{name}"] = _round(info["vocab"]["teacher_vocab_covered"])
+        if "heldout" in info:
+            m[f"teacher_mlm_accuracy_{name}"] = _round(info["heldout"]["mlm_accuracy"])
+            m[f"agreement_{name}"] = _round(info["heldout"]["student_agreement"])
+            m[f"agreement_before_{name}"] = _round(info["heldout"]["student_agreement_before"])
+    return report
+
+
+def plot_losses(history: list[dict], path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    steps = [h["step"] for h in history]
+    left.plot(steps, [h["loss"] for h in history], color="black")
+    left.set(title="total loss", xlabel="optimizer step", ylabel="loss")
+    for key, label in (("ce", "soft targets (KL)"), ("mlm", "masked-LM CE"), ("cos", "hidden cosine"),
+                       ("mse", "hidden MSE")):
+        values = [h.get(key) for h in history]
+        if any(v for v in values):
+            right.plot(steps, values, label=label)
+    right.set(title="components (before alpha weights)", xlabel="optimizer step")
+    right.set_yscale("log")
+    right.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,296 @@
+"""``distill``: DistilBERT-style task-agnostic distillation from one or more teachers.
+
+The student is cut from the stage's input model (a subset of its layers, embeddings and MLM
+head kept) and trained on a masked-LM corpus against the teachers' soft targets and hidden
+states. Teachers may use other tokenizers than the student (see ``data.py`` and ``vocab.py``
+and docs/distillation.md). Everything that can be checked is checked before training starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+import torch
+
+from compresso.corpus import Corpus, CorpusError, check_corpus
+from compresso.strategies.distill import evaluate as heldout
+from compresso.strategies.distill.data import BatchStream, MaskingConfig, StreamConfig, ViewSpec
+from compresso.strategies.distill.losses import LossConfig, TeacherLink
+from compresso.strategies.distill.modeling import (
+    MaskedLM,
+    StudentModule,
+    build_student,
+    check_positions,
+    check_teacher,
+    choose_layers,
+    is_masked_lm,
+    make_projection,
+    usable_positions,
+)
+from compresso.strategies.distill.params import DistillParams
+from compresso.strategies.distill.report import write_report
+from compresso.strategies.distill.trainer import Trainer, TrainConfig, fingerprint
+from compresso.strategies.distill.vocab import build_vocab_map, same_tokenization
+from compresso.strategy import CompressionStrategy, ModelBundle, RunContext, StrategyError
+
+
+class DistillStrategy(CompressionStrategy):
+    name = "distill"
+    summary = "multi-teacher masked-LM distillation into fewer layers; teachers may use other tokenizers"
+    Params = DistillParams
+
+    params: DistillParams
+
+    # --- checks ------------------------------------------------------------------------------
+    def _teacher_weights(self, ctx: RunContext) -> dict[str, float]:
+        available = list(ctx.teachers)
+        weights = self.params.teacher_weights(available)
+        unknown = [n for n in weights if n not in ctx.teachers]
+        if unknown:
+            raise StrategyError(f"distill: teacher {unknown[0]!r} is not among the recipe's teachers "
+                                f"({', '.join(available) or 'none defined'})")
+        if not weights:
+            raise StrategyError("distill needs at least one teacher: add `teachers:` to the recipe")
+        return weights
+
+    def _corpus(self, ctx: RunContext) -> Corpus:
+        p = self.params
+        try:
+            if p.corpus:
+                return Corpus(files=tuple(ctx.resolve_path(f) for f in p.corpus))
+            return Corpus(dataset=p.dataset, dataset_config=p.dataset_config, split=p.dataset_split,
+                          text_field=p.text_field)
+        except CorpusError as exc:
+            raise StrategyError(f"distill: {exc}") from None
+
+    def preflight(self, ctx: RunContext) -> None:
+        weights = self._teacher_weights(ctx)
+        corpus = self._corpus(ctx)
+        if corpus.files:
+            try:
+                check_corpus(corpus, self.params.heldout_documents)
+            except CorpusError as exc:
+                raise StrategyError(f"distill: {exc}") from None
+        else:
+            try:
+                import datasets  # noqa: F401
+            except ImportError:
+                raise StrategyError("distill: `dataset` needs the optional `datasets` package: "
+                                    "pip install 'compresso[hub]'") from None
+        rows = max(self.params.seq_len, self.params.teacher_seq_len or 0)
+        for name in weights:
+            ref = ctx.teachers[name]
+            try:
+                from transformers import AutoConfig
+
+                config = AutoConfig.from_pretrained(ref.model, revision=ref.revision,
+                                                    trust_remote_code=ref.trust_remote_code)
+            except Exception:  # unreachable hub models are reported by the engine's own checks
+                continue
+            archs = getattr(config, "architectures", None) or []
+            if archs and not any(a.endswith("ForMaskedLM") for a in archs):
+                raise StrategyError(f"teacher {name!r} ({ref.model}) is a {archs[0]}, not a masked-LM: "
+                                    f"distillation needs its MLM head")
+            usable = usable_positions(config)
+            if usable is not None and rows > usable:
+                raise StrategyError(f"teacher {name!r} accepts at most {usable} positions, but seq_len / "
+                                    f"teacher_seq_len ask for {rows}")
+
+    # --- setup -------------------------------------------------------------------------------
+    def apply(self, bundle: ModelBundle, ctx: RunContext) -> ModelBundle:
+        p = self.params
+        device = ctx.device
+        weights = self._teacher_weights(ctx)
+        corpus = self._corpus(ctx)
+
+        if not is_masked_lm(bundle.model):
+            raise StrategyError(f"distill: the stage's input is a {type(bundle.model).__name__}, not a masked-LM "
+                                f"(...ForMaskedLM); the student needs the MLM head of its input")
+        student_tok = bundle.tokenizer
+        if getattr(student_tok, "backend_tokenizer", None) is None:
+            raise StrategyError("distill: the input model's tokenizer is not a fast tokenizer")
+        layers = choose_layers(bundle.model, p.layers, p.num_layers)
+        check_positions("the student (input model)", bundle.model, p.seq_len)
+        if corpus.files:
+            try:
+                check_corpus(corpus, p.heldout_documents)
+            except CorpusError as exc:
+                raise StrategyError(f"distill: {exc}") from None
+
+        # Teachers: checks, views (one per distinct foreign tokenizer), vocabulary maps.
+        teacher_len = p.teacher_seq_len or p.seq_len
+        views = [ViewSpec.from_tokenizer(student_tok, "student", p.seq_len)]
+        view_tokenizers = [student_tok]
+        total_w = sum(weights.values())
+        links: list[TeacherLink] = []
+        teacher_info: dict[str, dict] = {}
+        student_emb = bundle.model.get_input_embeddings().weight
+        for name, w in weights.items():
+            ref = ctx.teachers[name]
+            tb = ref.load()
+            tokenizer = tb.tokenizer
+            same = same_tokenization(student_tok, tokenizer)
+            check_teacher(name, tb.model, tokenizer, p.seq_len if same else teacher_len)
+            info = {"model": str(ref.model), "weight": w / total_w, "same_tokenizer": same,
+                    "layers": tb.model.config.num_hidden_layers, "hidden_size": MaskedLM(tb.model).hidden_size}
+            if same:
+                view, vmap = 0, None
+                info["vocab"] = {"student_vocab_mapped": 1.0, "teacher_vocab_covered": 1.0, "identical": True}
+            else:
+                if not p.whole_word_mask:
+                    raise StrategyError(f"distill: teacher {name!r} uses another tokenizer than the student, which "
+                                        f"needs whole-word masking (whole_word_mask: true) so that both see the "
+                                        f"same words masked")
+                view = next((i for i, t in enumerate(view_tokenizers) if i and same_tokenization(t, tokenizer)), 0)
+                if view == 0:
+                    try:
+                        views.append(ViewSpec.from_tokenizer(tokenizer, name, teacher_len))
+                    except ValueError as exc:
+                        raise StrategyError(f"distill: {exc}") from None
+                    view_tokenizers.append(tokenizer)
+                    view = len(views) - 1
+                vmap = build_vocab_map(student_tok, tokenizer, name)
+                if len(vmap.teacher_ids) == 0:
+                    raise StrategyError(f"distill: no token of the student's vocabulary exists in teacher "
+                                        f"{name!r}'s vocabulary; its soft targets cannot be compared")
+                info["vocab"] = vmap.report()
+            t_emb = tb.model.get_input_embeddings().weight
+            same_origin = t_emb.shape == student_emb.shape and torch.equal(t_emb, student_emb)
+            info["initialised_student"] = bool(same_origin)
+            links.append(TeacherLink(name=name, lm=MaskedLM(tb.model), weight=w / total_w, view=view, vocab=vmap))
+            teacher_info[name] = info
+
+        student_model = build_student(bundle.model, layers)
+        student_lm = MaskedLM(student_model)
+        projections = self._projections(links, teacher_info, student_lm)
+
+        loss_cfg = LossConfig(temperature=p.temperature, alpha_ce=p.alpha_ce, alpha_mlm=p.alpha_mlm,
+                              alpha_cos=p.alpha_cos, alpha_mse=p.alpha_hidden_mse, weighting=p.teacher_weighting,
+                              entropy_temperature=p.entropy_temperature)
+        need_words = any(lk.cross for lk in links) and (p.alpha_cos > 0 or p.alpha_hidden_mse > 0)
+        workers = p.num_workers if p.num_workers is not None else (
+            0 if device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) // max(ctx.world_size, 1) - 1)))
+        stream_cfg = StreamConfig(
+            corpus=corpus, views=views, batch_size=p.batch_size, seed=ctx.seed, heldout=p.heldout_documents,
+            max_documents=p.max_documents, rank=ctx.rank, world_size=ctx.world_size, num_workers=workers,
+            need_words=need_words, pin=device.type == "cuda",
+            masking=MaskingConfig(prob=p.mask_prob, replace=p.mask_replace_prob, random=p.mask_random_prob,
+                                  whole_word=p.whole_word_mask))
+
+        self._init_distributed(ctx)
+        # Teachers: private copies on the device (the recipe's cached teacher stays untouched),
+        # in bf16 on GPU, eval mode, no gradients.
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        for link in links:
+            model = copy.deepcopy(link.lm.model).to(device=device, dtype=dtype).eval().requires_grad_(False)
+            link.lm = MaskedLM(model)
+            link.to(device)
+
+        student = StudentModule(student_model, projections)
+        run_id = fingerprint({"params": p.model_dump(mode="json"), "layers": layers, "seed": ctx.seed,
+                              "teachers": {n: i["model"] for n, i in teacher_info.items()},
+                              "views": [v.name for v in views], "world": ctx.world_size})
+        train_cfg = TrainConfig(max_steps=p.max_steps, grad_accum_steps=p.grad_accum_steps, lr=p.lr,
+                                weight_decay=p.weight_decay, warmup_ratio=p.warmup_ratio, betas=tuple(p.adam_betas),
+                                eps=p.adam_eps, max_grad_norm=p.max_grad_norm, log_every=p.log_every,
+                                checkpoint_every=p.checkpoint_every)
+        trainer = Trainer(student, links, loss_cfg, train_cfg, stream_cfg, ctx, run_id)
+
+        # Held-out metrics before training (teachers and the undistilled student), kept across resumes.
+        heldout_batches = self._heldout_batches(stream_cfg) if ctx.is_main else []
+        unk = {lk.name: (views[lk.view].unk_id) for lk in links}
+        previous = trainer.peek_checkpoint() if ctx.is_main else None
+        teacher_tops = None
+        if ctx.is_main and heldout_batches:
+            student_model.to(device)
+            teachers_eval, teacher_tops = heldout.teacher_predictions(links, heldout_batches, device, unk)
+            before = (previous or {}).get("extra", {}).get("student_before")
+            if before is None:
+                before = heldout.student_metrics(student_lm, links, heldout_batches, device, teacher_tops)
+            trainer.extra_state = {"student_before": before}
+        else:
+            teachers_eval, before = {}, None
+        self._barrier(ctx)
+
+        ctx.log(f"distilling {len(layers)} of {bundle.model.config.num_hidden_layers} layers "
+                f"({layers}) from {', '.join(f'{n} ({w / total_w:.2f})' for n, w in weights.items())}; "
+                f"{len(views) - 1} teacher tokenizer(s) differ from the student's")
+        result = trainer.train()
+
+        after = None
+        if ctx.is_main and heldout_batches:
+            after = heldout.student_metrics(student_lm, links, heldout_batches, device, teacher_tops)
+        self._barrier(ctx)
+
+        student_model.eval()
+        student_model.to("cpu")
+        for link in links:
+            link.lm.model.to("cpu")
+        if ctx.is_main:
+            write_report(ctx, p, layers=layers, input_layers=bundle.model.config.num_hidden_layers,
+                         student=student_model, teachers=teacher_info, result=result, views=views,
+                         heldout_docs=p.heldout_documents if heldout_batches else 0,
+                         teachers_eval=teachers_eval, before=before, after=after, links=links)
+        return ModelBundle(model=student_model, tokenizer=student_tok, lineage=list(bundle.lineage))
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _projections(self, links: list[TeacherLink], info: dict, student_lm: MaskedLM) -> dict:
+        p = self.params
+        out = {}
+        s_width = student_lm.hidden_size
+        s_layers = student_lm.num_layers
+        for i, link in enumerate(links):
+            t_width = info[link.name]["hidden_size"]
+            t_layers = info[link.name]["layers"]
+            needed = {"always": True, "never": False}.get(
+                p.project_hidden, t_width != s_width or not info[link.name]["initialised_student"])
+            if t_width != s_width and not needed:
+                raise StrategyError(f"distill: teacher {link.name!r} has hidden size {t_width}, the student "
+                                    f"{s_width}; hidden-state losses need a projection (project_hidden: auto)")
+            info[link.name]["projection"] = bool(needed and (p.alpha_cos > 0 or p.alpha_hidden_mse > 0))
+            if p.alpha_cos > 0 and needed:
+                out[f"t{i}_last"] = make_projection(s_width, t_width)
+                link.cos_projection = f"t{i}_last"
+            if p.alpha_hidden_mse > 0:
+                layer_map = p.hidden_layer_map or {s: round(s * t_layers / s_layers) for s in range(1, s_layers + 1)}
+                for s, t in layer_map.items():
+                    if s > s_layers or t > t_layers:
+                        raise StrategyError(f"distill: hidden_layer_map {s}: {t} is out of range (student hidden "
+                                            f"states 1..{s_layers}, teacher {link.name!r} 0..{t_layers})")
+                link.layer_map = dict(layer_map)
+                if needed:
+                    for s in layer_map:
+                        out[f"t{i}_h{s}"] = make_projection(s_width, t_width)
+                        link.mse_projections[s] = f"t{i}_h{s}"
+                info[link.name]["layer_map"] = {str(k): v for k, v in layer_map.items()}
+        return out
+
+    def _heldout_batches(self, cfg: StreamConfig) -> list:
+        if cfg.heldout <= 0:
+            return []
+        held = StreamConfig(**{**cfg.__dict__, "rank": 0, "world_size": 1, "num_workers": 0, "pin": False,
+                               "max_documents": None})
+        with BatchStream(held, "heldout") as stream:
+            return list(stream)
+
+    @staticmethod
+    def _init_distributed(ctx: RunContext) -> None:
+        if ctx.device.type == "cuda":
+            torch.cuda.set_device(ctx.device)
+        if ctx.world_size > 1:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if ctx.device.type == "cuda" else "gloo",
+                                        rank=ctx.rank, world_size=ctx.world_size)
+
+    @staticmethod
+    def _barrier(ctx: RunContext) -> None:
+        if ctx.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+__all__ = ["DistillStrategy", "DistillParams"]
