@@ -48,6 +48,9 @@ class Corpus:
         if bool(self.files) == bool(self.dataset):
             raise CorpusError("a corpus is either a list of text files or a hub dataset id, not both or neither")
         for f in self.files:
+            if Path(f).is_dir():
+                raise CorpusError(f"corpus file {f} is a folder: list its text files, or give the folder as a "
+                                  f"dataset (it is then read with `datasets`)")
             if not Path(f).is_file():
                 raise CorpusError(f"corpus file {f} does not exist")
 
@@ -60,11 +63,14 @@ class Corpus:
 
 
 def as_corpus(source: Corpus | str | Path | Sequence[str | Path]) -> Corpus:
-    """A ``Corpus`` from a path, a list of paths, or a hub dataset id (a string naming no file)."""
+    """A ``Corpus`` from a path, a list of paths, or a dataset: a hub id (a string naming no file) or a
+    local folder of data files, both read with ``datasets``."""
     if isinstance(source, Corpus):
         return source
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
+        if path.is_dir():
+            return Corpus(dataset=str(path))
         if path.exists() or isinstance(source, Path) or str(source).startswith((".", "/", "~")):
             return Corpus(files=(path,))
         return Corpus(dataset=str(source))
