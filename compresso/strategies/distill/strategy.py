@@ -276,8 +276,8 @@ class DistillStrategy(CompressionStrategy):
 
     @staticmethod
     def _init_distributed(ctx: RunContext) -> None:
-        if ctx.device.type == "cuda":
-            torch.cuda.set_device(ctx.device)
+        if ctx.device.type == "cuda" and ctx.device.index is not None:
+            torch.cuda.set_device(ctx.device)  # collectives (all_gather_object) use the current device
         if ctx.world_size > 1:
             import torch.distributed as dist
 

@@ -118,8 +118,9 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
+            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
             model = DistributedDataParallel(
-                student, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                student, device_ids=[index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False, gradient_as_bucket_view=True)
         fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(_param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
