@@ -207,6 +207,31 @@ def spawn_case(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def plot(results: list[dict], bytes_per_document: float, path: Path) -> None:
+    """Resident memory along the reads (trace points), with each case's peak as a level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for r in results:
+        if r.get("rss_trace") and r["case"] != "small":
+            mb = [t["documents"] * bytes_per_document / MB for t in r["rss_trace"]]
+            ax.plot(mb, [t["rss_mib"] for t in r["rss_trace"]], marker=".", label=f"{r['case']}: resident memory")
+    for r, style in zip(results, ("-", "--", ":", "-.", (0, (1, 3)))):
+        ax.axhline(r["peak_rss_mib"], linestyle=style, color="grey", linewidth=0.8,
+                   label=f"{r['case']} peak {r['peak_rss_mib']:.0f} MiB")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("text of the big file read (MB)")
+    ax.set_ylabel("resident memory (MiB)")
+    ax.set_title("distillation input pipeline: host memory")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # --- driver ----------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> dict:
@@ -227,7 +252,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--workers", type=int, default=0, help="tokenizer worker processes (distill's CPU default: 0)")
+    ap.add_argument("--cases", default="baseline,small,big,big-long,control",
+                    help="comma list of the cases to run (default: all)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--plot", type=Path, default=None, help="write a PNG of resident memory against text read")
     ap.add_argument("--case-json", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -268,8 +296,12 @@ def main(argv: list[str] | None = None) -> dict:
                               trace_every=max(1, args.batches // 5)))
         specs.append(dict(common, case="control", file=str(small), file_mb=small_mb))
 
+        wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
+        unknown = wanted - {s["case"] for s in specs} - ({"big-long"} if args.long_mb <= 0 else set())
+        if unknown:
+            raise SystemExit(f"--cases: unknown {', '.join(sorted(unknown))}")
         results = []
-        for spec in specs:
+        for spec in [s for s in specs if s["case"] in wanted]:
             console.log(f"case {spec['case']} ...")
             r = spawn_case(spec)
             if r.get("documents_read") is not None and spec.get("file"):
@@ -291,12 +323,19 @@ def main(argv: list[str] | None = None) -> dict:
                       f"{max(r['worker_peak_rss_mib']):.0f} MiB" if r.get("worker_peak_rss_mib") else "-",
                       f"{r['tokens_per_s']:,}" if r.get("tokens_per_s") else "-")
     console.print(table)
-    by = {r["case"]: r for r in results}
-    summary = {"big_minus_small_peak_mib": round(by["big"]["peak_rss_mib"] - by["small"]["peak_rss_mib"], 1)}
-    if "big-long" in by:
-        summary["long_minus_small_peak_mib"] = round(by["big-long"]["peak_rss_mib"] - by["small"]["peak_rss_mib"], 1)
-    summary["control_minus_baseline_mib"] = round(by["control"]["peak_rss_mib"] - by["baseline"]["peak_rss_mib"], 1)
+    by = {r["case"]: r["peak_rss_mib"] for r in results}
+    summary = {}
+    for name, (a, b) in {"big_minus_small_peak_mib": ("big", "small"),
+                         "long_minus_small_peak_mib": ("big-long", "small"),
+                         "control_minus_baseline_mib": ("control", "baseline"),
+                         "small_minus_baseline_mib": ("small", "baseline")}.items():
+        if a in by and b in by:
+            summary[name] = round(by[a] - by[b], 1)
     console.print(summary)
+
+    if args.plot:
+        plot(results, big_bytes / max(big_docs, 1), args.plot)
+        console.log(f"wrote {args.plot}")
 
     import torch
     import transformers

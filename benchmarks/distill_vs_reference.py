@@ -23,7 +23,8 @@ corpus file written to a temporary folder): its real input pipeline, bf16 autoca
 in bf16 and inference mode, MLM head at masked positions only, fused AdamW. The timed window is
 bounded through ``Trainer.on_step_end`` (the trainer's step hook): from the end of step
 ``warmup`` to the end of step ``warmup + steps``, with ``torch.cuda.synchronize()`` at both ends;
-the run has one extra step so its final checkpoint falls outside the window.
+two more steps follow the window: the first is recorded by a host-sync census on CUDA (see
+``SyncCensus``), the second logs and writes the final checkpoint, both outside the window.
 
 The reference runs its own ``Distiller.prepare_batch_mlm`` and ``Distiller.step`` on batches from
 its own ``LmSeqsDataset`` / ``DataLoader`` (exactly the body of ``Distiller.train``), timed the same
@@ -63,6 +64,7 @@ import sys
 import tempfile
 import time
 import types
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -155,6 +157,47 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+class SyncCensus:
+    """Records the host synchronisations of one optimiser step (CUDA only).
+
+    ``torch.cuda.set_sync_debug_mode("warn")`` makes every blocking CUDA call (``.item()``,
+    ``.tolist()``, a ``torch.tensor(..., device="cuda")`` from host data, ``nonzero``...) issue a
+    warning; each is recorded with the Python line that caused it. Run on one untimed step after
+    the timed window, so the warnings cost the timing nothing.
+    """
+
+    def __init__(self, device: torch.device):
+        self.enabled = device.type == "cuda"
+        self.records: list = []
+        self._cm = None
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self._cm = warnings.catch_warnings(record=True)
+        self.records = self._cm.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self) -> None:
+        if self._cm is None:
+            return
+        torch.cuda.set_sync_debug_mode(0)
+        self._cm.__exit__(None, None, None)
+        self._cm = None
+
+    def report(self) -> dict | None:
+        if not self.enabled:
+            return None
+        sites: dict[str, int] = {}
+        for w in self.records:
+            if "synchroniz" not in str(w.message):
+                continue
+            where = f"{Path(w.filename).name}:{w.lineno}"
+            sites[where] = sites.get(where, 0) + 1
+        return {"count": sum(sites.values()), "sites": dict(sorted(sites.items(), key=lambda kv: -kv[1]))}
+
+
 def summarise(name: str, system: str, sizes: Sizes, seconds: float, peak: float | None, **extra) -> dict:
     tokens_per_step = sizes.batch_size * sizes.grad_accum * sizes.seq_len
     step_s = seconds / sizes.steps
@@ -185,7 +228,8 @@ def run_compresso(teachers: list, tokenizer, corpus: Path, sizes: Sizes, device:
     refs = {f"teacher{i}": InMemoryTeacher(f"teacher{i}", ModelBundle(t, tokenizer)) for i, t in enumerate(teachers)}
     params = DistillStrategy.Params(
         corpus=[corpus], seq_len=sizes.seq_len, batch_size=sizes.batch_size, grad_accum_steps=sizes.grad_accum,
-        max_steps=sizes.warmup + sizes.steps + 1, heldout_documents=0, checkpoint_every=10**9,
+        max_steps=sizes.warmup + sizes.steps + 2, heldout_documents=0, checkpoint_every=10**9,
+        log_every=sizes.warmup + sizes.steps + 2,
         num_layers=sizes.student_layers, lr=OPTIM["lr"], adam_eps=OPTIM["eps"],
         max_grad_norm=OPTIM["max_grad_norm"], warmup_ratio=OPTIM["warmup_ratio"], num_workers=workers, **LOSS)
     stage = work / f"{name}-stage"
@@ -194,6 +238,7 @@ def run_compresso(teachers: list, tokenizer, corpus: Path, sizes: Sizes, device:
                      base_dir=work, console=Console(stderr=True))
     marks: dict = {}
     first, last = sizes.warmup, sizes.warmup + sizes.steps
+    census = SyncCensus(device)
 
     def on_step_end(self, step: int) -> None:
         if step == first:
@@ -204,6 +249,9 @@ def run_compresso(teachers: list, tokenizer, corpus: Path, sizes: Sizes, device:
             sync(device)
             marks["t1"] = time.perf_counter()
             marks["peak"] = peak_mib(device)
+            census.start()  # the next step is a plain one: no log, no checkpoint
+        elif step == last + 1:
+            census.stop()
 
     original = Trainer.on_step_end
     Trainer.on_step_end = on_step_end
@@ -211,6 +259,7 @@ def run_compresso(teachers: list, tokenizer, corpus: Path, sizes: Sizes, device:
         before = allocated_mib(device)
         result = DistillStrategy(params).apply(ModelBundle(teachers[0], tokenizer), ctx)
     finally:
+        census.stop()
         Trainer.on_step_end = original
     m = ctx.metrics
     expected_tokens = params.max_steps * sizes.batch_size * sizes.grad_accum * sizes.seq_len
@@ -223,7 +272,7 @@ def run_compresso(teachers: list, tokenizer, corpus: Path, sizes: Sizes, device:
     t2 = LOSS["temperature"] ** 2
     return summarise(name, "compresso", sizes, marks["t1"] - marks["t0"], marks["peak"],
                      teachers=len(teachers), precision="bf16 autocast, bf16 teachers" if device.type == "cuda"
-                     else "fp32", resident_before_mib=before,
+                     else "fp32", resident_before_mib=before, host_syncs_one_step=census.report(),
                      whole_run_tokens_per_s=m.get("tokens_per_second"),
                      final_losses={"kl": m.get("final_ce"), "kl_t2": None if m.get("final_ce") is None
                                    else round(m["final_ce"] * t2, 4),
@@ -298,13 +347,14 @@ def import_reference(ref_dir: Path):
 class ApexAmpO1:
     """Stand-in for ``apex.amp`` at opt_level O1, built on torch.amp (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, device_type: str = "cuda"):
+        self.device_type = device_type
         self.scaler: torch.amp.GradScaler | None = None
 
     def initialize(self, model, optimizer, opt_level="O1"):
         if opt_level != "O1":
             raise ValueError(f"the apex stand-in implements O1 only, not {opt_level}")
-        self.scaler = torch.amp.GradScaler("cuda")
+        self.scaler = torch.amp.GradScaler(self.device_type)
         scaler, inner_step = self.scaler, optimizer.step
 
         def step(*args, **kwargs):
@@ -315,6 +365,9 @@ class ApexAmpO1:
             finally:
                 optimizer.step = step
 
+        # the LR scheduler (built before amp.initialize) marks the step it wrapped; keep the mark so
+        # it does not warn that the step was replaced (the wrapped step still runs, via the scaler)
+        step._wrapped_by_lr_sched = getattr(inner_step, "_wrapped_by_lr_sched", False)
         optimizer.step = step
         return model, optimizer
 
@@ -334,8 +387,6 @@ def run_reference(ref_dir: Path, teacher, tokenizer, docs: np.ndarray, sizes: Si
 
     Distiller, LmSeqsDataset, stand_ins = import_reference(ref_dir)
     fp16 = precision == "fp16-amp"
-    if fp16 and device.type != "cuda":
-        raise SystemExit("--reference-precision fp16-amp needs --device cuda")
     special = {"pad_token": tokenizer.pad_token_id, "unk_token": tokenizer.unk_token_id,
                "cls_token": tokenizer.cls_token_id, "sep_token": tokenizer.sep_token_id,
                "mask_token": tokenizer.mask_token_id}
@@ -352,7 +403,7 @@ def run_reference(ref_dir: Path, teacher, tokenizer, docs: np.ndarray, sizes: Si
         max_grad_norm=OPTIM["max_grad_norm"], log_interval=10**9, checkpoint_interval=10**9)
 
     micro = (sizes.warmup + sizes.steps) * sizes.grad_accum
-    rows = docs[: micro * sizes.batch_size]
+    rows = docs[: (micro + sizes.grad_accum) * sizes.batch_size]  # + one untimed step for the sync census
     data = [np.concatenate([[special["cls_token"]], r, [special["sep_token"]]]) for r in rows]
     dataset = LmSeqsDataset(params=params, data=data)
     # train.py: token probabilities from the corpus counts, smoothed, never a special token
@@ -369,13 +420,14 @@ def run_reference(ref_dir: Path, teacher, tokenizer, docs: np.ndarray, sizes: Si
     ref_teacher.to(device)
     student.to(device)
 
-    amp = ApexAmpO1() if fp16 else None
+    amp = ApexAmpO1(device.type) if fp16 else None
     # forced: a real apex today has no `amp`, and the reference imports it inside its step
     apex = {"apex": _stand_in("apex", amp=amp)} if fp16 else {}
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if fp16 else contextlib.nullcontext
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.float16)) if fp16 else contextlib.nullcontext
     free_memory(device)
     before = allocated_mib(device)
     marks: dict = {}
+    census = SyncCensus(device)
     with _modules(apex, force=True):
         distiller = Distiller(params=params, dataset=dataset, token_probs=torch.from_numpy(token_probs),
                               student=student, teacher=ref_teacher)
@@ -397,9 +449,13 @@ def run_reference(ref_dir: Path, teacher, tokenizer, docs: np.ndarray, sizes: Si
                 sync(device)
                 marks["t1"] = time.perf_counter()
                 marks["peak"] = peak_mib(device)
+                census.start()
+            if done == micro + sizes.grad_accum:
+                census.stop()
                 break
-    if done != micro:
-        raise RuntimeError(f"the reference's DataLoader gave {done} batches, expected {micro}")
+        census.stop()
+    if done != micro + sizes.grad_accum:
+        raise RuntimeError(f"the reference's DataLoader gave {done} batches, expected {micro + sizes.grad_accum}")
     t2 = LOSS["temperature"] ** 2
     losses = {"kl": round(distiller.last_loss_ce / t2, 4), "kl_t2": round(distiller.last_loss_ce, 4),
               "mlm": round(distiller.last_loss_mlm, 4), "cos": round(distiller.last_loss_cos, 4),
@@ -411,7 +467,8 @@ def run_reference(ref_dir: Path, teacher, tokenizer, docs: np.ndarray, sizes: Si
     desc = {"fp16-amp": "apex O1 emulated: fp16 autocast + GradScaler, fp16 teacher", "fp32": "fp32 (no apex)"}
     return summarise(f"reference-{precision}" + ("" if ce_scope == "mask" else "-ce-all"), "reference", sizes,
                      marks["t1"] - marks["t0"], marks["peak"], teachers=1, precision=desc[precision],
-                     resident_before_mib=before, final_losses=losses, kl_positions=ce_scope,
+                     resident_before_mib=before, host_syncs_one_step=census.report(), final_losses=losses,
+                     kl_positions=ce_scope,
                      attn_implementation=attn, loss_scale=scale, stand_in_modules=stand_ins + list(apex))
 
 
@@ -434,16 +491,21 @@ def print_table(runs: list[dict], ratios: dict) -> None:
     from rich.table import Table
 
     table = Table(title="distillation training step (timed steps only)")
-    for col in ("run", "teachers", "precision", "step ms", "tokens/s", "peak GPU MiB", "KL·T²", "MLM", "cos"):
+    for col in ("run", "teachers", "precision", "step ms", "tokens/s", "peak GPU MiB", "host syncs/step", "KL·T²",
+                "MLM", "cos"):
         table.add_column(col, justify="left" if col in ("run", "precision") else "right")
     for r in runs:
         fl = r.get("final_losses") or {}
         fmt = (lambda v: "-" if v is None else f"{v:.3f}")
         table.add_row(r["name"], str(r["teachers"]), r["precision"], f"{r['step_ms']:.1f}",
                       f"{r['tokens_per_s']:,.0f}", "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:,.0f}",
+                      str(r["host_syncs_one_step"]["count"]) if r.get("host_syncs_one_step") else "-",
                       fmt(fl.get("kl_t2")), fmt(fl.get("mlm")), fmt(fl.get("cos")))
-    console = Console(width=None if sys.stdout.isatty() else 150)
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(table)
+    for r in runs:
+        if r.get("host_syncs_one_step") and r["host_syncs_one_step"]["sites"]:
+            console.print(f"{r['name']}: host syncs in one step at {r['host_syncs_one_step']['sites']}")
     for k, v in ratios.items():
         console.print(f"{k}: [bold]{v:.2f}[/bold]")
 
@@ -483,13 +545,19 @@ def main(argv: list[str] | None = None) -> dict:
     sizes = replace(sizes, **overrides)
     if sizes.warmup < 1 or sizes.steps < 1:
         ap.error("--warmup and --steps must be at least 1")
-    precisions = (args.reference_precision or ("fp16-amp,fp32" if device.type == "cuda" else "fp32")).split(",")
+    precisions = [p.strip() for p in (args.reference_precision or ("fp16-amp,fp32" if device.type == "cuda"
+                                                                   else "fp32")).split(",")]
+    unknown = set(precisions) - {"fp16-amp", "fp32"}
+    if unknown:
+        ap.error(f"--reference-precision: unknown {', '.join(sorted(unknown))}; choose from fp16-amp, fp32")
+    if "fp16-amp" in precisions and device.type != "cuda":
+        ap.error("--reference-precision fp16-amp needs a CUDA device (the reference's fp16 path is GPU-only)")
     counts = [int(c) for c in args.teachers.split(",") if c.strip()]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     tokenizer = make_tokenizer(sizes.vocab)
     teachers = [make_teacher(sizes, seed=i) for i in range(max(counts + [1]))]
-    micro_batches = (sizes.warmup + sizes.steps + 1) * sizes.grad_accum
+    micro_batches = (sizes.warmup + sizes.steps + 2) * sizes.grad_accum
     docs = make_documents(sizes, micro_batches * sizes.batch_size + 256, seed=0)
     runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="compresso-bench-") as tmp:
@@ -502,7 +570,7 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_reference:
             for precision in precisions:
                 runs.append(run_reference(args.reference_dir.resolve(), teachers[0], tokenizer, docs, sizes, device,
-                                          precision.strip(), args.reference_ce, work))
+                                          precision, args.reference_ce, work))
 
     by = {r["name"]: r for r in runs}
     ratios = {}

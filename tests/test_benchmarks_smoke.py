@@ -1,0 +1,77 @@
+"""Smoke runs of the distillation performance benchmarks at tiny sizes, on CPU.
+
+The distillation benchmark runs compresso's side always; the HuggingFace reference side only when
+``COMPRESSO_REFERENCE_DIR`` names its ``distillation`` folder (it is never part of the repository).
+"""
+
+import importlib.util
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_distill_benchmark_tiny(tmp_path):
+    bench = load("distill_vs_reference")
+    reference = os.environ.get("COMPRESSO_REFERENCE_DIR")
+    out_file = tmp_path / "distill.json"
+    argv = ["--tiny", "--device", "cpu", "--teachers", "1", "--steps", "2", "--warmup", "1", "--out", str(out_file)]
+    argv += ["--reference-dir", reference] if reference else ["--skip-reference"]
+    out = bench.main(argv)
+
+    assert json.loads(out_file.read_text()) == json.loads(json.dumps(out))
+    runs = {r["name"]: r for r in out["runs"]}
+    mine = runs["compresso-1-teacher"]
+    sizes = bench.TINY
+    assert mine["tokens_per_step"] == sizes.batch_size * sizes.seq_len
+    assert mine["step_ms"] > 0 and mine["tokens_per_s"] > 0
+    assert mine["student_layers"] == [0, 3]
+    losses = mine["final_losses"]
+    # Random initialisation: near-uniform predictions, so the masked-LM cross-entropy is about
+    # ln(vocabulary); the student is cut from its teacher, so hidden states still point alike.
+    assert abs(losses["mlm"] - math.log(sizes.vocab)) < 0.5
+    assert 0 <= losses["cos"] < 0.3
+    assert 0 <= losses["kl"] < 0.1
+    if reference:
+        ref = runs["reference-fp32"]
+        assert ref["tokens_per_step"] == mine["tokens_per_step"]
+        # Same loss definition: the same components land on the same values.
+        assert abs(ref["final_losses"]["mlm"] - losses["mlm"]) < 0.3
+        assert abs(ref["final_losses"]["cos"] - losses["cos"]) < 0.05
+        assert abs(ref["final_losses"]["kl_t2"] - losses["kl_t2"]) < 0.05
+
+
+def test_distill_benchmark_rejects_fp16_reference_on_cpu():
+    bench = load("distill_vs_reference")
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--device", "cpu", "--reference-dir", str(BENCHMARKS),
+                    "--reference-precision", "fp16-amp"])
+
+
+@pytest.mark.shared
+def test_corpus_memory_flat(tmp_path, shared_dir):
+    bench = load("corpus_memory")
+    out = bench.main(["--corpus-dir", str(shared_dir / "corpus"),
+                      "--tokenizer", str(shared_dir / "teachers" / "ro-bert-small-cased"),
+                      "--small-mb", "1", "--big-mb", "20", "--batches", "3", "--cases", "small,big",
+                      "--work-dir", str(tmp_path / "files"), "--out", str(tmp_path / "memory.json")])
+    by = {r["case"]: r for r in out["results"]}
+    assert by["small"]["batches"] == by["big"]["batches"] == 3
+    assert by["big"]["file_mb"] >= 19 and by["small"]["file_mb"] <= 1.5
+    assert by["big"]["tokens"] > 0
+    # Holding the 20 MB file's text in Python would add ~40 MB (UCS-2 strings for Romanian text);
+    # streaming keeps the two peaks within noise.
+    assert abs(out["summary"]["big_minus_small_peak_mib"]) < 10
