@@ -59,6 +59,22 @@ def uncased_tokenizer() -> BertTokenizerFast:
                              strip_accents=False)
 
 
+def sentencepiece_tokenizer():
+    """A small uncased Unigram tokenizer with Metaspace ('▁' marks word starts), trained here."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    text = [" ".join(WORDS + NAMES)] * 50 + ["oamenilor frumoasele orașele"] * 20
+    tok.train_from_iterator(text, trainers.UnigramTrainer(
+        vocab_size=120, special_tokens=["<pad>", "<unk>", "<s>", "</s>", "<mask>"], unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", cls_token="<s>",
+                                   sep_token="</s>", mask_token="<mask>")
+
+
 def tiny_mlm(tokenizer, folder: Path, layers=4, hidden=32, seed=0, max_positions=64) -> Path:
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
@@ -134,6 +150,28 @@ def test_vocab_map_folds_case_maps_continuations_and_skips_specials():
     # Uncased student, cased teacher: no folding ('ion' cannot reach 'Ion').
     back = build_vocab_map(uncased, cased, "c")
     assert not back.case_folded and back.student_to_teacher[uv["ion"]] == -1
+
+
+def test_sentencepiece_teacher_maps_and_aligns_by_surface():
+    cased, sp = cased_tokenizer(), sentencepiece_tokenizer()
+    vmap = build_vocab_map(cased, sp, "sp")
+    cv, spv = cased.get_vocab(), sp.get_vocab()
+    assert vmap.student_to_teacher[cv["oameni"]] == spv["▁oameni"]  # word-initial <-> '▁'
+    assert vmap.student_to_teacher[cv["##a"]] == spv["a"]  # continuation <-> no '▁'
+    assert vmap.student_to_teacher[cv["Ion"]] in (-1, spv.get("▁ion", -1))
+    views = [ViewSpec.from_tokenizer(cased, "student", 64), ViewSpec.from_tokenizer(sp, "sp", 64)]
+    assert spv["▁"] in views[1].unmatchable_ids
+    rows = RowEncoder(views).encode(["Frumoasele case ale oamenilor", "Ion și Maria sunt în București."])
+    matched = 0
+    for r in range(rows["rows"]):
+        s_tok = cased.convert_ids_to_tokens(rows["ids0"][r].tolist())
+        t_tok = sp.convert_ids_to_tokens(rows["ids1"][r].tolist())
+        for i, m in enumerate(rows["match1"][r]):
+            if m >= 0:
+                matched += 1
+                assert t_tok[m] != "▁"
+                assert s_tok[i].removeprefix("##").lower() == t_tok[m].removeprefix("▁")
+    assert matched >= 5
 
 
 def test_same_tokenization_detects_copies_and_differences(tmp_path):

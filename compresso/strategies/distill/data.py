@@ -53,6 +53,7 @@ class ViewSpec:
     max_len: int
     vocab_size: int
     special_ids: tuple[int, ...]
+    unmatchable_ids: tuple[int, ...] = ()  # pieces with no text of their own (a bare '▁'): never aligned
 
     @classmethod
     def from_tokenizer(cls, tokenizer, name: str, max_len: int) -> "ViewSpec":
@@ -62,10 +63,18 @@ class ViewSpec:
             raise ValueError(f"{name}: tokenizer has no {', '.join(m.replace('_id', '') for m in missing)}; "
                              f"masked-LM distillation needs [CLS]/[SEP]/[PAD]/[MASK]-style special tokens")
         unk = tokenizer.unk_token_id if tokenizer.unk_token_id is not None else -1
+        special = tuple(sorted(set(tokenizer.all_special_ids)))
+        try:
+            from compresso.strategies.distill.vocab import PieceScheme
+
+            scheme = PieceScheme.of(tokenizer, name)
+            empty = [i for t, i in tokenizer.get_vocab().items() if not scheme.split(t)[1]]
+        except Exception:  # a tokenizer only used on the fast path needs no alignment
+            empty = []
         return cls(name=name, tokenizer_json=tokenizer.backend_tokenizer.to_str(), cls_id=tokenizer.cls_token_id,
                    sep_id=tokenizer.sep_token_id, pad_id=tokenizer.pad_token_id, mask_id=tokenizer.mask_token_id,
-                   unk_id=unk, max_len=max_len, vocab_size=len(tokenizer),
-                   special_ids=tuple(sorted(set(tokenizer.all_special_ids))))
+                   unk_id=unk, max_len=max_len, vocab_size=len(tokenizer), special_ids=special,
+                   unmatchable_ids=tuple(sorted(set(empty) | set(special))))
 
 
 class RowEncoder:
@@ -128,7 +137,9 @@ class RowEncoder:
             kw = new_word[wid[v][mask]]
             kwid.append(kw)
             tok_cum.append(np.concatenate([[0], np.cumsum(counts[v][keep])]))
-            keys.append((kw << 22) | (starts[v][mask] << 11) | ends[v][mask])
+            key = (kw << 22) | (starts[v][mask] << 11) | ends[v][mask]
+            key[np.isin(kids[v], views[v].unmatchable_ids)] = -1 - v  # never equal across views
+            keys.append(key)
             unk_tok.append(kids[v] == views[v].unk_id)
         maskable = np.bincount(kwid[0][unk_tok[0]], minlength=kept_words) == 0
 

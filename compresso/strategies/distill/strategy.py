@@ -188,7 +188,9 @@ class DistillStrategy(CompressionStrategy):
             link.to(device)
 
         student = StudentModule(student_model, projections)
-        run_id = fingerprint({"params": p.model_dump(mode="json"), "layers": layers, "seed": ctx.seed,
+        # What makes a checkpoint resumable: everything but settings that change no weights.
+        resumable = p.model_dump(mode="json", exclude={"num_workers", "log_every", "checkpoint_every"})
+        run_id = fingerprint({"params": resumable, "layers": layers, "seed": ctx.seed,
                               "teachers": {n: i["model"] for n, i in teacher_info.items()},
                               "views": [v.name for v in views], "world": ctx.world_size})
         train_cfg = TrainConfig(max_steps=p.max_steps, grad_accum_steps=p.grad_accum_steps, lr=p.lr,
@@ -216,7 +218,10 @@ class DistillStrategy(CompressionStrategy):
         ctx.log(f"distilling {len(layers)} of {bundle.model.config.num_hidden_layers} layers "
                 f"({layers}) from {', '.join(f'{n} ({w / total_w:.2f})' for n, w in weights.items())}; "
                 f"{len(views) - 1} teacher tokenizer(s) differ from the student's")
-        result = trainer.train()
+        try:
+            result = trainer.train()
+        except CorpusError as exc:
+            raise StrategyError(f"distill: {exc}") from None
 
         after = None
         if ctx.is_main and heldout_batches:
