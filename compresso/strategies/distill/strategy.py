@@ -192,7 +192,7 @@ class DistillStrategy(CompressionStrategy):
         resumable = p.model_dump(mode="json", exclude={"num_workers", "log_every", "checkpoint_every"})
         run_id = fingerprint({"params": resumable, "layers": layers, "seed": ctx.seed,
                               "teachers": {n: i["model"] for n, i in teacher_info.items()},
-                              "views": [v.name for v in views], "world": ctx.world_size})
+                              "views": [v.name for v in views]})
         train_cfg = TrainConfig(max_steps=p.max_steps, grad_accum_steps=p.grad_accum_steps, lr=p.lr,
                                 weight_decay=p.weight_decay, warmup_ratio=p.warmup_ratio, betas=tuple(p.adam_betas),
                                 eps=p.adam_eps, max_grad_norm=p.max_grad_norm, log_every=p.log_every,

@@ -118,9 +118,11 @@ class Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+            device_ids = None
+            if self.device.type == "cuda":
+                device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
             model = DistributedDataParallel(
-                student, device_ids=[index] if self.device.type == "cuda" else None,
+                student, device_ids=device_ids,
                 broadcast_buffers=False, gradient_as_bucket_view=True)
         fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(_param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
