@@ -461,6 +461,23 @@ def test_two_teachers_with_different_tokenizers_both_supervise(tiny, tmp_path):
     assert report["training"]["final_losses"]["mse"] > 0
 
 
+def test_same_tokenizer_teacher_with_padded_output_layer_and_other_width(tmp_path, tiny):
+    """Same tokenizer, but the teacher pads its vocabulary and is wider: fast path + projection."""
+    tok = cased_tokenizer()
+    torch.manual_seed(5)
+    wide = tmp_path / "wide"
+    BertForMaskedLM(BertConfig(vocab_size=len(tok) + 6, hidden_size=48, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=96, max_position_embeddings=64)).save_pretrained(wide)
+    tok.save_pretrained(wide)
+    ctx = make_ctx(tmp_path, {"wide": wide})
+    params = DistillStrategy.Params(**small_params(tiny["corpus"], max_steps=2, alpha_hidden_mse=1.0))
+    DistillStrategy(params).apply(load_bundle(tiny["cased"]), ctx)
+    report = json.loads((ctx.stage_dir / "distill.json").read_text())
+    assert report["teachers"]["wide"]["same_tokenizer"] and report["teachers"]["wide"]["projection"]
+    assert report["teachers"]["wide"]["layer_map"] == {"1": 1, "2": 2}  # 2 student layers, 2 teacher layers
+    assert all(np.isfinite(v) for v in report["training"]["final_losses"].values())
+
+
 def _final_state(ctx) -> dict:
     from safetensors.torch import load_file
 

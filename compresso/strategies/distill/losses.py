@@ -48,6 +48,7 @@ class TeacherLink:
     weight: float  # normalised over the teachers
     view: int  # 0: the student's tokenizer (fast path); v >= 1: Batch.views[v - 1]
     vocab: VocabMap | None = None
+    shared_vocab: int | None = None  # fast path: compare the first N logits (output layers may be padded)
     cos_projection: str | None = None  # key into StudentModule.projections
     layer_map: dict[int, int] = field(default_factory=dict)  # student hidden index -> teacher hidden index
     mse_projections: dict[int, str] = field(default_factory=dict)
@@ -113,6 +114,8 @@ def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden:
         entropy = -(logp1.exp() * logp1).sum(-1)
     if link.cross:
         logits = logits.index_select(1, link.teacher_ids)
+    elif link.shared_vocab is not None:
+        logits = logits[:, : link.shared_vocab]
     log_p = (logits / cfg.temperature).log_softmax(-1)
     hidden, layers = None, {}
     if need_hidden:
@@ -139,9 +142,11 @@ def teacher_targets(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidde
 
 def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -> torch.Tensor:
     """Student log-probs at T in the teacher's target space (full vocab, or pushed onto the intersection)."""
-    log_q = (logits / temperature).log_softmax(-1)
     if not link.cross:
-        return log_q
+        if link.shared_vocab is not None:
+            logits = logits[:, : link.shared_vocab]
+        return (logits / temperature).log_softmax(-1)
+    log_q = (logits / temperature).log_softmax(-1)
     mapped = log_q.index_select(1, link.student_ids)  # (k, M)
     k, n_cols = mapped.shape[0], link.teacher_ids.shape[0]
     cols = link.columns.unsqueeze(0).expand(k, -1)

@@ -158,7 +158,13 @@ class DistillStrategy(CompressionStrategy):
             t_emb = tb.model.get_input_embeddings().weight
             same_origin = t_emb.shape == student_emb.shape and torch.equal(t_emb, student_emb)
             info["initialised_student"] = bool(same_origin)
-            links.append(TeacherLink(name=name, lm=MaskedLM(tb.model), weight=w / total_w, view=view, vocab=vmap))
+            link = TeacherLink(name=name, lm=MaskedLM(tb.model), weight=w / total_w, view=view, vocab=vmap)
+            if same:
+                s_out = bundle.model.get_output_embeddings().weight.shape[0]
+                t_out = tb.model.get_output_embeddings().weight.shape[0]
+                if s_out != t_out:  # one of them pads its output layer; the tokenizer's ids are the same
+                    link.shared_vocab = min(s_out, t_out)
+            links.append(link)
             teacher_info[name] = info
 
         student_model = build_student(bundle.model, layers)
