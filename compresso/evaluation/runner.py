@@ -438,6 +438,8 @@ def _efficiency(ev: _Evaluation, console: Console) -> dict:
         if e["gpu_throughput"] and ref["gpu_throughput"]:
             ratios["gpu_speedup"] = e["gpu_throughput"] / ref["gpu_throughput"]
         for b, ms in e["cpu_latency_ms"].items():
+            if b.endswith("_min"):
+                continue
             if ref["cpu_latency_ms"].get(b):
                 ratios[f"cpu_speedup_b{b}"] = ref["cpu_latency_ms"][b] / ms
         e["ratios"] = ratios

@@ -1,0 +1,100 @@
+"""Size and speed of models side by side, without fine-tuning: the evaluation suite's efficiency
+measurement on its own.
+
+For each model (a folder, a compresso stage folder or a hub id): encoder parameters, weight bytes
+on disk with their dtype, GPU throughput (bf16, batch 128 x 128, when CUDA is available) and CPU
+latency (median ms at batch 1 and 8, sequence 128, 2 threads), each also as a ratio to the first
+model (or --reference). Definitions: docs/evaluation.md, "Efficiency".
+
+    python benchmarks/efficiency.py cased=../shared/teachers/ro-bert-small-cased runs/x/00-distill
+    python benchmarks/efficiency.py A=... B=... --cpu-batches 1 8 32 --threads 4 --out eff.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("models", nargs="+", help="PATH or NAME=PATH (folder or hub id)")
+    parser.add_argument("--reference", help="name of the model the ratios are taken to (default: the first)")
+    parser.add_argument("--gpu-batch", type=int, default=128)
+    parser.add_argument("--gpu-seq", type=int, default=128)
+    parser.add_argument("--no-gpu", action="store_true")
+    parser.add_argument("--cpu-batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--cpu-seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-cpu", action="store_true")
+    parser.add_argument("--min-seconds", type=float, default=1.0, help="time each measurement at least this long")
+    parser.add_argument("--out", type=Path, help="write the measurements as JSON")
+    args = parser.parse_args(argv)
+
+    from compresso.evaluation.config import EfficiencyConfig
+    from compresso.evaluation.efficiency import measure
+
+    console = Console()
+    named = []
+    for spec in args.models:
+        name, path = spec.split("=", 1) if "=" in spec else (Path(spec.rstrip("/")).name or spec, spec)
+        named.append((name, path))
+    names = [n for n, _ in named]
+    reference = args.reference or names[0]
+    if reference not in names:
+        console.print(f"[red]--reference {reference}: not among {', '.join(names)}[/red]")
+        return 2
+    cfg = EfficiencyConfig(gpu=not args.no_gpu, gpu_batch_size=args.gpu_batch, gpu_seq_length=args.gpu_seq,
+                           cpu=not args.no_cpu, cpu_batch_sizes=args.cpu_batches, cpu_seq_length=args.cpu_seq,
+                           cpu_threads=args.threads, min_seconds=args.min_seconds)
+    results = {}
+    for name, path in named:
+        console.log(f"measuring {name} ({path})")
+        results[name] = measure(path, cfg)
+    ref = results[reference]
+    table = Table(title=f"efficiency (ratios to {reference})")
+    for col in ["model", "params", "×", "disk", "×", "dtype", "GPU seq/s", "speed-up"] + \
+               [c for b in args.cpu_batches for c in (f"CPU ms b{b}", "speed-up")]:
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for name, r in results.items():
+        ratios = {}
+        if r["parameters"] and ref["parameters"]:
+            ratios["parameters"] = r["parameters"] / ref["parameters"]
+        if r["disk_bytes"] and ref["disk_bytes"]:
+            ratios["disk_bytes"] = r["disk_bytes"] / ref["disk_bytes"]
+        if r["gpu_throughput"] and ref["gpu_throughput"]:
+            ratios["gpu_speedup"] = r["gpu_throughput"] / ref["gpu_throughput"]
+        for b, ms in r["cpu_latency_ms"].items():
+            if b.endswith("_min"):
+                continue
+            if ref["cpu_latency_ms"].get(b):
+                ratios[f"cpu_speedup_b{b}"] = ref["cpu_latency_ms"][b] / ms
+        r["ratios"] = ratios
+        fmt = lambda x: f"{x:.2f}" if x else "–"  # noqa: E731
+        row = [name, f"{r['parameters'] / 1e6:.2f} M" if r["parameters"] else "–", fmt(ratios.get("parameters")),
+               f"{r['disk_bytes'] / 2**20:.1f} MiB" if r["disk_bytes"] else "–", fmt(ratios.get("disk_bytes")),
+               ",".join(r["weights_dtypes"]) or "–",
+               f"{r['gpu_throughput']:.0f}" if r["gpu_throughput"] else r.get("gpu_note", "–"),
+               fmt(ratios.get("gpu_speedup"))]
+        for b in args.cpu_batches:
+            ms = r["cpu_latency_ms"].get(str(b))
+            row += [f"{ms:.1f}" if ms else r.get("cpu_note", "–"), fmt(ratios.get(f"cpu_speedup_b{b}"))]
+        table.add_row(*row)
+    console.print(table)
+    for name, r in results.items():
+        for note in r["notes"]:
+            console.print(f"[yellow]{name}: {note}[/yellow]")
+    if args.out:
+        args.out.write_text(json.dumps({"reference": reference, "config": cfg.model_dump(), "models": results},
+                                       indent=2) + "\n")
+        console.print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
