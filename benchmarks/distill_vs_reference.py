@@ -18,6 +18,9 @@ same data, with the same loss definition:
             KL; ``--reference-ce all`` gives its default, KL on every token)
   optimiser AdamW, clipping at 5, linear warm-up/decay; same micro-batch and accumulation
 
+Each run also reports its loss components averaged over all its steps (``mean_losses``; KL·T²,
+MLM, cosine): on random models both sides land on the same values when the losses are the same.
+
 compresso runs through its public strategy API (``DistillStrategy.apply`` on an in-memory teacher,
 corpus file written to a temporary folder): its real input pipeline, bf16 autocast on GPU, teachers
 in bf16 and inference mode, MLM head at masked positions only, fused AdamW. The timed window is
@@ -72,6 +75,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing compresso
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
 
 
@@ -91,7 +95,7 @@ class Sizes:
 
 
 BASE = Sizes(vocab=50_000, hidden=768, layers=12, heads=12, ffn=3072, student_layers=6, seq_len=128,
-             batch_size=64, grad_accum=1, steps=30, warmup=5)
+             batch_size=64, grad_accum=1, steps=50, warmup=10)
 TINY = Sizes(vocab=2_000, hidden=64, layers=4, heads=2, ffn=128, student_layers=2, seq_len=32,
              batch_size=8, grad_accum=1, steps=4, warmup=2)
 LOSS = dict(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0)
@@ -274,7 +278,7 @@ def run_compresso(teachers: list, tokenizer, corpus: Path, sizes: Sizes, device:
                      teachers=len(teachers), precision="bf16 autocast, bf16 teachers" if device.type == "cuda"
                      else "fp32", resident_before_mib=before, host_syncs_one_step=census.report(),
                      whole_run_tokens_per_s=m.get("tokens_per_second"),
-                     final_losses={"kl": m.get("final_ce"), "kl_t2": None if m.get("final_ce") is None
+                     mean_losses={"kl": m.get("final_ce"), "kl_t2": None if m.get("final_ce") is None
                                    else round(m["final_ce"] * t2, 4),
                                    "mlm": m.get("final_mlm"), "cos": m.get("final_cos"), "total": m.get("final_loss")},
                      student_layers=report["student"]["layers_kept"],
@@ -428,6 +432,7 @@ def run_reference(ref_dir: Path, teacher, tokenizer, docs: np.ndarray, sizes: Si
     before = allocated_mib(device)
     marks: dict = {}
     census = SyncCensus(device)
+    loss_sums: dict[str, float] = {}
     with _modules(apex, force=True):
         distiller = Distiller(params=params, dataset=dataset, token_probs=torch.from_numpy(token_probs),
                               student=student, teacher=ref_teacher)
@@ -440,6 +445,10 @@ def run_reference(ref_dir: Path, teacher, tokenizer, docs: np.ndarray, sizes: Si
             token_ids, attn_mask, lm_labels = distiller.prepare_batch_mlm(batch=batch)
             with autocast():
                 distiller.step(input_ids=token_ids, attention_mask=attn_mask, lm_labels=lm_labels)
+            # already host floats in the reference; summed for the mean over the run, like compresso's log
+            for key, value in (("kl_t2", distiller.last_loss_ce), ("mlm", distiller.last_loss_mlm),
+                               ("cos", distiller.last_loss_cos), ("total", distiller.last_loss)):
+                loss_sums[key] = loss_sums.get(key, 0.0) + value
             done += 1
             if done == sizes.warmup * sizes.grad_accum:
                 sync(device)
@@ -457,9 +466,8 @@ def run_reference(ref_dir: Path, teacher, tokenizer, docs: np.ndarray, sizes: Si
     if done != micro + sizes.grad_accum:
         raise RuntimeError(f"the reference's DataLoader gave {done} batches, expected {micro + sizes.grad_accum}")
     t2 = LOSS["temperature"] ** 2
-    losses = {"kl": round(distiller.last_loss_ce / t2, 4), "kl_t2": round(distiller.last_loss_ce, 4),
-              "mlm": round(distiller.last_loss_mlm, 4), "cos": round(distiller.last_loss_cos, 4),
-              "total": round(distiller.last_loss, 4)}
+    losses = {k: round(v / done, 4) for k, v in loss_sums.items()}
+    losses["kl"] = round(loss_sums["kl_t2"] / done / t2, 5)
     scale = amp.scaler.get_scale() if fp16 else None
     attn = getattr(student.config, "_attn_implementation", None)
     del distiller, student, ref_teacher, dataset, data
@@ -467,7 +475,7 @@ def run_reference(ref_dir: Path, teacher, tokenizer, docs: np.ndarray, sizes: Si
     desc = {"fp16-amp": "apex O1 emulated: fp16 autocast + GradScaler, fp16 teacher", "fp32": "fp32 (no apex)"}
     return summarise(f"reference-{precision}" + ("" if ce_scope == "mask" else "-ce-all"), "reference", sizes,
                      marks["t1"] - marks["t0"], marks["peak"], teachers=1, precision=desc[precision],
-                     resident_before_mib=before, host_syncs_one_step=census.report(), final_losses=losses,
+                     resident_before_mib=before, host_syncs_one_step=census.report(), mean_losses=losses,
                      kl_positions=ce_scope,
                      attn_implementation=attn, loss_scale=scale, stand_in_modules=stand_ins + list(apex))
 
@@ -495,7 +503,7 @@ def print_table(runs: list[dict], ratios: dict) -> None:
                 "MLM", "cos"):
         table.add_column(col, justify="left" if col in ("run", "precision") else "right")
     for r in runs:
-        fl = r.get("final_losses") or {}
+        fl = r.get("mean_losses") or {}
         fmt = (lambda v: "-" if v is None else f"{v:.3f}")
         table.add_row(r["name"], str(r["teachers"]), r["precision"], f"{r['step_ms']:.1f}",
                       f"{r['tokens_per_s']:,.0f}", "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:,.0f}",
@@ -528,6 +536,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--reference-ce", choices=("mask", "all"), default="mask",
                     help="reference KL on masked tokens (restrict_ce_to_mask; compresso's definition) or all")
     ap.add_argument("--workers", type=int, default=None, help="compresso tokenizer workers (default: its own)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads for the run (default: torch's); 1 gives steady CPU timings on a "
+                         "busy machine, where multi-threaded steps stall on descheduled threads")
     ap.add_argument("--out", type=Path, help="write results as JSON here")
     args = ap.parse_args(argv)
 
@@ -554,6 +565,16 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--reference-precision fp16-amp needs a CUDA device (the reference's fp16 path is GPU-only)")
     counts = [int(c) for c in args.teachers.split(",") if c.strip()]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return _run(args, device, sizes, precisions, counts)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(args, device: torch.device, sizes: Sizes, precisions: list[str], counts: list[int]) -> dict:
 
     tokenizer = make_tokenizer(sizes.vocab)
     teachers = [make_teacher(sizes, seed=i) for i in range(max(counts + [1]))]
@@ -584,7 +605,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_table(runs, ratios)
     out = {"benchmark": "distill_vs_reference", "sizes": asdict(sizes), "loss": LOSS, "optimiser": OPTIM,
            "tiny": args.tiny, "reference_dir": None if args.skip_reference else str(args.reference_dir),
-           "environment": environment(device), "runs": runs, "ratios": {k: round(v, 3) for k, v in ratios.items()}}
+           "environment": {**environment(device), "torch_threads": torch.get_num_threads()}, "runs": runs, "ratios": {k: round(v, 3) for k, v in ratios.items()}}
     if args.out:
         args.out.write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {args.out}")
