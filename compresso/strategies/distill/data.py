@@ -80,11 +80,14 @@ class ViewSpec:
 class RowEncoder:
     """Documents -> packed rows, for every view at once. Holds no state between chunks."""
 
-    def __init__(self, views: list[ViewSpec]):
+    def __init__(self, views: list[ViewSpec], threads: bool = True):
+        """``threads=False`` encodes document by document, never starting the tokenizers library's
+        thread pool: in the training process it would compete with torch for the cores."""
         from tokenizers import Tokenizer
         from tokenizers.pre_tokenizers import BertPreTokenizer
 
         self.views = views
+        self.threads = threads
         self.backends = []
         for spec in views:
             backend = Tokenizer.from_str(spec.tokenizer_json)
@@ -106,7 +109,10 @@ class RowEncoder:
 
         ids, wid, starts, ends = [], [], [], []
         for backend in self.backends:
-            encs = backend.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
+            if self.threads:
+                encs = backend.encode_batch(words, is_pretokenized=True, add_special_tokens=False)
+            else:
+                encs = [backend.encode(w, is_pretokenized=True, add_special_tokens=False) for w in words]
             lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
             n = int(lens.sum())
             ids.append(np.fromiter(chain.from_iterable(e.ids for e in encs), dtype=np.int64, count=n))
@@ -437,7 +443,7 @@ class _Chunks:
             self.pool = ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn"),
                                             initializer=_init_worker, initargs=(encoder_views,))
         else:
-            self.encoder = RowEncoder(encoder_views)
+            self.encoder = RowEncoder(encoder_views, threads=False)
 
     def map(self, doc_chunks: Iterator[tuple[list[str], int, int]]) -> Iterator[dict[str, Any]]:
         if self.pool is None:

@@ -243,7 +243,9 @@ class DistillStrategy(CompressionStrategy):
                          student=student_model, teachers=teacher_info, result=result, views=views,
                          heldout_docs=p.heldout_documents if heldout_batches else 0,
                          teachers_eval=teachers_eval, before=before, after=after, links=links)
-        return ModelBundle(model=student_model, tokenizer=student_tok, lineage=list(bundle.lineage))
+        # A pruned student (format "prune") stays in the format that can describe its shapes.
+        return ModelBundle(model=student_model, tokenizer=student_tok, lineage=list(bundle.lineage),
+                           format=bundle.format)
 
     # --- helpers -----------------------------------------------------------------------------
     def _projections(self, links: list[TeacherLink], info: dict, student_lm: MaskedLM) -> dict:
