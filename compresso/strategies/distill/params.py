@@ -82,8 +82,8 @@ class DistillParams(StrategyParams):
     # Runtime -------------------------------------------------------------------------------
     checkpoint_every: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
     log_every: int = Field(20, ge=1, description="Read losses back from the device every N steps.")
-    num_workers: int | None = Field(None, ge=0, description="Tokenizer worker processes; default 0 on CPU, "
-                                                            "up to 8 on GPU.")
+    num_workers: int | None = Field(None, ge=0, description="Tokenizer worker processes; default 0 on CPU; "
+                                                            "on GPU the cores per process less 2, at most 12.")
 
     @field_validator("layers")
     @classmethod

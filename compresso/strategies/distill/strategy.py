@@ -176,7 +176,7 @@ class DistillStrategy(CompressionStrategy):
                               entropy_temperature=p.entropy_temperature)
         need_words = any(lk.cross for lk in links) and (p.alpha_cos > 0 or p.alpha_hidden_mse > 0)
         workers = p.num_workers if p.num_workers is not None else (
-            0 if device.type == "cpu" else max(0, min(8, (os.cpu_count() or 1) // max(ctx.world_size, 1) - 1)))
+            0 if device.type == "cpu" else max(0, min(12, (os.cpu_count() or 1) // max(ctx.world_size, 1) - 2)))
         stream_cfg = StreamConfig(
             corpus=corpus, views=views, batch_size=p.batch_size, seed=ctx.seed, heldout=p.heldout_documents,
             max_documents=p.max_documents, rank=ctx.rank, world_size=ctx.world_size, num_workers=workers,
