@@ -116,7 +116,11 @@ def length_grouped_batches(lengths: np.ndarray, batch_size: int, rng: np.random.
 def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Deterministic batches for inference, longest first (the first batch shows memory trouble early)."""
     order = np.argsort(-lengths, kind="stable")
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        # no batch of one: exported graphs (INT8) often specialise the batch dimension to >= 2
+        batches[-2:] = [np.concatenate(batches[-2:])]
+    return batches
 
 
 def collate(enc: Encoded, idx: np.ndarray, pad_id: int, with_labels: bool, multiple: int = 8) -> dict[str, torch.Tensor]:
