@@ -226,14 +226,15 @@ def test_rows_pack_whole_words_identically_in_every_view(tiny):
 def test_masking_invariants():
     views = _views()
     rng = random.Random(1)
-    docs = [" ".join(rng.choice(WORDS + NAMES) for _ in range(rng.randint(5, 30))) for _ in range(400)]
+    docs = [" ".join(rng.choice(WORDS + NAMES + ["Ωmega"]) for _ in range(rng.randint(5, 30))) for _ in range(400)]
     rows = RowEncoder(views).encode(docs)
+    assert (rows["ids0"] == views[0].unk_id).sum() > 50  # 'Ωmega' is [UNK] to the student
     arrays = {k: v for k, v in rows.items() if isinstance(v, np.ndarray)}
     b = make_batch(arrays, views, MaskingConfig(), np.random.default_rng(0), need_words=True)
     s_spec, t_spec = views
     orig0 = torch.from_numpy(arrays["ids0"][:, : b.ids.shape[1]].astype(np.int64)).reshape(-1)
     special0 = torch.isin(orig0, torch.tensor(s_spec.special_ids))
-    assert not special0[b.masked_pos].any()  # [CLS]/[SEP]/[PAD] never masked
+    assert not special0[b.masked_pos].any()  # [CLS]/[SEP]/[PAD]/[UNK] never masked
     assert torch.equal(orig0[b.masked_pos], b.labels)
     frac = b.n_masked / int((~special0).sum())
     assert 0.12 < frac < 0.18, frac

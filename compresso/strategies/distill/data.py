@@ -147,7 +147,9 @@ class RowEncoder:
             key[np.isin(kids[v], views[v].unmatchable_ids)] = -1 - v  # never equal across views
             keys.append(key)
             unk_tok.append(kids[v] == views[v].unk_id)
-        maskable = np.bincount(kwid[0][unk_tok[0]], minlength=kept_words) == 0
+        # Words the student reads as [UNK] (or any special token) are never masked.
+        special0 = np.isin(kids[0], views[0].special_ids)
+        maskable = np.bincount(kwid[0][special0], minlength=kept_words) == 0
 
         # Student token -> token of view v covering the same characters of the same word.
         matches = []
