@@ -30,6 +30,15 @@ HIDDEN, HEADS, FFN, LAYERS = 32, 4, 64, 3
 HEAD_DIM = HIDDEN // HEADS
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, above all on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return tiny_tokenizer()
@@ -323,14 +332,19 @@ def test_prune_format_loads_under_a_task_head_and_as_a_bare_encoder(tokenizer, t
     batch = inputs(tokenizer)
     with torch.no_grad():
         hidden = result.model.bert(**batch).last_hidden_state
-    task = load_bundle(tmp_path / "out", model_class=AutoModelForSequenceClassification, num_labels=3)
+    labels = ["neg", "neu", "poz"]
+    task = load_bundle(tmp_path / "out", model_class=AutoModelForSequenceClassification, num_labels=3,
+                       id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)})
     assert type(task.model).__name__ == "BertForSequenceClassification" and task.model.num_labels == 3
+    assert task.model.config.id2label == {0: "neg", 1: "neu", 2: "poz"}
     with torch.no_grad():
         assert torch.equal(task.model.bert(**batch).last_hidden_state, hidden)
         assert task.model(**batch).logits.shape == (2, 3)
     task_state = task.model.bert.state_dict()
     for name, tensor in result.model.bert.state_dict().items():
         assert torch.equal(task_state[name], tensor), name
+    with pytest.raises(TypeError, match="not a BertConfig setting"):
+        PruneStrategy.load(tmp_path / "out", AutoModelForSequenceClassification, num_lables=3)
     encoder = PruneStrategy.load(tmp_path / "out", AutoModel)
     assert type(encoder.model).__name__ == "BertModel"
     assert torch.equal(outputs(encoder.model, batch), hidden)
@@ -388,3 +402,86 @@ def test_other_families(tokenizer, tmp_path, family):
     assert torch.equal(outputs(loaded.model, batch), outputs(result.model, batch))
     task = load_bundle(tmp_path / "out", model_class=AutoModelForSequenceClassification, num_labels=2)
     assert outputs(task.model, batch).shape == (2, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the engine: stage folders in the prune format feed the next stage, also after a skip
+
+
+def test_recipe_chains_pruning_stages_and_resumes_from_a_pruned_folder(tmp_path):
+    from compresso.engine import Runner
+    from compresso.recipe import load_recipe
+    from tests.tiny import tiny_bert
+
+    teacher = tiny_bert(tmp_path / "teacher", layers=2, hidden=32)  # 2 heads of 16, FFN 64
+
+    def write(ffn_ratio):
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(
+            f"name: prune-chain\noutput_dir: {tmp_path / 'run'}\ndevice: cpu\n"
+            f"teachers:\n  - name: t\n    model: {teacher}\nstudent:\n  model: t\n"
+            "stages:\n  - strategy: prune\n    name: heads\n    params: {heads: {keep: [1, 2]}}\n"
+            f"  - strategy: prune\n    name: ffn\n    params: {{ffn: {ffn_ratio}}}\n")
+        return recipe
+
+    def run(recipe):
+        runner = Runner(load_recipe(recipe))
+        runner.preflight()
+        return runner.run()
+
+    first = run(write(0.5))
+    assert [o.status for o in first.stages] == ["ran", "ran"]
+    stage = json.loads((tmp_path / "run" / "01-ffn" / "stage.json").read_text())
+    assert stage["model"]["format"] == "prune" and stage["metrics"]["ffn"] == [32, 32]
+    assert (tmp_path / "run" / "00-heads" / "prune_report.md").is_file()
+    second = run(write(0.25))  # the first stage is reused: its pruned folder must load as the input
+    assert [o.status for o in second.stages] == ["skipped", "ran"]
+    final = load_bundle(tmp_path / "run" / "01-ffn")
+    assert [(s.heads, s.ffn) for s in layer_shapes(final.model)] == [(1, 48), (2, 48)]
+    assert [e.get("strategy") for e in final.lineage][-2:] == ["prune", "prune"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The fixture teacher (12 layers, hidden 256, 4 heads, FFN 1024)
+
+
+@pytest.mark.shared
+def test_fixture_teacher_ffn50_heads25(shared_dir, tmp_path):
+    teacher = load_bundle(shared_dir / "teachers" / "ro-bert-small-cased")
+    config = teacher.model.config
+    hidden, heads, ffn, layers = (config.hidden_size, config.num_attention_heads, config.intermediate_size,
+                                  config.num_hidden_layers)
+    head_dim = hidden // heads
+    n_before = sum(p.numel() for p in teacher.model.parameters())
+    batch = teacher.tokenizer(["Bucureștiul este capitala României.", "Vremea a fost frumoasă ieri."],
+                              padding=True, return_tensors="pt")
+    result = prune(teacher.model, teacher.tokenizer, tmp_path, heads=0.25, ffn=0.5)
+    per_head = 3 * (head_dim * hidden + head_dim) + hidden * head_dim
+    expected = n_before - layers * (heads // 4) * per_head - layers * (ffn // 2) * (2 * hidden + 1)
+    assert sum(p.numel() for p in result.model.parameters()) == expected
+    assert [(s.heads, s.ffn) for s in layer_shapes(result.model)] == [(heads - heads // 4, ffn // 2)] * layers
+    PruneStrategy.save(result, tmp_path / "out")
+    loaded = load_bundle(tmp_path / "out")
+    torch.testing.assert_close(outputs(loaded.model, batch), outputs(result.model, batch), rtol=0, atol=0)
+    from transformers import AutoModelForTokenClassification
+
+    tagger = load_bundle(tmp_path / "out", model_class=AutoModelForTokenClassification, num_labels=17)
+    assert outputs(tagger.model, batch).shape == (*batch["input_ids"].shape, 17)
+
+
+def test_layout_helpers_for_other_formats(tokenizer, tmp_path):
+    """What a format that stores a pruned model its own way (INT8) uses: record the layout, rebuild."""
+    from compresso.strategies.prune import apply_saved_layout, write_layout_if_pruned
+
+    uniform = prune(bert(tokenizer), tokenizer, tmp_path / "u", ffn=0.5)
+    assert not write_layout_if_pruned(uniform.model, tmp_path)  # the config says it all
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=32))
+    assert not write_layout_if_pruned(gpt2, tmp_path)
+    assert not apply_saved_layout(bert(tokenizer), tmp_path)
+    pruned = prune(bert(tokenizer), tokenizer, tmp_path / "h", heads={"keep": [2, 3, 1]}, ffn={"keep": [8, 16, 24]})
+    assert write_layout_if_pruned(pruned.model, tmp_path)
+    rebuilt = BertForMaskedLM(pruned.model.config).eval()
+    assert apply_saved_layout(rebuilt, tmp_path)
+    rebuilt.load_state_dict(pruned.model.state_dict())
+    batch = inputs(tokenizer)
+    assert torch.equal(outputs(rebuilt, batch), outputs(pruned.model, batch))

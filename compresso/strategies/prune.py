@@ -362,6 +362,54 @@ def resize_to_layout(model: nn.Module, shapes: list[LayerShape] | list[dict]) ->
     return model
 
 
+def write_layout(model: nn.Module, path: Path) -> None:
+    """Write ``prune_layout.json`` (every layer's head count, head size, FFN width) into ``path``."""
+    write_json(Path(path) / LAYOUT_FILE, {
+        "format_version": LAYOUT_VERSION,
+        "architecture": type(model).__name__,
+        "model_type": model.config.model_type,
+        "layers": [s.as_dict() for s in layer_shapes(model)],
+    })
+
+
+def write_layout_if_pruned(model: nn.Module, path: Path) -> bool:
+    """``write_layout`` when ``model`` has shapes its config cannot describe; never raises for a
+    model of another family (nothing to record then). Returns whether a layout was written."""
+    try:
+        arch = architecture_of(model)
+    except StrategyError:
+        return False
+    if config_describes(model, arch):
+        return False
+    write_layout(model, path)
+    return True
+
+
+def read_layout(path: Path) -> dict | None:
+    """The ``prune_layout.json`` in ``path``, checked, or None when there is none."""
+    layout_path = Path(path) / LAYOUT_FILE
+    if not layout_path.is_file():
+        return None
+    layout = json.loads(layout_path.read_text())
+    if layout.get("format_version") != LAYOUT_VERSION:
+        raise ValueError(f"{layout_path}: format_version {layout.get('format_version')!r} is not "
+                         f"{LAYOUT_VERSION}; written by another compresso version")
+    return layout
+
+
+def apply_saved_layout(model: nn.Module, path: Path) -> bool:
+    """Resize ``model`` (built from the config in ``path``) to the layout saved there, if any.
+
+    For other formats that persist a pruned model (e.g. INT8 weights of one): call
+    ``write_layout`` when saving and this right after building the fp32 model when loading.
+    """
+    layout = read_layout(path)
+    if layout is None:
+        return False
+    resize_to_layout(model, layout["layers"])
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # Calibration text and gradients (taylor importance)
 
@@ -709,16 +757,11 @@ class PruneStrategy(CompressionStrategy):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         model = bundle.model
-        arch = architecture_of(model)
+        architecture_of(model)  # refuses what load could not rebuild
         model.save_pretrained(path, safe_serialization=True)
         if bundle.tokenizer is not None:
             bundle.tokenizer.save_pretrained(path)
-        write_json(path / LAYOUT_FILE, {
-            "format_version": LAYOUT_VERSION,
-            "architecture": type(model).__name__,
-            "model_type": model.config.model_type,
-            "layers": [s.as_dict() for s in layer_shapes(model, arch)],
-        })
+        write_layout(model, path)
         write_json(path / "compresso.json", {**bundle.meta(), "format": cls.name})
 
     @classmethod
@@ -728,13 +771,9 @@ class PruneStrategy(CompressionStrategy):
         from transformers import AutoConfig, AutoTokenizer
 
         path = Path(path)
-        layout_path = path / LAYOUT_FILE
-        if not layout_path.is_file():
+        layout = read_layout(path)
+        if layout is None:
             raise FileNotFoundError(f"{path} has format 'prune' in {BUNDLE_META} but no {LAYOUT_FILE}")
-        layout = json.loads(layout_path.read_text())
-        if layout.get("format_version") != LAYOUT_VERSION:
-            raise ValueError(f"{layout_path}: format_version {layout.get('format_version')!r} is not "
-                             f"{LAYOUT_VERSION}; written by another compresso version")
         dtype = model_kwargs.pop("dtype", torch.float32)
         attn_implementation = model_kwargs.pop("attn_implementation", "sdpa")
         config = AutoConfig.from_pretrained(path)
@@ -745,7 +784,8 @@ class PruneStrategy(CompressionStrategy):
         saved_class = getattr(transformers, layout["architecture"], None)
         target_class = model_class or saved_class
         if target_class is None:
-            raise ValueError(f"{layout_path}: architecture {layout['architecture']!r} is not a transformers class")
+            raise ValueError(f"{path / LAYOUT_FILE}: architecture {layout['architecture']!r} is not a transformers "
+                             f"class")
         build = getattr(target_class, "from_config", None) or target_class._from_config
         model = build(config, attn_implementation=attn_implementation)
         resize_to_layout(model, layout["layers"])
@@ -853,5 +893,6 @@ def _write_report(stage_dir: Path, report: dict) -> None:
 
 
 __all__ = ["PruneStrategy", "PruneParams", "PruneTarget", "Architecture", "ARCHITECTURES", "LayerShape",
-           "architecture_of", "layer_shapes", "config_describes", "resize_to_layout", "sample_documents",
+           "architecture_of", "layer_shapes", "config_describes", "resize_to_layout", "write_layout", "write_layout_if_pruned",
+           "read_layout", "apply_saved_layout", "sample_documents",
            "mlm_batches"]
