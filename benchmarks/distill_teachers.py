@@ -23,6 +23,7 @@ ratio of at most ~1.45.
 Usage (repository root):
   python benchmarks/distill_teachers.py --device cuda --out distill_teachers.json
   python benchmarks/distill_teachers.py --tiny                  # CPU smoke run; timings mean nothing
+  python benchmarks/distill_teachers.py --tiny --device cuda    # GPU smoke run of the same
 """
 
 from __future__ import annotations
@@ -153,8 +154,8 @@ def run_case(name: str, teachers: dict, student_bundle, corpus: Path, sizes: Siz
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--tiny", action="store_true", help="tiny models on CPU: checks the script runs")
+    ap.add_argument("--device", help="default: cuda when available (cpu with --tiny)")
+    ap.add_argument("--tiny", action="store_true", help="tiny models: checks the script runs (CPU unless --device)")
     ap.add_argument("--steps", type=int)
     ap.add_argument("--warmup", type=int)
     ap.add_argument("--batch-size", type=int)
@@ -168,7 +169,7 @@ def main(argv=None) -> dict:
     sizes = TINY if args.tiny else BASE
     sizes = replace(sizes, **{k: v for k, v in (("steps", args.steps), ("warmup", args.warmup),
                                                 ("batch_size", args.batch_size)) if v is not None})
-    device = torch.device("cpu" if args.tiny else args.device)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu"))
     tok, other_tok = make_tokenizer(sizes.vocab), make_tokenizer(sizes.vocab, other=True)
     teacher_a, teacher_b = make_teacher(sizes, 1), make_teacher(sizes, 2)
     # Teacher B' has B's weights with its embedding rows permuted to the other tokenizer's ids.
