@@ -472,7 +472,9 @@ def test_same_tokenizer_teacher_with_padded_output_layer_and_other_width(tmp_pat
     tok.save_pretrained(wide)
     ctx = make_ctx(tmp_path, {"wide": wide})
     params = DistillStrategy.Params(**small_params(tiny["corpus"], max_steps=2, alpha_hidden_mse=1.0))
-    DistillStrategy(params).apply(load_bundle(tiny["cased"]), ctx)
+    bundle = load_bundle(tiny["cased"])
+    bundle.format = "prune"  # e.g. recovery training after pruning: the output keeps the input's format
+    assert DistillStrategy(params).apply(bundle, ctx).format == "prune"
     report = json.loads((ctx.stage_dir / "distill.json").read_text())
     assert report["teachers"]["wide"]["same_tokenizer"] and report["teachers"]["wide"]["projection"]
     assert report["teachers"]["wide"]["layer_map"] == {"1": 1, "2": 2}  # 2 student layers, 2 teacher layers
