@@ -438,6 +438,8 @@ def test_short_run_lowers_loss_and_writes_outputs(tiny, tmp_path):
     held = report["heldout"]
     assert held["student_after"]["mlm_accuracy"] > held["student_before"]["mlm_accuracy"] + 0.03
     assert (ctx.stage_dir / "loss_curve.png").stat().st_size > 1000
+    summary = (ctx.stage_dir / "distill.md").read_text()
+    assert "2-layer student" in summary and "| t | 1.00 | same as student |" in summary
     assert report["student"]["layers_kept"] == [0, 3] and out.model.config.num_hidden_layers == 2
     assert report["training"]["tokens"] > 0 and ctx.metrics["steps"] == 40
     assert report["teachers"]["t"]["supervised_fraction"] == 1.0 and report["teachers"]["t"]["loss_share"] == 1.0

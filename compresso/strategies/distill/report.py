@@ -41,6 +41,7 @@ def write_report(ctx: RunContext, params, *, layers, input_layers, student, teac
         "loss_curve": result.history,
     }
     write_json(ctx.stage_dir / "distill.json", report)
+    (ctx.stage_dir / "distill.md").write_text(markdown(report))
     plot_losses(result.history, ctx.stage_dir / "loss_curve.png", title=f"distill: {len(layers)}-layer student "
                 f"from {', '.join(teachers)}")
 
@@ -87,3 +88,34 @@ def plot_losses(history: list[dict], path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.1f} %"
+
+
+def markdown(report: dict) -> str:
+    """A human-readable summary of ``distill.json``."""
+    st, tr, held = report["student"], report["training"], report["heldout"]
+    lines = [f"# Distillation: {st['num_layers']}-layer student ({st['parameters'] / 1e6:.1f} M parameters)", "",
+             f"Layers kept from the {st['input_layers']}-layer input: {st['layers_kept']}. "
+             f"{tr['steps']} steps, {tr['tokens']:,} tokens in {tr['seconds']:.0f} s "
+             f"({tr['tokens_per_second']:,.0f} tokens/s, {tr['world_size']} process(es), {tr['device']})"
+             + (f", resumed from step {tr['resumed_from_step']}" if tr["resumed_from_step"] else "") + ".", "",
+             "| teacher | weight | tokenizer | vocabulary covered | supervised | loss share | held-out MLM acc. "
+             "| agreement before → after |", "|---|---|---|---|---|---|---|---|"]
+    for name, t in report["teachers"].items():
+        h = t.get("heldout", {})
+        lines.append(f"| {name} | {t['weight']:.2f} | {'same as student' if t['same_tokenizer'] else 'other'} | "
+                     f"{_pct(t['vocab']['teacher_vocab_covered'])} | {_pct(t['supervised_fraction'])} | "
+                     f"{_pct(t['loss_share'])} | {_pct(h.get('mlm_accuracy'))} | "
+                     f"{_pct(h.get('student_agreement_before'))} → {_pct(h.get('student_agreement'))} |")
+    if held.get("student_after"):
+        lines += ["", f"Student held-out MLM accuracy ({held['documents']} documents, whole-word masking): "
+                      f"{_pct(held['student_before']['mlm_accuracy'])} before distillation → "
+                      f"{_pct(held['student_after']['mlm_accuracy'])} after."]
+    final = {k: v for k, v in tr["final_losses"].items()
+             if v is not None and not (k == "mse" and not report["config"]["alpha_hidden_mse"])}
+    lines += ["", "Final losses (last logging window): " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + ".",
+              "", "![loss curve](loss_curve.png)", ""]
+    return "\n".join(lines)
