@@ -38,7 +38,8 @@ way. Runtime shims, installed only while its modules are imported or run (nothin
     built by the master process; the benchmark runs the Distiller as non-master so no logs are
     written): empty stand-in modules if the real ones are missing.
   * precision ``fp16-amp`` (CUDA): the reference's ``--fp16`` needs NVIDIA apex's ``amp``, which
-    apex no longer ships. A stand-in ``apex.amp`` implements its O1 level with torch:
+    NVIDIA deprecated in favour of ``torch.amp`` (apex has no wheels; it is compiled from source
+    against the installed torch). A stand-in ``apex.amp`` implements its O1 level with torch:
     ``initialize`` keeps the fp32 student and optimiser and adds a dynamic ``torch.amp.GradScaler``;
     ``scale_loss`` scales the loss; ``master_params`` unscales the gradients before clipping; the
     optimiser step goes through the scaler (skipped on overflow); and each ``Distiller.step`` call
