@@ -175,7 +175,8 @@ def check_model(bundle: ModelBundle) -> list[str]:
     if not isinstance(model, PreTrainedModel):
         raise StrategyError(f"quantize works on transformers encoder models; got {type(model).__name__}")
     config = model.config
-    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False):
+    generates = getattr(model, "can_generate", lambda: False)()
+    if getattr(config, "is_encoder_decoder", False) or getattr(config, "is_decoder", False) or generates:
         raise StrategyError(f"{type(model).__name__} is not an encoder-only model; quantize supports BERT-family "
                             f"encoders (masked-LM, sequence and token classification heads)")
     names = _forward_inputs(model)
@@ -332,10 +333,16 @@ class QuantizedModel(torch.nn.Module):
             object.__setattr__(self, key, value)
 
     def _apply(self, fn, recurse=True):
-        probe = fn(torch.zeros(()))
-        if probe.device.type != "cpu" or probe.dtype != torch.float32:
-            raise RuntimeError(f"this INT8 model runs on x86 CPUs in its own precision only; it cannot be moved "
-                               f"to {probe.device} / {probe.dtype}")
+        # .to(), .cuda(), .half() ... all end here: only "stay an fp32-interface CPU model" is allowed.
+        try:
+            probe = fn(torch.zeros(()))
+            ok = probe.device.type == "cpu" and probe.dtype == torch.float32
+            where = f"{probe.device} / {probe.dtype}"
+        except (RuntimeError, AssertionError) as exc:  # e.g. torch built without CUDA
+            ok, where = False, f"another device ({exc})"
+        if not ok:
+            raise RuntimeError(f"this INT8 model runs on x86 CPUs in its own precision only; it cannot be moved to "
+                               f"{where}. Serve it on a CPU, or use the fp32 model on a GPU.")
         return self
 
     def train(self, mode: bool = True):
@@ -573,7 +580,8 @@ class QuantizeStrategy(CompressionStrategy):
         result = compare_outputs(reference, _run_outputs(qmodel, check), [b["attention_mask"] for b in check])
         object.__setattr__(qmodel, "_check", result)
         ctx.metrics.update({"method": p.method, "quantized_linear": len(quantized), "excluded_linear": excluded,
-                            "check": result})
+                            "calibration": source.describe() if source is not None else None,
+                            "calibration_documents": len(calib_docs), "check": result})
         ensure_sane(result, p.max_relative_error)
         ctx.log(f"INT8 vs fp32: relative error {result['relative_error']:.4f}, argmax agreement "
                 f"{result['argmax_agreement']:.4f} over {result['positions']} outputs")

@@ -1,0 +1,338 @@
+"""The INT8 ``quantize`` strategy: accuracy against fp32, save/load, size, task heads, errors.
+
+Most tests run the quantize/dequantize graph uncompiled (``compile: false``, the same INT8
+numbers); one compiles it with inductor and checks that the int8 kernels give the same outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from pydantic import ValidationError
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+)
+
+from compresso import registry
+from compresso.models import load_bundle, save_bundle
+from compresso.strategy import ModelBundle, RunContext, StrategyError
+from compresso.strategies import quantize as q
+from compresso.strategies.quantize import QuantizedModel, QuantizeParams, QuantizeStrategy
+from tests.tiny import WORDS, tiny_tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
+                                        "ignore::FutureWarning")
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 30))) + " ." for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "calibration.txt"
+    path.write_text("\n".join(sentences(400, seed=1)) + "\n")
+    return path
+
+
+def config(tokenizer, layers=2, **extra):
+    return BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64, **extra)
+
+
+def make(cls, tokenizer, seed=0, **extra):
+    torch.manual_seed(seed)
+    return cls(config(tokenizer, **extra)).eval()
+
+
+def ctx_for(tmp_path, seed=0):
+    stage, work = tmp_path / "stage", tmp_path / "work"
+    stage.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    return RunContext(stage_dir=stage, work_dir=work, device=torch.device("cpu"), seed=seed, teachers={},
+                      base_dir=tmp_path)
+
+
+def quantize(model, tokenizer, tmp_path, lineage=None, **params):
+    params.setdefault("compile", False)
+    strategy = QuantizeStrategy(QuantizeParams.model_validate(params))
+    ctx = ctx_for(tmp_path)
+    out = strategy.apply(ModelBundle(model, tokenizer, lineage=lineage or []), ctx)
+    return out, ctx
+
+
+def batch(tokenizer, texts):
+    return dict(tokenizer(texts, padding=True, return_tensors="pt"))
+
+
+def logits(model, enc):
+    with torch.no_grad():
+        return model(**enc).logits
+
+
+def cal(corpus, **extra):
+    return {"corpus": [str(corpus)], "num_samples": 64, "check_samples": 16, **extra}
+
+
+# --- parameters and registration ------------------------------------------------------------
+
+def test_registered_with_its_contract():
+    cls = registry.get("quantize")
+    assert cls is QuantizeStrategy
+    assert cls.reapply_after_finetune is True
+    assert issubclass(cls.Params, q.StrategyParams)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"method": "weird"}, "method"),
+    ({"calibraton": {}}, "calibraton"),
+    ({"calibration": {"corpus": ["/nonexistent/corpus.txt"]}}, "does not exist"),
+    ({"calibration": {"corpus": ["/dev/null"], "dataset": "x/y"}}, "not both"),
+    ({"calibration": {"num_samples": 0}}, "num_samples"),
+    ({"max_relative_error": 0}, "max_relative_error"),
+])
+def test_params_are_validated(params, message):
+    with pytest.raises(ValidationError, match=message):
+        QuantizeParams.model_validate(params)
+
+
+# --- accuracy, round trip, size --------------------------------------------------------------
+
+def test_static_int8_is_close_to_fp32_saves_small_and_reloads_identically(tokenizer, corpus, tmp_path):
+    model = make(BertForMaskedLM, tokenizer)
+    enc = batch(tokenizer, sentences(8, seed=7))
+    reference = logits(model, enc)
+    out, ctx = quantize(model, tokenizer, tmp_path, calibration=cal(corpus))
+    assert out.format == "quantize" and isinstance(out.model, QuantizedModel)
+    assert ctx.metrics["calibration_documents"] == 64
+    check = ctx.metrics["check"]
+    assert check["relative_error"] < 0.1 and check["argmax_agreement"] > 0.9, check
+    int8 = logits(out.model, enc)
+    keep = enc["attention_mask"].bool()
+    agreement = (int8.argmax(-1)[keep] == reference.argmax(-1)[keep]).float().mean()
+    assert agreement > 0.9
+    assert not torch.equal(int8, reference)  # it really is quantized
+    assert torch.equal(logits(model, enc), reference)  # the input model is left as it was
+
+    QuantizeStrategy.save(out, tmp_path / "int8")
+    save_bundle(ModelBundle(model, tokenizer), tmp_path / "fp32")
+    int8_bytes = (tmp_path / "int8" / "model.safetensors").stat().st_size
+    fp32_bytes = (tmp_path / "fp32" / "model.safetensors").stat().st_size
+    assert int8_bytes < 0.6 * fp32_bytes  # int8 weights and embeddings; LayerNorms and biases stay fp32
+    assert json.loads((tmp_path / "int8" / "compresso.json").read_text())["format"] == "quantize"
+    meta = json.loads((tmp_path / "int8" / "quantize.json").read_text())
+    assert meta["method"] == "static" and meta["architecture"] == "BertForMaskedLM"
+
+    loaded = load_bundle(tmp_path / "int8")  # dispatches on compresso.json to QuantizeStrategy.load
+    assert loaded.format == "quantize" and isinstance(loaded.model, QuantizedModel)
+    torch.testing.assert_close(logits(loaded.model, enc), int8, rtol=0, atol=1e-6)
+    # and what was loaded saves to the same bytes' worth again
+    QuantizeStrategy.save(loaded, tmp_path / "again")
+    assert (tmp_path / "again" / "model.safetensors").stat().st_size == int8_bytes
+
+
+def test_safetensors_holds_int8_weights_with_scales(tokenizer, corpus, tmp_path):
+    from safetensors import safe_open
+
+    model = make(BertForSequenceClassification, tokenizer, num_labels=3)
+    out, _ = quantize(model, tokenizer, tmp_path, calibration=cal(corpus),
+                      exclude=["classifier", "bert.encoder.layer.0.*"])
+    QuantizeStrategy.save(out, tmp_path / "int8")
+    with safe_open(str(tmp_path / "int8" / "model.safetensors"), framework="pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes["bert.encoder.layer.1.attention.self.query.weight"] == "I8"
+    assert dtypes["bert.encoder.layer.1.attention.self.query.weight:scale"] == "F32"
+    assert dtypes["bert.embeddings.word_embeddings.weight"] == "I8"
+    assert dtypes["bert.encoder.layer.0.attention.self.query.weight"] == "F32"  # excluded
+    assert dtypes["classifier.weight"] == "F32"  # excluded by default
+    assert dtypes["bert.encoder.layer.1.output.LayerNorm.weight"] == "F32"
+    assert any(k.startswith("observer:") for k in dtypes)
+    meta = json.loads((tmp_path / "int8" / "quantize.json").read_text())
+    assert "classifier" in meta["excluded_linear"]
+    assert "bert.encoder.layer.0.output.dense" in meta["excluded_linear"]
+    assert "bert.encoder.layer.1.output.dense" in meta["quantized_linear"]
+
+
+def test_embeddings_can_stay_fp32(tokenizer, corpus, tmp_path):
+    from safetensors import safe_open
+
+    out, _ = quantize(make(BertForSequenceClassification, tokenizer), tokenizer, tmp_path, calibration=cal(corpus),
+                      embeddings="fp32")
+    QuantizeStrategy.save(out, tmp_path / "int8")
+    with safe_open(str(tmp_path / "int8" / "model.safetensors"), framework="pt") as f:
+        assert f.get_slice("bert.embeddings.word_embeddings.weight").get_dtype() == "F32"
+
+
+def test_dynamic_needs_no_calibration_and_round_trips(tokenizer, tmp_path):
+    model = make(BertForSequenceClassification, tokenizer, num_labels=3)
+    enc = batch(tokenizer, sentences(5, seed=3))
+    out, ctx = quantize(model, tokenizer, tmp_path, method="dynamic")
+    assert ctx.metrics["calibration"] is None and ctx.metrics["check"]["relative_error"] < 0.1
+    int8 = logits(out.model, enc)
+    assert int8.shape == (5, 3)
+    assert (int8.argmax(-1) == logits(model, enc).argmax(-1)).all()
+    QuantizeStrategy.save(out, tmp_path / "int8")
+    loaded = load_bundle(tmp_path / "int8")
+    torch.testing.assert_close(logits(loaded.model, enc), int8, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls, auto", [(BertForSequenceClassification, AutoModelForSequenceClassification),
+                                       (BertForTokenClassification, AutoModelForTokenClassification)])
+def test_task_heads_any_batch_and_length(tokenizer, corpus, tmp_path, cls, auto):
+    model = make(cls, tokenizer, num_labels=4)
+    out, _ = quantize(model, tokenizer, tmp_path, calibration=cal(corpus))
+    for texts in (sentences(1, seed=4), sentences(3, seed=5), sentences(6, seed=6)):
+        enc = batch(tokenizer, texts)
+        got, want = logits(out.model, enc), logits(model, enc)
+        assert got.shape == want.shape
+        keep = enc["attention_mask"].bool() if got.dim() == 3 else slice(None)
+        assert (got.argmax(-1)[keep] == want.argmax(-1)[keep]).float().mean() >= 0.9
+    # keyword-less inputs default like transformers (all-ones mask, zero token types)
+    ids = batch(tokenizer, sentences(2, seed=8))["input_ids"]
+    assert out.model(ids).logits.shape[0] == 2
+    QuantizeStrategy.save(out, tmp_path / "int8")
+    assert isinstance(load_bundle(tmp_path / "int8", model_class=auto).model, QuantizedModel)
+    other = AutoModelForTokenClassification if auto is AutoModelForSequenceClassification \
+        else AutoModelForSequenceClassification
+    with pytest.raises(StrategyError, match="another head"):
+        load_bundle(tmp_path / "int8", model_class=other)
+
+
+def test_calibration_defaults_to_the_distillation_corpus(tokenizer, corpus, tmp_path):
+    lineage = [{"source": "x"}, {"stage": "00-distill", "strategy": "distill",
+                                 "params": {"corpus": [str(corpus)], "dataset": None}}]
+    _, ctx = quantize(make(BertForMaskedLM, tokenizer), tokenizer, tmp_path, lineage=lineage,
+                      calibration={"num_samples": 32, "check_samples": 8})
+    assert str(corpus) in ctx.metrics["calibration"]
+    assert ctx.metrics["calibration_documents"] == 32
+
+
+def test_compiled_int8_kernels_match_the_reference_graph(tokenizer, corpus, tmp_path):
+    model = make(BertForTokenClassification, tokenizer, num_labels=5)
+    compiled, _ = quantize(model, tokenizer, tmp_path / "a", calibration=cal(corpus), compile=True)
+    QuantizeStrategy.save(compiled, tmp_path / "int8")
+    reference = QuantizeStrategy.load(tmp_path / "int8", compile=False).model
+    reloaded = load_bundle(tmp_path / "int8").model
+    assert compiled.model.compiled and reloaded.compiled and not reference.compiled
+    for texts in (sentences(4, seed=11), sentences(1, seed=12), sentences(7, seed=13)):
+        enc = batch(tokenizer, texts)
+        want = logits(reference, enc)
+        torch.testing.assert_close(logits(compiled.model, enc), want, rtol=0.02, atol=0.02)
+        if len(texts) > 1:  # batch 1 has a graph of its own; one check of it is enough
+            torch.testing.assert_close(logits(reloaded, enc), logits(compiled.model, enc), rtol=0, atol=1e-5)
+
+
+# --- guards and errors -----------------------------------------------------------------------
+
+def test_degenerate_outputs_are_refused():
+    ref = [torch.randn(4, 3)]
+    zeros = q.compare_outputs(ref, [torch.zeros(4, 3)], [None])
+    with pytest.raises(StrategyError, match="constant"):
+        q.ensure_sane(zeros, 0.5)
+    nan = q.compare_outputs(ref, [torch.full((4, 3), float("nan"))], [None])
+    with pytest.raises(StrategyError, match="NaN"):
+        q.ensure_sane(nan, 0.5)
+    noise = q.compare_outputs(ref, [torch.randn(4, 3)], [None])
+    with pytest.raises(StrategyError, match="relative error"):
+        q.ensure_sane(noise, 0.5)
+    q.ensure_sane(q.compare_outputs(ref, [ref[0] + 1e-3], [None]), 0.5)
+
+
+def test_static_without_calibration_text_fails_before_work(tokenizer, tmp_path):
+    with pytest.raises(StrategyError, match="calibration text"):
+        quantize(make(BertForMaskedLM, tokenizer), tokenizer, tmp_path)
+
+
+def test_missing_backend_names_the_extra(tokenizer, corpus, tmp_path, monkeypatch):
+    real = q.importlib.import_module
+
+    def fake_import(name, *args):
+        if name.startswith("neural_compressor"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(q.importlib, "import_module", fake_import)
+    strategy = QuantizeStrategy(QuantizeParams.model_validate({"calibration": cal(corpus)}))
+    with pytest.raises(StrategyError, match=r"compresso\[quant\]"):
+        strategy.preflight(ctx_for(tmp_path))
+    # the dynamic method needs only torchao
+    QuantizeStrategy(QuantizeParams(method="dynamic", compile=False)).preflight(ctx_for(tmp_path))
+
+
+def test_non_x86_machines_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(q.platform, "machine", lambda: "aarch64")
+    with pytest.raises(StrategyError, match="x86-64"):
+        QuantizeStrategy(QuantizeParams(method="dynamic")).preflight(ctx_for(tmp_path))
+
+
+def test_unsupported_models_are_named(tokenizer, corpus, tmp_path):
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=32))
+    with pytest.raises(StrategyError, match="encoder"):
+        quantize(gpt2, tokenizer, tmp_path, calibration=cal(corpus))
+    with pytest.raises(StrategyError, match="transformers encoder models"):
+        quantize(torch.nn.Linear(4, 4), tokenizer, tmp_path, calibration=cal(corpus))
+    strategy = QuantizeStrategy(QuantizeParams.model_validate({"calibration": cal(corpus)}))
+    with pytest.raises(StrategyError, match="format 'prune'"):
+        strategy.apply(ModelBundle(make(BertForMaskedLM, tokenizer), tokenizer, format="prune"), ctx_for(tmp_path))
+    with pytest.raises(StrategyError, match="no Linear layer"):
+        quantize(make(BertForMaskedLM, tokenizer), tokenizer, tmp_path, calibration=cal(corpus), exclude=["*"])
+
+
+def test_quantizing_twice_and_moving_to_gpu_are_refused(tokenizer, corpus, tmp_path):
+    out, _ = quantize(make(BertForSequenceClassification, tokenizer), tokenizer, tmp_path, method="dynamic")
+    with pytest.raises(StrategyError, match="already INT8"):
+        QuantizeStrategy(QuantizeParams(method="dynamic")).apply(out, ctx_for(tmp_path))
+    with pytest.raises(RuntimeError, match="x86 CPUs"):
+        out.model.to("cuda")
+    with pytest.raises(RuntimeError, match="x86 CPUs"):
+        out.model.half()
+    assert out.model.to("cpu") is out.model and out.model.eval() is out.model
+
+
+def test_calibration_corpus_too_small(tokenizer, tmp_path):
+    small = tmp_path / "small.txt"
+    small.write_text("casa mare\n")
+    with pytest.raises(StrategyError, match="documents"):
+        quantize(make(BertForMaskedLM, tokenizer), tokenizer, tmp_path, calibration={"corpus": [str(small)]})
+
+
+# --- the fixture teacher on real Romanian text -----------------------------------------------
+
+@pytest.mark.shared
+def test_fixture_student_int8_agrees_with_fp32_on_real_text(shared_dir, tmp_path):
+    from compresso.strategies.distill.modeling import build_student, default_layers
+
+    teacher = load_bundle(shared_dir / "teachers" / "ro-bert-small-cased")
+    student = build_student(teacher.model, default_layers(12, 6)).eval()
+    corpus = shared_dir / "corpus" / "ro-corpus-00.txt.xz"
+    out, ctx = quantize(student, teacher.tokenizer, tmp_path,
+                        calibration={"corpus": [str(corpus)], "num_samples": 64, "check_samples": 16,
+                                     "max_length": 64, "scan_documents": 2000})
+    check = ctx.metrics["check"]
+    # masked-LM predictions at every real token of 16 held-back documents
+    assert check["positions"] > 500
+    assert check["argmax_agreement"] > 0.85 and check["relative_error"] < 0.2, check
