@@ -246,6 +246,22 @@ def test_compiled_int8_kernels_match_the_reference_graph(tokenizer, corpus, tmp_
             torch.testing.assert_close(logits(reloaded, enc), logits(compiled.model, enc), rtol=0, atol=1e-5)
 
 
+def test_pruned_model_with_irregular_layers_round_trips(tokenizer, corpus, tmp_path):
+    from compresso.strategies.prune import PruneParams, PruneStrategy
+
+    model = make(BertForSequenceClassification, tokenizer, num_labels=2, layers=2)
+    pruned = PruneStrategy(PruneParams.model_validate({"heads": {"keep": {0: 1}}, "ffn": {"keep": [48, 40]}})) \
+        .apply(ModelBundle(model, tokenizer), ctx_for(tmp_path / "p"))
+    assert pruned.format == "prune"
+    enc = batch(tokenizer, sentences(4, seed=21))
+    strategy = QuantizeStrategy(QuantizeParams.model_validate({"calibration": cal(corpus), "compile": False}))
+    out = strategy.apply(pruned, ctx_for(tmp_path))
+    QuantizeStrategy.save(out, tmp_path / "int8")
+    assert (tmp_path / "int8" / "prune_layout.json").is_file()
+    loaded = load_bundle(tmp_path / "int8")
+    torch.testing.assert_close(logits(loaded.model, enc), logits(out.model, enc), rtol=0, atol=1e-6)
+
+
 # --- guards and errors -----------------------------------------------------------------------
 
 def test_degenerate_outputs_are_refused():
@@ -296,8 +312,9 @@ def test_unsupported_models_are_named(tokenizer, corpus, tmp_path):
     with pytest.raises(StrategyError, match="transformers encoder models"):
         quantize(torch.nn.Linear(4, 4), tokenizer, tmp_path, calibration=cal(corpus))
     strategy = QuantizeStrategy(QuantizeParams.model_validate({"calibration": cal(corpus)}))
-    with pytest.raises(StrategyError, match="format 'prune'"):
-        strategy.apply(ModelBundle(make(BertForMaskedLM, tokenizer), tokenizer, format="prune"), ctx_for(tmp_path))
+    with pytest.raises(StrategyError, match="format 'vocab_trim'"):
+        strategy.apply(ModelBundle(make(BertForMaskedLM, tokenizer), tokenizer, format="vocab_trim"),
+                       ctx_for(tmp_path))
     with pytest.raises(StrategyError, match="no Linear layer"):
         quantize(make(BertForMaskedLM, tokenizer), tokenizer, tmp_path, calibration=cal(corpus), exclude=["*"])
 

@@ -168,10 +168,9 @@ def check_model(bundle: ModelBundle) -> list[str]:
     model = bundle.model
     if bundle.format == "quantize":
         raise StrategyError("the input model is already INT8-quantized; quantize its fp32 input instead")
-    if bundle.format != "transformers":
-        raise StrategyError(f"quantize takes models in the transformers format; the input has format "
-                            f"{bundle.format!r} (e.g. a pruned model with irregular layer shapes), which the "
-                            f"INT8 saved form cannot describe yet")
+    if bundle.format not in ("transformers", "prune"):
+        raise StrategyError(f"quantize takes models in the transformers or prune formats; the input has format "
+                            f"{bundle.format!r}")
     if not isinstance(model, PreTrainedModel):
         raise StrategyError(f"quantize works on transformers encoder models; got {type(model).__name__}")
     config = model.config
@@ -615,6 +614,10 @@ class QuantizeStrategy(CompressionStrategy):
         save_file(tensors, str(path / WEIGHTS_FILE), metadata={"format": "compresso-int8",
                                                                "method": qmodel.method})
         qmodel.config.save_pretrained(path)
+        # A pruned model's per-layer shapes (which its config cannot describe) go beside it.
+        from compresso.strategies.prune import write_layout_if_pruned
+
+        write_layout_if_pruned(qmodel._fp32, path)
         if bundle.tokenizer is not None:
             bundle.tokenizer.save_pretrained(path)
         write_json(path / QUANT_META, {
@@ -664,6 +667,9 @@ class QuantizeStrategy(CompressionStrategy):
         fp32 = arch._from_config(config, attn_implementation="sdpa", dtype=torch.float32) \
             if hasattr(arch, "_from_config") else arch(config)
         fp32.eval()
+        from compresso.strategies.prune import apply_saved_layout
+
+        apply_saved_layout(fp32, path)  # pruned shapes, when the model was pruned before quantizing
         tensors = {}
         with safe_open(str(path / WEIGHTS_FILE), framework="pt") as f:
             for key in f.keys():
