@@ -158,10 +158,11 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration-batches", type=int, default=8)
     parser.add_argument("--quality", action="store_true", help="also measure MLM loss/accuracy on unseen text")
     parser.add_argument("--quality-text", default=str(SHARED / "data" / "ro_sts" / "RO-STS.test.tsv"))
-    parser.add_argument("--quality-sentences", type=int, default=512)
+    parser.add_argument("--quality-sentences", type=int, default=100000, help="at most this many (default: all)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=15, help="timed CPU runs per measurement (median)")
     parser.add_argument("--no-gpu", action="store_true")
+    parser.add_argument("--no-cpu", action="store_true", help="skip CPU latency (e.g. for a quality-only run)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -221,7 +222,7 @@ def main(argv=None) -> int:
             console.log(f"{setting} ({importance}): {row['parameters'] / 1e6:.2f} M parameters, heads {row['heads']}, "
                         f"FFN {row['ffn']}")
 
-    for batch, runs in ((1, 2 * args.runs), (8, args.runs)):
+    for batch, runs in ((1, 2 * args.runs), (8, args.runs)) if not args.no_cpu else ():
         console.log(f"CPU latency, batch {batch}: {runs} interleaved runs of {len(encoders)} models")
         for row, timing in zip(rows, cpu_latencies_ms(encoders, vocab, batch, 128, runs)):
             row[f"cpu_ms_b{batch}_s128"] = timing["median"]
@@ -230,8 +231,9 @@ def main(argv=None) -> int:
     reference = rows[0]
     table = Table(title=f"prune benchmark · {Path(args.model).name} · CPU {args.threads} threads"
                         + (f" · {torch.cuda.get_device_name()}" if use_gpu else ""))
-    columns = ["setting", "importance", "heads", "FFN", "params (M)", "size (MiB)", "GFLOPs/seq", "CPU b1 ms (min)",
-               "CPU b8 ms (min)", "b8 speed-up"]
+    columns = ["setting", "importance", "heads", "FFN", "params (M)", "size (MiB)", "GFLOPs/seq"]
+    if not args.no_cpu:
+        columns += ["CPU b1 ms (min)", "CPU b8 ms (min)", "b8 speed-up"]
     if use_gpu:
         columns.append("GPU seq/s")
     if quality_batches is not None:
@@ -239,11 +241,12 @@ def main(argv=None) -> int:
     for col in columns:
         table.add_column(col, justify="left" if col in ("setting", "importance") else "right")
     for r in rows:
-        speed = reference["cpu_ms_b8_s128_min"] / r["cpu_ms_b8_s128_min"]
         cells = [r["setting"], r["importance"], ",".join(map(str, r["heads"])), ",".join(map(str, r["ffn"])),
-                 f"{r['parameters'] / 1e6:.2f}", f"{r['size_bytes'] / 2**20:.1f}", f"{r['gflops_per_seq_s128']:.2f}",
-                 f"{r['cpu_ms_b1_s128']:.1f} ({r['cpu_ms_b1_s128_min']:.1f})",
-                 f"{r['cpu_ms_b8_s128']:.1f} ({r['cpu_ms_b8_s128_min']:.1f})", f"{speed:.2f}x"]
+                 f"{r['parameters'] / 1e6:.2f}", f"{r['size_bytes'] / 2**20:.1f}", f"{r['gflops_per_seq_s128']:.2f}"]
+        if not args.no_cpu:
+            speed = reference["cpu_ms_b8_s128_min"] / r["cpu_ms_b8_s128_min"]
+            cells += [f"{r['cpu_ms_b1_s128']:.1f} ({r['cpu_ms_b1_s128_min']:.1f})",
+                      f"{r['cpu_ms_b8_s128']:.1f} ({r['cpu_ms_b8_s128_min']:.1f})", f"{speed:.2f}x"]
         if use_gpu:
             cells.append(f"{r['gpu_seq_per_s_bf16_b128_s128']:,}")
         if quality_batches is not None:

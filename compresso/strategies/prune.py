@@ -517,9 +517,9 @@ class _Pruner:
                 side = "out" if self.graph.is_out_channel_pruning_fn(dep.handler) else "in"
                 found.add((names.get(id(module), self.graph._module2name.get(module, "?")), side))
         if found != expected:
-            raise StrategyError(f"torch-pruning couples {kind} of this {type(self.model).__name__} with "
-                                f"{sorted(found - expected)} beyond the expected {sorted(expected)}: "
-                                f"unsupported variant")
+            raise StrategyError(f"torch-pruning's dependency graph couples the {kind} of this "
+                                f"{type(self.model).__name__} to {sorted(found)}, not to {sorted(expected)} as in "
+                                f"the {arch.name} models prune supports: unsupported variant")
         return group
 
     def scores(self, kind: str, scorer) -> list[torch.Tensor]:
@@ -686,9 +686,9 @@ class PruneStrategy(CompressionStrategy):
                   else tp.importance.GroupTaylorImportance(normalizer=None))
         requires_grad = {name: q.requires_grad for name, q in model.named_parameters()}
         losses = []
-        removed: list[dict[str, list[int]]] = [{"heads": [], "ffn": []} for _ in before]
-        # Original indices of the units still present, for the report.
-        alive = [{"heads": list(range(s.heads)), "ffn": list(range(s.ffn))} for s in before]
+        # Original indices of the heads removed and still present, for the report.
+        heads_removed: list[list[int]] = [[] for _ in before]
+        heads_alive = [list(range(s.heads)) for s in before]
         with ctx.progress() as progress:
             step_task = progress.add_task("pruning steps", total=p.steps)
             for step in range(1, p.steps + 1):
@@ -714,8 +714,9 @@ class PruneStrategy(CompressionStrategy):
                             for i, b in enumerate(before)]
                     for i, units in enumerate(chosen):
                         pruner.remove(i, kind, units)
-                        removed[i][kind] += [alive[i][kind][u] for u in units]
-                        alive[i][kind] = [u for j, u in enumerate(alive[i][kind]) if j not in set(units)]
+                        if kind == "heads":
+                            heads_removed[i] += [heads_alive[i][u] for u in units]
+                            heads_alive[i] = [h for j, h in enumerate(heads_alive[i]) if j not in units]
                 model.zero_grad(set_to_none=True)
                 progress.advance(step_task)
         for name, q in model.named_parameters():
@@ -735,7 +736,7 @@ class PruneStrategy(CompressionStrategy):
             "taylor_mlm_loss": [round(x, 4) for x in losses] or None,
             "layers": [{"layer": i, "heads_before": b.heads, "heads_after": a.heads,
                         "ffn_before": b.ffn, "ffn_after": a.ffn,
-                        "heads_removed": sorted(removed[i]["heads"]), "heads_kept": alive[i]["heads"]}
+                        "heads_removed": sorted(heads_removed[i]), "heads_kept": heads_alive[i]}
                        for i, (b, a) in enumerate(zip(before, after))],
         }
         ctx.metrics.update({
