@@ -353,3 +353,22 @@ def test_fixture_student_int8_agrees_with_fp32_on_real_text(shared_dir, tmp_path
     # masked-LM predictions at every real token of 16 held-back documents
     assert check["positions"] > 500
     assert check["argmax_agreement"] > 0.85 and check["relative_error"] < 0.2, check
+
+
+def test_onnx_export_runs_in_onnxruntime(tokenizer, corpus, tmp_path):
+    pytest.importorskip("onnxscript", reason="ONNX export needs onnx + onnxscript (not compresso dependencies)")
+    ort = pytest.importorskip("onnxruntime", reason="running the ONNX model needs onnxruntime")
+    out, _ = quantize(make(BertForSequenceClassification, tokenizer, num_labels=3), tokenizer, tmp_path,
+                      calibration=cal(corpus))
+    onnx_path = q.export_onnx(out, tmp_path / "model.onnx")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    for texts in (sentences(3, seed=31), sentences(6, seed=32)):
+        enc = batch(tokenizer, texts)
+        got = session.run(None, {k: v.numpy() for k, v in enc.items()})[0]
+        torch.testing.assert_close(torch.from_numpy(got), logits(out.model, enc), rtol=0.05, atol=0.02)
+
+
+def test_onnx_export_refuses_dynamic(tokenizer, tmp_path):
+    out, _ = quantize(make(BertForSequenceClassification, tokenizer), tokenizer, tmp_path, method="dynamic")
+    with pytest.raises(StrategyError, match="method: static"):
+        q.export_onnx(out, tmp_path / "model.onnx")

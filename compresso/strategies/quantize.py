@@ -20,6 +20,8 @@ After quantizing, the result is compared with the fp32 model on held-back text a
 when the outputs are degenerate (not finite, constant, or too far from fp32), so that a broken
 backend cannot pass silently.
 
+ONNX: ``export_onnx(bundle, path)`` writes the static graph as a QDQ ONNX model.
+
 Saved form: ``model.safetensors`` with int8 weights + fp32 scales (and the static method's observer
 statistics), ``config.json``, the tokenizer, ``quantize.json`` and ``compresso.json``. Loading
 rebuilds the fp32 graph from the config, puts the de-quantized weights back, re-creates the
@@ -856,3 +858,36 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+def export_onnx(bundle: ModelBundle, path: str | Path) -> Path:
+    """Write the static INT8 graph as an ONNX QDQ model (QuantizeLinear/DequantizeLinear around
+    each MatMul), with dynamic batch and length; ONNX Runtime runs it with int8 kernels.
+
+    Needs the ``onnx`` and ``onnxscript`` packages (not compresso dependencies). The file keeps fp32
+    weights with their QuantizeLinear nodes, so it is about fp32-sized; the safetensors folder is
+    the small artefact.
+    """
+    model = bundle.model
+    if not isinstance(model, QuantizedModel):
+        raise StrategyError("export_onnx takes a bundle made or loaded by the quantize strategy")
+    if model.method != "static":
+        raise StrategyError("ONNX export is supported for method: static (a QDQ graph); torchao's dynamic "
+                            "int8 tensors do not export to ONNX")
+    for package in ("onnx", "onnxscript"):
+        try:
+            importlib.import_module(package)
+        except ImportError as exc:
+            raise StrategyError(f"ONNX export needs the {package!r} package: pip install onnx onnxscript") from exc
+    path = Path(path)
+    names = model.input_names
+    example = tuple(torch.ones(2, 16, dtype=torch.long) for _ in names)
+    max_len = int(getattr(model.config, "max_position_embeddings", 512) or 512)
+    shapes = tuple({0: torch.export.Dim("batch", min=1, max=4096), 1: torch.export.Dim("seq", min=2, max=max_len)}
+                   for _ in names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model.graph, example, dynamo=True, dynamic_shapes=shapes,
+                                    input_names=list(names), output_names=[model.output_key])
+    program.save(str(path))
+    return path
