@@ -217,6 +217,8 @@ class _Evaluation:
         settings = self._settings(data)
         torch.manual_seed(seed)  # the task head's initialisation
         bundle = self._load(ref, data)
+        if bundle.tokenizer is None:
+            raise EvaluationError(f"{ref} holds no tokenizer; save one beside the model (tokenizer.save_pretrained)")
         max_length = self._max_length(bundle.model, bundle.tokenizer, settings.max_length)
         enc = self._encoded(data, bundle.tokenizer, max_length)
         pad_id = self._pad_id(bundle.tokenizer)
