@@ -1,4 +1,4 @@
-"""A pruned model as the student of recovery distillation, through the engine, on tiny models."""
+"""prune → distill (recovery, and a shallower student) → quantize through the engine, on tiny models."""
 
 import json
 import random
@@ -22,7 +22,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def test_prune_then_recovery_distillation_keeps_the_pruned_shapes(tmp_path):
+def test_prune_then_recovery_distillation_then_int8_keep_the_pruned_shapes(tmp_path):
     teacher = tiny_bert(tmp_path / "teacher", layers=2, hidden=32)  # 2 heads of 16, FFN 64
     rng = random.Random(0)
     corpus = tmp_path / "corpus.txt"
@@ -53,6 +53,8 @@ stages:
       checkpoint_every: 4
       lr: 1.0e-3
       warmup_ratio: 0.0
+  - strategy: quantize
+    params: {{method: dynamic, compile: false, calibration: {{check_samples: 4}}}}
   - strategy: distill
     name: shallow
     input: prune
@@ -70,7 +72,7 @@ stages:
     runner.preflight()
     runner.run()
     run = tmp_path / "run"
-    for stage in ("00-prune", "01-recover", "02-shallow"):
+    for stage in ("00-prune", "01-recover", "03-shallow"):
         assert json.loads((run / stage / "stage.json").read_text())["model"]["format"] == "prune", stage
     pruned = load_bundle(run / "00-prune")
     recovered = load_bundle(run / "01-recover")
@@ -79,9 +81,17 @@ stages:
     before, after = load_file(run / "00-prune" / "model.safetensors"), load_file(run / "01-recover" / "model.safetensors")
     name = "bert.encoder.layer.0.attention.self.query.weight"
     assert before[name].shape == after[name].shape == (16, 32) and not torch.equal(before[name], after[name])
-    shallow = load_bundle(run / "02-shallow")
-    assert [(s.heads, s.ffn) for s in layer_shapes(shallow.model)] == [(2, 32)]
+    # INT8 of the recovered model: the pruned shapes travel with it and it reloads to the same outputs.
+    assert (run / "02-quantize" / "prune_layout.json").is_file()
+    int8 = load_bundle(run / "02-quantize")
     batch = pruned.tokenizer(["casa mare este frumos ."], return_tensors="pt")
+    with torch.no_grad():
+        reference = recovered.model(**batch).logits
+        quantized = int8.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert quantized.shape == reference.shape
+    assert (quantized - reference).norm() / reference.norm() < 0.2
+    shallow = load_bundle(run / "03-shallow")
+    assert [(s.heads, s.ffn) for s in layer_shapes(shallow.model)] == [(2, 32)]
     with torch.no_grad():
         assert torch.isfinite(recovered.model(**batch).logits).all()
         assert torch.isfinite(shallow.model(**batch).logits).all()
