@@ -200,6 +200,28 @@ def test_reapplied_strategy_is_scored_after_finetuning(tiny, shared_dir, tmp_pat
     assert "tinyB-broken · upos" in report
 
 
+def test_real_int8_quantization_is_scored_after_finetuning(tiny, shared_dir, tmp_path):
+    """The contract with the quantize strategy: fine-tune fp32, quantize the task model, score it."""
+    try:
+        registry.get("quantize")
+    except (registry.UnknownStrategy, registry.StrategyImportError) as exc:
+        pytest.skip(f"quantize strategy unavailable: {exc}")
+    pytest.importorskip("torchao")
+    params = {"method": "dynamic", "compile": False}
+    models = [EvalModel("tinyB", tiny["tinyB"], "student"),
+              EvalModel("tinyB-int8", str(tmp_path / "not-saved"), "student", "quantize", tiny["tinyB"], params)]
+    results = evaluate_models(models, quick(shared_dir, tasks=["upos", "sapn"], efficiency=False,
+                                            models=["tinyB", "tinyB-int8"]),
+                              {"plots": False}, tmp_path / "out", torch.device("cpu"), 1, quiet())
+    assert results["errors"] == []
+    for task in ("upos", "sapn"):
+        entry = results["scores"]["tinyB-int8"][task]
+        assert entry["runs"][0]["reapplied"] == "quantize"
+        assert entry["input_metrics"] == results["scores"]["tinyB"][task]["metrics"]
+    to_input = {e["task"]: e for e in results["loyalty"] if e["relation"] == "input"}
+    assert to_input["upos"]["label"]["mean"] > 0.9 and to_input["sapn"]["probability"]["mean"] > 0.9
+
+
 def test_unknown_model_names_are_rejected(tiny, shared_dir, tmp_path):
     with pytest.raises(EvaluationError, match="'nope', which is not among the models: tinyA"):
         evaluate_models([EvalModel("tinyA", tiny["tinyA"], "teacher")], quick(shared_dir, models=["nope"]), None,

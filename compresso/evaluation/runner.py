@@ -275,7 +275,9 @@ class _Evaluation:
             ctx.stage_dir.mkdir()
             ctx.work_dir.mkdir()
             strategy.preflight(ctx)
-            out = strategy.apply(ModelBundle(task_model, bundle.tokenizer), ctx)
+            # the input's lineage goes along: a strategy may take defaults from it (quantize
+            # calibrates on the corpus of the distillation that made the model)
+            out = strategy.apply(ModelBundle(task_model, bundle.tokenizer, list(bundle.lineage)), ctx)
         apply_seconds = time.time() - t0
         model = out.model
         device = module_device(model) if isinstance(model, torch.nn.Module) else cpu
@@ -350,14 +352,14 @@ class _Evaluation:
 
     def pairs(self) -> list[tuple[EvalModel, EvalModel, str]]:
         teachers = [m for m in self.models if m.role == "teacher"]
-        by_path = {_key(m.path): m for m in self.models}
         out = []
         for s in self.models:
             if s.role == "teacher":
                 continue
             out += [(s, t, "teacher") for t in teachers]
-            parent = by_path.get(_key(s.input_path)) if s.input_path else None
-            if parent is not None and parent is not s and parent.role != "teacher":
+            parent = next((m for m in self.models if s.input_path and m is not s
+                           and _key(m.path) == _key(s.input_path)), None)
+            if parent is not None and parent.role != "teacher":
                 out.append((s, parent, "input"))
         return out
 
