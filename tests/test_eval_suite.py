@@ -96,7 +96,8 @@ def test_every_task_end_to_end(tiny, shared_dir, tmp_path):
         assert any("no validation split" in n for n in results["tasks"][task]["notes"])
     eff = results["efficiency"]["models"]
     assert eff["tinyA"]["parameters"] > eff["tinyB"]["parameters"]
-    assert eff["tinyB"]["ratios"]["parameters"] == pytest.approx(eff["tinyB"]["parameters"] / eff["tinyA"]["parameters"])
+    ratio = eff["tinyB"]["parameters"] / eff["tinyA"]["parameters"]
+    assert eff["tinyB"]["ratios"]["parameters"] == pytest.approx(ratio)
     assert set(eff["tinyA"]["cpu_latency_ms"]) == {"1", "2", "1_min", "2_min"} and eff["tinyA"]["disk_bytes"] > 0
     if not torch.cuda.is_available():
         assert eff["tinyA"]["gpu_note"] == "n/a (no GPU)"

@@ -123,7 +123,8 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return batches
 
 
-def collate(enc: Encoded, idx: np.ndarray, pad_id: int, with_labels: bool, multiple: int = 8) -> dict[str, torch.Tensor]:
+def collate(enc: Encoded, idx: np.ndarray, pad_id: int, with_labels: bool,
+            multiple: int = 8) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest member (rounded up to ``multiple`` for tensor cores)."""
     longest = int(enc.lengths[idx].max())
     width = -(-longest // multiple) * multiple

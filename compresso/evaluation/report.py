@@ -106,7 +106,8 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
                            for task, metric in keys] for m in models]
     out += [_table(header, rows), ""]
 
-    reapplied = [(m, task) for m in models for task in tasks if "input_metrics" in scores.get(m["name"], {}).get(task, {})]
+    reapplied = [(m, task) for m in models for task in tasks
+                 if "input_metrics" in scores.get(m["name"], {}).get(task, {})]
     if reapplied:
         out += ["### Before and after re-applying a strategy to the fine-tuned model", "",
                 f"The input model is fine-tuned on the task, the strategy (e.g. INT8 quantization) is applied to "
@@ -143,7 +144,8 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
         ref = eff["reference"]
         cfg_e = eff["config"]
         out += ["## Efficiency", "",
-                f"Ratios are to {ref}{' (first teacher)' if eff['reference_is_teacher'] else ' (first model; no teacher given)'}: "
+                f"Ratios are to {ref}"
+                f"{' (first teacher)' if eff['reference_is_teacher'] else ' (first model; no teacher given)'}: "
                 f"size ratios = model / reference, speed-ups = model speed / reference speed. Speed is the encoder "
                 f"alone on random ids: GPU at batch {cfg_e['gpu_batch_size']} × {cfg_e['gpu_seq_length']} in bf16, "
                 f"CPU at sequence {cfg_e['cpu_seq_length']} with {cfg_e['cpu_threads']} threads ({env['cpu']}). "
@@ -312,7 +314,7 @@ def plot_efficiency(results: dict, path: Path, dpi: int) -> bool:
     if not eff:
         return False
     keys = [("parameters", "parameters"), ("disk_bytes", "size on disk"), ("gpu_speedup", "GPU speed-up")]
-    keys += [(f"cpu_speedup_b{b}", f"CPU speed-up (b={b})") for b in eff["config"]["cpu_batch_sizes"]]
+    keys += [(f"cpu_speedup_b{b}", f"CPU speed-up\n(batch {b})") for b in eff["config"]["cpu_batch_sizes"]]
     names = [m["name"] for m in results["models"] if m["name"] in eff["models"]]
     keys = [(k, label) for k, label in keys if any(eff["models"][n]["ratios"].get(k) for n in names)]
     if not keys or len(names) < 2:

@@ -92,7 +92,8 @@ def select_models(models: list[EvalModel], wanted: list[str] | None) -> list[Eva
     unknown = [w for w in wanted if w not in names]
     if unknown:
         raise EvaluationError(f"evaluate.models names {', '.join(map(repr, unknown))}, which "
-                              f"{'is' if len(unknown) == 1 else 'are'} not among the models: {', '.join(names) or 'none'}")
+                              f"{'is' if len(unknown) == 1 else 'are'} not among the models: "
+                              f"{', '.join(names) or 'none'}")
     return [m for m in models if m.name in wanted]
 
 
