@@ -238,12 +238,12 @@ def test_compiled_int8_kernels_match_the_reference_graph(tokenizer, corpus, tmp_
     reference = QuantizeStrategy.load(tmp_path / "int8", compile=False).model
     reloaded = load_bundle(tmp_path / "int8").model
     assert compiled.model.compiled and reloaded.compiled and not reference.compiled
-    for texts in (sentences(4, seed=11), sentences(1, seed=12), sentences(7, seed=13)):
+    # two batch sizes and lengths, one dynamic-shape graph (batch 1 would compile a graph of its own)
+    for texts in (sentences(4, seed=11), sentences(7, seed=13)):
         enc = batch(tokenizer, texts)
         want = logits(reference, enc)
         torch.testing.assert_close(logits(compiled.model, enc), want, rtol=0.02, atol=0.02)
-        if len(texts) > 1:  # batch 1 has a graph of its own; one check of it is enough
-            torch.testing.assert_close(logits(reloaded, enc), logits(compiled.model, enc), rtol=0, atol=1e-5)
+        torch.testing.assert_close(logits(reloaded, enc), logits(compiled.model, enc), rtol=0, atol=1e-5)
 
 
 def test_pruned_model_with_irregular_layers_round_trips(tokenizer, corpus, tmp_path):
@@ -347,11 +347,11 @@ def test_fixture_student_int8_agrees_with_fp32_on_real_text(shared_dir, tmp_path
     student = build_student(teacher.model, default_layers(12, 6)).eval()
     corpus = shared_dir / "corpus" / "ro-corpus-00.txt.xz"
     out, ctx = quantize(student, teacher.tokenizer, tmp_path,
-                        calibration={"corpus": [str(corpus)], "num_samples": 64, "check_samples": 16,
-                                     "max_length": 64, "scan_documents": 2000})
+                        calibration={"corpus": [str(corpus)], "num_samples": 32, "check_samples": 12,
+                                     "max_length": 64, "scan_documents": 500})
     check = ctx.metrics["check"]
-    # masked-LM predictions at every real token of 16 held-back documents
-    assert check["positions"] > 500
+    # masked-LM predictions at every real token of 12 held-back documents
+    assert check["positions"] > 400
     assert check["argmax_agreement"] > 0.85 and check["relative_error"] < 0.2, check
 
 
