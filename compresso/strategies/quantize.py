@@ -421,7 +421,7 @@ def _static_config(full_names: list[str], observer: str):
 
 def _export_prepared(model: torch.nn.Module, input_names: list[str], output_key: str, excluded: list[str],
                      observer: str):
-    """Export → INC prepare. Returns (positional wrapper, prepared graph)."""
+    """Export → INC prepare: the graph with observers, ready for calibration."""
     from neural_compressor.torch.export import export
     from neural_compressor.torch.quantization import prepare
 
@@ -437,7 +437,7 @@ def _export_prepared(model: torch.nn.Module, input_names: list[str], output_key:
                             f"BERT-family encoders that torch.export captures with dynamic batch and length") from None
     with _quiet_backends():
         prepared = prepare(exported, _static_config([f"model.{n}" for n in excluded], observer))
-    return wrapper, prepared
+    return prepared
 
 
 def _observers(prepared: torch.nn.Module) -> dict[str, str]:
@@ -590,7 +590,7 @@ class QuantizeStrategy(CompressionStrategy):
 
     def _static(self, fp32, input_names, output_key, excluded, calib_docs, tokenizer, max_length, ctx):
         p = self.params
-        wrapper, prepared = _export_prepared(fp32, input_names, output_key, excluded, p.activation_observer)
+        prepared = _export_prepared(fp32, input_names, output_key, excluded, p.activation_observer)
         observers = _observers(prepared)
         batches = list(_batches(tokenizer, calib_docs, input_names, max_length, p.calibration.batch_size))
         with ctx.progress() as progress, torch.no_grad():
@@ -681,7 +681,7 @@ class QuantizeStrategy(CompressionStrategy):
         input_names, output_key = meta["input_names"], meta["output_key"]
         quantized, excluded = meta["quantized_linear"], meta["excluded_linear"]
         if params.method == "static":
-            _, prepared = _export_prepared(fp32, input_names, output_key, excluded, params.activation_observer)
+            prepared = _export_prepared(fp32, input_names, output_key, excluded, params.activation_observer)
             observers = _observers(prepared)
             if observers != meta["observers"]:
                 raise StrategyError(f"{path}: the quantized graph rebuilt here differs from the saved one (saved "
