@@ -430,7 +430,8 @@ def _export_prepared(model: torch.nn.Module, input_names: list[str], output_key:
     # A fixed example (not the caller's batch) so that apply and load trace the very same graph.
     args = tuple(torch.ones(2, 16, dtype=torch.long) for _ in input_names)
     try:
-        with _quiet_backends():
+        with _quiet_backends(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="While compiling, we found certain side effects")
             exported = export(wrapper, args, dynamic_shapes=_dynamic_shapes(input_names, max_len))
     except RuntimeError as exc:  # INC logs torch.export's reason at ERROR level and raises this
         raise StrategyError(f"torch.export could not trace {type(model).__name__} ({exc}); quantize supports "
