@@ -159,6 +159,7 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
       compresso apply recipes/distill_int8.yaml --from-stage quantize
     """
     from compresso.engine import Runner, RunError, summary_table
+    from compresso.evaluation import EvaluationError
     from compresso.models import ModelLoadError
     from compresso.strategy import StrategyError
 
@@ -169,7 +170,7 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
         runner = Runner(loaded, output_dir=output_dir, device=device, force=force, resume=resume,
                         from_stage=from_stage, console=console)
         runner.preflight()
-    except (RunError, ModelLoadError, StrategyError) as exc:
+    except (RunError, ModelLoadError, StrategyError, EvaluationError) as exc:
         _bad_input(f"{recipe}: {exc}")
     try:
         result = runner.run()

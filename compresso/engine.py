@@ -245,6 +245,11 @@ class Runner:
         check_available(ref, revision, self.recipe.trust_remote_code)
         for i, strategy in enumerate(self.strategies):
             strategy.preflight(self._context(i))
+        if self.recipe.evaluate is not None:
+            # Read the task data now (seconds), not after hours of training.
+            from compresso.evaluation import check_data
+
+            check_data(self.recipe.evaluate)
 
     def _stage_key(self, index: int, input_key: str) -> str:
         stage, strategy = self.recipe.stages[index], self.strategies[index]
