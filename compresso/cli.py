@@ -23,7 +23,7 @@ err_console = Console(stderr=True)
 class LazyGroup(click.Group):
     """Imports heavy subcommands (the evaluation suite) only when they are used."""
 
-    lazy = {"evaluate": "compresso.evaluation.cli:evaluate"}
+    lazy = {"evaluate": "compresso.evaluation.cli:evaluate", "report": "compresso.evaluation.merge:report"}
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
