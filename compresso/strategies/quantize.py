@@ -489,8 +489,10 @@ def compare_outputs(reference: list[torch.Tensor], quantized: list[torch.Tensor]
         q_rows.append(q.reshape(-1, q.shape[-1]).float())
     r, q = torch.cat(ref_rows), torch.cat(q_rows)
     finite = bool(torch.isfinite(q).all())
-    rc = r - r.mean(-1, keepdim=True)
-    qc = q - q.mean(-1, keepdim=True)
+    # Centre each row (logits are shift-invariant); a single output (regression) is centred over rows.
+    dim = 0 if r.shape[-1] == 1 else -1
+    rc = r - r.mean(dim, keepdim=True)
+    qc = q - q.mean(dim, keepdim=True)
     denom = rc.norm().clamp_min(1e-12)
     rel = float((qc - rc).norm() / denom) if finite else float("inf")
     return {"relative_error": rel, "argmax_agreement": float((r.argmax(-1) == q.argmax(-1)).float().mean()),
