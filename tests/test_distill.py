@@ -111,14 +111,6 @@ def small_params(corpus_path: Path, **kw) -> dict:
     return {**base, **kw}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and on a busy machine, OpenMP spinning costs 50x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer
 
 from compresso.models import load_bundle, save_bundle
@@ -24,14 +23,6 @@ from tests.test_distill import make_ctx
 
 pytestmark = pytest.mark.shared
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread is several times faster than two on a shared 2-core machine at this size."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

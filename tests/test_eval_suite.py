@@ -23,14 +23,6 @@ from compresso.strategy import CompressionStrategy, ModelBundle, StrategyError, 
 pytestmark = pytest.mark.shared
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Hidden-32 models gain nothing from intra-op threads, and lose a lot on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def quiet() -> Console:
     return Console(file=io.StringIO(), width=120)

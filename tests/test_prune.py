@@ -30,14 +30,6 @@ HIDDEN, HEADS, FFN, LAYERS = 32, 4, 64, 3
 HEAD_DIM = HIDDEN // HEADS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, above all on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def tokenizer():

@@ -3,7 +3,6 @@
 import json
 import random
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -13,13 +12,6 @@ from compresso.recipe import load_recipe
 from compresso.strategies.prune import layer_shapes
 from tests.tiny import WORDS, tiny_bert
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_prune_then_recovery_distillation_then_int8_keep_the_pruned_shapes(tmp_path):
