@@ -416,10 +416,12 @@ class Runner:
         for o in outcomes:
             models.append(EvalModel(name=o.dirname, path=str(o.path), role="student", strategy=o.strategy,
                                     input_path=o.input_path, params=self.recipe.stages[o.index].params))
-        if not outcomes and not self.recipe.teacher(self.recipe.student.model):
-            # An evaluate-only recipe: score the student as given.
-            models.append(EvalModel(name="student", path=self.recipe.student_ref()[0], role="student",
-                                    strategy=None, input_path=None, params=None))
+        if not self.recipe.teacher(self.recipe.student.model):
+            # The model the recipe starts from, when it is not a teacher, can be scored as "student"
+            # (e.g. the fp32 model beside its INT8 version).
+            models.insert(len(self.recipe.teachers), EvalModel(
+                name="student", path=self.recipe.student_ref()[0], role="student",
+                strategy=None, input_path=None, params=None))
         self.console.rule("evaluation")
         return evaluate_models(models, self.recipe.evaluate, self.recipe.report, self.out / "evaluation",
                                self.device, self.recipe.seed, self.console)
