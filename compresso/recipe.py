@@ -189,7 +189,7 @@ def _pydantic_problems(err: ValidationError, prefix: tuple, lines, overridden) -
     out = []
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
