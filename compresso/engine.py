@@ -222,8 +222,8 @@ class Runner:
             return 0
         if self.from_stage is None:
             return None
-        for i, stage in enumerate(self.recipe.stages):
-            if self.from_stage in (self.recipe.stage_dirname(i), stage.name, stage.strategy):
+        for i in range(len(self.recipe.stages)):
+            if self.recipe.stage_matches(i, self.from_stage):
                 return i
         names = [self.recipe.stage_dirname(i) for i in range(len(self.recipe.stages))]
         raise RunError(f"--from-stage {self.from_stage!r} matches no stage; stages: {', '.join(names)}")
@@ -333,8 +333,8 @@ class Runner:
             keys.append(key)
             forced = self.first_forced is not None and i >= self.first_forced
             done = final / "stage.json"
-            if not forced and done.is_file() and json.loads(done.read_text()).get("key") == key:
-                info = json.loads(done.read_text())
+            info = json.loads(done.read_text()) if not forced and done.is_file() else {}
+            if info.get("key") == key:
                 outcomes.append(StageOutcome(i, dirname, stage.strategy, "skipped", 0.0, final, key,
                                              info.get("metrics", {}), info.get("model", {}).get("parameters"),
                                              info.get("model", {}).get("size_bytes"),

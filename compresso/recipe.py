@@ -85,11 +85,15 @@ class Recipe(_Strict):
             seen |= {self.stage_dirname(i), stage.name or stage.strategy}
         return self
 
+    def stage_matches(self, index: int, name: str) -> bool:
+        """Whether ``name`` refers to stage ``index``: its folder (NN-name), name or strategy."""
+        stage = self.stages[index]
+        return name in (self.stage_dirname(index), stage.name, stage.strategy)
+
     def stage_index(self, name: str, before: int | None = None) -> int | None:
-        """The latest stage (before index ``before``) called ``name`` (NN-name, name or strategy)."""
+        """The latest stage (before index ``before``) called ``name``."""
         for i in reversed(range(len(self.stages) if before is None else before)):
-            stage = self.stages[i]
-            if name in (self.stage_dirname(i), stage.name, stage.strategy):
+            if self.stage_matches(i, name):
                 return i
         return None
 
