@@ -39,8 +39,12 @@ class DistillStrategy(CompressionStrategy):
     name = "distill"
     summary = "multi-teacher masked-LM distillation into fewer layers; teachers may use other tokenizers"
     Params = DistillParams
+    accepts_formats = frozenset({"transformers", "prune"})
 
     params: DistillParams
+
+    def output_format(self, input_format: str) -> str:
+        return input_format  # a pruned student keeps the format that describes its shapes
 
     # --- checks ------------------------------------------------------------------------------
     def _teacher_weights(self, ctx: RunContext) -> dict[str, float]:
