@@ -73,7 +73,8 @@ class DistillStrategy(CompressionStrategy):
         corpus = self._corpus(ctx)
         if corpus.files:
             try:
-                check_corpus(corpus, self.params.heldout_documents)
+                for warning in check_corpus(corpus, self.params.heldout_documents, self.params.max_undecodable):
+                    ctx.log(f"[yellow]distill: {warning}[/yellow]")
             except CorpusError as exc:
                 raise StrategyError(f"distill: {exc}") from None
         else:
@@ -118,7 +119,7 @@ class DistillStrategy(CompressionStrategy):
         check_positions("the student (input model)", bundle.model, p.seq_len)
         if corpus.files:
             try:
-                check_corpus(corpus, p.heldout_documents)
+                check_corpus(corpus, p.heldout_documents, p.max_undecodable)
             except CorpusError as exc:
                 raise StrategyError(f"distill: {exc}") from None
 
