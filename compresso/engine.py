@@ -108,6 +108,10 @@ def check_output_dir(out: Path) -> None:
     compresso run: the engine would otherwise overwrite and delete files it does not own."""
     if str(out).strip() == "":
         raise RunError("the output folder is an empty string; name a folder")
+    try:
+        out.exists()
+    except (OSError, ValueError) as exc:
+        raise RunError(f"output folder {str(out)[:80]}... cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
     if out.exists() and not out.is_dir():
         raise RunError(f"output folder {out} is a file, not a folder")
     if out.is_dir():

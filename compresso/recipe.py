@@ -41,6 +41,16 @@ def check_plain_name(value: str) -> str:
     return value
 
 
+def check_path_length(value: str) -> str:
+    """Model references and folders must fit the file system's limits (255 bytes a name, 4096 in
+    all), or every later probe of the path fails with an OS error instead of a recipe error."""
+    parts = value.encode("utf-8", "surrogatepass").split(b"/")
+    if len(value.encode("utf-8", "surrogatepass")) > 4096 or any(len(p) > 255 for p in parts):
+        raise ValueError("too long for a file, folder or model name (at most 255 bytes between slashes, "
+                         "4096 in all)")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
@@ -53,6 +63,11 @@ class TeacherSpec(_Strict):
     def _plain(cls, v: str):
         return check_plain_name(v)
 
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str):
+        return check_path_length(v)
+
     model: str = Field(description="Hub id or local folder.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
 
@@ -60,6 +75,12 @@ class TeacherSpec(_Strict):
 class StudentSpec(_Strict):
     model: str = Field(description="The model the first stage starts from: a teacher's name, a hub id or a folder.")
     revision: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str):
+        return check_path_length(v)
+
     config: dict[str, Any] | None = Field(
         None, description="Config overrides; when given, the student is built from the (overridden) config "
                           "with fresh random weights instead of the pretrained ones.")
@@ -121,7 +142,7 @@ class Recipe(_Strict):
     def _output_dir(cls, v: str):
         if not v.strip():
             raise ValueError("output_dir is blank; name the run's folder")
-        return v
+        return check_path_length(v)
 
     @model_validator(mode="after")
     def _stage_inputs(self):

@@ -39,7 +39,12 @@ class StrategyParams(BaseModel):
 
 
 def _must_exist(path: Path) -> Path:
-    if not path.expanduser().exists():
+    try:
+        found = path.expanduser().exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, say
+        raise ValueError(f"{str(path)[:80]}... cannot be a file name here: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not found:
         raise ValueError(f"file or folder {path} does not exist (relative paths are read from "
                          f"the current directory, {Path.cwd()})")
     return path

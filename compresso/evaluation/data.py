@@ -421,6 +421,11 @@ def _need(path: Path | None, what: str, folder: Path) -> Path:
 
 
 def _dataset_folder(data_dir: Path, *names: str) -> Path:
+    try:
+        data_dir.exists()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data folder {str(data_dir)[:80]}... cannot be used: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
     for name in names:
         if (data_dir / name).is_dir():
             return data_dir / name
