@@ -25,15 +25,8 @@ err_console = Console(stderr=True)
 class LazyGroup(click.Group):
     """Imports heavy subcommands (the evaluation suite) only when they are used."""
 
-    def main(self, *args, standalone_mode: bool = True, **kwargs):
-        # click turns Ctrl-C into "Aborted!" with exit 1; compresso's convention is 130.
-        try:
-            return super().main(*args, standalone_mode=standalone_mode, **kwargs)
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/yellow]")
-            sys.exit(130)
-
     def invoke(self, ctx):
+        # click would turn Ctrl-C into "Aborted!" with exit 1; compresso's convention is 130.
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:

@@ -259,6 +259,29 @@ def test_interrupt_records_the_run_and_the_hint_keeps_output_dir_and_set(tmp_pat
     assert json.loads((out / "run.json").read_text())["status"] == "finished"
 
 
+def test_ctrl_c_during_start_up_exits_130(tmp_path, site, model_dir, monkeypatch):
+    import compresso.recipe
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compresso.recipe, "load_recipe", interrupted)
+    code, output = invoke(["apply", recipe(tmp_path, model_dir)])
+    assert code == 130 and "Aborted" not in output and "interrupted" in output
+
+
+def test_a_killed_run_leaves_no_lock_behind(tmp_path, site, model_dir):
+    path = recipe(tmp_path, model_dir, stages="  - strategy: wait_for_file\n")
+    proc = _start(["apply", path], tmp_path, site)
+    _wait_for(tmp_path / "run" / ".work" / "00-wait_for_file" / "started", proc)
+    proc.kill()  # SIGKILL: no handler runs, the lock file stays with the dead holder's pid in it
+    proc.communicate(timeout=60)
+    assert f"pid {proc.pid}" in (tmp_path / "run" / ".lock").read_text()
+    (tmp_path / "go").write_text("go")
+    code, output = invoke(["apply", path])
+    assert code == 0, output
+
+
 # --- 4, 7. the recipe file itself ----------------------------------------------------------------
 
 ALIAS_BOMB = """\
