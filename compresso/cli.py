@@ -162,8 +162,14 @@ def validate(recipe: str, output_dir: str | None, device: str | None, overrides:
                       ", ".join(f"{k}={v}" for k, v in stage.params.items()) or "(defaults)")
     console.print(table)
     console.print(f"teachers: {', '.join(f'{t.name} ({t.model})' for t in r.teachers) or 'none'}")
-    console.print(f"student starts from: {r.student.model}; output: {r.output_dir}; "
+    console.print(f"student starts from: {r.student.model}; output: {output_dir or r.output_dir}; "
                   f"evaluate: {'yes' if r.evaluate is not None else 'no'}")
+    from compresso.models import is_local
+
+    hub = sorted({ref for ref in [t.model for t in r.teachers] + [r.student_ref()[0]] if not is_local(ref)})
+    if hub:
+        console.print(f"[dim]not contacted (validate stays offline; apply checks them first): "
+                      f"{', '.join(hub)}[/dim]")
 
 
 @main.command()

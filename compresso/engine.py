@@ -151,7 +151,10 @@ class RunLock:
     def acquire(self) -> None:
         import fcntl
 
-        handle = open(self.out / LOCK_FILE, "a+")
+        try:
+            handle = open(self.out / LOCK_FILE, "a+")
+        except OSError as exc:
+            raise RunError(f"cannot create the lock file {self.out / LOCK_FILE}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -399,7 +402,11 @@ class Runner:
         from transformers import AutoConfig, AutoModelForMaskedLM
 
         ref, revision = self.recipe.student_ref()
-        config = AutoConfig.from_pretrained(ref, revision=revision, trust_remote_code=self.recipe.trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(ref, revision=revision, trust_remote_code=self.recipe.trust_remote_code)
+        except Exception as exc:  # a broken config.json, an unknown model type
+            raise RunError(f"student.model: cannot read the config of {ref}: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
         for key, value in self.recipe.student.config.items():
             if not hasattr(config, key):
                 raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
