@@ -251,8 +251,43 @@ def main(argv=None) -> int:
         out = out / f"quantize_cpu-{slug}-{cpu.capability_class()}{'-emulated' if args.emulate_avx2 else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"wrote {out}")
+    out.with_suffix(".md").write_text(markdown(result, out.name))
+    console.print(f"wrote {out} and {out.with_suffix('.md').name}")
     return 0
+
+
+def markdown(result: dict, json_name: str) -> str:
+    """The table of ``result`` for docs/quantization.md, every number from the JSON beside it."""
+    cpu_info, emulation, machine = result["cpu"], result["emulation"], result["machine"]
+    sizes = result["batch_sizes"]
+    emulated = (f"; torch/oneDNN/MKL capped by {', '.join(f'{k}={v}' for k, v in emulation['env'].items())} "
+                f"(torch {emulation['torch_capability']}, oneDNN {emulation['onednn_isa']}; ONNX Runtime not capped)"
+                if emulation["env"] else "")
+    lines = [
+        f"**{cpu_info['model']}**, class `{cpu_info['capability_class']}` (flags {', '.join(cpu_info['flags'])})"
+        f"{emulated}; {result['threads']} threads (CPUs {result['affinity']}), sequence {result['seq_len']}, "
+        f"median [interquartile range] of {result['repeats']} calls in {result['rounds']} interleaved rounds; "
+        f"load average {machine['load_average_before'][0]:.1f} → {machine['load_average_after'][0]:.1f}"
+        f"{' (**busy machine: not a speed claim**)' if machine['busy'] else ''}; "
+        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + f". Source: [{json_name}]({json_name}).",
+        "",
+        "| model | " + " | ".join(f"batch {b} ms | × teacher" for b in sizes) + " | weights | of teacher |",
+        "|---|" + "---:|---:|" * len(sizes) + "---:|---:|",
+    ]
+    for row in result["rows"]:
+        cells = []
+        for b in sizes:
+            t = row["latency"][str(b)]
+            cells += [f"{t['median_ms']:.1f} [{t['q1_ms']:.1f}–{t['q3_ms']:.1f}]",
+                      f"{row['speedup_vs_teacher'][str(b)]:.2f}×"]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {row['weights_bytes'] / 1e6:.2f} MB | "
+                     f"{row['size_ratio_vs_teacher']:.1%} |")
+    for case, reason in result["skipped"].items():
+        lines.append(f"| int8 student, {case} | skipped: {reason} |" + " |" * (2 * len(sizes) + 1))
+    auto = result["auto_choice"]
+    lines += ["", f"Fastest INT8 backend: " + ", ".join(f"batch {b}: {m}" for b, m in result["fastest_int8"].items())
+              + f". `backend: auto` on this class: {auto['backend']} ({auto['method']}).", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
