@@ -1,12 +1,14 @@
 """The ``compresso`` command line: a thin layer over recipe, registry and engine.
 
-Exit codes: 0 success, 2 bad input (recipe, parameters, models that cannot be had), 1 a failure
-while running, 130 interrupted.
+Exit codes: 0 success, 2 bad input (recipe, parameters, models that cannot be had, output folder
+refused or in use), 1 a failure while running, 130 interrupted (Ctrl-C), 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
+import signal
 import sys
 
 import click
@@ -22,6 +24,14 @@ err_console = Console(stderr=True)
 
 class LazyGroup(click.Group):
     """Imports heavy subcommands (the evaluation suite) only when they are used."""
+
+    def invoke(self, ctx):
+        # click would turn Ctrl-C into "Aborted!" with exit 1; compresso's convention is 130.
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/yellow]")
+            sys.exit(130)
 
     lazy = {"evaluate": "compresso.evaluation.cli:evaluate", "report": "compresso.evaluation.merge:report"}
 
@@ -110,17 +120,38 @@ def _load(recipe_path: str, overrides: tuple[str, ...]):
         _bad_input(str(exc))
 
 
+def _runner(recipe: str, loaded, network: bool, **kwargs):
+    """A Runner with every pre-run check done (output folder, models, strategies' preflight,
+    evaluation names and data), or exit 2."""
+    from compresso.engine import Runner, RunError
+    from compresso.evaluation import EvaluationError
+    from compresso.models import ModelLoadError
+    from compresso.strategy import StrategyError
+
+    try:
+        runner = Runner(loaded, console=console, **kwargs)
+        runner.preflight(network=network)
+    except (RunError, ModelLoadError, StrategyError, EvaluationError) as exc:
+        _bad_input(f"{recipe}: {exc}")
+    return runner
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False), help="Overrides the recipe's output_dir.")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (overrides the recipe).")
 @_set_option
-def validate(recipe: str, overrides: tuple[str, ...]) -> None:
-    """Check a recipe without running anything (no network, nothing written).
+def validate(recipe: str, output_dir: str | None, device: str | None, overrides: tuple[str, ...]) -> None:
+    """Check a recipe without running anything: every check `apply` makes before work starts
+    (output folder, local models, corpora, device, evaluation names and data), except asking the
+    Hugging Face Hub whether hub ids exist. No network, nothing written.
 
     \b
     Example:
       compresso validate recipes/distilmulti_ro.yaml --set seed=1
     """
     loaded = _load(recipe, overrides)
+    _runner(recipe, loaded, network=False, output_dir=output_dir, device=device)
     r = loaded.recipe
     table = Table(title=f"{recipe}: {r.name} — valid")
     table.add_column("stage")
@@ -158,27 +189,44 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
       compresso apply recipes/distilmulti_ro.yaml --resume
       compresso apply recipes/distill_int8.yaml --from-stage quantize
     """
-    from compresso.engine import Runner, RunError, summary_table
+    from compresso.engine import Interrupted, RunError, summary_table
     from compresso.evaluation import EvaluationError
-    from compresso.models import ModelLoadError
-    from compresso.strategy import StrategyError
+    from compresso.strategy import StageFailure, StrategyError
 
-    if resume and force:
-        _bad_input("--resume and --force contradict each other; pick one")
-    loaded = _load(recipe, overrides)
+    def on_sigterm(signum, frame):
+        raise Interrupted(signum)
+
+    # SIGTERM (a scheduler's or `kill`'s stop) ends the run like Ctrl-C: run.json says interrupted.
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        runner = Runner(loaded, output_dir=output_dir, device=device, force=force, resume=resume,
-                        from_stage=from_stage, console=console)
-        runner.preflight()
-    except (RunError, ModelLoadError, StrategyError, EvaluationError) as exc:
-        _bad_input(f"{recipe}: {exc}")
-    try:
-        result = runner.run()
-    except StrategyError as exc:
-        _bad_input(f"{recipe}: {exc}")
-    except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted; `compresso apply {recipe} --resume` continues.[/yellow]")
-        sys.exit(130)
+        loaded = _load(recipe, overrides)
+        runner = _runner(recipe, loaded, network=True, output_dir=output_dir, device=device, force=force,
+                         resume=resume, from_stage=from_stage)
+        try:
+            result = runner.run()
+        except (RunError, StrategyError) as exc:
+            # Bad input found while running (the folder is in use, a strategy refused its input):
+            # finished stages stay, nothing is half-written under a stage's name.
+            _bad_input(f"{recipe}: {exc}")
+        except (StageFailure, EvaluationError) as exc:
+            err_console.print(f"[bold red]error:[/bold red] {escape(f'{recipe}: {exc}')}", highlight=False)
+            err_console.print(f"[dim]{escape(str(runner.out / 'run.json'))} records the failure; fix the cause and "
+                              f"run the same command again to resume.[/dim]")
+            sys.exit(1)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            hint = ["compresso", "apply", recipe, "-o", str(runner.out), "--resume"]
+            hint += [f"--device={device}"] if device else []
+            for item in overrides:
+                hint += ["--set", item]
+            what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by SIGTERM"
+            err_console.print(f"[yellow]{what}; checkpoints are kept. To continue: {escape(shlex.join(hint))}[/yellow]",
+                              highlight=False, soft_wrap=True)
+            sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM)
+    except Interrupted:
+        err_console.print("[yellow]stopped by SIGTERM before the run started; nothing was written[/yellow]")
+        sys.exit(128 + signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if runner.is_main:
         console.print(summary_table(result))
         console.print(f"done in {result.seconds:.1f}s → {result.output_dir}")

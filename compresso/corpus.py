@@ -165,12 +165,42 @@ def iter_documents(source: Corpus | str | Path | Sequence[str | Path], *, part: 
         yield text
 
 
-def check_corpus(source: Corpus | str | Path | Sequence[str | Path], heldout: int = 0) -> None:
+UNDECODABLE_WARN = 0.001
+"""Share of undecodable characters (U+FFFD after decoding) above which a corpus file gets a warning."""
+UNDECODABLE_MAX = 0.05
+"""Default share above which a corpus file is refused: text, not a binary file or another encoding."""
+UNDECODABLE_SAMPLE = 1 << 20  # characters read from the start of each file for the check
+
+
+def undecodable_fraction(path: str | Path) -> float:
+    """Share of the first ``UNDECODABLE_SAMPLE`` characters of a file that are not valid UTF-8."""
+    try:
+        with open_text(path) as handle:
+            text = handle.read(UNDECODABLE_SAMPLE)
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        raise CorpusError(f"corpus file {path}: cannot read it ({type(exc).__name__}: {exc})") from exc
+    return text.count("\ufffd") / max(len(text), 1)
+
+
+def check_corpus(source: Corpus | str | Path | Sequence[str | Path], heldout: int = 0,
+                 max_undecodable: float = UNDECODABLE_MAX) -> list[str]:
     """Raise ``CorpusError`` unless the corpus has at least one training document after the
-    held-out slice. Reads only as far as that document."""
+    held-out slice, and unless every file's start (its first MiB) is UTF-8 text with at most
+    ``max_undecodable`` of its characters undecodable. Returns warnings (files with more than
+    ``UNDECODABLE_WARN`` undecodable). Reads only as far as that."""
     corpus = as_corpus(source)
+    warnings = []
+    for path in corpus.files:
+        share = undecodable_fraction(path)
+        if share > max_undecodable:
+            raise CorpusError(f"corpus file {path}: {share:.1%} of its first characters are not valid UTF-8 "
+                              f"(at most {max_undecodable:.1%} allowed): a binary file or another encoding? "
+                              f"Convert it to UTF-8 text, one document per line")
+        if share > UNDECODABLE_WARN:
+            warnings.append(f"corpus file {path}: {share:.2%} of its first characters are not valid UTF-8 "
+                            f"(they become U+FFFD)")
     for _ in iter_indexed_documents(corpus, part="train", heldout=heldout):
-        return
+        return warnings
     seen = sum(1 for _ in zip(range(heldout + 1), raw_documents(corpus)))
     if seen == 0:
         raise CorpusError(f"the corpus ({corpus.describe()}) holds no documents (no non-blank lines)")

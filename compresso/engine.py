@@ -1,7 +1,10 @@
 """Runs a recipe: stages in order, each on the previous stage's output.
 
 Every stage writes ``output_dir/NN-name/`` atomically: it is built in ``.tmp-NN-name`` and
-renamed into place only when complete, so a folder that exists is a finished stage. A stage is
+renamed into place only when complete, so a folder that exists is a finished stage. The engine
+writes only inside ``output_dir``: it refuses a folder that is neither new, empty nor a compresso
+run, holds an exclusive lock on it (``.lock``) while it runs, and checks every path it deletes
+or renames against it. A stage is
 skipped when its ``stage.json`` carries the same content key (input key + strategy + version +
 params + teachers + seed); a stage that was interrupted resumes from its checkpoints in
 ``.work/NN-name`` (strategies that checkpoint read them from ``ctx.work_dir``).
@@ -14,6 +17,8 @@ import hashlib
 import json
 import os
 import platform
+import shlex
+import sys
 import random
 import shutil
 import subprocess
@@ -31,12 +36,21 @@ from rich.table import Table
 
 from compresso import registry
 from compresso.models import check_available, is_local, load_bundle, save_bundle
-from compresso.recipe import LoadedRecipe, Recipe
+from compresso.recipe import LoadedRecipe, Recipe, check_device
 from compresso.strategy import BUNDLE_META, CompressionStrategy, ModelBundle, RunContext, TeacherRef, write_json
 
 
 class RunError(Exception):
     """The run cannot start as asked (nothing to resume, unknown --from-stage, ...)."""
+
+
+class Interrupted(BaseException):
+    """The process was asked to stop (SIGTERM); handled like Ctrl-C: checkpoints kept, run.json
+    says ``interrupted``. A BaseException so that no ``except Exception`` swallows it."""
+
+    def __init__(self, signal_number: int):
+        self.signal_number = signal_number
+        super().__init__(f"stopped by signal {signal_number}")
 
 
 @dataclass
@@ -63,12 +77,101 @@ class RunResult:
 
 
 def select_device(spec: str, local_rank: int = 0) -> torch.device:
+    try:
+        check_device(spec)
+    except ValueError as exc:
+        raise RunError(f"device: {exc}") from None
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise RunError(f"device {spec!r} asked for, but torch sees no CUDA device "
                        f"(torch {torch.__version__}); use device: cpu or auto")
+    if spec.startswith("cuda:") and int(spec[5:]) >= torch.cuda.device_count():
+        raise RunError(f"device {spec!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(spec)
+
+
+LOCK_FILE = ".lock"
+
+
+def is_compresso_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run this engine wrote (its run.json says so)."""
+    try:
+        manifest = json.loads((folder / "run.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "resolved_recipe" in manifest and "status" in manifest
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output folder that is a file, or an existing folder that is neither empty nor a
+    compresso run: the engine would otherwise overwrite and delete files it does not own."""
+    if str(out).strip() == "":
+        raise RunError("the output folder is an empty string; name a folder")
+    try:
+        out.exists()
+    except (OSError, ValueError) as exc:
+        raise RunError(f"output folder {str(out)[:80]}... cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+    if out.exists() and not out.is_dir():
+        raise RunError(f"output folder {out} is a file, not a folder")
+    if out.is_dir():
+        try:
+            entries = [p.name for p in out.iterdir()]
+        except OSError as exc:
+            raise RunError(f"output folder {out} cannot be read: {exc.strerror or exc}") from None
+        if entries and not is_compresso_run(out) and set(entries) != {LOCK_FILE}:
+            shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
+            raise RunError(f"output folder {out} already holds files that are not a compresso run ({shown}); "
+                           f"give an empty or new folder (--output-dir), so that nothing of yours is overwritten")
+
+
+def lock_holder(out: Path) -> str | None:
+    """Who holds the run folder's lock (their pid, host and command), or None if nobody does.
+    Only reads: a process that died released its lock with it (the kernel drops flock locks)."""
+    import fcntl
+
+    try:
+        with open(out / LOCK_FILE) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return handle.read().strip() or "another process"
+            return None
+    except OSError:
+        return None
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``output_dir/.lock`` for the length of a run. The file records
+    the holder, for the message a second process gets; the lock itself dies with its process."""
+
+    def __init__(self, out: Path):
+        self.out, self.handle = out, None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        handle = open(self.out / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RunError(f"output folder {self.out} is in use by another compresso run ({holder}); wait for it "
+                           f"to finish or use another --output-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {platform.node()}, started "
+                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
+                     f"{shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n")
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            self.handle.close()  # closing drops the flock
+            self.handle = None
 
 
 def seed_everything(seed: int) -> None:
@@ -162,16 +265,33 @@ def save_any(bundle: ModelBundle, path: Path) -> None:
         registry.get(bundle.format).save(bundle, path)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def inside(root: Path, path: Path) -> Path:
+    """``path``, once proven to lie strictly inside ``root`` (symbolic links resolved): the only
+    paths the engine deletes or renames."""
+    base, target = root.resolve(), path.resolve()
+    if target == base or base not in target.parents:
+        raise RunError(f"refusing to touch {path}: it is not inside the output folder {root}")
+    return path
+
+
+def _remove_tree(root: Path, path: Path) -> None:
+    if path.is_symlink():
+        raise RunError(f"refusing to delete {path}: it is a symbolic link, and compresso never makes one")
+    if path.exists():
+        shutil.rmtree(inside(root, path))
+
+
+def _replace_dir(tmp: Path, final: Path, root: Path) -> None:
     """Put a finished folder in place; the previous one goes only after the new one is there."""
+    inside(root, tmp), inside(root, final)
     old = final.with_name(f".old-{final.name}")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
+    _remove_tree(root, old)
+    if final.is_symlink() or final.exists():
+        if final.is_symlink() or not final.is_dir():
+            raise RunError(f"refusing to replace {final}: it is not a folder compresso wrote")
         final.rename(old)
     tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+    _remove_tree(root, old)
 
 
 def _init_distributed() -> tuple[int, int, int]:
@@ -202,6 +322,11 @@ class Runner:
         self.recipe = loaded.recipe
         self.out = Path(output_dir or self.recipe.output_dir)
         self.force, self.resume, self.from_stage = force, resume, from_stage
+        if force and from_stage is not None:
+            raise RunError("--force reruns every stage and --from-stage reruns from one stage on: give one of them")
+        if force and resume:
+            raise RunError("--resume and --force contradict each other; pick one")
+        self.lock = RunLock(self.out)
         self.console = console or Console()
         self.rank, self.world_size, local_rank = _init_distributed()
         self.device = select_device(device or self.recipe.device, local_rank)
@@ -209,7 +334,7 @@ class Runner:
                          for t in self.recipe.teachers}
         self.strategies: list[CompressionStrategy] = []
         for stage in self.recipe.stages:
-            cls = registry.get(stage.strategy)
+            cls = registry.get(stage.strategy)  # the recipe loader has checked it
             self.strategies.append(cls(cls.Params.model_validate(stage.params)))
         self.first_forced = self._first_forced_stage()
 
@@ -235,25 +360,60 @@ class Runner:
                           base_dir=Path.cwd(), console=self.console, rank=self.rank,
                           world_size=self.world_size)
 
-    def preflight(self) -> None:
-        """Everything that can fail before work starts: models reachable, strategies' own checks."""
+    def preflight(self, network: bool = True) -> None:
+        """Everything that can fail before work starts, without writing anything: the output
+        folder, models available, the student's config overrides, strategies' own checks, the
+        evaluation's model names and task data. ``network=False`` (``compresso validate``) skips
+        asking the hub whether hub ids exist; local folders are checked either way."""
+        check_output_dir(self.out)
+        if self.is_main:
+            holder = lock_holder(self.out)
+            if holder is not None:
+                raise RunError(f"output folder {self.out} is in use by another compresso run ({holder})")
         if self.resume and not (self.out / "run.json").is_file():
             raise RunError(f"--resume: {self.out} holds no run (no run.json); run without --resume to start one")
-        for t in self.recipe.teachers:
-            check_available(t.model, t.revision, self.recipe.trust_remote_code)
-        ref, revision = self.recipe.student_ref()
-        check_available(ref, revision, self.recipe.trust_remote_code)
+        refs = [(t.model, t.revision) for t in self.recipe.teachers] + [self.recipe.student_ref()]
+        for ref, revision in refs:
+            if network or is_local(ref):
+                check_available(ref, revision, self.recipe.trust_remote_code)
+        if self.recipe.student.config and (network or is_local(self.recipe.student_ref()[0])):
+            self._check_student_config()
         for i, strategy in enumerate(self.strategies):
             strategy.preflight(self._context(i))
         if self.recipe.evaluate is not None:
-            # Read the task data now (seconds), not after hours of training.
-            from compresso.evaluation import check_data
+            # Names and task data now (seconds), not after hours of training.
+            from compresso.evaluation import check_data, select_models
 
+            select_models(self._eval_models([(i, self.recipe.stage_dirname(i), self.out / self.recipe.stage_dirname(i),
+                                              None) for i in range(len(self.recipe.stages))]),
+                          self._evaluate_config().models)
             check_data(self.recipe.evaluate)
+
+    def _evaluate_config(self):
+        from compresso.evaluation import EvaluateConfig
+
+        return EvaluateConfig.model_validate(self.recipe.evaluate)
+
+    def _check_student_config(self) -> None:
+        """The ``student.config`` overrides name real settings and give a model that can be built."""
+        from transformers import AutoConfig, AutoModelForMaskedLM
+
+        ref, revision = self.recipe.student_ref()
+        config = AutoConfig.from_pretrained(ref, revision=revision, trust_remote_code=self.recipe.trust_remote_code)
+        for key, value in self.recipe.student.config.items():
+            if not hasattr(config, key):
+                raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
+            setattr(config, key, value)
+        try:
+            with torch.device("meta"):  # shapes only: no memory, no time
+                AutoModelForMaskedLM.from_config(config, trust_remote_code=self.recipe.trust_remote_code)
+        except Exception as exc:
+            raise RunError(f"student.config: the model cannot be built with these settings: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
     def _stage_key(self, index: int, input_key: str) -> str:
         stage, strategy = self.recipe.stages[index], self.strategies[index]
-        entry = registry.discover()[stage.strategy]
+        entry = registry.entry(stage.strategy)
         params = strategy.params.model_dump(mode="json")
         return _sha({
             "input": input_key, "strategy": stage.strategy, "version": entry.version,
@@ -263,7 +423,7 @@ class Runner:
 
     def _manifest(self, status: str, started: float, outcomes: list[StageOutcome], error: str | None = None,
                   evaluation: dict | None = None) -> dict:
-        dists = {registry.discover()[s.strategy].distribution for s in self.recipe.stages}
+        dists = {registry.entry(s.strategy).distribution for s in self.recipe.stages}
         return {
             "recipe": str(self.loaded.path), "name": self.recipe.name, "resolved_recipe": self.loaded.raw,
             "status": status, "error": error, "seed": self.recipe.seed,
@@ -284,17 +444,39 @@ class Runner:
         started = time.time()
         outcomes: list[StageOutcome] = []
         if self.is_main:
+            check_output_dir(self.out)  # again: the folder may have changed since preflight
             self.out.mkdir(parents=True, exist_ok=True)
-            write_json(self.out / "run.json", self._manifest("running", started, outcomes))
+            self.lock.acquire()  # before run.json: a second process must not touch this run
         try:
-            result = self._run_stages(started, outcomes)
-        except BaseException as exc:
             if self.is_main:
-                status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-                write_json(self.out / "run.json", self._manifest(
-                    status, started, outcomes, error="".join(traceback.format_exception_only(exc)).strip()))
-            raise
+                write_json(self.out / "run.json", self._manifest("running", started, outcomes))
+            try:
+                result = self._run_stages(started, outcomes)
+            except BaseException as exc:
+                if self.is_main:
+                    status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
+                    write_json(self.out / "run.json", self._manifest(
+                        status, started, outcomes, error="".join(traceback.format_exception_only(exc)).strip()))
+                raise
+        finally:
+            if self.is_main:
+                self._tidy()
+            self.lock.release()
         return result
+
+    def _tidy(self) -> None:
+        """Leave no scratch behind: the half-written ``.tmp-*`` of a stage that stopped (its
+        checkpoints, in ``.work/``, are what a resume needs) and empty ``.work/`` folders."""
+        for tmp in self.out.glob(".tmp-*"):
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(inside(self.out, tmp), ignore_errors=True)
+        work = self.out / ".work"
+        if work.is_dir() and not work.is_symlink():
+            for sub in work.iterdir():
+                if sub.is_dir() and not sub.is_symlink() and not any(sub.iterdir()):
+                    sub.rmdir()
+            if not any(work.iterdir()):
+                work.rmdir()
 
     def _stage_input(self, index: int, keys: list[str], student_key: str) -> tuple[str, str, str | None]:
         """(kind, reference, key) of what stage ``index`` starts from.
@@ -371,10 +553,9 @@ class Runner:
         dirname = self.recipe.stage_dirname(index)
         ctx = self._context(index)
         if self.is_main:
-            if ctx.stage_dir.exists():
-                shutil.rmtree(ctx.stage_dir)  # leftovers of an interrupted attempt
-            if forced and ctx.work_dir.exists():
-                shutil.rmtree(ctx.work_dir)  # --force / --from-stage: no resuming from old checkpoints
+            _remove_tree(self.out, ctx.stage_dir)  # leftovers of an interrupted attempt
+            if forced:
+                _remove_tree(self.out, ctx.work_dir)  # --force / --from-stage: no resuming from old checkpoints
             ctx.stage_dir.mkdir(parents=True)
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
         _barrier(self.world_size)
@@ -384,7 +565,7 @@ class Runner:
         input_lineage = list(bundle.lineage)
         new = strategy.apply(bundle, ctx)
         seconds = time.time() - t0
-        entry = registry.discover()[stage.strategy]
+        entry = registry.entry(stage.strategy)
         new.lineage = input_lineage + [{"stage": dirname, "strategy": stage.strategy, "version": entry.version,
                                         "params": strategy.params.model_dump(mode="json"), "key": key}]
         params = parameter_count(new.model)
@@ -400,28 +581,37 @@ class Runner:
                 "model": {"format": new.format, "parameters": params, "size_bytes": size,
                           "class": type(new.model).__name__},
             })
-            _replace_dir(ctx.stage_dir, self.out / dirname)
-            shutil.rmtree(ctx.work_dir, ignore_errors=True)
+            _replace_dir(ctx.stage_dir, self.out / dirname, self.out)
+            shutil.rmtree(inside(self.out, ctx.work_dir), ignore_errors=True)
         _barrier(self.world_size)
         return (StageOutcome(index, dirname, stage.strategy, "ran", seconds, self.out / dirname, key,
                              dict(ctx.metrics), params, size), new)
 
-    def _evaluate(self, outcomes: list[StageOutcome]) -> dict | None:
-        from compresso.evaluation import EvalModel, evaluate_models
+    def _eval_models(self, stages: list[tuple[int, str, Path, str | None]]) -> list:
+        """The models an evaluation can name: teachers, stages ``(index, dirname, path, input)``,
+        and the student when it is not a teacher."""
+        from compresso.evaluation import EvalModel
 
-        if not self.is_main:
-            return None
         models = [EvalModel(name=t.name, path=t.model, role="teacher", strategy=None, input_path=None, params=None)
                   for t in self.recipe.teachers]
-        for o in outcomes:
-            models.append(EvalModel(name=o.dirname, path=str(o.path), role="student", strategy=o.strategy,
-                                    input_path=o.input_path, params=self.recipe.stages[o.index].params))
+        for index, dirname, path, input_path in stages:
+            models.append(EvalModel(name=dirname, path=str(path), role="student",
+                                    strategy=self.recipe.stages[index].strategy,
+                                    input_path=input_path, params=self.recipe.stages[index].params))
         if not self.recipe.teacher(self.recipe.student.model):
             # The model the recipe starts from, when it is not a teacher, can be scored as "student"
             # (e.g. the fp32 model beside its INT8 version).
             models.insert(len(self.recipe.teachers), EvalModel(
                 name="student", path=self.recipe.student_ref()[0], role="student",
                 strategy=None, input_path=None, params=None))
+        return models
+
+    def _evaluate(self, outcomes: list[StageOutcome]) -> dict | None:
+        from compresso.evaluation import evaluate_models
+
+        if not self.is_main:
+            return None
+        models = self._eval_models([(o.index, o.dirname, o.path, o.input_path) for o in outcomes])
         self.console.rule("evaluation")
         return evaluate_models(models, self.recipe.evaluate, self.recipe.report, self.out / "evaluation",
                                self.device, self.recipe.seed, self.console)

@@ -1,29 +1,73 @@
 """Recipes: YAML in, typed and validated objects out, with errors that point at lines.
 
 Everything is checked before anything runs: the recipe's own keys, every stage's parameters
-against its strategy's schema, the ``evaluate``/``report`` sections, and that every local file
-named exists. Relative paths are resolved against the current working directory.
+against its strategy's schema, the formats along the stage chain, the ``evaluate``/``report``
+sections, and that every local file named exists. Relative paths are resolved against the current
+working directory.
+
+The file itself is read defensively: it must be UTF-8 text of bounded size, duplicate keys are
+errors, and a document whose aliases expand beyond ``MAX_VALUES`` values or nest deeper than
+``MAX_DEPTH`` is refused before anything walks it (a few hundred bytes of YAML aliases can
+otherwise expand to billions of values).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
 
 from compresso import registry
 
+MAX_RECIPE_BYTES = 1_000_000
+MAX_DEPTH = 64
+MAX_VALUES = 100_000
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_plain_name(value: str) -> str:
+    """Names that become folder names: letters, digits, '.', '_', '-', starting with a letter or
+    digit, at most 64 characters (so never a path, '..', or a control character)."""
+    if not _PLAIN_NAME.fullmatch(value):
+        raise ValueError(f"{value!r} is not a plain name: use letters, digits, '.', '_' and '-', starting "
+                         f"with a letter or digit, at most 64 characters (it becomes a folder name)")
+    return value
+
+
+def check_path_length(value: str) -> str:
+    """Model references and folders must fit the file system's limits (255 bytes a name, 4096 in
+    all), or every later probe of the path fails with an OS error instead of a recipe error."""
+    parts = value.encode("utf-8", "surrogatepass").split(b"/")
+    if len(value.encode("utf-8", "surrogatepass")) > 4096 or any(len(p) > 255 for p in parts):
+        raise ValueError("too long for a file, folder or model name (at most 255 bytes between slashes, "
+                         "4096 in all)")
+    return value
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class TeacherSpec(_Strict):
     name: str = Field(description="Short name used in reports and by `student.model`.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v: str):
+        return check_plain_name(v)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str):
+        return check_path_length(v)
+
     model: str = Field(description="Hub id or local folder.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
 
@@ -31,6 +75,12 @@ class TeacherSpec(_Strict):
 class StudentSpec(_Strict):
     model: str = Field(description="The model the first stage starts from: a teacher's name, a hub id or a folder.")
     revision: str | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str):
+        return check_path_length(v)
+
     config: dict[str, Any] | None = Field(
         None, description="Config overrides; when given, the student is built from the (overridden) config "
                           "with fresh random weights instead of the pretrained ones.")
@@ -44,13 +94,27 @@ class StageSpec(_Strict):
                           "'student' (the recipe's student). Default: the previous stage's output.")
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v: str | None):
+        return v if v is None else check_plain_name(v)
+
+
+DEVICE_HELP = "expected auto, cpu, cuda or cuda:N"
+
+
+def check_device(v: str) -> str:
+    if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
+        raise ValueError(f"{DEVICE_HELP}, got {v!r}")
+    return v
+
 
 class Recipe(_Strict):
     name: str
-    seed: int = 42
-    output_dir: str
+    seed: int = Field(42, ge=0, lt=2**63, strict=True)
+    output_dir: str = Field(min_length=1)
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    trust_remote_code: bool = False
+    trust_remote_code: StrictBool = False
     teachers: list[TeacherSpec] = Field(default_factory=list)
     student: StudentSpec
     stages: list[StageSpec] = Field(default_factory=list)
@@ -70,8 +134,15 @@ class Recipe(_Strict):
     @classmethod
     def _device(cls, v: str):
         if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
-            raise ValueError("expected auto, cpu, cuda or cuda:N")
+            raise ValueError(DEVICE_HELP)
         return v
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir(cls, v: str):
+        if not v.strip():
+            raise ValueError("output_dir is blank; name the run's folder")
+        return check_path_length(v)
 
     @model_validator(mode="after")
     def _stage_inputs(self):
@@ -82,13 +153,14 @@ class Recipe(_Strict):
                 raise ValueError(
                     f"stages.{i}.input: {stage.input!r} is not an earlier stage ({', '.join(sorted(seen)) or 'none'}), "
                     f"a teacher ({', '.join(names) or 'none'}) or 'student'")
-            seen |= {self.stage_dirname(i), stage.name or stage.strategy}
+            check_plain_name(self.stage_label(i))
+            seen |= {self.stage_dirname(i), self.stage_label(i)}
         return self
 
     def stage_matches(self, index: int, name: str) -> bool:
         """Whether ``name`` refers to stage ``index``: its folder (NN-name), name or strategy."""
         stage = self.stages[index]
-        return name in (self.stage_dirname(index), stage.name, stage.strategy)
+        return name in (self.stage_dirname(index), stage.name, stage.strategy, self.stage_label(index))
 
     def stage_index(self, name: str, before: int | None = None) -> int | None:
         """The latest stage (before index ``before``) called ``name``."""
@@ -105,9 +177,13 @@ class Recipe(_Strict):
         t = self.teacher(self.student.model)
         return (t.model, t.revision) if t else (self.student.model, self.student.revision)
 
-    def stage_dirname(self, index: int) -> str:
+    def stage_label(self, index: int) -> str:
+        """The stage's name, or its strategy's (without a ``@distribution`` qualifier)."""
         stage = self.stages[index]
-        return f"{index:02d}-{stage.name or stage.strategy}"
+        return stage.name or stage.strategy.split("@", 1)[0]
+
+    def stage_dirname(self, index: int) -> str:
+        return f"{index:02d}-{self.stage_label(index)}"
 
 
 @dataclass
@@ -132,15 +208,72 @@ class RecipeError(Exception):
         return "\n".join(lines)
 
 
-def _line_map(text: str) -> dict[tuple, int]:
-    """Map each key path (tuple of keys/indices) to the 1-based line where it appears."""
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (YAML would silently keep the last one).
+    Keys brought in by a merge (``<<: *anchor``) may still be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = (key_node.tag, key_node.value)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while reading a mapping", node.start_mark,
+                        f"key {key_node.value!r} appears twice (first on line {seen[key]})", key_node.start_mark)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DocumentTooLarge(Exception):
+    def __init__(self, message: str, line: int | None):
+        self.message, self.line = message, line
+        super().__init__(message)
+
+
+def _check_node_graph(root) -> None:
+    """Refuse documents that nest too deep or expand (through aliases) to too many values.
+    Each node is sized once (aliases share nodes), so the check itself is linear in the text."""
+    sizes: dict[int, int] = {}
+
+    def size(node, depth: int) -> int:
+        if depth > MAX_DEPTH:
+            raise _DocumentTooLarge(f"nested more than {MAX_DEPTH} levels deep", node.start_mark.line + 1)
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(v, depth + 1) for v in node.value)
+        if total > MAX_VALUES:
+            raise _DocumentTooLarge(f"expands to more than {MAX_VALUES} values (through YAML aliases?); "
+                                    f"a recipe is much smaller", node.start_mark.line + 1)
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+def _line_map(root) -> dict[tuple, int]:
+    """Map each key path (tuple of keys/indices) to the 1-based line where it appears. Aliased
+    nodes are walked once: paths under a second use fall back to the alias's own line."""
     lines: dict[tuple, int] = {}
+    walked: set[int] = set()
 
     def walk(node, path: tuple):
         lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in walked:
+            return
+        walked.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                key = k.value
+                key = k.value if isinstance(k, yaml.ScalarNode) else None
+                if key is None:
+                    continue
                 lines[path + (key,)] = k.start_mark.line + 1
                 walk(v, path + (key,))
         elif isinstance(node, yaml.SequenceNode):
@@ -148,10 +281,53 @@ def _line_map(text: str) -> dict[tuple, int]:
                 lines[path + (i,)] = v.start_mark.line + 1
                 walk(v, path + (i,))
 
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
     if root is not None:
         walk(root, ())
     return lines
+
+
+def parse_yaml(text: str) -> tuple[Any, dict[tuple, int]]:
+    """``(data, line map)`` of one YAML document, read safely and within bounds. Raises
+    ``yaml.YAMLError`` (with a mark where known) or ``_DocumentTooLarge``."""
+    loader = _RecipeLoader(text)
+    try:
+        try:
+            root = loader.get_single_node()
+        except RecursionError:
+            raise _DocumentTooLarge("nested too deeply to read", None) from None
+        if root is None:
+            return None, {}
+        _check_node_graph(root)
+        return loader.construct_document(root), _line_map(root)
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: Exception) -> Problem:
+    if isinstance(exc, _DocumentTooLarge):
+        return Problem("", f"refused: the document {exc.message}", exc.line)
+    mark = getattr(exc, "problem_mark", None)
+    return Problem("", f"not valid YAML: {getattr(exc, 'problem', None) or exc}", mark.line + 1 if mark else None)
+
+
+def _find_nul(value, path: tuple = ()) -> tuple | None:
+    """The key path of the first string (or key) holding a NUL character: no file name or model
+    name can contain one, and the operating system would reject it deep inside a run."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and "\x00" in k:
+                return path + (k,)
+            found = _find_nul(v, path + (k,))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_nul(v, path + (i,))
+            if found is not None:
+                return found
+    return None
 
 
 def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
@@ -174,6 +350,11 @@ def apply_overrides(data: dict, overrides: list[str], path: str | Path) -> set[t
             raise RecipeError(path, [Problem(item, "--set expects key.path=value", None)])
         key, raw = item.split("=", 1)
         parts: list[Any] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
+        try:
+            value, _ = parse_yaml(raw)
+        except (yaml.YAMLError, _DocumentTooLarge) as exc:
+            problem = _yaml_problem(exc)
+            raise RecipeError(path, [Problem(key, f"--set: the value {raw!r} is {problem.message}", None)]) from None
         node = data
         for i, part in enumerate(parts[:-1]):
             try:
@@ -182,8 +363,8 @@ def apply_overrides(data: dict, overrides: list[str], path: str | Path) -> set[t
                 raise RecipeError(path, [Problem(key, f"--set: {_keypath(tuple(parts[:i + 1]))} "
                                                       f"does not exist in the recipe", None)]) from None
         try:
-            node[parts[-1]] = yaml.safe_load(raw)
-        except (IndexError, TypeError):
+            node[parts[-1]] = value
+        except (IndexError, TypeError, KeyError):
             raise RecipeError(path, [Problem(key, "--set: cannot set this key", None)]) from None
         touched.add(tuple(parts))
     return touched
@@ -199,7 +380,8 @@ def _pydantic_problems(err: ValidationError, prefix: tuple, lines, overridden) -
         elif e["type"] == "missing":
             msg = "required key is missing"
         elif "input" in e and e["type"] not in ("value_error",):
-            msg = f"{msg} (got {e['input']!r})"
+            got = repr(e["input"])
+            msg = f"{msg} (got {got if len(got) <= 200 else got[:200] + '...'})"
         line = None if any(loc[:len(o)] == o for o in overridden) else _line_for(lines, loc)
         out.append(Problem(_keypath(loc), msg + (" [from --set]" if line is None and overridden else ""), line))
     return out
@@ -213,23 +395,49 @@ class LoadedRecipe:
     """The resolved recipe as plain data (after overrides), recorded in run.json."""
 
 
+def read_recipe_text(path: Path) -> str:
+    """The recipe file's text: UTF-8, no NUL bytes, at most ``MAX_RECIPE_BYTES``."""
+    try:
+        if not path.is_file():
+            what = "is a folder, not a recipe file" if path.is_dir() else "recipe file not found"
+            raise RecipeError(path, [Problem("", what, None)])
+        size = path.stat().st_size
+        if size > MAX_RECIPE_BYTES:
+            raise RecipeError(path, [Problem("", f"{size} bytes: too large for a recipe "
+                                                 f"(at most {MAX_RECIPE_BYTES}); is this the right file?", None)])
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(path, [Problem("", f"cannot read it: {exc.strerror or exc}", None)]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(path, [Problem("", f"not UTF-8 text (byte {exc.start} cannot be decoded); a recipe is "
+                                             f"a YAML text file", raw[:exc.start].count(b"\n") + 1)]) from None
+    if "\x00" in text:
+        raise RecipeError(path, [Problem("", "holds NUL bytes: a binary file, not a YAML recipe",
+                                         text[:text.index("\x00")].count("\n") + 1)])
+    return text
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> LoadedRecipe:
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(path, [Problem("", "recipe file not found", None)])
-    text = path.read_text()
+    text = read_recipe_text(path)
     try:
-        data = yaml.safe_load(text)
-        lines = _line_map(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise RecipeError(path, [Problem("", f"not valid YAML: {getattr(exc, 'problem', exc)}",
-                                         mark.line + 1 if mark else None)]) from None
+        data, lines = parse_yaml(text)
+    except (yaml.YAMLError, _DocumentTooLarge) as exc:
+        raise RecipeError(path, [_yaml_problem(exc)]) from None
     if not isinstance(data, dict):
         raise RecipeError(path, [Problem("", "expected a mapping of recipe keys at the top level", 1)])
     data = copy.deepcopy(data)
     overridden = apply_overrides(data, overrides or [], path)
     line_of = lambda loc: None if any(loc[:len(o)] == o for o in overridden) else _line_for(lines, loc)  # noqa: E731
+    nul = _find_nul(data)
+    if nul is not None:
+        raise RecipeError(path, [Problem(_keypath(nul), "contains a NUL character", line_of(nul))])
+    try:
+        json.dumps(data, allow_nan=True, default=str)
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. a self-referencing alias
+        raise RecipeError(path, [Problem("", f"cannot be represented as plain data: {exc}", None)]) from None
 
     try:
         recipe = Recipe.model_validate(data)
@@ -238,16 +446,23 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
 
     problems: list[Problem] = []
     # Stage parameters, against each strategy's own schema.
+    strategies: list[Any] = []
     for i, stage in enumerate(recipe.stages):
+        strategies.append(None)
         try:
             cls = registry.get(stage.strategy)
         except (registry.UnknownStrategy, registry.StrategyImportError) as exc:
             problems.append(Problem(f"stages.{i}.strategy", str(exc), line_of(("stages", i, "strategy"))))
             continue
         try:
-            cls.Params.model_validate(stage.params)
+            strategies[-1] = cls(cls.Params.model_validate(stage.params))
         except ValidationError as err:
             problems += _pydantic_problems(err, ("stages", i, "params"), lines, overridden)
+        except Exception as exc:  # a plugin's validator or constructor failing in its own code
+            problems.append(Problem(f"stages.{i}.params", f"{stage.strategy} rejected its parameters: "
+                                                          f"{type(exc).__name__}: {exc}",
+                                    line_of(("stages", i, "params"))))
+    problems += _format_problems(recipe, strategies, line_of)
     # Evaluation and report sections belong to the evaluation suite.
     for section in ("evaluate", "report"):
         if getattr(recipe, section) is not None:
@@ -276,6 +491,53 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
     if problems:
         raise RecipeError(path, problems)
     return LoadedRecipe(recipe=recipe, path=path, raw=data)
+
+
+def saved_format(ref: str) -> str:
+    """The format of a model reference: a local folder's ``compresso.json`` says, else transformers."""
+    meta = Path(ref).expanduser() / "compresso.json"
+    try:
+        fmt = json.loads(meta.read_text()).get("format", "transformers") if meta.is_file() else "transformers"
+    except (OSError, ValueError, AttributeError):
+        return "transformers"
+    return fmt if isinstance(fmt, str) else "transformers"
+
+
+def _format_problems(recipe: Recipe, strategies: list, line_of) -> list[Problem]:
+    """Walk the stage chain with each strategy's declared input and output formats, so that a
+    stage that would refuse its input is found before any stage runs."""
+    problems: list[Problem] = []
+    outputs: list[str | None] = []
+    student = recipe.student_ref()[0]
+    for i, (stage, strategy) in enumerate(zip(recipe.stages, strategies)):
+        if stage.input is None:
+            source = (recipe.stage_dirname(i - 1), outputs[i - 1]) if i else ("the student", saved_format(student))
+        elif stage.input == "student":
+            source = ("the student", saved_format(student))
+        elif (j := recipe.stage_index(stage.input, before=i)) is not None:
+            source = (recipe.stage_dirname(j), outputs[j])
+        else:
+            source = (f"teacher {stage.input}", saved_format(recipe.teacher(stage.input).model))
+        where, fmt = source
+        if strategy is None or fmt is None:
+            outputs.append(None)
+            continue
+        accepted = type(strategy).accepts_formats
+        if accepted is not None and fmt not in accepted:
+            problems.append(Problem(
+                f"stages.{i}.strategy",
+                f"{stage.strategy} takes models in the format(s) {', '.join(sorted(accepted))}, but its input "
+                f"({where}) is in the {fmt!r} format", line_of(("stages", i, "strategy"))))
+            outputs.append(None)
+            continue
+        try:
+            outputs.append(strategy.output_format(fmt))
+        except Exception as exc:  # a plugin's own code: report, do not crash validation
+            problems.append(Problem(f"stages.{i}.strategy", f"{stage.strategy}.output_format failed: "
+                                                            f"{type(exc).__name__}: {exc}",
+                                    line_of(("stages", i, "strategy"))))
+            outputs.append(None)
+    return problems
 
 
 def _looks_like_hub_id(ref: str) -> bool:

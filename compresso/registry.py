@@ -8,7 +8,7 @@ import is kept with its error, so that listing shows it and the others still wor
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
 
@@ -25,10 +25,14 @@ class StrategyEntry:
     version: str
     cls: type[CompressionStrategy] | None = None
     error: str | None = None
+    clashes: list[str] = field(default_factory=list)
+    """Qualified names (``name@distribution``) of every registration of this name, when there
+    are several: then the plain name is ambiguous and a recipe must pick one."""
 
     @property
     def summary(self) -> str:
-        return self.cls.summary if self.cls else ""
+        summary = getattr(self.cls, "summary", "") if self.cls else ""
+        return summary if isinstance(summary, str) else ""
 
 
 class UnknownStrategy(KeyError):
@@ -44,34 +48,66 @@ class StrategyImportError(ImportError):
     pass
 
 
+class AmbiguousStrategy(UnknownStrategy):
+    """Two distributions register one strategy name: the recipe must say which it means."""
+
+    def __init__(self, name: str, choices: list[str]):
+        super().__init__(name, available())
+        self.choices = choices
+
+    def __str__(self) -> str:
+        return (f"strategy {self.name!r} is registered by more than one installed distribution; write "
+                f"{' or '.join(repr(c) for c in self.choices)} to pick one, or uninstall the one you do not want")
+
+
+def _load_class(ep) -> type[CompressionStrategy]:
+    from compresso.strategy import StrategyParams
+
+    cls = ep.load()
+    if not (isinstance(cls, type) and issubclass(cls, CompressionStrategy)):
+        raise TypeError(f"{ep.value} is not a CompressionStrategy subclass")
+    if getattr(cls, "name", None) != ep.name:
+        raise TypeError(f"{ep.value}.name is {getattr(cls, 'name', None)!r}, but it is registered as {ep.name!r}")
+    params = getattr(cls, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, StrategyParams)):
+        raise TypeError(f"{ep.value}.Params is {params!r}; it must be a StrategyParams subclass")
+    if not isinstance(getattr(cls, "summary", ""), str):
+        raise TypeError(f"{ep.value}.summary must be a string, not {type(cls.summary).__name__}")
+    return cls
+
+
 @lru_cache(maxsize=1)
 def discover() -> dict[str, StrategyEntry]:
-    found: dict[str, StrategyEntry] = {}
+    """Every registration by name. A name registered by several distributions appears under each
+    qualified name ``name@distribution``, and under its plain name as an entry listing the clash."""
+    registrations: dict[str, list[StrategyEntry]] = {}
     for ep in entry_points(group=GROUP):
         dist = ep.dist
-        entry = StrategyEntry(
-            name=ep.name, target=ep.value,
-            distribution=dist.metadata["Name"] if dist else "?",
-            version=dist.version if dist else "?",
-        )
-        if ep.name in found:
-            entry.error = (f"name clash: also registered by {found[ep.name].distribution} "
-                           f"({found[ep.name].target})")
-            found[f"{ep.name}@{entry.distribution}"] = entry
-            continue
+        entry = StrategyEntry(name=ep.name, target=ep.value,
+                              distribution=dist.metadata["Name"] if dist else "?",
+                              version=dist.version if dist else "?")
         try:
-            cls = ep.load()
-            if not (isinstance(cls, type) and issubclass(cls, CompressionStrategy)):
-                raise TypeError(f"{ep.value} is not a CompressionStrategy subclass")
-            if getattr(cls, "name", None) != ep.name:
-                raise TypeError(f"{ep.value}.name is {getattr(cls, 'name', None)!r}, "
-                                f"but it is registered as {ep.name!r}")
-            entry.cls = cls
-        except Exception as exc:
+            entry.cls = _load_class(ep)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a plugin calling sys.exit() at import must not stop compresso
             frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith("<")]
             where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
             entry.error = f"{type(exc).__name__}: {exc}{where}"
-        found[ep.name] = entry
+        registrations.setdefault(ep.name, []).append(entry)
+    found: dict[str, StrategyEntry] = {}
+    for name, entries in registrations.items():
+        if len(entries) == 1:
+            found[name] = entries[0]
+            continue
+        qualified = [f"{name}@{e.distribution}" for e in entries]
+        for q, e in zip(qualified, entries):
+            found[q] = e
+        found[name] = StrategyEntry(name=name, target=", ".join(e.target for e in entries),
+                                    distribution=", ".join(e.distribution for e in entries), version="?",
+                                    error=f"name clash: registered by {', '.join(e.distribution for e in entries)}; "
+                                          f"recipes must name one of {', '.join(qualified)}",
+                                    clashes=qualified)
     return found
 
 
@@ -79,10 +115,17 @@ def available() -> list[str]:
     return sorted(name for name, e in discover().items() if e.cls is not None)
 
 
-def get(name: str) -> type[CompressionStrategy]:
-    entry = discover().get(name)
-    if entry is None:
+def entry(name: str) -> StrategyEntry:
+    """The registration ``name`` (plain or ``name@distribution``) refers to, loaded."""
+    found = discover().get(name)
+    if found is None:
         raise UnknownStrategy(name, available())
-    if entry.cls is None:
-        raise StrategyImportError(f"strategy {name!r} ({entry.distribution}) failed to load: {entry.error}")
-    return entry.cls
+    if found.clashes:
+        raise AmbiguousStrategy(name, found.clashes)
+    if found.cls is None:
+        raise StrategyImportError(f"strategy {name!r} ({found.distribution}) failed to load: {found.error}")
+    return found
+
+
+def get(name: str) -> type[CompressionStrategy]:
+    return entry(name).cls

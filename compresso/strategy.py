@@ -32,13 +32,19 @@ BUNDLE_META = "compresso.json"
 
 
 class StrategyParams(BaseModel):
-    """Base class for a strategy's parameter schema: unknown keys are errors."""
+    """Base class for a strategy's parameter schema: unknown keys and non-finite numbers
+    (``.inf``, ``.nan``) are errors."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 def _must_exist(path: Path) -> Path:
-    if not path.expanduser().exists():
+    try:
+        found = path.expanduser().exists()
+    except (OSError, ValueError) as exc:  # a name too long for the file system, say
+        raise ValueError(f"{str(path)[:80]}... cannot be a file name here: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not found:
         raise ValueError(f"file or folder {path} does not exist (relative paths are read from "
                          f"the current directory, {Path.cwd()})")
     return path
@@ -53,6 +59,12 @@ class StrategyError(Exception):
 
     Raised before any expensive work where possible; the CLI prints the message and exits 2.
     """
+
+
+class StageFailure(Exception):
+    """A stage failed while doing its work, although its input was fine (e.g. the training loss
+    became non-finite). The CLI prints the message and exits 1; run.json says ``failed`` and the
+    stage's checkpoints stay in ``work_dir``."""
 
 
 @dataclass
@@ -152,6 +164,9 @@ class CompressionStrategy(ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     Params: ClassVar[type[StrategyParams]] = StrategyParams
+    accepts_formats: ClassVar[frozenset[str] | None] = None
+    """The ``ModelBundle.format`` values this strategy takes as input; None takes any. Checked along
+    the recipe's stage chain when the recipe is validated, before anything runs."""
     reapply_after_finetune: ClassVar[bool] = False
     """True for steps that must follow task fine-tuning to be scored (INT8 quantization): the
     evaluation suite fine-tunes this stage's *input* on a task, then calls ``apply`` on the
@@ -159,6 +174,11 @@ class CompressionStrategy(ABC):
 
     def __init__(self, params: StrategyParams | None = None):
         self.params = params if params is not None else self.Params()
+
+    def output_format(self, input_format: str) -> str:
+        """The ``ModelBundle.format`` that ``apply`` returns for an input of ``input_format``
+        (known from the parameters alone, so that validation can check the stage chain)."""
+        return "transformers"
 
     def preflight(self, ctx: RunContext) -> None:
         """Cheap checks run for every stage before the first stage starts.

@@ -210,3 +210,110 @@ def test_reads_the_shared_data(shared_dir):
     assert sizes["sts"] == {"train": 5749, "validation": 1500, "test": 1379}
     assert sizes["di"] == {"train": 3555, "validation": 1184, "test": 1184}
     assert len(cache.task("ner").labels) == 31  # O + B/I over 15 classes
+
+
+# --- other real files (issue 15, item 9) ---------------------------------------------------------
+
+def test_every_reader_accepts_a_byte_order_mark_and_crlf(tmp_path):
+    bom = "\ufeff"
+    small_release(tmp_path, with_train=True)
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            path.write_text(bom + path.read_text(encoding="utf-8").replace("\n", "\r\n"), encoding="utf-8")
+    plain = tmp_path / "plain"
+    small_release(plain, with_train=True)
+    with_bom, without = DatasetCache(EvaluateConfig(data_dir=str(tmp_path))), DatasetCache(EvaluateConfig(data_dir=str(plain)))
+    for task in ("upos", "xpos", "ner", "sapn", "sts", "di"):
+        a, b = with_bom.task(task), without.task(task)
+        assert a.sizes() == b.sizes() and a.labels == b.labels, task
+        assert [(ex.text, ex.label) for ex in a.test] == [(ex.text, ex.label) for ex in b.test], task
+
+
+def test_invalid_utf8_and_folders_are_clean_errors(tmp_path):
+    path = tmp_path / "bad.conllu"
+    path.write_bytes(CONLLU.encode() + b"5\tcas\xe3\tx\tNOUN\t_\t_\t_\t_\t_\t_\n")
+    with pytest.raises(DataError, match=r"bad\.conllu:13: not valid UTF-8"):
+        read_conllu(path)
+    for reader in (read_conllu, read_ronec, read_laroseda, read_ro_sts):
+        folder = tmp_path / f"{reader.__name__}.d"
+        folder.mkdir()
+        with pytest.raises(DataError, match=rf"{folder.name}: is a folder; expected a file"):
+            reader(folder)
+    (tmp_path / "t" / "samples.txt").mkdir(parents=True)
+    write(tmp_path / "t" / "dialect_labels.txt", "1\t1\n")
+    with pytest.raises(DataError, match="samples.txt"):
+        read_moroco(tmp_path / "t")
+    sts = tmp_path / "latin1.tsv"
+    sts.write_bytes("1.0\tab\tcd\n2.0\tcafé\tx\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"latin1\.tsv:2: not valid UTF-8"):
+        read_ro_sts(sts)
+
+
+def test_laroseda_is_parsed_as_json_not_by_pattern(tmp_path):
+    reviews = [{"index": str(i), "title": "t", "content": "c", "starRating": r} for i, r in enumerate([1, 2, 4, 5] * 3)]
+    # A nested "reviews" key (and the word in a string) before the real array used to be matched first.
+    doc = {"meta": {"reviews": [{"index": "x", "title": "a", "content": "b", "starRating": 5}]},
+           "note": '"reviews": [', "reviews": reviews}
+    path = write(tmp_path / "l.json", json.dumps(doc, indent=2))
+    got = read_laroseda(path)
+    assert len(got) == 12 and [r.id for r in got] == [str(i) for i in range(12)]
+    reviews[7]["starRating"] = 3
+    path = write(tmp_path / "l2.json", json.dumps(doc, indent=2))
+    text = path.read_text().splitlines()
+    line = [i for i, ln in enumerate(text, 1) if ln == "    {"][7]  # the real array's record with index 7
+    with pytest.raises(DataError, match=rf"l2\.json:{line}: review 7 \(index 7\): starRating must be"):
+        read_laroseda(path)
+
+
+RONEC_V1_BIO = """# global.columns = ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC RONEC:CLASS
+# sent_id = 1
+1\tIon\tIon\tPROPN\t_\t_\t0\troot\t_\t_\tB-PERSON
+2\tPopescu\tPopescu\tPROPN\t_\t_\t1\tflat\t_\t_\tI-PERSON
+3\tvine\tveni\tVERB\t_\t_\t1\tacl\t_\t_\tO
+4\tla\tla\tADP\t_\t_\t5\tcase\t_\t_\tO
+5\tCluj\tCluj\tPROPN\t_\t_\t3\tobl\t_\tSpaceAfter=No\tB-GPE
+
+"""
+
+RONEC_V1_NUMBERED = """# global.columns = ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC RONEC:CLASS
+1\tIon\tIon\tPROPN\t_\t_\t0\troot\t_\t_\t1:PERSON
+2\tPopescu\tPopescu\tPROPN\t_\t_\t1\tflat\t_\t_\t1
+3-4\tvine-la\t_\t_\t_\t_\t_\t_\t_\t_\t_
+3\tvine\tveni\tVERB\t_\t_\t1\tacl\t_\t_\t*
+4\tla\tla\tADP\t_\t_\t5\tcase\t_\t_\t*
+5\tCluj\tCluj\tPROPN\t_\t_\t3\tobl\t_\t_\t2:GPE;3:LOC
+"""
+
+
+def test_ronec_v1_conllu_plus_in_both_styles(tmp_path):
+    from compresso.evaluation.data import read_ner_conllup
+
+    expected = (["Ion", "Popescu", "vine", "la", "Cluj"], ["B-PERSON", "I-PERSON", "O", "O", "B-GPE"])
+    for name, text in (("bio.conllup", RONEC_V1_BIO), ("numbered.conllup", RONEC_V1_NUMBERED)):
+        (sent,) = read_ner_conllup(write(tmp_path / name, text))
+        assert (sent.tokens, sent.tags) == expected, name
+    no_header = "\n".join(RONEC_V1_BIO.splitlines()[1:]) + "\n"
+    assert read_ner_conllup(write(tmp_path / "plain.conllu", no_header))[0].tags == expected[1]
+    with pytest.raises(DataError, match=r"bad\.conllup:4: entity column 11: expected a BIO tag"):
+        read_ner_conllup(write(tmp_path / "bad.conllup", RONEC_V1_BIO.replace("I-PERSON", "PERSON?")))
+    # As a dataset folder: the type set is whatever the files use (here a type RONEC v2 lacks).
+    write(tmp_path / "data" / "ronec" / "train.conllup", RONEC_V1_BIO.replace("B-GPE", "B-LANGUAGE") * 3)
+    write(tmp_path / "data" / "ronec" / "dev.conllup", RONEC_V1_BIO)
+    write(tmp_path / "data" / "ronec" / "test.conllup", RONEC_V1_NUMBERED)
+    ner = DatasetCache(EvaluateConfig(data_dir=str(tmp_path / "data"))).task("ner")
+    assert set(ner.labels) == {"O", "B-PERSON", "I-PERSON", "B-GPE", "B-LANGUAGE"}
+    assert ner.sizes() == {"train": 3, "validation": 1, "test": 1}
+    assert any("1 test tag(s) never seen in training, on 1 of 5 test tokens" in n and "B-GPE ×1" in n
+               for n in ner.notes)
+
+
+def test_one_class_tasks_are_refused(tmp_path):
+    small_release(tmp_path, with_train=True)
+    for name in ("ro_rrt-ud-train.conllu", "ro_rrt-ud-dev.conllu", "ro_rrt-ud-test.conllu"):
+        path = tmp_path / "ro_rrt" / name
+        lines = [ln.split("\t") for ln in path.read_text().split("\n")]
+        path.write_text("\n".join("\t".join(c[:4] + ["_"] + c[5:]) if len(c) == 10 else "\t".join(c) for c in lines))
+    cache = DatasetCache(EvaluateConfig(data_dir=str(tmp_path)))
+    assert len(cache.task("upos").labels) == 5
+    with pytest.raises(DataError, match=r"xpos: the data has 1 class \('_'\); a task needs at least two"):
+        cache.task("xpos")

@@ -15,7 +15,7 @@ ALL_TASKS: tuple[str, ...] = ("upos", "xpos", "ner", "sapn", "sar", "di", "sts")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class FinetuneOverrides(_Strict):

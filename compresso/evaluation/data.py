@@ -2,7 +2,9 @@
 
 Local folders hold the authors' own files (what ``../shared/data`` holds, and what the full
 public releases contain); ``source: hub`` reads the same data through ``datasets``. A malformed
-record raises ``DataError`` naming the file and line. Where a dataset has no validation split
+record raises ``DataError`` naming the file and line. Every reader takes UTF-8 with or without a
+byte-order mark, and CRLF or LF line ends; a file that is not UTF-8, or a folder where a file
+belongs, is a ``DataError`` too. Where a dataset has no validation split
 (LaRoSeDa always; RRT and RONEC when only their dev file is present) one is carved out of train
 deterministically, and the task's notes say so.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -49,6 +52,36 @@ class Splits:
 # File formats
 
 
+def read_text(path: Path) -> str:
+    """A data file's text: UTF-8 (a byte-order mark is dropped), line ends as newlines."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder; expected a file") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 (byte {exc.start}: "
+                        f"{raw[exc.start:exc.start + 1]!r}); the readers expect UTF-8 text") from None
+    # Universal newlines, as open() would: CRLF and lone CR both end a line.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a text file, without line ends."""
+    text = read_text(path)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return enumerate(lines, 1)
+
+
 @dataclass
 class ConlluSentence:
     words: list[str]
@@ -65,32 +98,30 @@ def read_conllu(path: Path) -> list[ConlluSentence]:
     upos: list[str] = []
     xpos: list[str] = []
     sent_id = None
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                if words:
-                    sentences.append(ConlluSentence(words, upos, xpos, sent_id))
-                words, upos, xpos, sent_id = [], [], [], None
-                continue
-            if line.startswith("#"):
-                if line.startswith("# sent_id"):
-                    sent_id = line.split("=", 1)[-1].strip()
-                continue
-            cols = line.split("\t")
-            if len(cols) != 10:
-                raise DataError(f"{path}:{lineno}: expected 10 tab-separated CoNLL-U columns, found {len(cols)}")
-            token_id = cols[0]
-            if re.fullmatch(r"\d+-\d+", token_id) or re.fullmatch(r"\d+\.\d+", token_id):
-                continue
-            if not token_id.isdigit():
-                raise DataError(f"{path}:{lineno}: column 1 (ID) must be a word index, a range N-M or a "
-                                f"decimal N.M; found {token_id!r}")
-            if not cols[1] or not cols[3] or cols[3] == "_":
-                raise DataError(f"{path}:{lineno}: word {token_id} has an empty FORM or UPOS")
-            words.append(cols[1])
-            upos.append(cols[3])
-            xpos.append(cols[4])
+    for lineno, line in _lines(path):
+        if not line.strip():
+            if words:
+                sentences.append(ConlluSentence(words, upos, xpos, sent_id))
+            words, upos, xpos, sent_id = [], [], [], None
+            continue
+        if line.startswith("#"):
+            if line.startswith("# sent_id"):
+                sent_id = line.split("=", 1)[-1].strip()
+            continue
+        cols = line.split("\t")
+        if len(cols) != 10:
+            raise DataError(f"{path}:{lineno}: expected 10 tab-separated CoNLL-U columns, found {len(cols)}")
+        token_id = cols[0]
+        if re.fullmatch(r"\d+-\d+", token_id) or re.fullmatch(r"\d+\.\d+", token_id):
+            continue
+        if not token_id.isdigit():
+            raise DataError(f"{path}:{lineno}: column 1 (ID) must be a word index, a range N-M or a "
+                            f"decimal N.M; found {token_id!r}")
+        if not cols[1] or not cols[3] or cols[3] == "_":
+            raise DataError(f"{path}:{lineno}: word {token_id} has an empty FORM or UPOS")
+        words.append(cols[1])
+        upos.append(cols[3])
+        xpos.append(cols[4])
     if words:
         sentences.append(ConlluSentence(words, upos, xpos, sent_id))
     if not sentences:
@@ -110,39 +141,61 @@ def _line_counter(text: str):
     return line_at
 
 
+def _skip_ws(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
+
+
+def _array_start(text: str, key: str) -> int:
+    """Offset of the ``[`` that opens the top-level object's ``key`` value (the last one, as
+    ``json.loads`` keeps), found by decoding the object key by key, never by pattern matching."""
+    decoder = json.JSONDecoder()
+    pos, found = _skip_ws(text, 0) + 1, -1  # past the "{"
+    while True:
+        pos = _skip_ws(text, pos)
+        if text[pos] == "}":
+            return found
+        name, pos = decoder.raw_decode(text, pos)
+        pos = _skip_ws(text, pos) + 1  # past the ":"
+        pos = _skip_ws(text, pos)
+        if name == key:
+            found = pos
+        _, pos = decoder.raw_decode(text, pos)
+        pos = _skip_ws(text, pos)
+        if text[pos] == ",":
+            pos += 1
+
+
 def iter_json_array(path: Path, key: str | None = None) -> Iterator[tuple[int, int, Any]]:
     """Yield ``(index, line, element)`` for each element of a JSON array (top level, or under
-    ``key`` of a top-level object), so that schema errors can name the line of the record."""
-    text = Path(path).read_text(encoding="utf-8")
-    decoder = json.JSONDecoder()
+    ``key`` of a top-level object), so that schema errors can name the line of the record. The
+    whole file is parsed with ``json`` first, so its structure is whatever ``json`` says it is."""
+    text = read_text(path)
     try:
-        if key is None:
-            start = text.index("[")
-            if text[:start].strip():
-                raise ValueError
-        else:
-            m = re.search(r'"%s"\s*:\s*\[' % re.escape(key), text)
-            if m is None:
-                raise ValueError
-            start = m.end() - 1
-    except ValueError:
-        what = "a JSON array" if key is None else f'a JSON object with a "{key}" array'
-        raise DataError(f"{path}:1: expected {what}") from None
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except RecursionError:
+        raise DataError(f"{path}: invalid JSON: nested too deeply") from None
+    what = "a JSON array" if key is None else f'a JSON object with a "{key}" array'
+    if key is None:
+        ok = isinstance(document, list)
+    else:
+        ok = isinstance(document, dict) and isinstance(document.get(key), list)
+    if not ok:
+        raise DataError(f"{path}:1: expected {what}")
+    start = _skip_ws(text, 0) if key is None else _array_start(text, key)
+    decoder = json.JSONDecoder()
     line_at = _line_counter(text)
-    pos, index = start + 1, 0
-    ws = re.compile(r"[\s,]*")
-    while True:
-        pos = ws.match(text, pos).end()
-        if pos >= len(text):
-            raise DataError(f"{path}:{line_at(len(text))}: the JSON array is not closed")
-        if text[pos] == "]":
-            return
-        try:
-            element, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    pos = start + 1
+    for index in range(len(document if key is None else document[key])):
+        pos = _skip_ws(text, pos)
+        if text[pos] == ",":
+            pos = _skip_ws(text, pos + 1)
+        element, end = decoder.raw_decode(text, pos)
         yield index, line_at(pos), element
-        pos, index = end, index + 1
+        pos = end
 
 
 @dataclass
@@ -174,6 +227,73 @@ def read_ronec(path: Path) -> list[NerSentence]:
             continue
         out.append(NerSentence([str(t) for t in tokens], tags, str(rec.get("id"))))
     return out
+
+
+_CONLLU_COLUMNS = ("ID", "FORM", "LEMMA", "UPOS", "XPOS", "FEATS", "HEAD", "DEPREL", "DEPS", "MISC")
+_PARSEME_OPEN = re.compile(r"(\d+):([A-Za-z_]+)")
+
+
+def read_ner_conllup(path: Path) -> list[NerSentence]:
+    """NER in CoNLL-U Plus, as RONEC v1 publishes it: the CoNLL-U columns plus one entity column
+    (the first column that is not a CoNLL-U one, named in ``# global.columns = ...``; without that
+    header, column 11). Entity values are BIO tags (``B-PERSON``, ``I-PERSON``, ``O``) or the
+    numbered style of CoNLL-U Plus (``1:PERSON`` opens entity 1, ``1`` continues it, ``*`` or ``_``
+    is outside; of overlapping entities, ``a;b``, the first is kept). The entity types are
+    whatever the file uses."""
+    form, ner, width = 1, 10, None
+    out: list[NerSentence] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    types: dict[str, str] = {}
+    sent_id = None
+    for lineno, line in _lines(path):
+        if lineno == 1 and line.startswith("# global.columns"):
+            names = line.split("=", 1)[-1].split()
+            extra = [i for i, n in enumerate(names) if n.upper() not in _CONLLU_COLUMNS]
+            if "FORM" not in names or not extra:
+                raise DataError(f"{path}:1: global.columns must name FORM and an entity column; found {names}")
+            form, ner, width = names.index("FORM"), extra[0], len(names)
+            continue
+        if not line.strip():
+            if tokens:
+                out.append(NerSentence(tokens, tags, sent_id))
+            tokens, tags, types, sent_id = [], [], {}, None
+            continue
+        if line.startswith("#"):
+            if line.startswith("# sent_id"):
+                sent_id = line.split("=", 1)[-1].strip()
+            continue
+        cols = line.split("\t")
+        if len(cols) <= max(form, ner) or (width is not None and len(cols) != width):
+            raise DataError(f"{path}:{lineno}: expected {width or ner + 1} tab-separated columns "
+                            f"(CoNLL-U Plus with an entity column), found {len(cols)}")
+        if re.fullmatch(r"\d+-\d+|\d+\.\d+", cols[0]):
+            continue  # multiword-token ranges and empty nodes, as in CoNLL-U
+        value = cols[ner].strip().split(";")[0]
+        if value in ("", "_", "*", "O"):
+            tag = "O"
+        elif _BIO.fullmatch(value):
+            tag = value
+        elif m := _PARSEME_OPEN.fullmatch(value):
+            types[m.group(1)] = m.group(2).upper()
+            tag = f"B-{types[m.group(1)]}"
+        elif value.isdigit() and value in types:
+            tag = f"I-{types[value]}"
+        else:
+            raise DataError(f"{path}:{lineno}: entity column {ner + 1}: expected a BIO tag (B-TYPE, I-TYPE, O), "
+                            f"N:TYPE, N or *; found {cols[ner]!r}")
+        tokens.append(cols[form])
+        tags.append(tag)
+    if tokens:
+        out.append(NerSentence(tokens, tags, sent_id))
+    if not out:
+        raise DataError(f"{path}: no sentences found (expected CoNLL-U Plus with an entity column)")
+    return out
+
+
+def read_ner_file(path: Path) -> list[NerSentence]:
+    """RONEC in either of its authors' formats, by suffix: v2 JSON or v1 CoNLL-U Plus."""
+    return read_ronec(path) if path.suffix.lower() == ".json" else read_ner_conllup(path)
 
 
 @dataclass
@@ -212,22 +332,20 @@ class StsPair:
 def read_ro_sts(path: Path) -> list[StsPair]:
     """RO-STS TSV: ``score<TAB>sentence1<TAB>sentence2``, scores in [0, 5]."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if len(cols) != 3:
-                raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns "
-                                f"(score, sentence1, sentence2), found {len(cols)}")
-            try:
-                score = float(cols[0])
-            except ValueError:
-                raise DataError(f"{path}:{lineno}: score {cols[0]!r} is not a number") from None
-            if not 0.0 <= score <= 5.0 or math.isnan(score):
-                raise DataError(f"{path}:{lineno}: score {score} is outside [0, 5]")
-            out.append(StsPair(score, cols[1], cols[2]))
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) != 3:
+            raise DataError(f"{path}:{lineno}: expected 3 tab-separated columns "
+                            f"(score, sentence1, sentence2), found {len(cols)}")
+        try:
+            score = float(cols[0])
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: score {cols[0]!r} is not a number") from None
+        if not 0.0 <= score <= 5.0 or math.isnan(score):
+            raise DataError(f"{path}:{lineno}: score {score} is outside [0, 5]")
+        out.append(StsPair(score, cols[1], cols[2]))
     if not out:
         raise DataError(f"{path}: no sentence pairs found")
     return out
@@ -243,18 +361,16 @@ class MorocoSample:
 
 def _read_id_tsv(path: Path, what: str) -> dict[str, str]:
     rows: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            parts = line.split("\t", 1)
-            if len(parts) != 2 or not parts[0].strip():
-                raise DataError(f"{path}:{lineno}: expected ID<TAB>{what}")
-            key = parts[0].strip()
-            if key in rows:
-                raise DataError(f"{path}:{lineno}: ID {key} appears twice")
-            rows[key] = parts[1]
+    for lineno, line in _lines(path):
+        if not line.strip():
+            continue
+        parts = line.split("\t", 1)
+        if len(parts) != 2 or not parts[0].strip():
+            raise DataError(f"{path}:{lineno}: expected ID<TAB>{what}")
+        key = parts[0].strip()
+        if key in rows:
+            raise DataError(f"{path}:{lineno}: ID {key} appears twice")
+        rows[key] = parts[1]
     return rows
 
 
@@ -271,8 +387,7 @@ def read_moroco(folder: Path) -> list[MorocoSample]:
     category_path = folder / "category_labels.txt"
     categories = _read_id_tsv(category_path, "1..6") if category_path.is_file() else {}
     out = []
-    with open(dialect_path, encoding="utf-8") as f:
-        line_of = {ln.split("\t", 1)[0].strip(): i for i, ln in enumerate(f, 1) if ln.strip()}
+    line_of = {ln.split("\t", 1)[0].strip(): i for i, ln in _lines(dialect_path) if ln.strip()}
     for key, label in dialects.items():
         if label.strip() not in ("1", "2"):
             raise DataError(f"{dialect_path}:{line_of[key]}: dialect label must be 1 (Moldavian) or 2 "
@@ -306,6 +421,11 @@ def _need(path: Path | None, what: str, folder: Path) -> Path:
 
 
 def _dataset_folder(data_dir: Path, *names: str) -> Path:
+    try:
+        data_dir.exists()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"data folder {str(data_dir)[:80]}... cannot be used: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
     for name in names:
         if (data_dir / name).is_dir():
             return data_dir / name
@@ -339,16 +459,23 @@ def local_rrt(data_dir: Path) -> RawSplits:
 
 
 def local_ronec(data_dir: Path) -> RawSplits:
+    """RONEC v2 (``train.json``, ``valid.json``, ``test.json``) or v1 (the same names with
+    ``.conllup`` or ``.conllu``: CoNLL-U Plus with an entity column)."""
     d = _dataset_folder(data_dir, "ronec", "RONEC")
-    train = _first_existing(d / "train.json")
-    dev = _first_existing(d / "valid.json", d / "dev.json", d / "validation.json")
-    test = _need(_first_existing(d / "test.json"), "test.json", d)
+
+    def find(*stems: str) -> Path | None:
+        return _first_existing(*(d / f"{stem}{suffix}" for suffix in (".json", ".conllup", ".conllu")
+                                 for stem in stems))
+
+    train = find("train")
+    dev = find("valid", "dev", "validation")
+    test = _need(find("test"), "test.json (or test.conllup)", d)
     if train is not None:
-        return RawSplits(read_ronec(train), read_ronec(dev) if dev else None, read_ronec(test),
+        return RawSplits(read_ner_file(train), read_ner_file(dev) if dev else None, read_ner_file(test),
                          {"train": str(train), "validation": str(dev) if dev else "", "test": str(test)}, [])
-    dev = _need(dev, "train.json or valid.json", d)
-    return RawSplits(read_ronec(dev), None, read_ronec(test), {"train": str(dev), "test": str(test)},
-                     [f"no train.json in {d}: trained on {dev.name}"])
+    dev = _need(dev, "train.json or valid.json (or .conllup)", d)
+    return RawSplits(read_ner_file(dev), None, read_ner_file(test), {"train": str(dev), "test": str(test)},
+                     [f"no train file in {d}: trained on {dev.name}"])
 
 
 def local_laroseda(data_dir: Path) -> RawSplits:
@@ -396,6 +523,34 @@ def carve_validation(train: list, fraction: float) -> tuple[list, list]:
     perm = np.random.default_rng(CARVE_SEED).permutation(n)
     held = set(perm[:n_val].tolist())
     return [x for i, x in enumerate(train) if i not in held], [x for i, x in enumerate(train) if i in held]
+
+
+def label_notes(task: str, tagging: bool, train: list[Example], test: list[Example], labels: list[str]) -> list[str]:
+    """Refuse a task with fewer than two classes (it would score 100 by predicting the one
+    class, e.g. an XPOS column that is all ``_``), and note test labels that training never
+    shows (the model cannot predict them: each is scored as an error), with counts."""
+    if len(labels) < 2:
+        raise DataError(f"{task}: the data has {len(labels)} class{'' if len(labels) == 1 else 'es'} "
+                        f"({', '.join(map(repr, labels)) or 'none'}); a task needs at least two "
+                        f"(is the label column empty, e.g. all '_'?)")
+    notes = []
+    if tagging:
+        seen = {tag for ex in train for tag in ex.label}
+        unseen = Counter(tag for ex in test for tag in ex.label if tag not in seen)
+        total = sum(len(ex.label) for ex in test)
+        if unseen:
+            common = unseen.most_common()
+            listed = ", ".join(f"{tag} ×{n}" for tag, n in common[:10]) + \
+                (f" and {len(common) - 10} more" if len(common) > 10 else "")
+            notes.append(f"{len(unseen)} test tag(s) never seen in training, on {sum(unseen.values())} of {total} "
+                         f"test tokens (scored as errors): {listed}")
+    else:
+        missing = sorted(set(labels) - {ex.label for ex in train})
+        if missing:
+            count = Counter(ex.label for ex in test)
+            notes.append(f"training data has no example of {', '.join(missing)} "
+                         f"({sum(count[m] for m in missing)} of {len(test)} test examples)")
+    return notes
 
 
 def fixed_subset(items: list, limit: int | None) -> list:

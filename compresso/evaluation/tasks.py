@@ -22,6 +22,7 @@ from compresso.evaluation.data import (
     RawSplits,
     carve_validation,
     fixed_subset,
+    label_notes,
 )
 
 
@@ -173,8 +174,6 @@ class DatasetCache:
         for name, split in (("train", train), ("validation", validation), ("test", test)):
             if not split:
                 raise DataError(f"{task}: the {name} split is empty ({raw.sources.get(name, '?')})")
-        if spec.kind == "classification":
-            missing = sorted(set(labels) - {ex.label for ex in train})
-            if missing:
-                notes.append(f"training data has no example of {', '.join(missing)}")
+        if labels is not None:
+            notes += label_notes(task, spec.kind == "tagging", train, test, labels)
         return TaskData(spec, train, validation, test, labels, prior, dict(raw.sources), notes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -37,6 +37,9 @@ class DistillParams(StrategyParams):
     text_field: str = "text"
     max_documents: int | None = Field(None, ge=1, description="Use at most this many training documents "
                                                               "(an epoch ends there).")
+    max_undecodable: float = Field(0.05, ge=0, le=1, exclude=True,  # a check, not a result: not hashed
+                                   description="Refuse a corpus file when more than this share of its first "
+                                               "MiB is not valid UTF-8 (a warning above 0.1%).")
     heldout_documents: int = Field(1000, ge=0, description="The corpus's first N documents: never trained on, "
                                                            "used for the final held-out metrics.")
 
@@ -53,7 +56,8 @@ class DistillParams(StrategyParams):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of max_steps; "
                                                               "then linear decay to 0.")
-    adam_betas: tuple[float, float] = (0.9, 0.98)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.98), description="AdamW's (beta1, beta2), each in [0, 1).")
     adam_eps: float = Field(1e-6, gt=0)
     max_grad_norm: float | None = Field(5.0, gt=0, description="Gradient clipping; null turns it off.")
 

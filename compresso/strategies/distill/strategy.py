@@ -39,8 +39,12 @@ class DistillStrategy(CompressionStrategy):
     name = "distill"
     summary = "multi-teacher masked-LM distillation into fewer layers; teachers may use other tokenizers"
     Params = DistillParams
+    accepts_formats = frozenset({"transformers", "prune"})
 
     params: DistillParams
+
+    def output_format(self, input_format: str) -> str:
+        return input_format  # a pruned student keeps the format that describes its shapes
 
     # --- checks ------------------------------------------------------------------------------
     def _teacher_weights(self, ctx: RunContext) -> dict[str, float]:
@@ -69,7 +73,8 @@ class DistillStrategy(CompressionStrategy):
         corpus = self._corpus(ctx)
         if corpus.files:
             try:
-                check_corpus(corpus, self.params.heldout_documents)
+                for warning in check_corpus(corpus, self.params.heldout_documents, self.params.max_undecodable):
+                    ctx.log(f"[yellow]distill: {warning}[/yellow]")
             except CorpusError as exc:
                 raise StrategyError(f"distill: {exc}") from None
         else:
@@ -114,7 +119,7 @@ class DistillStrategy(CompressionStrategy):
         check_positions("the student (input model)", bundle.model, p.seq_len)
         if corpus.files:
             try:
-                check_corpus(corpus, p.heldout_documents)
+                check_corpus(corpus, p.heldout_documents, p.max_undecodable)
             except CorpusError as exc:
                 raise StrategyError(f"distill: {exc}") from None
 

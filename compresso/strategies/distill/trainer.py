@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from rich.progress import TextColumn
 from compresso.strategies.distill.data import BatchStream, StreamConfig
 from compresso.strategies.distill.losses import LossConfig, TeacherLink, compute_losses
 from compresso.strategies.distill.modeling import StudentModule
-from compresso.strategy import RunContext
+from compresso.strategy import RunContext, StageFailure
 
 PART_NAMES = ("ce", "mlm", "cos", "mse")
 
@@ -74,6 +75,10 @@ def _param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _finite(module: torch.nn.Module) -> bool:
+    return bool(torch.stack([p.detach().isfinite().all() for p in module.parameters()]).all())
 
 
 def _dist():
@@ -184,6 +189,8 @@ class Trainer:
                             dist.all_reduce(window)
                         now = time.perf_counter()
                         v = values.tolist()
+                        if not all(map(math.isfinite, v)):
+                            self._diverged(done, v[0], scheduler.get_last_lr()[0])
                         rate = window.item() / max(now - window_start, 1e-9)
                         tokens += int(window.item())
                         record = {"step": done, "lr": scheduler.get_last_lr()[0], "loss": v[0],
@@ -196,6 +203,9 @@ class Trainer:
                         acc_n, window_tokens, window_start = 0, 0, now
                     progress.update(task, completed=done)
                     if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+                        # Never overwrite a good checkpoint with a diverged model.
+                        if not bool(torch.isfinite(acc).all()) or not _finite(student):
+                            self._diverged(done, float("nan"), scheduler.get_last_lr()[0])
                         self._save_checkpoint(student, optimizer, scheduler, {
                             "step": done, "history": history, "tokens": tokens,
                             "seconds": seconds_before + time.perf_counter() - run_start,
@@ -214,6 +224,14 @@ class Trainer:
                         for i, lk in enumerate(self.links)},
             supervised_fraction={lk.name: all_sup[lk.name] / max(all_sup["masked"], 1) for lk in self.links},
             resumed_from=start)
+
+    def _diverged(self, step: int, loss: float, lr: float) -> None:
+        kept = self.checkpoint_dir / "state.pt"
+        where = (f"the last good checkpoint is kept in {self.checkpoint_dir}" if kept.is_file()
+                 else "no checkpoint had been written yet")
+        raise StageFailure(f"distill: training diverged at step {step}: the loss or the weights became "
+                           f"non-finite (loss {loss}, learning rate {lr:.3g}); {where}. Lower `lr`, keep "
+                           f"`max_grad_norm` on, or check the teachers' outputs")
 
     def _sum_counts(self, counts: dict) -> dict:
         if self.world == 1:

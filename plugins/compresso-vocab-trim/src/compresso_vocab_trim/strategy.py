@@ -81,6 +81,7 @@ class VocabTrimStrategy(CompressionStrategy):
     summary = ("Drop embedding/decoder rows for tokens a corpus never uses and renumber the tokenizer "
                "(WordPiece, Unigram); transformer layers untouched.")
     Params = VocabTrimParams
+    accepts_formats = frozenset({"transformers"})
     params: VocabTrimParams
 
     def preflight(self, ctx: RunContext) -> None:
