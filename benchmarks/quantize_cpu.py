@@ -1,16 +1,27 @@
-"""CPU latency and size: fp32 12-layer teacher vs fp32 6-layer student vs INT8 6-layer student.
+"""CPU latency and size: fp32 12-layer teacher vs fp32 6-layer student vs its INT8 versions, per backend.
 
-Side by side in one run, on this machine's CPU: latency at each batch size (sequence length 128 by
-default, a fixed number of threads, median and minimum over repeats after warm-up, taken in blocks
-interleaved across the models) and bytes on disk
-of each saved model, with ratios to the teacher. The student keeps every other layer of the teacher
-(layers 0, 2, 4, 7, 9, 11: the distill strategy's default choice) and is quantized with the
-``quantize`` strategy (static INT8 by default, calibrated on the corpus).
+Side by side in one run, on this machine's CPU: the fp32 teacher, the fp32 student made from it
+(every other layer: 0, 2, 4, 7, 9, 11, the distill strategy's default choice) and the student
+quantized by the ``quantize`` strategy with each INT8 backend installed here (inc static, torchao
+dynamic, ort static, ort dynamic; a backend that is missing or cannot run is listed as skipped,
+with the reason, in the JSON). Latency at each batch size (sequence length 128, a fixed number of
+threads): timed calls in blocks interleaved across the models over several rounds, each block after
+one untimed call; reported as median, interquartile range and minimum. Size: bytes of each saved
+model's weights file(s). The CPU (model, flags, capability class), the emulation variables, the
+thread count and affinity, the load average before and after, and library versions go into the JSON.
 
-Models carry a sequence-classification head (2 labels, seeded initialisation): the way an encoder
-is served. Latency does not depend on the head's training.
+Models carry a sequence-classification head (2 labels, seeded): the way an encoder is served; latency
+does not depend on the head's training. Default teacher: the ``ro-bert-small-cased`` fixture (12
+layers, hidden 256, 16k vocabulary), calibration and inputs from the ``ro-corpus-00`` fixture.
 
-    python benchmarks/quantize_cpu.py --out /tmp/quantize_cpu.json
+    python benchmarks/quantize_cpu.py                                  # → docs/results/benchmarks/
+    python benchmarks/quantize_cpu.py --emulate-avx2                   # torch/oneDNN/MKL capped at AVX2
+    taskset -c 0,1 python benchmarks/quantize_cpu.py --threads 2 --teacher ... --corpus ...
+
+``--emulate-avx2`` sets ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and
+MKL_ENABLE_INSTRUCTIONS=AVX2 before torch loads, and checks that they took effect (torch's reported
+capability, oneDNN's verbose ISA line). ONNX Runtime's MLAS kernels dispatch on CPUID and have no
+such switch: under emulation the ort rows still use the machine's full ISA; the JSON says so.
 """
 
 from __future__ import annotations
@@ -19,7 +30,9 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +40,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+RESULTS = REPO / "docs" / "results" / "benchmarks"
+CASES = ("inc-static", "torchao-dynamic", "ort-static", "ort-dynamic")
+AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def parse_args(argv=None):
@@ -35,20 +51,70 @@ def parse_args(argv=None):
     ap.add_argument("--corpus", default=str(SHARED / "corpus" / "ro-corpus-00.txt.xz"),
                     help="text for calibration and for the benchmark inputs")
     ap.add_argument("--student-layers", type=int, default=6)
-    ap.add_argument("--method", choices=["static", "dynamic"], default="static")
-    ap.add_argument("--num-samples", type=int, default=256, help="calibration documents")
+    ap.add_argument("--backends", nargs="+", default=list(CASES), choices=CASES)
+    ap.add_argument("--num-samples", type=int, default=128, help="calibration documents (static methods)")
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=40, help="timed calls per model and batch size")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=30, help="timed calls per model and batch size")
     ap.add_argument("--rounds", type=int, default=5, help="blocks the repeats are split into (interleaved)")
-    ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--emulate-avx2", action="store_true",
+                    help="cap torch, oneDNN and MKL at AVX2 (set before torch loads; ONNX Runtime is not capped)")
+    ap.add_argument("--out", help="JSON file or folder (default: docs/results/benchmarks/, one file per CPU and "
+                                  "capability class)")
     return ap.parse_args(argv)
+
+
+def onednn_isa(env: dict) -> str | None:
+    """The ISA oneDNN reports it dispatches to, from its verbose output in a child process."""
+    code = "import torch; torch.randn(1, 8, 16, 16).to_mkldnn()"  # a oneDNN reorder: oneDNN initialises
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env={**env, "ONEDNN_VERBOSE": "1"}, capture_output=True,
+                             text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"isa:([^\n,]+)", out.stdout + out.stderr)
+    return match.group(1).strip() if match else None
+
+
+def timing(models: dict, encs: dict, args) -> dict:
+    """{model: {batch: {median, q1, q3, min, n}}} with interleaved blocks across models."""
+    import torch
+
+    result: dict = {name: {} for name in models}
+    per_block = max(1, args.repeats // args.rounds)
+    with torch.inference_mode():
+        for batch_size, enc in encs.items():
+            for model in models.values():
+                for _ in range(args.warmup):  # the torch INT8 graphs compile on their first call of a shape
+                    model(**enc)
+            times: dict[str, list[float]] = {name: [] for name in models}
+            # Blocks of consecutive calls per model, interleaved across models: load changes hit every
+            # model alike, and each block starts with an untimed call so that a model is timed with its
+            # weights in cache, as when it serves requests back to back.
+            for _ in range(args.rounds):
+                for name, model in models.items():
+                    model(**enc)
+                    for _ in range(per_block):
+                        t = time.perf_counter()
+                        model(**enc)
+                        times[name].append((time.perf_counter() - t) * 1000)
+            for name, ts in times.items():
+                q1, median, q3 = statistics.quantiles(ts, n=4)
+                result[name][batch_size] = {"median_ms": statistics.median(ts), "q1_ms": q1, "q3_ms": q3,
+                                            "min_ms": min(ts), "calls": len(ts)}
+    return result
+
+
+def weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".onnx"))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.emulate_avx2:
+        os.environ.update(AVX2_ENV)  # before torch loads: ATen reads its variable at import
     import torch
 
     torch.set_num_threads(args.threads)
@@ -59,15 +125,33 @@ def main(argv=None) -> int:
     from compresso.corpus import iter_documents
     from compresso.models import save_bundle
     from compresso.strategies.distill.modeling import build_student, default_layers
-    from compresso.strategies.quantize import QuantizeParams, QuantizeStrategy
-    from compresso.strategy import ModelBundle, RunContext
+    from compresso.strategies.quantize import QuantizeParams, QuantizeStrategy, cpu
+    from compresso.strategies.quantize.backends import BACKENDS
+    from compresso.strategies.quantize.saving import versions
+    from compresso.strategy import ModelBundle, RunContext, StrategyError
 
     console = Console()
     for path in (args.teacher, args.corpus):
         if not Path(path).exists():
             console.print(f"[red]{path} does not exist (the ../shared fixtures sit beside the checkout)[/red]")
             return 2
+    cpu_info = cpu.describe()
+    emulation = {"requested": args.emulate_avx2, "env": cpu_info["emulation_env"],
+                 "torch_capability": torch.backends.cpu.get_cpu_capability(),
+                 "onednn_isa": onednn_isa(dict(os.environ)),
+                 "ort_restricted": False,
+                 "ort_note": "ONNX Runtime's MLAS kernels dispatch on CPUID; no variable caps them, so ort rows use "
+                             "this CPU's full ISA even when torch/oneDNN/MKL are capped"}
+    if args.emulate_avx2 and (emulation["torch_capability"] != "AVX2"
+                              or "AVX2" not in (emulation["onednn_isa"] or "").upper().replace(" ", "")
+                              or "512" in (emulation["onednn_isa"] or "")):
+        console.print(f"[red]AVX2 emulation did not take effect: torch {emulation['torch_capability']}, oneDNN "
+                      f"{emulation['onednn_isa']}[/red]")
+        return 1
+    console.print(f"CPU: {cpu_info['model']} ({cpu_info['capability_class']}, flags {', '.join(cpu_info['flags'])}); "
+                  f"torch {emulation['torch_capability']}, oneDNN {emulation['onednn_isa']}; {args.threads} threads")
     load_before = os.getloadavg()
+    started = time.time()
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
     teacher = AutoModelForSequenceClassification.from_pretrained(args.teacher, dtype=torch.float32, num_labels=2,
@@ -75,104 +159,135 @@ def main(argv=None) -> int:
     layers = default_layers(teacher.config.num_hidden_layers, args.student_layers)
     student = build_student(teacher, layers).eval()
 
+    models = {"fp32 teacher": teacher, "fp32 student": student}
+    sizes, rows_extra, skipped = {}, {}, {}
     with tempfile.TemporaryDirectory(prefix="compresso-qbench-") as tmp:
         tmp = Path(tmp)
-        ctx = RunContext(stage_dir=tmp / "stage", work_dir=tmp / "work", device=torch.device("cpu"), seed=0,
-                         teachers={}, base_dir=REPO, console=console)
-        ctx.stage_dir.mkdir()
-        ctx.work_dir.mkdir()
-        params = QuantizeParams.model_validate({"method": args.method, "calibration": {
-            "corpus": [args.corpus], "num_samples": args.num_samples, "max_length": args.seq_len}})
-        strategy = QuantizeStrategy(params)
-        t0 = time.perf_counter()
-        int8 = strategy.apply(ModelBundle(student, tokenizer), ctx)
-        quantize_seconds = time.perf_counter() - t0
-
-        sizes = {}
-        for name, bundle, save in (("fp32 teacher", ModelBundle(teacher, tokenizer), save_bundle),
-                                   ("fp32 student", ModelBundle(student, tokenizer), save_bundle),
-                                   ("int8 student", int8, QuantizeStrategy.save)):
-            folder = tmp / name.replace(" ", "-")
-            save(bundle, folder)
-            sizes[name] = {"weights_bytes": sum(p.stat().st_size for p in folder.glob("*.safetensors")),
-                           "folder_bytes": sum(p.stat().st_size for p in folder.iterdir() if p.is_file())}
+        for name, model in (("fp32 teacher", teacher), ("fp32 student", student)):
+            save_bundle(ModelBundle(model, tokenizer), tmp / name.replace(" ", "-"))
+            sizes[name] = weights_bytes(tmp / name.replace(" ", "-"))
+        for case in args.backends:
+            backend, method = case.split("-")
+            reason = BACKENDS[backend].missing()
+            if reason:
+                skipped[case] = f"not installed: {reason}"
+                console.print(f"[yellow]skipping {case}: {skipped[case]}[/yellow]")
+                continue
+            ctx = RunContext(stage_dir=tmp / case / "stage", work_dir=tmp / case / "work", device=torch.device("cpu"),
+                             seed=0, teachers={}, base_dir=REPO, console=console)
+            ctx.stage_dir.mkdir(parents=True)
+            ctx.work_dir.mkdir()
+            params = QuantizeParams.model_validate({"backend": backend, "method": method, "calibration": {
+                "corpus": [args.corpus], "num_samples": args.num_samples, "max_length": args.seq_len}})
+            t0 = time.perf_counter()
+            try:
+                int8 = QuantizeStrategy(params).apply(ModelBundle(student, tokenizer), ctx)
+            except StrategyError as exc:  # e.g. no C++ compiler for inductor on this host
+                skipped[case] = f"could not quantize: {exc}"
+                console.print(f"[yellow]skipping {case}: {skipped[case]}[/yellow]")
+                continue
+            name = f"int8 student, {case}"
+            QuantizeStrategy.save(int8, tmp / case / "saved")
+            models[name] = int8.model
+            sizes[name] = weights_bytes(tmp / case / "saved")
+            rows_extra[name] = {"backend": backend, "method": method, "quantize_seconds": round(time.perf_counter() - t0, 1),
+                                "check_vs_fp32_student": int8.model._check}
 
     docs = [d for _, d in zip(range(64), iter_documents(args.corpus, part="all"))]
-    models = {"fp32 teacher": teacher, "fp32 student": student, "int8 student": int8.model}
-    latency: dict[str, dict[int, float]] = {name: {} for name in models}
-    spread: dict[str, dict[int, list[float]]] = {name: {} for name in models}
-    fastest: dict[str, dict[int, float]] = {name: {} for name in models}
-    with torch.no_grad():
-        for batch_size in args.batch_sizes:
-            enc = tokenizer(docs[:batch_size], truncation=True, max_length=args.seq_len, padding="max_length",
-                            return_tensors="pt")
-            for model in models.values():
-                for _ in range(args.warmup):  # the INT8 model compiles on its first call of a shape
-                    model(**enc)
-            times: dict[str, list[float]] = {name: [] for name in models}
-            # Blocks of consecutive calls per model, the blocks interleaved across models: load changes
-            # hit every model alike, and each block starts with one untimed call so that a model is
-            # timed with its weights in cache, as when it serves requests back to back (the fp32
-            # teacher's 55 MB pass would otherwise evict the INT8 student's 10 MB before every call).
-            per_block = max(1, args.repeats // args.rounds)
-            for _ in range(args.rounds):
-                for name, model in models.items():
-                    model(**enc)
-                    for _ in range(per_block):
-                        t = time.perf_counter()
-                        model(**enc)
-                        times[name].append((time.perf_counter() - t) * 1000)
-            for name in models:
-                latency[name][batch_size] = statistics.median(times[name])
-                fastest[name][batch_size] = min(times[name])  # steadier than the median on a shared machine
-                q1, _, q3 = statistics.quantiles(times[name], n=4)
-                spread[name][batch_size] = [q1, q3]
+    encs = {b: dict(tokenizer(docs[:b], truncation=True, max_length=args.seq_len, padding="max_length",
+                              return_tensors="pt")) for b in args.batch_sizes}
+    console.print(f"timing {len(models)} models × batch sizes {args.batch_sizes} ({args.repeats} calls each, "
+                  f"{args.rounds} interleaved rounds)")
+    latency = timing(models, encs, args)
+    load_after = os.getloadavg()
 
     teacher_name = "fp32 teacher"
-    table = Table(title=f"CPU latency (seq {args.seq_len}, {args.threads} threads, median and min of "
-                        f"{args.repeats}) and size on disk")
+    table = Table(title=f"{cpu_info['model']} ({cpu.capability_class()}{', emulated' if args.emulate_avx2 else ''}): "
+                        f"seq {args.seq_len}, {args.threads} threads, median [IQR] of {args.repeats} calls")
     table.add_column("model")
     for b in args.batch_sizes:
-        table.add_column(f"batch {b} ms (min)", justify="right")
-        table.add_column(f"speed-up b{b} (min)", justify="right")
-    table.add_column("weights MB", justify="right")
-    table.add_column("size vs teacher", justify="right")
+        table.add_column(f"batch {b} ms", justify="right")
+        table.add_column(f"× b{b}", justify="right")
+    table.add_column("MB", justify="right")
+    table.add_column("of teacher", justify="right")
     rows = []
     for name in models:
-        row = {"model": name, "latency_ms": latency[name], "latency_iqr_ms": spread[name],
-               "latency_min_ms": fastest[name],
-               "speedup_vs_teacher": {b: latency[teacher_name][b] / latency[name][b] for b in args.batch_sizes},
-               "speedup_vs_teacher_min": {b: fastest[teacher_name][b] / fastest[name][b] for b in args.batch_sizes},
-               **sizes[name], "size_ratio_vs_teacher": sizes[name]["weights_bytes"] / sizes[teacher_name]["weights_bytes"]}
+        row = {"model": name, **rows_extra.get(name, {}), "latency": {str(b): latency[name][b] for b in args.batch_sizes},
+               "speedup_vs_teacher": {str(b): latency[teacher_name][b]["median_ms"] / latency[name][b]["median_ms"]
+                                      for b in args.batch_sizes},
+               "weights_bytes": sizes[name], "size_ratio_vs_teacher": sizes[name] / sizes[teacher_name]}
         rows.append(row)
         cells = []
         for b in args.batch_sizes:
-            cells += [f"{latency[name][b]:.1f} ({fastest[name][b]:.1f})",
-                      f"{row['speedup_vs_teacher'][b]:.2f}× ({row['speedup_vs_teacher_min'][b]:.2f}×)"]
-        table.add_row(name, *cells, f"{sizes[name]['weights_bytes'] / 1e6:.2f}", f"{row['size_ratio_vs_teacher']:.1%}")
+            t = latency[name][b]
+            cells += [f"{t['median_ms']:.1f} [{t['q1_ms']:.1f}–{t['q3_ms']:.1f}]", f"{row['speedup_vs_teacher'][str(b)]:.2f}×"]
+        table.add_row(name, *cells, f"{sizes[name] / 1e6:.2f}", f"{row['size_ratio_vs_teacher']:.1%}")
     console.print(table)
-    int8_row = rows[-1]
-    targets = {"speedup_6x": {b: int8_row["speedup_vs_teacher"][b] >= 6 for b in args.batch_sizes},
-               "speedup_6x_min": {b: int8_row["speedup_vs_teacher_min"][b] >= 6 for b in args.batch_sizes},
-               "size_30pct": int8_row["size_ratio_vs_teacher"] <= 0.30}
-    console.print(f"targets (INT8 student ≥ 6× faster than fp32 teacher, ≤ 30% of its bytes): {targets}")
-    load_after = os.getloadavg()
-    if max(load_before[0], load_after[0]) > args.threads + 0.5:
-        console.print(f"[yellow]machine load average {load_before[0]:.1f} → {load_after[0]:.1f} on "
-                      f"{os.cpu_count()} cores: other processes competed for the CPU[/yellow]")
+    int8_rows = [r for r in rows if r["model"].startswith("int8")]
+    fastest = {str(b): min(int8_rows, key=lambda r: r["latency"][str(b)]["median_ms"])["model"] if int8_rows else None
+               for b in args.batch_sizes}
+    auto = cpu.AUTO_CHOICE[cpu.capability_class()]
+    console.print(f"fastest INT8 backend per batch size: {fastest}; auto's table for {cpu.capability_class()}: "
+                  f"{'-'.join(auto)}")
+    busy = max(load_before[0], load_after[0]) > args.threads + 0.5
+    if busy:
+        console.print(f"[yellow]machine load average {load_before[0]:.1f} → {load_after[0]:.1f} on {os.cpu_count()} "
+                      f"cores: other processes competed for the CPU; these timings are not publishable[/yellow]")
     result = {
-        "benchmark": "quantize_cpu", "teacher": args.teacher, "student_layers": layers, "method": args.method,
-        "calibration_documents": args.num_samples, "seq_len": args.seq_len, "threads": args.threads,
-        "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds, "quantize_seconds": round(quantize_seconds, 1),
-        "int8_vs_fp32_student_check": int8.model._check, "rows": rows, "targets": targets,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "load_average_before": load_before, "load_average_after": load_after,
-                    "python": sys.version.split()[0], "torch": torch.__version__},
+        "benchmark": "quantize_cpu", "teacher": args.teacher, "corpus": args.corpus, "student_layers": layers,
+        "seq_len": args.seq_len, "batch_sizes": args.batch_sizes, "threads": args.threads,
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
+        "calibration_documents": args.num_samples, "rows": rows, "skipped": skipped, "fastest_int8": fastest,
+        "auto_choice": {"capability_class": cpu.capability_class(), "backend": auto[0], "method": auto[1]},
+        "cpu": cpu_info, "emulation": emulation,
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0], "versions": versions(),
+                    "load_average_before": load_before, "load_average_after": load_after, "busy": busy,
+                    "seconds": round(time.time() - started, 1)},
     }
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-        console.print(f"wrote {args.out}")
+    out = Path(args.out) if args.out else RESULTS
+    if out.suffix != ".json":
+        slug = re.sub(r"[^a-z0-9]+", "-", cpu_info["model"].lower()).strip("-")
+        out = out / f"quantize_cpu-{slug}-{cpu.capability_class()}{'-emulated' if args.emulate_avx2 else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result, out.name))
+    console.print(f"wrote {out} and {out.with_suffix('.md').name}")
     return 0
+
+
+def markdown(result: dict, json_name: str) -> str:
+    """The table of ``result`` for docs/quantization.md, every number from the JSON beside it."""
+    cpu_info, emulation, machine = result["cpu"], result["emulation"], result["machine"]
+    sizes = result["batch_sizes"]
+    emulated = (f"; torch/oneDNN/MKL capped by {', '.join(f'{k}={v}' for k, v in emulation['env'].items())} "
+                f"(torch {emulation['torch_capability']}, oneDNN {emulation['onednn_isa']}; ONNX Runtime not capped)"
+                if emulation["env"] else "")
+    lines = [
+        f"**{cpu_info['model']}**, class `{cpu_info['capability_class']}` (flags {', '.join(cpu_info['flags'])})"
+        f"{emulated}; {result['threads']} threads (CPUs {result['affinity']}), sequence {result['seq_len']}, "
+        f"median [interquartile range] of {result['repeats']} calls in {result['rounds']} interleaved rounds; "
+        f"load average {machine['load_average_before'][0]:.1f} → {machine['load_average_after'][0]:.1f}"
+        f"{' (**busy machine: not a speed claim**)' if machine['busy'] else ''}; "
+        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + f". Source: [{json_name}]({json_name}).",
+        "",
+        "| model | " + " | ".join(f"batch {b} ms | × teacher" for b in sizes) + " | weights | of teacher |",
+        "|---|" + "---:|---:|" * len(sizes) + "---:|---:|",
+    ]
+    for row in result["rows"]:
+        cells = []
+        for b in sizes:
+            t = row["latency"][str(b)]
+            cells += [f"{t['median_ms']:.1f} [{t['q1_ms']:.1f}–{t['q3_ms']:.1f}]",
+                      f"{row['speedup_vs_teacher'][str(b)]:.2f}×"]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {row['weights_bytes'] / 1e6:.2f} MB | "
+                     f"{row['size_ratio_vs_teacher']:.1%} |")
+    for case, reason in result["skipped"].items():
+        lines.append(f"| int8 student, {case} | skipped: {reason} |" + " |" * (2 * len(sizes) + 1))
+    auto = result["auto_choice"]
+    lines += ["", f"Fastest INT8 backend: " + ", ".join(f"batch {b}: {m}" for b, m in result["fastest_int8"].items())
+              + f". `backend: auto` on this class: {auto['backend']} ({auto['method']}).", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -579,7 +579,7 @@ class Runner:
         size = None
         if self.is_main:
             save_any(new, ctx.stage_dir)
-            size = sum(p.stat().st_size for p in ctx.stage_dir.glob("*.safetensors"))
+            size = sum(p.stat().st_size for p in ctx.stage_dir.iterdir() if p.suffix in (".safetensors", ".onnx"))
             write_json(ctx.stage_dir / "stage.json", {
                 "stage": dirname, "strategy": stage.strategy, "distribution": entry.distribution,
                 "version": entry.version, "params": strategy.params.model_dump(mode="json"), "key": key,

@@ -76,3 +76,22 @@ def test_corpus_memory_flat(tmp_path, shared_dir):
     # Holding the 20 MB file's text in Python would add ~40 MB (UCS-2 strings for Romanian text);
     # streaming keeps the two peaks within noise.
     assert abs(out["summary"]["big_minus_small_peak_mib"]) < 10
+
+
+@pytest.mark.shared
+def test_quantize_cpu_benchmark_records_the_machine(tmp_path, shared_dir):
+    pytest.importorskip("onnxruntime")
+    bench = load("quantize_cpu")
+    out_file = tmp_path / "q.json"
+    assert bench.main(["--teacher", str(shared_dir / "teachers" / "ro-bert-small-cased"),
+                       "--corpus", str(shared_dir / "corpus" / "ro-corpus-00.txt.xz"), "--backends", "ort-dynamic",
+                       "--batch-sizes", "1", "--seq-len", "32", "--threads", "1", "--warmup", "1", "--repeats", "4",
+                       "--rounds", "2", "--out", str(out_file)]) == 0
+    result = json.loads(out_file.read_text())
+    assert [r["model"] for r in result["rows"]] == ["fp32 teacher", "fp32 student", "int8 student, ort-dynamic"]
+    int8 = result["rows"][-1]
+    assert int8["latency"]["1"]["calls"] == 4 and int8["latency"]["1"]["q1_ms"] <= int8["latency"]["1"]["q3_ms"]
+    assert int8["size_ratio_vs_teacher"] < 0.3 and int8["check_vs_fp32_student"]["argmax_agreement"] > 0.9
+    assert result["cpu"]["capability_class"] in ("avx512_vnni", "avx2_vnni", "avx2", "other")
+    assert len(result["machine"]["load_average_before"]) == 3 and result["threads"] == 1
+    assert result["emulation"]["ort_restricted"] is False and result["auto_choice"]["backend"]

@@ -25,8 +25,11 @@ from transformers import (
 
 from compresso import registry
 from compresso.models import load_bundle, save_bundle
-from compresso.strategy import ModelBundle, RunContext, StrategyError
+from compresso.strategy import ModelBundle, RunContext, StrategyError, StrategyParams
 from compresso.strategies import quantize as q
+from compresso.strategies.quantize import cpu
+from compresso.strategies.quantize.backends import BACKENDS, available, base
+from compresso.strategies.quantize.checks import platform as checks_platform
 from compresso.strategies.quantize import QuantizedModel, QuantizeParams, QuantizeStrategy
 from tests.tiny import WORDS, tiny_tokenizer
 
@@ -79,6 +82,8 @@ def ctx_for(tmp_path, seed=0):
 
 def quantize(model, tokenizer, tmp_path, lineage=None, **params):
     params.setdefault("compile", False)
+    # the torch backends unless a test names one (auto's choice depends on the CPU)
+    params.setdefault("backend", "torchao" if params.get("method") == "dynamic" else "inc")
     strategy = QuantizeStrategy(QuantizeParams.model_validate(params))
     ctx = ctx_for(tmp_path)
     out = strategy.apply(ModelBundle(model, tokenizer, lineage=lineage or []), ctx)
@@ -104,11 +109,15 @@ def test_registered_with_its_contract():
     cls = registry.get("quantize")
     assert cls is QuantizeStrategy
     assert cls.reapply_after_finetune is True
-    assert issubclass(cls.Params, q.StrategyParams)
+    assert issubclass(cls.Params, StrategyParams)
+    assert cls.accepts_formats == {"transformers", "prune"} and cls(cls.Params()).output_format("prune") == "quantize"
 
 
 @pytest.mark.parametrize("params, message", [
     ({"method": "weird"}, "method"),
+    ({"backend": "tensorrt"}, "backend"),
+    ({"backend": "inc", "method": "dynamic"}, "no method 'dynamic'"),
+    ({"backend": "torchao", "method": "static"}, "no method 'static'"),
     ({"calibraton": {}}, "calibraton"),
     ({"calibration": {"corpus": ["/nonexistent/corpus.txt"]}}, "does not exist"),
     ({"calibration": {"corpus": ["/dev/null"], "dataset": "x/y"}}, "not both"),
@@ -140,19 +149,19 @@ def test_static_int8_is_close_to_fp32_saves_small_and_reloads_identically(tokeni
 
     QuantizeStrategy.save(out, tmp_path / "int8")
     save_bundle(ModelBundle(model, tokenizer), tmp_path / "fp32")
-    int8_bytes = (tmp_path / "int8" / "model.safetensors").stat().st_size
+    int8_bytes = (tmp_path / "int8" / "model.int8.safetensors").stat().st_size
     fp32_bytes = (tmp_path / "fp32" / "model.safetensors").stat().st_size
     assert int8_bytes < 0.6 * fp32_bytes  # int8 weights and embeddings; LayerNorms and biases stay fp32
     assert json.loads((tmp_path / "int8" / "compresso.json").read_text())["format"] == "quantize"
     meta = json.loads((tmp_path / "int8" / "quantize.json").read_text())
-    assert meta["method"] == "static" and meta["architecture"] == "BertForMaskedLM"
+    assert meta["method"] == "static" and meta["backend"] == "inc" and meta["architecture"] == "BertForMaskedLM"
 
     loaded = load_bundle(tmp_path / "int8")  # dispatches on compresso.json to QuantizeStrategy.load
     assert loaded.format == "quantize" and isinstance(loaded.model, QuantizedModel)
     torch.testing.assert_close(logits(loaded.model, enc), int8, rtol=0, atol=1e-6)
     # and what was loaded saves to the same bytes' worth again
     QuantizeStrategy.save(loaded, tmp_path / "again")
-    assert (tmp_path / "again" / "model.safetensors").stat().st_size == int8_bytes
+    assert (tmp_path / "again" / "model.int8.safetensors").stat().st_size == int8_bytes
 
 
 def test_safetensors_holds_int8_weights_with_scales(tokenizer, corpus, tmp_path):
@@ -162,7 +171,7 @@ def test_safetensors_holds_int8_weights_with_scales(tokenizer, corpus, tmp_path)
     out, _ = quantize(model, tokenizer, tmp_path, calibration=cal(corpus),
                       exclude=["classifier", "bert.encoder.layer.0.*"])
     QuantizeStrategy.save(out, tmp_path / "int8")
-    with safe_open(str(tmp_path / "int8" / "model.safetensors"), framework="pt") as f:
+    with safe_open(str(tmp_path / "int8" / "model.int8.safetensors"), framework="pt") as f:
         dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
     assert dtypes["bert.encoder.layer.1.attention.self.query.weight"] == "I8"
     assert dtypes["bert.encoder.layer.1.attention.self.query.weight:scale"] == "F32"
@@ -183,7 +192,7 @@ def test_embeddings_can_stay_fp32(tokenizer, corpus, tmp_path):
     out, _ = quantize(make(BertForSequenceClassification, tokenizer), tokenizer, tmp_path, calibration=cal(corpus),
                       embeddings="fp32")
     QuantizeStrategy.save(out, tmp_path / "int8")
-    with safe_open(str(tmp_path / "int8" / "model.safetensors"), framework="pt") as f:
+    with safe_open(str(tmp_path / "int8" / "model.int8.safetensors"), framework="pt") as f:
         assert f.get_slice("bert.embeddings.word_embeddings.weight").get_dtype() == "F32"
 
 
@@ -254,7 +263,8 @@ def test_pruned_model_with_irregular_layers_round_trips(tokenizer, corpus, tmp_p
         .apply(ModelBundle(model, tokenizer), ctx_for(tmp_path / "p"))
     assert pruned.format == "prune"
     enc = batch(tokenizer, sentences(4, seed=21))
-    strategy = QuantizeStrategy(QuantizeParams.model_validate({"calibration": cal(corpus), "compile": False}))
+    strategy = QuantizeStrategy(QuantizeParams.model_validate({"backend": "inc", "calibration": cal(corpus),
+                                                               "compile": False}))
     out = strategy.apply(pruned, ctx_for(tmp_path))
     QuantizeStrategy.save(out, tmp_path / "int8")
     assert (tmp_path / "int8" / "prune_layout.json").is_file()
@@ -284,23 +294,26 @@ def test_static_without_calibration_text_fails_before_work(tokenizer, tmp_path):
 
 
 def test_missing_backend_names_the_extra(tokenizer, corpus, tmp_path, monkeypatch):
-    real = q.importlib.import_module
+    real = base.importlib.import_module
 
     def fake_import(name, *args):
         if name.startswith("neural_compressor"):
             raise ModuleNotFoundError(f"No module named {name!r}")
         return real(name, *args)
 
-    monkeypatch.setattr(q.importlib, "import_module", fake_import)
-    strategy = QuantizeStrategy(QuantizeParams.model_validate({"calibration": cal(corpus)}))
+    monkeypatch.setattr(base.importlib, "import_module", fake_import)
+    strategy = QuantizeStrategy(QuantizeParams.model_validate({"backend": "inc", "calibration": cal(corpus)}))
     with pytest.raises(StrategyError, match=r"compresso\[quant\]"):
         strategy.preflight(ctx_for(tmp_path))
     # the dynamic method needs only torchao
-    QuantizeStrategy(QuantizeParams(method="dynamic", compile=False)).preflight(ctx_for(tmp_path))
+    QuantizeStrategy(QuantizeParams(backend="torchao", compile=False)).preflight(ctx_for(tmp_path))
+    # auto never picks a backend that is not installed
+    backend, _ = QuantizeStrategy(QuantizeParams(method="static")).choose()
+    assert backend.name != "inc" and backend.missing() is None
 
 
 def test_non_x86_machines_are_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(q.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(checks_platform, "machine", lambda: "aarch64")
     with pytest.raises(StrategyError, match="x86-64"):
         QuantizeStrategy(QuantizeParams(method="dynamic")).preflight(ctx_for(tmp_path))
 
@@ -311,7 +324,7 @@ def test_unsupported_models_are_named(tokenizer, corpus, tmp_path):
         quantize(gpt2, tokenizer, tmp_path, calibration=cal(corpus))
     with pytest.raises(StrategyError, match="transformers encoder models"):
         quantize(torch.nn.Linear(4, 4), tokenizer, tmp_path, calibration=cal(corpus))
-    strategy = QuantizeStrategy(QuantizeParams.model_validate({"calibration": cal(corpus)}))
+    strategy = QuantizeStrategy(QuantizeParams.model_validate({"backend": "inc", "calibration": cal(corpus)}))
     with pytest.raises(StrategyError, match="format 'vocab_trim'"):
         strategy.apply(ModelBundle(make(BertForMaskedLM, tokenizer), tokenizer, format="vocab_trim"),
                        ctx_for(tmp_path))
@@ -372,3 +385,139 @@ def test_onnx_export_refuses_dynamic(tokenizer, tmp_path):
     out, _ = quantize(make(BertForSequenceClassification, tokenizer), tokenizer, tmp_path, method="dynamic")
     with pytest.raises(StrategyError, match="method: static"):
         q.export_onnx(out, tmp_path / "model.onnx")
+
+
+# --- backends side by side, auto, fresh-process reload, plain transformers -----------------------
+
+BACKEND_CASES = [("inc", "static"), ("torchao", "dynamic"), ("ort", "static"), ("ort", "dynamic")]
+
+
+def _skip_missing(backend):
+    reason = BACKENDS[backend].missing()
+    if reason:
+        pytest.skip(f"backend {backend} is not installed here: {reason}")
+
+
+@pytest.mark.parametrize("backend, method", BACKEND_CASES)
+def test_each_backend_matches_fp32_and_reloads(tokenizer, corpus, tmp_path, backend, method):
+    _skip_missing(backend)
+    model = make(BertForTokenClassification, tokenizer, num_labels=5)
+    out, ctx = quantize(model, tokenizer, tmp_path, backend=backend, method=method, calibration=cal(corpus))
+    assert ctx.metrics["backend"] == backend and ctx.metrics["method"] == method
+    check = ctx.metrics["check"]
+    assert check["relative_error"] < 0.1 and check["argmax_agreement"] > 0.9, check
+    for texts in (sentences(1, seed=41), sentences(6, seed=42)):  # batch 1 and a padded batch
+        enc = batch(tokenizer, texts)
+        got, want = logits(out.model, enc), logits(model, enc)
+        keep = enc["attention_mask"].bool()
+        assert got.shape == want.shape
+        assert (got.argmax(-1)[keep] == want.argmax(-1)[keep]).float().mean() > 0.9
+        assert not torch.equal(got, want)
+    QuantizeStrategy.save(out, tmp_path / "int8")
+    meta = json.loads((tmp_path / "int8" / "quantize.json").read_text())
+    assert (meta["backend"], meta["method"]) == (backend, method)
+    assert (tmp_path / "int8" / meta["weights_file"]).is_file() and not (tmp_path / "int8" / "model.safetensors").exists()
+    loaded = load_bundle(tmp_path / "int8")
+    enc = batch(tokenizer, sentences(4, seed=43))
+    torch.testing.assert_close(logits(loaded.model, enc), logits(out.model, enc), rtol=0, atol=1e-6)
+
+
+def test_capability_classes_and_auto_choice():
+    flags = frozenset({"avx2", "avx512f", "avx512_vnni", "avx_vnni"})
+    assert cpu.capability_class(flags, "AVX512", env={}) == "avx512_vnni"
+    assert cpu.capability_class(frozenset({"avx2", "avx_vnni"}), "AVX2", env={}) == "avx2_vnni"
+    assert cpu.capability_class(frozenset({"avx2"}), "AVX2", env={}) == "avx2"
+    assert cpu.capability_class(frozenset({"sse4_2"}), "DEFAULT", env={}) == "other"
+    # the emulation variables make an AVX-512 VNNI machine an AVX2 one (what torch/oneDNN then use)
+    assert cpu.capability_class(flags, "AVX2", env={"ATEN_CPU_CAPABILITY": "avx2"}) == "avx2"
+    assert cpu.capability_class(flags, "AVX512", env={"ONEDNN_MAX_CPU_ISA": "AVX2"}) == "avx2"
+    assert set(cpu.AUTO_CHOICE) == {"avx512_vnni", "avx2_vnni", "avx2", "other"}
+    # auto takes the table's choice when it is installed, else the next installed one offering the method
+    preferred, _ = cpu.AUTO_CHOICE[cpu.capability_class()]
+    assert cpu.auto_backend(None, lambda name: True)[0] == preferred
+    only_torchao = cpu.auto_backend(None, lambda name: name == "torchao")
+    assert only_torchao == ("torchao", "dynamic")
+    assert cpu.auto_backend("static", lambda name: name == "ort") == ("ort", "static")
+
+
+def test_auto_picks_a_backend_installed_here(tokenizer, tmp_path):
+    strategy = QuantizeStrategy(QuantizeParams(method="dynamic", compile=False))
+    backend, method = strategy.choose()
+    assert available(backend.name) and method == "dynamic"
+    out, ctx = quantize(make(BertForSequenceClassification, tokenizer), tokenizer, tmp_path, backend="auto",
+                        method="dynamic")
+    assert ctx.metrics["backend"] == backend.name and out.model.backend == backend.name
+
+
+FRESH_PROCESS = """
+import sys, torch
+from compresso.models import load_bundle
+torch.set_num_threads(1)
+for folder in sys.argv[2:]:
+    bundle = load_bundle(folder)
+    enc = torch.load(sys.argv[1], weights_only=True)
+    with torch.no_grad():
+        torch.save(bundle.model(**enc).logits, folder + "/fresh_logits.pt")
+"""
+
+
+def test_saved_int8_gives_the_same_logits_in_a_fresh_process(tokenizer, corpus, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folders = []
+    enc = batch(tokenizer, sentences(5, seed=51))
+    torch.save(enc, tmp_path / "enc.pt")
+    cases = [("inc", "static"), ("ort", "dynamic")]
+    expected = {}
+    for backend, method in cases:
+        if BACKENDS[backend].missing():
+            continue
+        out, _ = quantize(make(BertForSequenceClassification, tokenizer, num_labels=3), tokenizer,
+                          tmp_path / backend, backend=backend, method=method, calibration=cal(corpus))
+        folder = tmp_path / f"{backend}-int8"
+        QuantizeStrategy.save(out, folder)
+        folders.append(str(folder))
+        expected[str(folder)] = logits(out.model, enc)
+    if not folders:
+        pytest.skip("neither inc nor ort is installed")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(tmp_path / "enc.pt"), *folders], check=True, env=env,
+                   cwd=tmp_path, timeout=600)
+    for folder in folders:
+        fresh = torch.load(Path(folder) / "fresh_logits.pt", weights_only=True)
+        torch.testing.assert_close(fresh, expected[folder], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend, method", [("inc", "static"), ("ort", "dynamic")])
+def test_plain_transformers_refuses_an_int8_folder(tokenizer, corpus, tmp_path, backend, method):
+    from transformers import AutoModelForMaskedLM
+
+    _skip_missing(backend)
+    out, _ = quantize(make(BertForMaskedLM, tokenizer), tokenizer, tmp_path, backend=backend, method=method,
+                      calibration=cal(corpus))
+    QuantizeStrategy.save(out, tmp_path / "int8")
+    with pytest.raises(OSError, match="model.safetensors|pytorch_model.bin"):
+        AutoModelForMaskedLM.from_pretrained(tmp_path / "int8")
+    note = (tmp_path / "int8" / "HOW_TO_LOAD.md").read_text()
+    assert "compresso.load" in note and json.loads((tmp_path / "int8" / "config.json").read_text())[
+        "compresso_quantize"]["backend"] == backend
+
+
+def test_ort_folder_runs_in_plain_onnxruntime(tokenizer, corpus, tmp_path):
+    _skip_missing("ort")
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    out, _ = quantize(make(BertForSequenceClassification, tokenizer, num_labels=3), tokenizer, tmp_path,
+                      backend="ort", method="static", calibration=cal(corpus))
+    QuantizeStrategy.save(out, tmp_path / "int8")
+    plain_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "int8")
+    session = ort.InferenceSession(str(tmp_path / "int8" / "model.int8.onnx"), providers=["CPUExecutionProvider"])
+    texts = sentences(3, seed=61)
+    enc = plain_tokenizer(texts, padding=True, return_tensors="np")
+    got = session.run(None, {i.name: enc[i.name] for i in session.get_inputs()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), logits(out.model, batch(tokenizer, texts)), rtol=0, atol=1e-5)
