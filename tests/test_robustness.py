@@ -449,6 +449,11 @@ def test_stage_formats_are_checked_along_the_chain(tmp_path, site, model_dir):
     (problem,) = exc.value.problems
     assert problem.key == "stages.1.strategy" and problem.line == 12
     assert "format(s) transformers" in problem.message and "'to_low_rank'" in problem.message
+    # The built-in quantize after a plugin's own format: found by validate, not after the earlier stages ran.
+    path = recipe(tmp_path, model_dir, stages="  - strategy: to_low_rank\n  - strategy: quantize\n"
+                                               "    params: {method: dynamic}\n")
+    code, output = invoke(["validate", path])
+    assert code == 2 and "stages.1.strategy" in output and "'to_low_rank'" in output, output
     # From the student (a transformers model) it is fine, and so is the other order.
     ok = recipe(tmp_path, model_dir, stages="  - strategy: needs_transformers\n  - strategy: to_low_rank\n"
                                              "  - strategy: needs_transformers\n    input: student\n")
