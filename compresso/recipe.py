@@ -75,15 +75,14 @@ class TeacherSpec(_Strict):
 class StudentSpec(_Strict):
     model: str = Field(description="The model the first stage starts from: a teacher's name, a hub id or a folder.")
     revision: str | None = None
+    config: dict[str, Any] | None = Field(
+        None, description="Config overrides; when given, the student is built from the (overridden) config "
+                          "with fresh random weights instead of the pretrained ones.")
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str):
         return check_path_length(v)
-
-    config: dict[str, Any] | None = Field(
-        None, description="Config overrides; when given, the student is built from the (overridden) config "
-                          "with fresh random weights instead of the pretrained ones.")
 
 
 class StageSpec(_Strict):
@@ -100,12 +99,9 @@ class StageSpec(_Strict):
         return v if v is None else check_plain_name(v)
 
 
-DEVICE_HELP = "expected auto, cpu, cuda or cuda:N"
-
-
 def check_device(v: str) -> str:
     if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
-        raise ValueError(f"{DEVICE_HELP}, got {v!r}")
+        raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {v!r}")
     return v
 
 
@@ -133,9 +129,7 @@ class Recipe(_Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str):
-        if v not in ("auto", "cpu", "cuda") and not (v.startswith("cuda:") and v[5:].isdigit()):
-            raise ValueError(DEVICE_HELP)
-        return v
+        return check_device(v)
 
     @field_validator("output_dir")
     @classmethod
