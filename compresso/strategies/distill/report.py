@@ -10,7 +10,7 @@ def _round(x, n=5):
 
 
 def write_report(ctx: RunContext, params, *, layers, input_layers, student, teachers, result, views, heldout_docs,
-                 teachers_eval, before, after, links) -> dict:
+                 teachers_eval, before, after, links, calibration=None, alignment=None, cosine=None) -> dict:
     final = result.history[-1] if result.history else {}
     n_params = sum(p.numel() for p in student.parameters())
     teacher_section = {}
@@ -22,6 +22,10 @@ def write_report(ctx: RunContext, params, *, layers, input_layers, student, teac
             info["heldout"] = {**teachers_eval[link.name],
                                "student_agreement_before": (before or {}).get("agreement", {}).get(link.name),
                                "student_agreement": (after or {}).get("agreement", {}).get(link.name)}
+            if link.cross:
+                info["heldout"]["student_out_of_map_mass"] = (after or {}).get("out_of_map_mass", {}).get(link.name)
+        if cosine and link.name in cosine:
+            info.setdefault("heldout", {})["cosine"] = cosine[link.name]
         teacher_section[link.name] = info
     report = {
         "config": params.model_dump(mode="json"),
@@ -38,6 +42,10 @@ def write_report(ctx: RunContext, params, *, layers, input_layers, student, teac
                      "final_losses": {k: _round(final.get(k)) for k in ("loss", "ce", "mlm", "cos", "mse")}},
         "heldout": {"documents": heldout_docs, "student_before": before, "student_after": after,
                     "teachers": teachers_eval},
+        # Entropy weighting: the tau used and how it was calibrated (None: static or a given tau).
+        "entropy_calibration": calibration,
+        # What the word aligner dropped, counted on the held-out slice (None: one tokenizer only).
+        "alignment": alignment,
         "loss_curve": result.history,
     }
     write_json(ctx.stage_dir / "distill.json", report)
