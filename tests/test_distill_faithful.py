@@ -248,3 +248,20 @@ def test_two_teacher_run_reports_calibration_out_of_map_mass_alignment_and_basel
     assert report["teachers"]["cased"]["layer_map"] == {"1": 1, "2": 4}  # student layers [0, 3] of 4
     align = report["alignment"]
     assert align["words"] > 0 and align["words_dropped"] == 0 and align["view1_aligned_tokens"] > 0
+
+
+def test_entropy_temperature_must_be_positive_or_auto(tiny):
+    corpus = [str(tiny["corpus"])]
+    for bad in (0, -1.0, "often"):
+        with pytest.raises(ValidationError, match="entropy_temperature"):
+            DistillStrategy.Params(corpus=corpus, entropy_temperature=bad)
+    assert DistillStrategy.Params(corpus=corpus, entropy_temperature=0.5).entropy_temperature == 0.5
+
+
+def test_entropy_weighting_needs_one_shared_space():
+    from compresso.strategy import StrategyError
+
+    vmap = build_vocab_map(cased_tokenizer(), uncased_tokenizer(), "u")
+    links = [TeacherLink("a", None, 0.5, view=1, vocab=vmap), TeacherLink("b", None, 0.5, view=2, vocab=vmap)]
+    with pytest.raises(StrategyError, match="more than one foreign tokenizer"):
+        DistillStrategy._shared_space(links)

@@ -129,6 +129,13 @@ class DistillParams(StrategyParams):
             raise ValueError(f"a teacher is named twice in {v}")
         return v
 
+    @field_validator("entropy_temperature")
+    @classmethod
+    def _tau(cls, v):
+        if v != "auto" and not v > 0:
+            raise ValueError(f"entropy_temperature must be a positive number of nats or 'auto', got {v}")
+        return v
+
     @field_validator("hidden_layer_map")
     @classmethod
     def _layer_map(cls, v):
