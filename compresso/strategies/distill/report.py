@@ -122,6 +122,25 @@ def markdown(report: dict) -> str:
         lines += ["", f"Student held-out MLM accuracy ({held['documents']} documents, whole-word masking): "
                       f"{_pct(held['student_before']['mlm_accuracy'])} before distillation → "
                       f"{_pct(held['student_after']['mlm_accuracy'])} after."]
+    for name, t in report["teachers"].items():
+        h = t.get("heldout", {})
+        extra = []
+        if h.get("cosine"):
+            extra.append(f"held-out cosine loss {h['cosine']['student_cos_loss']:.4f} against a constant-vector "
+                         f"baseline of {h['cosine']['constant_vector_baseline']:.4f}")
+        if h.get("out_of_map_mass") is not None:
+            extra.append(f"probability outside the shared vocabulary: teacher {_pct(h['out_of_map_mass'])}, "
+                         f"student {_pct(h.get('student_out_of_map_mass'))}")
+        if extra:
+            lines += ["", f"{name}: " + "; ".join(extra) + "."]
+    cal = report.get("entropy_calibration")
+    if cal:
+        lines += ["", f"Entropy weighting: tau = {cal['entropy_temperature']:.3f} nats, calibrated on "
+                      f"{cal['positions']:,} held-out positions."]
+    align = report.get("alignment")
+    if align:
+        lines += ["", f"Word alignment (held-out slice): {align['words']:,} words, {align['words_dropped']:,} dropped, "
+                      f"{align['words_never_masked']:,} never masked (student [UNK])."]
     final = {k: v for k, v in tr["final_losses"].items()
              if v is not None and not (k == "mse" and not report["config"]["alpha_hidden_mse"])}
     lines += ["", "Final losses (last logging window): " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + ".",
