@@ -265,3 +265,21 @@ def test_entropy_weighting_needs_one_shared_space():
     links = [TeacherLink("a", None, 0.5, view=1, vocab=vmap), TeacherLink("b", None, 0.5, view=2, vocab=vmap)]
     with pytest.raises(StrategyError, match="more than one foreign tokenizer"):
         DistillStrategy._shared_space(links)
+
+
+def test_entropy_weighting_survives_a_tiny_tau(tiny):
+    """exp(-H / tau) underflows for every teacher at tau = 1e-4; the weights must still sum to 1."""
+    cased_t = AutoModelForMaskedLM.from_pretrained(tiny["cased"]).eval()
+    uncased_t = AutoModelForMaskedLM.from_pretrained(tiny["uncased"]).eval()
+    views = _views()
+    rows = RowEncoder(views).encode(tiny["corpus"].read_text().splitlines()[:20])
+    arrays = {k: v[:4] for k, v in rows.items() if isinstance(v, np.ndarray)}
+    b = make_batch(arrays, views, MaskingConfig(), np.random.default_rng(0), need_words=False)
+    links = [TeacherLink("c", MaskedLM(cased_t), 0.5, view=0),
+             TeacherLink("u", MaskedLM(uncased_t), 0.5, view=1, vocab=build_vocab_map(cased_tokenizer(),
+                                                                                         uncased_tokenizer(), "u"))]
+    DistillStrategy._shared_space(links)
+    links = [lk.to(CPU) for lk in links]
+    out = compute_losses(StudentModule(build_student(cased_t, [0, 1]), {}), links, b,
+                         LossConfig(weighting="entropy", entropy_temperature=1e-4, alpha_cos=0), nullcontext)
+    assert torch.isfinite(out.total) and out.parts[0].item() > 0

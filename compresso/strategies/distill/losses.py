@@ -26,6 +26,7 @@ step runs without synchronising.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -265,11 +266,16 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
 
     # Per-row teacher weights over the teachers supervising each soft-target row.
     raw = []
-    for link, tgt in zip(links, targets):
-        w = torch.full((tgt.sup_student.shape[0],), link.weight, device=device)
-        if cfg.weighting == "entropy":
-            w = w * torch.exp(-tgt.entropy / cfg.entropy_temperature)
-        raw.append(w)
+    if cfg.weighting == "entropy":
+        # weight * exp(-H / tau), computed as exp(log weight - H / tau - row max): a small tau must
+        # not underflow every teacher of a row to 0.
+        logits_w = [math.log(link.weight) - tgt.entropy / cfg.entropy_temperature for link, tgt in zip(links, targets)]
+        row_max = torch.full((max(n_rows, 1),), float("-inf"), device=device)
+        for a, tgt in zip(logits_w, targets):
+            row_max.scatter_reduce_(0, tgt.sup_student, a, "amax")
+        raw = [(a - row_max.index_select(0, tgt.sup_student)).exp() for a, tgt in zip(logits_w, targets)]
+    else:
+        raw = [torch.full((tgt.sup_student.shape[0],), link.weight, device=device) for link, tgt in zip(links, targets)]
     denom = torch.zeros(max(n_rows, 1), device=device)
     for w, tgt in zip(raw, targets):
         denom.index_add_(0, tgt.sup_student, w)
