@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.progress import track
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -204,7 +205,7 @@ def ceiling(cased, uncased, batches, space_cols, C, device, n_boot: int, seed: i
     every scored position (students are scored at the same positions, in the same order)."""
     # Pass 1: calibrate tau as the distill strategy does (mean entropy gap, shared space).
     gaps = []
-    for _, cpu_batch in batches:
+    for _, cpu_batch in track(batches, description="ceiling: calibrating tau", transient=True):
         p_c, p_u, _ = teacher_shared(cased, uncased, cpu_batch.to(device), space_cols, C, device)
         gaps.append((entropy(p_c) - entropy(p_u)).abs().cpu())
     gap = torch.cat(gaps)
@@ -214,7 +215,7 @@ def ceiling(cased, uncased, batches, space_cols, C, device, n_boot: int, seed: i
     nll: dict[str, list] = {}
     rows_id, oracle, agree, out_of_map, tops = [], [], [], {CASED: [], UNCASED: []}, []
     unmapped_label = total = 0
-    for b, (k, cpu_batch) in enumerate(batches):
+    for b, (k, cpu_batch) in enumerate(track(batches, description="ceiling: teachers and mixes", transient=True)):
         batch = cpu_batch.to(device)
         p_c, p_u, label = teacher_shared(cased, uncased, batch, space_cols, C, device)
         tops.append((p_c.argmax(-1).cpu(), p_u.argmax(-1).cpu()))
@@ -280,7 +281,7 @@ def evaluate_student(model, tokenizer, kind: str, batches, space: SharedSpace, s
                            device=device)
     own_ok = own_n = 0
     ok, nll, ag_c, ag_u = [], [], [], []
-    for b, (_, cpu_batch) in enumerate(batches):
+    for b, (_, cpu_batch) in enumerate(track(batches, description="evaluating the student", transient=True)):
         batch = cpu_batch.to(device)
         vb = batch.views[0]
         with autocast(device):
