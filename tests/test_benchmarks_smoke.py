@@ -95,3 +95,36 @@ def test_quantize_cpu_benchmark_records_the_machine(tmp_path, shared_dir):
     assert result["cpu"]["capability_class"] in ("avx512_vnni", "avx2_vnni", "avx2", "other")
     assert len(result["machine"]["load_average_before"]) == 3 and result["threads"] == 1
     assert result["emulation"]["ort_restricted"] is False and result["auto_choice"]["backend"]
+
+def test_ensemble_study_tiny(tmp_path):
+    """The issue-13 study end to end on tiny teachers with two tokenizers: the ceiling and students."""
+    from tests.test_distill import cased_tokenizer, tiny_mlm, uncased_tokenizer, write_corpus
+
+    shared = tmp_path / "shared"
+    tiny_mlm(cased_tokenizer(), shared / "teachers" / "ro-bert-small-cased", seed=1)
+    tiny_mlm(uncased_tokenizer(), shared / "teachers" / "ro-robert-small-uncased", seed=2)
+    (shared / "corpus").mkdir()
+    write_corpus(shared / "corpus" / "c.txt", lines=200)
+    study = load("ensemble_study")
+    out = study.main(["--shared", str(shared), "--out", str(tmp_path / "out"), "--device", "cpu",
+                      "--heldout-docs", "30", "--mask-passes", "2", "--seq-len", "32", "--batch-size", "4",
+                      "--train-steps", "2", "--bootstrap", "50",
+                      "--variants", "distil-bert,distilmulti,distil-robert,distilmulti-init-uncased"])
+    assert json.loads((tmp_path / "out" / "ensemble_study.json").read_text()) == json.loads(json.dumps(out))
+    ceil = out["ceiling"]
+    models = ceil["models"]
+    assert ceil["positions"] > 50
+    cased, uncased, mean = models["bert-cased"], models["robert-uncased"], models["mean 1:1"]
+    # Jensen: the NLL of the averaged distribution never exceeds the average NLL.
+    assert mean["nll"] <= (cased["nll"] + uncased["nll"]) / 2 + 1e-9
+    assert ceil["oracle_accuracy"] >= max(cased["accuracy"], uncased["accuracy"])
+    d = mean["accuracy_minus_best_single"]
+    assert d["low"] <= d["mean"] <= d["high"]
+    assert 0 < ceil["out_of_map_mass"]["robert-uncased"] < 1
+    students = out["students"]
+    assert set(students) == {"distil-bert", "distilmulti", "distil-robert", "distilmulti-init-uncased"}
+    for s in students.values():
+        assert 0 <= s["shared_accuracy"] <= 1 and 0 <= s["own_mlm_accuracy"] <= 1 and s["shared_nll"] > 0
+        assert s["tokens"] > 0
+    assert out["best_single_student"] in ("distil-bert", "distil-robert")
+    assert "shared_accuracy_minus_best_single" in students["distilmulti"]

@@ -29,7 +29,13 @@ from compresso.models import load_bundle, save_bundle
 from compresso.strategies.distill import DistillStrategy
 from compresso.strategies.distill import trainer as trainer_module
 from compresso.strategies.distill.data import BatchStream, MaskingConfig, RowEncoder, StreamConfig, ViewSpec, make_batch
-from compresso.strategies.distill.losses import LossConfig, TeacherLink, compute_losses, student_log_q
+from compresso.strategies.distill.losses import (
+    LossConfig,
+    TeacherLink,
+    compute_losses,
+    student_log_q,
+    teacher_log_p,
+)
 from compresso.strategies.distill.modeling import MaskedLM, StudentModule, build_student, default_layers
 from compresso.strategies.distill.vocab import build_vocab_map, same_tokenization
 from compresso.corpus import Corpus
@@ -305,23 +311,50 @@ def test_cross_vocab_push_forward_matches_explicit_sum():
     link = TeacherLink("u", lm=None, weight=1.0, view=1, vocab=vmap).to(torch.device("cpu"))
     torch.manual_seed(0)
     z = (torch.randn(5, len(cased)) * 8).requires_grad_()
-    log_q = student_log_q(z, link, 2.0)
+    renorm = student_log_q(z, link, 2.0, "renormalise")
+    other = student_log_q(z, link, 2.0, "other")
     p = (z / 2.0).softmax(-1).detach().numpy()
     for i in range(5):
         mass = np.zeros(len(vmap.teacher_ids))
         for sid, col in zip(vmap.student_ids, vmap.columns):
             mass[col] += p[i, sid]
-        np.testing.assert_allclose(log_q[i].exp().detach().numpy(), mass / mass.sum(), rtol=1e-4, atol=1e-7)
-    log_q.sum().backward()
+        np.testing.assert_allclose(renorm[i].exp().detach().numpy(), mass / mass.sum(), rtol=1e-4, atol=1e-7)
+        # "other": no renormalisation; the last column holds the mass of every unmapped student id.
+        unmapped = np.setdiff1d(np.arange(len(cased)), vmap.student_ids)
+        np.testing.assert_allclose(other[i].exp().detach().numpy(), np.append(mass, p[i, unmapped].sum()),
+                                   rtol=1e-4, atol=1e-7)
+        assert other[i].exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    (renorm.sum() + other.sum()).backward()
     assert torch.isfinite(z.grad).all()
+
+
+def test_teacher_other_bucket_normalisation():
+    """The teacher's target: its intersection ids at T plus one column with everything else."""
+    cased, uncased = cased_tokenizer(), uncased_tokenizer()
+    vmap = build_vocab_map(cased, uncased, "u")
+    link = TeacherLink("u", lm=None, weight=1.0, view=1, vocab=vmap).to(torch.device("cpu"))
+    torch.manual_seed(1)
+    width = len(uncased) + 3  # a padded output layer: the extra rows count as "other"
+    logits = torch.randn(4, width) * 5
+    log_p = teacher_log_p(link, logits, LossConfig(temperature=2.0, unmapped_mass="other"))
+    p = (logits / 2.0).softmax(-1).numpy()
+    inside = p[:, vmap.teacher_ids]
+    outside = np.delete(p, vmap.teacher_ids, axis=1).sum(1)
+    np.testing.assert_allclose(log_p.exp().numpy(), np.concatenate([inside, outside[:, None]], 1), rtol=1e-5,
+                               atol=1e-8)
+    np.testing.assert_allclose(log_p.exp().sum(1).numpy(), 1.0, rtol=1e-6)
+    renorm = teacher_log_p(link, logits, LossConfig(temperature=2.0, unmapped_mass="renormalise"))
+    np.testing.assert_allclose(renorm.exp().numpy(), inside / inside.sum(1, keepdims=True), rtol=1e-5, atol=1e-8)
 
 
 def _fast_link(model, weight=1.0):
     return TeacherLink("t", lm=MaskedLM(model.eval()), weight=weight, view=0).to(torch.device("cpu"))
 
 
-def test_soft_target_and_mlm_losses_equal_full_logit_reference(tiny):
-    """Head-at-masked-positions gives exactly the reference losses computed on full logits."""
+@pytest.mark.parametrize("scope", ["all", "masked"])
+def test_soft_target_and_mlm_losses_equal_full_logit_reference(tiny, scope):
+    """Head at selected positions gives exactly the reference losses computed on full logits:
+    ce_scope all = KL over every non-pad position (DistilBERT's default), masked = masked only."""
     tok = AutoTokenizer.from_pretrained(tiny["cased"])
     teacher = AutoModelForMaskedLM.from_pretrained(tiny["cased"]).eval()
     torch.manual_seed(4)
@@ -330,14 +363,18 @@ def test_soft_target_and_mlm_losses_equal_full_logit_reference(tiny):
     rows = RowEncoder(views).encode(tiny["corpus"].read_text().splitlines()[:30])
     arrays = {k: v[:6] for k, v in rows.items() if isinstance(v, np.ndarray)}
     b = make_batch(arrays, views, MaskingConfig(), np.random.default_rng(0), need_words=False)
-    cfg = LossConfig(temperature=2.0, alpha_cos=1.0)
+    cfg = LossConfig(temperature=2.0, alpha_cos=1.0, ce_scope=scope)
     out = compute_losses(StudentModule(student, {}), [_fast_link(teacher)], b, cfg, nullcontext)
     with torch.no_grad():
         att = b.attention if b.attention is not None else torch.ones_like(b.ids)
         t_out = teacher(input_ids=b.ids, attention_mask=att, output_hidden_states=True)
         s_out = student(input_ids=b.ids, attention_mask=att, output_hidden_states=True)
-    mask = torch.zeros(b.ids.numel(), dtype=torch.bool)
-    mask[b.masked_pos] = True
+    if scope == "all":
+        assert b.attention is not None and not b.attention.all()  # padding present: it must be left out
+        mask = att.reshape(-1).bool()
+    else:
+        mask = torch.zeros(b.ids.numel(), dtype=torch.bool)
+        mask[b.masked_pos] = True
     s_logits = s_out.logits.reshape(-1, s_out.logits.shape[-1])[mask]
     t_logits = t_out.logits.reshape(-1, t_out.logits.shape[-1])[mask]
     kl = F.kl_div((s_logits / 2).log_softmax(-1), (t_logits / 2).softmax(-1), reduction="batchmean")

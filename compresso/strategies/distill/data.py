@@ -152,7 +152,7 @@ class RowEncoder:
         maskable = np.bincount(kwid[0][special0], minlength=kept_words) == 0
 
         # Student token -> token of view v covering the same characters of the same word.
-        matches = []
+        matches, unk_hits = [], []
         for v in range(1, len(views)):
             order = None if np.all(np.diff(keys[v]) > 0) else np.argsort(keys[v], kind="stable")
             sorted_keys = keys[v] if order is None else keys[v][order]
@@ -162,11 +162,15 @@ class RowEncoder:
                 np.zeros(len(keys[0]), dtype=bool)
             target = pos_c if order is None else order[pos_c] if len(sorted_keys) else pos_c
             m = np.where(hit, target, -1)
-            m[(m >= 0) & unk_tok[v][np.maximum(m, 0)]] = -1  # a teacher [UNK] supervises nothing
+            unk_hit = (m >= 0) & unk_tok[v][np.maximum(m, 0)]
+            m[unk_hit] = -1  # a teacher [UNK] supervises nothing
             matches.append(m)
+            unk_hits.append(int(unk_hit.sum()))
 
         rows = self._pack(doc_ptr, tok_cum)
-        return self._materialise(rows, kids, kwid, tok_cum, matches, maskable, first_doc, last_doc)
+        out = self._materialise(rows, kids, kwid, tok_cum, matches, maskable, first_doc, last_doc)
+        out["alignment_stats"] = alignment_stats(total_words, keep, maskable, kids, matches, unk_hits)
+        return out
 
     def _pack(self, doc_ptr: np.ndarray, tok_cum: list[np.ndarray]) -> list[list[tuple[int, int]]]:
         """Greedy packing of word ranges into rows that fit every view (CLS + pieces each + SEP)."""
@@ -239,6 +243,19 @@ class RowEncoder:
         return out
 
 
+def alignment_stats(total_words, keep, maskable, kids, matches, unk_hits) -> dict[str, int]:
+    """What the aligner drops from a chunk: words removed (some view gives them no piece or more
+    than a row holds), kept words never masked (the student reads them as [UNK] or another special
+    token), and per foreign view the student pieces left unsupervised because the teacher's piece
+    covering the same characters is its [UNK]."""
+    stats = {"words": int(total_words), "words_dropped": int(total_words - keep.sum()),
+             "words_never_masked": int((~maskable).sum()), "student_tokens": int(len(kids[0]))}
+    for v, m in enumerate(matches, start=1):
+        stats[f"view{v}_aligned_tokens"] = int((m >= 0).sum())
+        stats[f"view{v}_teacher_unk_tokens"] = unk_hits[v - 1]
+    return stats
+
+
 # --- worker processes ---------------------------------------------------------------------------
 
 _WORKER_ENCODER: RowEncoder | None = None
@@ -264,6 +281,9 @@ class MaskingConfig:
     replace: float = 0.8
     random: float = 0.1
     whole_word: bool = True
+    # Token-level masking only: per student id, its weight for being picked (DistilBERT's
+    # count ** -mlm_smoothing, 0 for special tokens); None picks every maskable token alike.
+    token_weights: np.ndarray | None = None
 
 
 @dataclass
@@ -278,6 +298,8 @@ class ViewBatch:
     sup_pos: torch.Tensor  # ... and flat position in this view
     word_pos: torch.Tensor  # flat positions of word tokens (no CLS/SEP/pad) ...
     word_index: torch.Tensor  # ... and their word (0..n_words-1, shared with the student's)
+    aligned_token: torch.Tensor  # every aligned pair (masked or not): index into Batch.token_pos ...
+    aligned_pos: torch.Tensor  # ... and flat position in this view (soft targets with ce_scope: all)
 
 
 @dataclass
@@ -307,6 +329,42 @@ class Batch:
         return Batch(mv(self.ids), mv(self.attention), mv(self.masked_pos), mv(self.labels), mv(self.token_pos),
                      mv(self.word_pos), mv(self.word_index), self.n_words, views, self.tokens, self.n_masked,
                      self.n_supervised_cross, self.any_cross_supervised, self.position)
+
+
+def smoothed_token_mask(ids: np.ndarray, maskable: np.ndarray, masking: MaskingConfig,
+                        rng: np.random.Generator) -> np.ndarray:
+    """DistilBERT's token-level masking: exactly ceil(prob * maskable tokens) positions, drawn
+    without replacement with probability proportional to ``token_weights[id]`` (count^-smoothing:
+    rare tokens are masked more often than their frequency alone would). Exponential keys /
+    weight, smallest first, is sampling without replacement in proportion to the weights
+    (Efraimidis & Spirakis), what ``torch.multinomial(..., replacement=False)`` does."""
+    weights = np.where(maskable, masking.token_weights[ids], 0.0)
+    candidates = np.flatnonzero(weights > 0)
+    n = min(int(np.ceil(masking.prob * int(maskable.sum()))), len(candidates))
+    masked = np.zeros(len(ids), dtype=bool)
+    if n:
+        keys = rng.exponential(size=len(candidates)) / weights[candidates]
+        masked[candidates[np.argpartition(keys, n - 1)[:n]]] = True
+    return masked
+
+
+def token_mask_weights(counts: np.ndarray, smoothing: float, special_ids) -> np.ndarray:
+    """DistilBERT's ``np.maximum(counts, 1) ** -mlm_smoothing``, special tokens never picked."""
+    weights = np.maximum(counts.astype(np.float64), 1.0) ** -smoothing
+    weights[np.asarray(list(special_ids), dtype=np.int64)] = 0.0
+    return weights
+
+
+def aligned_pairs(match: np.ndarray, len0: np.ndarray, Lv: int, Wv: int) -> dict[str, torch.Tensor]:
+    """Every student token with a counterpart in view v (masked or not), as an index into the
+    batch's ``token_pos`` (non-pad student tokens, row-major) and a flat position in the trimmed
+    view. ``match`` is (B, L0): per student position, the view-v position or -1."""
+    W0 = _trim(int(len0.max()))
+    valid0 = np.arange(W0)[None, :] < len0[:, None]
+    m = match[:, :W0][valid0].astype(np.int64)  # one entry per token_pos, in order
+    rows = np.broadcast_to(np.arange(len(len0))[:, None], valid0.shape)[valid0]
+    hit = np.flatnonzero(m >= 0)
+    return {"aligned_token": torch.from_numpy(hit), "aligned_pos": torch.from_numpy(rows[hit] * Wv + m[hit])}
 
 
 @lru_cache(maxsize=16)
@@ -356,7 +414,10 @@ def make_batch(rows: dict[str, np.ndarray], views: list[ViewSpec], masking: Mask
     else:
         maskable_tok = is_word0.reshape(-1).copy()
         maskable_tok[maskable_tok] = rows["maskable"].reshape(-1)[gword0[maskable_tok]]
-        tok_masked0 = (rng.random(B * L0) < masking.prob) & maskable_tok
+        if masking.token_weights is None:
+            tok_masked0 = (rng.random(B * L0) < masking.prob) & maskable_tok
+        else:
+            tok_masked0 = smoothed_token_mask(rows["ids0"].reshape(-1), maskable_tok, masking, rng)
         tok_action0 = rng.random(B * L0)[tok_masked0]
     ids0, masked0, labels0 = corrupt(0, views[0], tok_masked0, tok_action0)
     len0 = rows["len0"]
@@ -399,7 +460,8 @@ def make_batch(rows: dict[str, np.ndarray], views: list[ViewSpec], masking: Mask
             ids=torch.from_numpy(np.ascontiguousarray(idsv[:, :Wv])), attention=att,
             masked_pos=torch.from_numpy(flat_to(maskedv, Lv, Wv)), labels=torch.from_numpy(labelsv),
             sup_student=torch.from_numpy(sup), sup_pos=torch.from_numpy(flat_to(sup_pos, Lv, Wv)),
-            word_pos=torch.from_numpy(flat_to(wp, Lv, Wv)), word_index=torch.from_numpy(wi)))
+            word_pos=torch.from_numpy(flat_to(wp, Lv, Wv)), word_index=torch.from_numpy(wi),
+            **aligned_pairs(rows[f"match{v}"], rows["len0"], Lv, Wv)))
 
     valid0 = np.arange(W0)[None, :] < len0[:, None]
     token_pos = np.flatnonzero(valid0.reshape(-1))

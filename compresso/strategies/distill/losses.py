@@ -1,25 +1,35 @@
 """Distillation losses for one batch, any number of teachers, same or different tokenizers.
 
-    total = alpha_ce * T^2 * KL(teacher || student at T)     on masked positions a teacher supervises
+    total = alpha_ce * T^2 * KL(teacher || student at T)     soft targets (``ce_scope``, below)
           + alpha_mlm * CE(student, true token)              on every masked position
           + alpha_cos * (1 - cos(student, teacher))          last hidden states: per token (same
                                                              tokenizer) or mean-pooled per word
           + alpha_hidden_mse * MSE(student_i, teacher_m(i))  optional intermediate layers, same pooling
 
-Teachers with another tokenizer are compared on the vocabulary intersection (``vocab.py``):
-the student's probabilities are pushed forward onto the teacher ids they map to (many-to-one,
-summed in log space) and both distributions are renormalised over that intersection.
+``ce_scope``: ``all`` (DistilBERT's default) takes the KL at every non-pad student position -- for
+a teacher with another tokenizer at every student token aligned with one of its pieces; ``masked``
+(DistilBERT's ``restrict_ce_to_mask``) only at masked positions.
 
-Several teachers: at each masked position the teachers that supervise it share weight 1 in
-proportion to their recipe weights (``static``) or to weight * exp(-entropy / tau)
-(``entropy``: more confident teachers count more). Hidden-state losses use the recipe weights.
-Nothing here reads a value back to the host, so a step runs without synchronising.
+Teachers with another tokenizer are compared on the vocabulary intersection (``vocab.py``): the
+student's probabilities are pushed forward onto the teacher ids they map to (many-to-one, summed in
+log space). With ``unmapped_mass: other`` (default) each side's probability outside the
+intersection goes to one extra "other" column, so nothing is renormalised away and the student
+pays for mass on its unmapped pieces; ``renormalise`` restricts both sides to the intersection.
+
+Several teachers: at each position the teachers that supervise it share weight 1 in proportion
+to their recipe weights (``static``) or to weight * exp(-entropy / tau) (``entropy``), the entropy
+taken on the teacher's distribution in one space all teachers share (``TeacherLink.shared_column``;
+a cased teacher would otherwise look unsure for spreading mass over ``Casa``/``casa``).
+Hidden-state losses use the recipe weights. Nothing here reads a value back to the host, so a
+step runs without synchronising.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +47,8 @@ class LossConfig:
     alpha_mse: float = 0.0
     weighting: str = "static"
     entropy_temperature: float = 1.0
+    ce_scope: str = "all"  # "all" | "masked"
+    unmapped_mass: str = "other"  # "other" | "renormalise"
 
 
 @dataclass
@@ -52,6 +64,11 @@ class TeacherLink:
     cos_projection: str | None = None  # key into StudentModule.projections
     layer_map: dict[int, int] = field(default_factory=dict)  # student hidden index -> teacher hidden index
     mse_projections: dict[int, str] = field(default_factory=dict)
+    # Entropy weighting: this teacher's ids -> column of the space shared by all teachers (one
+    # foreign view's intersection; the last column, ``shared_size``, is "other"). None: all
+    # teachers share the student's vocabulary and entropies are compared on it directly.
+    shared_column: "np.ndarray | torch.Tensor | None" = None
+    shared_size: int = 0
     # Device copies of the vocabulary map, set by ``to(device)``.
     student_ids: torch.Tensor | None = None
     columns: torch.Tensor | None = None
@@ -66,7 +83,29 @@ class TeacherLink:
             self.columns = torch.as_tensor(self.vocab.columns, device=device)
             self.teacher_ids = torch.as_tensor(self.vocab.teacher_ids, device=device)
             self.student_to_teacher = torch.as_tensor(self.vocab.student_to_teacher, device=device)
+        if self.shared_column is not None:
+            self.shared_column = torch.as_tensor(self.shared_column, device=device)
+        self._unmapped: dict[tuple[str, int], torch.Tensor] = {}
         return self
+
+    def unmapped(self, side: str, width: int, device: torch.device) -> torch.Tensor:
+        """(width,) bool: ids of the student's (``side="student"``) or this teacher's logits
+        outside the vocabulary intersection (special tokens and padded output rows included)."""
+        cache = self.__dict__.setdefault("_unmapped", {})
+        key = (side, width)
+        if key not in cache:
+            mask = torch.ones(width, dtype=torch.bool, device=device)
+            mask[(self.student_ids if side == "student" else self.teacher_ids).to(device)] = False
+            cache[key] = mask
+        return cache[key]
+
+    def shared_columns(self, width: int) -> torch.Tensor:
+        """``shared_column`` padded to a logit width (extra output rows count as "other")."""
+        col = self.shared_column
+        if col.shape[0] < width:
+            col = torch.cat([col, torch.full((width - col.shape[0],), self.shared_size, dtype=col.dtype,
+                                             device=col.device)])
+        return col[:width]
 
     @property
     def cross(self) -> bool:
@@ -77,7 +116,7 @@ class TeacherLink:
 class TeacherTargets:
     log_p: torch.Tensor  # (k, C) teacher log-probs at temperature T (full vocab or intersection)
     sup_student: torch.Tensor  # (k,) index into the student's masked positions
-    entropy: torch.Tensor | None  # (k,) full-vocabulary entropy at T=1 (entropy weighting)
+    entropy: torch.Tensor | None  # (k,) entropy at T=1 in the shared space (entropy weighting)
     hidden: torch.Tensor | None  # (m, H_t) last hidden: per token (fast) or per word (cross)
     layers: dict[int, torch.Tensor]  # student hidden index -> teacher target (same layout as hidden)
     top1: torch.Tensor  # (k,) teacher's top-1 id (full vocabulary) at supervised positions
@@ -96,27 +135,51 @@ def _gather(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, pos).float()
 
 
-@torch.inference_mode()
-def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden: bool):
+def soft_target_pairs(link: TeacherLink, batch: Batch, scope: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions in the teacher's view, rows of the student's soft-target logits they supervise)."""
     if link.cross:
         vb = batch.views[link.view - 1]
-        ids, att, pos, sup_student = vb.ids, vb.attention, vb.sup_pos, vb.sup_student
+        return (vb.aligned_pos, vb.aligned_token) if scope == "all" else (vb.sup_pos, vb.sup_student)
+    pos = batch.token_pos if scope == "all" else batch.masked_pos
+    return pos, torch.arange(pos.shape[0], device=pos.device)
+
+
+def shared_entropy(link: TeacherLink, logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats, T = 1) of the teacher's distribution in the space all teachers share."""
+    p = logits.float().softmax(-1)
+    if link.shared_column is not None:
+        cols = link.shared_columns(p.shape[1]).unsqueeze(0).expand(p.shape[0], -1)
+        p = torch.zeros(p.shape[0], link.shared_size + 1, device=p.device, dtype=p.dtype).scatter_add_(1, cols, p)
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def teacher_log_p(link: TeacherLink, logits: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+    """Teacher log-probs at T in the target space (full vocab; or intersection [+ other])."""
+    if not link.cross:
+        if link.shared_vocab is not None:
+            logits = logits[:, : link.shared_vocab]
+        return (logits / cfg.temperature).log_softmax(-1)
+    if cfg.unmapped_mass == "renormalise":
+        return (logits.index_select(1, link.teacher_ids) / cfg.temperature).log_softmax(-1)
+    log_p = (logits / cfg.temperature).log_softmax(-1)
+    other = log_p.masked_fill(~link.unmapped("teacher", log_p.shape[1], log_p.device), float("-inf"))
+    return torch.cat([log_p.index_select(1, link.teacher_ids), other.logsumexp(-1, keepdim=True)], 1)
+
+
+@torch.inference_mode()
+def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden: bool):
+    pos, sup_student = soft_target_pairs(link, batch, cfg.ce_scope)
+    if link.cross:
+        vb = batch.views[link.view - 1]
+        ids, att = vb.ids, vb.attention
     else:
-        ids, att, pos = batch.ids, batch.attention, batch.masked_pos
-        sup_student = torch.arange(batch.n_masked, device=ids.device)
+        ids, att = batch.ids, batch.attention
     all_hidden = bool(link.layer_map)
     last, hidden_states, full = link.lm.encode(ids, att, all_hidden)
     logits = link.lm.logits_at(last, pos, full).float()
     top1 = logits.argmax(-1)
-    entropy = None
-    if cfg.weighting == "entropy":
-        logp1 = logits.log_softmax(-1)
-        entropy = -(logp1.exp() * logp1).sum(-1)
-    if link.cross:
-        logits = logits.index_select(1, link.teacher_ids)
-    elif link.shared_vocab is not None:
-        logits = logits[:, : link.shared_vocab]
-    log_p = (logits / cfg.temperature).log_softmax(-1)
+    entropy = shared_entropy(link, logits) if cfg.weighting == "entropy" else None
+    log_p = teacher_log_p(link, logits, cfg)
     hidden, layers = None, {}
     if need_hidden:
         if link.cross:
@@ -140,8 +203,10 @@ def teacher_targets(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidde
                           layers={k: v.clone() for k, v in layers.items()}, top1=top1.clone())
 
 
-def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -> torch.Tensor:
-    """Student log-probs at T in the teacher's target space (full vocab, or pushed onto the intersection)."""
+def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float,
+                  unmapped_mass: str = "other") -> torch.Tensor:
+    """Student log-probs at T in the teacher's target space (full vocab, or pushed onto the
+    intersection, plus the "other" column unless ``unmapped_mass`` is ``renormalise``)."""
     if not link.cross:
         if link.shared_vocab is not None:
             logits = logits[:, : link.shared_vocab]
@@ -157,7 +222,11 @@ def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -
     shifted = (mapped - col_max.gather(1, cols)).exp()
     mass = torch.zeros(k, n_cols, device=mapped.device, dtype=mapped.dtype).scatter_add(1, cols, shifted)
     log_mass = mass.log() + col_max
-    return log_mass - log_mass.logsumexp(-1, keepdim=True)
+    if unmapped_mass == "renormalise":
+        return log_mass - log_mass.logsumexp(-1, keepdim=True)
+    # Special tokens are never mapped, so "other" is never empty on either side.
+    other = log_q.masked_fill(~link.unmapped("student", log_q.shape[1], log_q.device), float("-inf"))
+    return torch.cat([log_mass, other.logsumexp(-1, keepdim=True)], 1)
 
 
 def kl_per_position(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -178,37 +247,48 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
     """All losses of one micro-batch. ``student`` is the (possibly DDP-wrapped) StudentModule."""
     need_hidden = cfg.alpha_cos > 0
     need_layers = cfg.alpha_mse > 0
+    all_scope = cfg.ce_scope == "all"
+    logit_pos = batch.token_pos if all_scope else batch.masked_pos
     with autocast():
         targets = [teacher_targets(link, batch, cfg, need_hidden or need_layers) for link in links]
-        last, hidden_states, logits = student(batch.ids, batch.attention, batch.masked_pos, need_layers)
+        last, hidden_states, logits = student(batch.ids, batch.attention, logit_pos, need_layers)
     module: StudentModule = getattr(student, "module", student)
     device = logits.device
-    logits = logits.float()
+    logits = logits.float()  # rows: logit_pos
+    n_rows = logit_pos.shape[0]
     n = batch.n_masked
     zero = torch.zeros((), device=device)
+    # Masked positions are non-pad tokens, so with ce_scope "all" they are rows of ``logits``
+    # (both position lists are sorted).
+    masked_logits = logits.index_select(0, torch.searchsorted(batch.token_pos, batch.masked_pos)) \
+        if all_scope else logits
+    mlm = F.cross_entropy(masked_logits, batch.labels) if n else zero
 
-    mlm = F.cross_entropy(logits, batch.labels) if n else zero
-    n_any = n if any(not link.cross for link in links) else \
-        (int(batch.any_cross_supervised.sum()) if batch.any_cross_supervised is not None else 0)
-
-    # Per-position teacher weights over the teachers supervising each masked position.
+    # Per-row teacher weights over the teachers supervising each soft-target row.
     raw = []
-    for link, tgt in zip(links, targets):
-        w = torch.full((tgt.sup_student.shape[0],), link.weight, device=device)
-        if cfg.weighting == "entropy":
-            w = w * torch.exp(-tgt.entropy / cfg.entropy_temperature)
-        raw.append(w)
-    denom = torch.zeros(max(n, 1), device=device)
+    if cfg.weighting == "entropy":
+        # weight * exp(-H / tau), computed as exp(log weight - H / tau - row max): a small tau must
+        # not underflow every teacher of a row to 0.
+        logits_w = [math.log(link.weight) - tgt.entropy / cfg.entropy_temperature for link, tgt in zip(links, targets)]
+        row_max = torch.full((max(n_rows, 1),), float("-inf"), device=device)
+        for a, tgt in zip(logits_w, targets):
+            row_max.scatter_reduce_(0, tgt.sup_student, a, "amax")
+        raw = [(a - row_max.index_select(0, tgt.sup_student)).exp() for a, tgt in zip(logits_w, targets)]
+    else:
+        raw = [torch.full((tgt.sup_student.shape[0],), link.weight, device=device) for link, tgt in zip(links, targets)]
+    denom = torch.zeros(max(n_rows, 1), device=device)
     for w, tgt in zip(raw, targets):
         denom.index_add_(0, tgt.sup_student, w)
+    # Rows supervised by at least one teacher (a device tensor: no host sync).
+    n_any = (denom > 0).sum().clamp_min(1).float()
 
     ce_parts, cos_parts, mse_parts = [], [], []
     for link, tgt, w in zip(links, targets, raw):
-        if tgt.sup_student.numel() and n:
+        if tgt.sup_student.numel() and n_rows:
             z = logits if not link.cross else logits.index_select(0, tgt.sup_student)
-            kl = kl_per_position(tgt.log_p, student_log_q(z, link, cfg.temperature))
+            kl = kl_per_position(tgt.log_p, student_log_q(z, link, cfg.temperature, cfg.unmapped_mass))
             weight = w / denom.index_select(0, tgt.sup_student)
-            ce_parts.append((weight * kl).sum() / max(n_any, 1))
+            ce_parts.append((weight * kl).sum() / n_any)
         else:
             ce_parts.append(zero)
         if need_hidden:
@@ -231,7 +311,7 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
                      + cfg.alpha_mse * weights * torch.stack(mse_parts)).detach()
     total = cfg.alpha_ce * t2 * ce + cfg.alpha_mlm * mlm + cfg.alpha_cos * cos + cfg.alpha_mse * mse
     parts = torch.stack([ce, mlm, cos, mse]).detach()
-    return StepLosses(total=total, parts=parts, contributions=contributions, student_logits=logits.detach(),
+    return StepLosses(total=total, parts=parts, contributions=contributions, student_logits=masked_logits.detach(),
                       targets=targets)
 
 
@@ -243,7 +323,7 @@ def _hidden_loss(module: StudentModule, link: TeacherLink, batch: Batch, student
         vb_student = _gather(student_hidden, batch.token_pos)
     if projection is not None:
         proj = module.projections[projection]
-        vb_student = F.linear(vb_student, proj.weight.float(), proj.bias.float())
+        vb_student = F.linear(vb_student, proj.weight.float(), None if proj.bias is None else proj.bias.float())
     if kind == "cos":
         return (1 - F.cosine_similarity(vb_student, target, dim=-1)).mean()
     return F.mse_loss(vb_student, target)

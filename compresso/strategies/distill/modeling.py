@@ -182,19 +182,34 @@ class StudentModule(nn.Module):
         self.projections = nn.ModuleDict(projections)
         self.lm = MaskedLM(model)
 
-    def forward(self, ids, attention, masked_pos, all_hidden: bool = False):
+    def forward(self, ids, attention, logit_pos, all_hidden: bool = False):
+        """Encoder once; vocabulary logits only at the flat positions ``logit_pos``."""
         last, hidden, full_logits = self.lm.encode(ids, attention, all_hidden)
-        logits = self.lm.logits_at(last, masked_pos, full_logits)
+        logits = self.lm.logits_at(last, logit_pos, full_logits)
         return last, hidden, logits
 
 
 def make_projection(student_width: int, teacher_width: int) -> nn.Linear:
-    """Student -> teacher width; identity when square, so training starts from the plain loss."""
-    proj = nn.Linear(student_width, teacher_width, bias=True)
+    """Student -> teacher width, linear without bias (a bias, under weight decay, could learn the
+    teacher's mean direction and absorb the cosine loss); identity when square, so training starts
+    from the plain loss."""
+    proj = nn.Linear(student_width, teacher_width, bias=False)
     with torch.no_grad():
-        proj.bias.zero_()
         if student_width == teacher_width:
             proj.weight.copy_(torch.eye(teacher_width))
         else:
             nn.init.normal_(proj.weight, std=student_width ** -0.5)
     return proj
+
+
+def default_layer_map(kept: list[int], input_layers: int, teacher_layers: int) -> dict[int, int]:
+    """Student hidden state i (output of student layer i, 1-based) -> teacher hidden state.
+
+    Student layer i is a copy of input layer ``kept[i-1]``; for a teacher as deep as the input,
+    its output is matched to the output of that same layer, teacher hidden state kept[i-1] + 1
+    ([0, 2, 4, 7, 9, 11] -> 1, 3, 5, 8, 10, 12). For a teacher of another depth, evenly spaced:
+    round(i * teacher_layers / student_layers)."""
+    n = len(kept)
+    if teacher_layers == input_layers:
+        return {i: kept[i - 1] + 1 for i in range(1, n + 1)}
+    return {i: round(i * teacher_layers / n) for i in range(1, n + 1)}

@@ -15,10 +15,14 @@ class DistillParams(StrategyParams):
         None, description="Teachers to distil from, by recipe name: a list (equal weights) or a mapping "
                           "name -> weight. Default: every teacher of the recipe, equal weights.")
     teacher_weighting: Literal["static", "entropy"] = Field(
-        "static", description="static: the weights above. entropy: at each masked position, the weights "
-                              "above times softmax(-entropy / entropy_temperature) over the teachers that "
-                              "supervise it, so confident teachers count more.")
-    entropy_temperature: float = Field(1.0, gt=0, description="Scale (nats) of the entropy weighting.")
+        "static", description="static: the weights above. entropy: at each position, the weights above times "
+                              "exp(-H / entropy_temperature) over the teachers that supervise it, H the "
+                              "teacher's entropy in the vocabulary space all teachers share, so confident "
+                              "teachers count more.")
+    entropy_temperature: float | Literal["auto"] = Field(
+        "auto", description="Scale tau (nats) of the entropy weighting. auto: calibrated before training on "
+                            "the held-out slice as the mean gap between the teachers' entropies at positions "
+                            "they both supervise (so a typical gap weighs e:1, not all-or-nothing).")
 
     # Student -------------------------------------------------------------------------------
     num_layers: int | None = Field(None, ge=1, description="Student depth; layers are taken evenly spaced "
@@ -63,14 +67,23 @@ class DistillParams(StrategyParams):
 
     # Loss ----------------------------------------------------------------------------------
     temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft-target loss.")
-    alpha_ce: float = Field(5.0, ge=0, description="Weight of T^2 * KL(teacher || student) on masked tokens.")
+    alpha_ce: float = Field(5.0, ge=0, description="Weight of T^2 * KL(teacher || student) (positions: ce_scope).")
+    ce_scope: Literal["all", "masked"] = Field(
+        "all", description="Where the soft-target KL is taken. all (DistilBERT's default): every non-pad "
+                           "position, for a teacher with another tokenizer every student token aligned with "
+                           "one of its pieces. masked (DistilBERT's restrict_ce_to_mask): masked positions only.")
+    unmapped_mass: Literal["other", "renormalise"] = Field(
+        "other", description="Teachers with another tokenizer: other = each side's probability outside the "
+                             "shared vocabulary goes to one extra 'other' entry of the KL; renormalise = both "
+                             "distributions are restricted to the shared vocabulary and renormalised.")
     alpha_mlm: float = Field(2.0, ge=0, description="Weight of the masked-LM cross-entropy on true tokens.")
     alpha_cos: float = Field(1.0, ge=0, description="Weight of the cosine loss on last hidden states.")
     alpha_hidden_mse: float = Field(0.0, ge=0, description="Weight of the intermediate hidden-state MSE.")
     hidden_layer_map: dict[int, int] | None = Field(
         None, description="For the hidden MSE: student hidden-state index -> teacher hidden-state index "
-                          "(0 = embeddings, i = output of layer i). Default: student i -> teacher "
-                          "round(i * teacher_layers / student_layers) for every student layer.")
+                          "(0 = embeddings, i = output of layer i). Default: student layer i, copied from "
+                          "input layer L[i], -> teacher hidden state L[i] + 1 (teachers as deep as the input); "
+                          "round(i * teacher_layers / student_layers) for teachers of another depth.")
     project_hidden: Literal["auto", "always", "never"] = Field(
         "auto", description="Learned linear projection from student to teacher hidden states: auto = for "
                             "every teacher the student was not initialised from, or whose width differs.")
@@ -81,7 +94,12 @@ class DistillParams(StrategyParams):
     mask_random_prob: float = Field(0.1, ge=0, le=1, description="Of the masked: share replaced by a random "
                                                                  "token (the rest stay unchanged).")
     whole_word_mask: bool = Field(True, description="Mask whole words (needed by teachers with another "
-                                                    "tokenizer); false masks sub-word tokens independently.")
+                                                    "tokenizer); false: DistilBERT's token-level masking.")
+    mlm_smoothing: float = Field(0.7, ge=0, description="Token-level masking only: a token is picked with "
+                                                        "probability proportional to count^-mlm_smoothing "
+                                                        "(DistilBERT's 0.7; 0 picks every token alike).")
+    smoothing_documents: int = Field(20000, ge=1, description="Training documents counted for the token "
+                                                              "frequencies of mlm_smoothing.")
 
     # Runtime -------------------------------------------------------------------------------
     checkpoint_every: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
@@ -115,6 +133,13 @@ class DistillParams(StrategyParams):
             raise ValueError(f"a teacher is named twice in {v}")
         return v
 
+    @field_validator("entropy_temperature")
+    @classmethod
+    def _tau(cls, v):
+        if v != "auto" and not v > 0:
+            raise ValueError(f"entropy_temperature must be a positive number of nats or 'auto', got {v}")
+        return v
+
     @field_validator("hidden_layer_map")
     @classmethod
     def _layer_map(cls, v):
@@ -135,6 +160,8 @@ class DistillParams(StrategyParams):
                              "nothing to train on")
         if self.mask_replace_prob + self.mask_random_prob > 1:
             raise ValueError("mask_replace_prob + mask_random_prob must not exceed 1")
+        if self.whole_word_mask and {"mlm_smoothing", "smoothing_documents"} & self.model_fields_set:
+            raise ValueError("mlm_smoothing applies to token-level masking; set whole_word_mask: false to use it")
         if self.teacher_seq_len is not None and self.teacher_seq_len < self.seq_len // 2:
             raise ValueError(f"teacher_seq_len {self.teacher_seq_len} is under half of seq_len "
                              f"{self.seq_len}: rows would be mostly empty")

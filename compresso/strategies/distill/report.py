@@ -10,7 +10,7 @@ def _round(x, n=5):
 
 
 def write_report(ctx: RunContext, params, *, layers, input_layers, student, teachers, result, views, heldout_docs,
-                 teachers_eval, before, after, links) -> dict:
+                 teachers_eval, before, after, links, calibration=None, alignment=None, cosine=None) -> dict:
     final = result.history[-1] if result.history else {}
     n_params = sum(p.numel() for p in student.parameters())
     teacher_section = {}
@@ -22,6 +22,10 @@ def write_report(ctx: RunContext, params, *, layers, input_layers, student, teac
             info["heldout"] = {**teachers_eval[link.name],
                                "student_agreement_before": (before or {}).get("agreement", {}).get(link.name),
                                "student_agreement": (after or {}).get("agreement", {}).get(link.name)}
+            if link.cross:
+                info["heldout"]["student_out_of_map_mass"] = (after or {}).get("out_of_map_mass", {}).get(link.name)
+        if cosine and link.name in cosine:
+            info.setdefault("heldout", {})["cosine"] = cosine[link.name]
         teacher_section[link.name] = info
     report = {
         "config": params.model_dump(mode="json"),
@@ -38,6 +42,10 @@ def write_report(ctx: RunContext, params, *, layers, input_layers, student, teac
                      "final_losses": {k: _round(final.get(k)) for k in ("loss", "ce", "mlm", "cos", "mse")}},
         "heldout": {"documents": heldout_docs, "student_before": before, "student_after": after,
                     "teachers": teachers_eval},
+        # Entropy weighting: the tau used and how it was calibrated (None: static or a given tau).
+        "entropy_calibration": calibration,
+        # What the word aligner dropped, counted on the held-out slice (None: one tokenizer only).
+        "alignment": alignment,
         "loss_curve": result.history,
     }
     write_json(ctx.stage_dir / "distill.json", report)
@@ -114,6 +122,25 @@ def markdown(report: dict) -> str:
         lines += ["", f"Student held-out MLM accuracy ({held['documents']} documents, whole-word masking): "
                       f"{_pct(held['student_before']['mlm_accuracy'])} before distillation → "
                       f"{_pct(held['student_after']['mlm_accuracy'])} after."]
+    for name, t in report["teachers"].items():
+        h = t.get("heldout", {})
+        extra = []
+        if h.get("cosine"):
+            extra.append(f"held-out cosine loss {h['cosine']['student_cos_loss']:.4f} against a constant-vector "
+                         f"baseline of {h['cosine']['constant_vector_baseline']:.4f}")
+        if h.get("out_of_map_mass") is not None:
+            extra.append(f"probability outside the shared vocabulary: teacher {_pct(h['out_of_map_mass'])}, "
+                         f"student {_pct(h.get('student_out_of_map_mass'))}")
+        if extra:
+            lines += ["", f"{name}: " + "; ".join(extra) + "."]
+    cal = report.get("entropy_calibration")
+    if cal:
+        lines += ["", f"Entropy weighting: tau = {cal['entropy_temperature']:.3f} nats, calibrated on "
+                      f"{cal['positions']:,} held-out positions."]
+    align = report.get("alignment")
+    if align:
+        lines += ["", f"Word alignment (held-out slice): {align['words']:,} words, {align['words_dropped']:,} dropped, "
+                      f"{align['words_never_masked']:,} never masked (student [UNK])."]
     final = {k: v for k, v in tr["final_losses"].items()
              if v is not None and not (k == "mse" and not report["config"]["alpha_hidden_mse"])}
     lines += ["", "Final losses (last logging window): " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()) + ".",

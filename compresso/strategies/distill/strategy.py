@@ -13,9 +13,19 @@ import os
 
 import torch
 
-from compresso.corpus import Corpus, CorpusError, check_corpus
+import numpy as np
+
+from compresso.corpus import Corpus, CorpusError, check_corpus, iter_indexed_documents
 from compresso.strategies.distill import evaluate as heldout
-from compresso.strategies.distill.data import BatchStream, MaskingConfig, StreamConfig, ViewSpec
+from compresso.strategies.distill.data import (
+    CHUNK_DOCUMENTS,
+    BatchStream,
+    MaskingConfig,
+    RowEncoder,
+    StreamConfig,
+    ViewSpec,
+    token_mask_weights,
+)
 from compresso.strategies.distill.losses import LossConfig, TeacherLink
 from compresso.strategies.distill.modeling import (
     MaskedLM,
@@ -24,6 +34,7 @@ from compresso.strategies.distill.modeling import (
     check_positions,
     check_teacher,
     choose_layers,
+    default_layer_map,
     is_masked_lm,
     make_projection,
     usable_positions,
@@ -174,11 +185,21 @@ class DistillStrategy(CompressionStrategy):
 
         student_model = build_student(bundle.model, layers)
         student_lm = MaskedLM(student_model)
-        projections = self._projections(links, teacher_info, student_lm)
+        projections = self._projections(links, teacher_info, student_lm, layers,
+                                        bundle.model.config.num_hidden_layers)
+        if p.teacher_weighting == "entropy":
+            self._shared_space(links)
+        if p.teacher_weighting == "entropy" and p.entropy_temperature == "auto" and p.heldout_documents == 0:
+            raise StrategyError("distill: entropy_temperature: auto is calibrated on the held-out slice; set "
+                                "heldout_documents > 0 or give entropy_temperature a number")
 
         loss_cfg = LossConfig(temperature=p.temperature, alpha_ce=p.alpha_ce, alpha_mlm=p.alpha_mlm,
                               alpha_cos=p.alpha_cos, alpha_mse=p.alpha_hidden_mse, weighting=p.teacher_weighting,
-                              entropy_temperature=p.entropy_temperature)
+                              entropy_temperature=1.0 if p.entropy_temperature == "auto" else p.entropy_temperature,
+                              ce_scope=p.ce_scope, unmapped_mass=p.unmapped_mass)
+        token_weights = None
+        if not p.whole_word_mask and p.mlm_smoothing > 0:
+            token_weights = self._token_weights(corpus, student_tok, p)
         need_words = any(lk.cross for lk in links) and (p.alpha_cos > 0 or p.alpha_hidden_mse > 0)
         workers = p.num_workers if p.num_workers is not None else (
             0 if device.type == "cpu" else max(0, min(12, (os.cpu_count() or 1) // max(ctx.world_size, 1) - 2)))
@@ -187,7 +208,7 @@ class DistillStrategy(CompressionStrategy):
             max_documents=p.max_documents, rank=ctx.rank, world_size=ctx.world_size, num_workers=workers,
             need_words=need_words, pin=device.type == "cuda",
             masking=MaskingConfig(prob=p.mask_prob, replace=p.mask_replace_prob, random=p.mask_random_prob,
-                                  whole_word=p.whole_word_mask))
+                                  whole_word=p.whole_word_mask, token_weights=token_weights))
 
         self._init_distributed(ctx)
         # Teachers: private copies on the device (the recipe's cached teacher stays untouched),
@@ -211,7 +232,17 @@ class DistillStrategy(CompressionStrategy):
         trainer = Trainer(student, links, loss_cfg, train_cfg, stream_cfg, ctx, run_id)
 
         # Held-out metrics before training (teachers and the undistilled student), kept across resumes.
-        heldout_batches = self._heldout_batches(stream_cfg) if ctx.is_main else []
+        calibrate = p.teacher_weighting == "entropy" and p.entropy_temperature == "auto"
+        heldout_batches = self._heldout_batches(stream_cfg) if (ctx.is_main or calibrate) else []
+        calibration = None
+        if calibrate:  # every rank computes the same tau from the same held-out batches
+            calibration = heldout.calibrate_entropy_temperature(links, heldout_batches, device)
+            loss_cfg.entropy_temperature = calibration["entropy_temperature"]
+            if not ctx.is_main:
+                heldout_batches = []
+            ctx.log(f"entropy weighting: tau = {loss_cfg.entropy_temperature:.3f} nats, calibrated on "
+                    f"{calibration['positions']} held-out positions")
+        alignment = self._alignment_stats(stream_cfg) if ctx.is_main and len(views) > 1 else None
         unk = {lk.name: (views[lk.view].unk_id) for lk in links}
         previous = trainer.peek_checkpoint() if ctx.is_main else None
         teacher_tops = None
@@ -234,9 +265,11 @@ class DistillStrategy(CompressionStrategy):
         except CorpusError as exc:
             raise StrategyError(f"distill: {exc}") from None
 
-        after = None
+        after = cosine = None
         if ctx.is_main and heldout_batches:
             after = heldout.student_metrics(student_lm, links, heldout_batches, device, teacher_tops)
+            if p.alpha_cos > 0:
+                cosine = heldout.cosine_check(student, links, heldout_batches, device)
         self._barrier(ctx)
 
         student_model.eval()
@@ -247,13 +280,15 @@ class DistillStrategy(CompressionStrategy):
             write_report(ctx, p, layers=layers, input_layers=bundle.model.config.num_hidden_layers,
                          student=student_model, teachers=teacher_info, result=result, views=views,
                          heldout_docs=p.heldout_documents if heldout_batches else 0,
-                         teachers_eval=teachers_eval, before=before, after=after, links=links)
+                         teachers_eval=teachers_eval, before=before, after=after, links=links,
+                         calibration=calibration, alignment=alignment, cosine=cosine)
         # A pruned student (format "prune") stays in the format that can describe its shapes.
         return ModelBundle(model=student_model, tokenizer=student_tok, lineage=list(bundle.lineage),
                            format=bundle.format)
 
     # --- helpers -----------------------------------------------------------------------------
-    def _projections(self, links: list[TeacherLink], info: dict, student_lm: MaskedLM) -> dict:
+    def _projections(self, links: list[TeacherLink], info: dict, student_lm: MaskedLM, kept: list[int],
+                     input_layers: int) -> dict:
         p = self.params
         out = {}
         s_width = student_lm.hidden_size
@@ -271,7 +306,7 @@ class DistillStrategy(CompressionStrategy):
                 out[f"t{i}_last"] = make_projection(s_width, t_width)
                 link.cos_projection = f"t{i}_last"
             if p.alpha_hidden_mse > 0:
-                layer_map = p.hidden_layer_map or {s: round(s * t_layers / s_layers) for s in range(1, s_layers + 1)}
+                layer_map = p.hidden_layer_map or default_layer_map(kept, input_layers, t_layers)
                 for s, t in layer_map.items():
                     if s > s_layers or t > t_layers:
                         raise StrategyError(f"distill: hidden_layer_map {s}: {t} is out of range (student hidden "
@@ -283,6 +318,70 @@ class DistillStrategy(CompressionStrategy):
                         link.mse_projections[s] = f"t{i}_h{s}"
                 info[link.name]["layer_map"] = {str(k): v for k, v in layer_map.items()}
         return out
+
+    @staticmethod
+    def _shared_space(links: list[TeacherLink]) -> None:
+        """The space the entropy weighting compares teachers in: the student's vocabulary when every
+        teacher shares it, else the one foreign tokenizer's vocabulary intersection (+ "other")."""
+        foreign = {lk.view: lk.vocab for lk in links if lk.cross}
+        if len(foreign) > 1:
+            raise StrategyError("distill: teacher_weighting: entropy compares the teachers' entropies in one "
+                                "shared vocabulary; with teachers on more than one foreign tokenizer there is "
+                                "none. Use teacher_weighting: static")
+        if not foreign:
+            return
+        vmap = next(iter(foreign.values()))
+        size = len(vmap.teacher_ids)
+        for link in links:
+            if link.cross:
+                column = np.full(int(vmap.teacher_ids.max()) + 1, size, dtype=np.int64)
+                column[vmap.teacher_ids] = np.arange(size)
+            else:  # the student's ids, pushed forward as the foreign teacher's soft targets are
+                column = np.full(len(vmap.student_to_teacher), size, dtype=np.int64)
+                column[vmap.student_ids] = vmap.columns
+            link.shared_column, link.shared_size = column, size
+
+    def _token_weights(self, corpus: Corpus, tokenizer, p: DistillParams) -> np.ndarray:
+        """DistilBERT's masking weights from token counts over the first training documents."""
+        backend = tokenizer.backend_tokenizer
+        counts = np.zeros(max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1), dtype=np.int64)
+        texts: list[str] = []
+
+        def flush():
+            nonlocal counts
+            for enc in backend.encode_batch(texts, add_special_tokens=False):
+                counts += np.bincount(np.asarray(enc.ids, dtype=np.int64), minlength=len(counts))[: len(counts)]
+            texts.clear()
+
+        docs = iter_indexed_documents(corpus, part="train", heldout=p.heldout_documents,
+                                      max_documents=p.max_documents, rank=0, world_size=1)
+        for n, (_, text) in enumerate(docs):
+            if n == p.smoothing_documents:
+                break
+            texts.append(text)
+            if len(texts) == CHUNK_DOCUMENTS:
+                flush()
+        flush()
+        return token_mask_weights(counts, p.mlm_smoothing, tokenizer.all_special_ids)
+
+    def _alignment_stats(self, cfg: StreamConfig) -> dict:
+        """What the aligner drops, counted on the held-out slice (the training text is alike)."""
+        encoder = RowEncoder(cfg.views, threads=False)
+        total: dict[str, int] = {}
+        texts = []
+
+        def add(chunk):
+            for k, v in encoder.encode(chunk)["alignment_stats"].items():
+                total[k] = total.get(k, 0) + v
+
+        for _, text in iter_indexed_documents(cfg.corpus, part="heldout", heldout=cfg.heldout):
+            texts.append(text)
+            if len(texts) == CHUNK_DOCUMENTS:
+                add(texts)
+                texts = []
+        if texts:
+            add(texts)
+        return total
 
     def _heldout_batches(self, cfg: StreamConfig) -> list:
         if cfg.heldout <= 0:

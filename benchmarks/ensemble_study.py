@@ -1,0 +1,464 @@
+"""Is the two-teacher ensemble a better teacher than either teacher, and does DistilMulti gain from it?
+
+Issue 13's study, on the fixture teachers (``--shared DIR`` holding ``teachers/`` and ``corpus/``):
+
+(a) **The ceiling.** On the held-out corpus slice (the first ``--heldout-docs`` documents, which no
+    student is distilled on; the teachers, though, were pretrained on the whole corpus), with the
+    whole-word masking the students are trained with, at every masked position *both* teachers
+    supervise (the uncased teacher has a piece with the same characters): MLM accuracy and NLL of
+    each teacher alone and of ensembles, all in the shared space -- the uncased teacher's ids that
+    the cased vocabulary maps onto, plus one "other" entry for everything else, exactly the space
+    the distillation loss uses. Ensembles: probabilities averaged (1:1, 2:1 and 1:2), the
+    normalised geometric mean, and the entropy-weighted mix with tau calibrated as the ``distill``
+    strategy does; "oracle" (either teacher right) is an upper bound no mix reaches. Differences to
+    the best single teacher come with 95 % intervals from a bootstrap over rows (paired).
+(b) **Students** (``--train-steps N``, 0 skips): short ``distill`` stages at one token budget
+    (N steps x batch x seq_len each) -- the single-teacher students and DistilMulti variants --
+    evaluated on the same held-out positions: MLM accuracy on their own tokenization, and in the
+    shared space accuracy, NLL and top-1 agreement with each teacher. ``--max-seconds`` bounds the
+    whole run: a variant that would not finish in time (judged by the previous one) is skipped
+    and recorded as such.
+
+Writes ``OUT/ensemble_study.json`` (with GPU name and clocks) and prints tables.
+
+    python benchmarks/ensemble_study.py --shared ../shared --out /tmp/ens --device cuda --train-steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import track
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from compresso.corpus import Corpus  # noqa: E402
+from compresso.models import load_bundle  # noqa: E402
+from compresso.strategies.distill.data import BatchStream, MaskingConfig, StreamConfig, ViewSpec  # noqa: E402
+from compresso.strategies.distill.modeling import MaskedLM, default_layers  # noqa: E402
+from compresso.strategies.distill.vocab import build_vocab_map  # noqa: E402
+
+CASED, UNCASED = "bert-cased", "robert-uncased"
+
+# name -> (input model, distill parameters beyond the common ones). Order = priority under the time budget.
+VARIANTS = {
+    "distil-bert": (CASED, {"teachers": [CASED]}),
+    "distilmulti": (CASED, {"teachers": [CASED, UNCASED]}),
+    "distil-robert": (UNCASED, {"teachers": [UNCASED]}),
+    "distilmulti-2to1": (CASED, {"teachers": {CASED: 2, UNCASED: 1}}),
+    "distilmulti-entropy": (CASED, {"teachers": [CASED, UNCASED], "teacher_weighting": "entropy"}),
+    "distilmulti-previous": (CASED, {"teachers": [CASED, UNCASED], "ce_scope": "masked",
+                                     "unmapped_mass": "renormalise"}),
+    "distilmulti-init-uncased": (UNCASED, {"teachers": [CASED, UNCASED]}),
+}
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shared", type=Path, required=True, help="folder with teachers/ and corpus/")
+    ap.add_argument("--out", type=Path, required=True, help="output folder (ensemble_study.json)")
+    ap.add_argument("--cased", default="ro-bert-small-cased", help="teachers/ folder of the cased teacher")
+    ap.add_argument("--uncased", default="ro-robert-small-uncased", help="teachers/ folder of the uncased teacher")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--heldout-docs", type=int, default=2000)
+    ap.add_argument("--mask-passes", type=int, default=4, help="maskings of the held-out slice (seeds)")
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--train-steps", type=int, default=0, help="steps per student (0: ceiling only)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--max-seconds", type=float, default=230.0, help="wall-time budget of the whole run")
+    ap.add_argument("--max-documents", type=int, default=None, help="cap the training documents (smoke runs)")
+    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=42)
+    args = ap.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+    return args
+
+
+def gpu_info(device: torch.device) -> dict:
+    info = {"device": str(device), "torch": torch.__version__, "host": platform.node(),
+            "cpu_count": os.cpu_count()}
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["clocks"] = nvidia_smi()
+    return info
+
+
+def nvidia_smi() -> dict | str:
+    fields = "name,clocks.sm,clocks.max.sm,clocks.mem,clocks.max.mem,power.draw,temperature.gpu"
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20, check=True).stdout.strip().splitlines()[0]
+        return dict(zip(fields.split(","), (v.strip() for v in out.split(","))))
+    except Exception as exc:  # record why, never fail the study for it
+        return f"nvidia-smi unavailable: {exc}"
+
+
+def corpus_files(shared: Path) -> list[Path]:
+    files = sorted(p.resolve() for p in (shared / "corpus").iterdir() if p.suffix in (".xz", ".gz", ".bz2", ".txt"))
+    if not files:
+        raise SystemExit(f"no corpus files (.txt, .txt.xz, ...) in {shared / 'corpus'}")
+    return files
+
+
+# --- the shared space ------------------------------------------------------------------------------
+
+class SharedSpace:
+    """Columns: the uncased teacher's ids that the cased vocabulary maps onto; column C = other."""
+
+    def __init__(self, cased_tok, uncased_tok, uncased_width: int):
+        self.vmap = build_vocab_map(cased_tok, uncased_tok, UNCASED)
+        self.C = len(self.vmap.teacher_ids)
+        self.uncased_tok = uncased_tok
+        col = np.full(max(uncased_width, int(self.vmap.teacher_ids.max()) + 1), self.C, dtype=np.int64)
+        col[self.vmap.teacher_ids] = np.arange(self.C)
+        self.uncased_column = col  # uncased id -> column
+
+    def columns_for(self, tokenizer, width: int) -> np.ndarray:
+        """A model's vocabulary id -> column (C: other), through its own map onto the uncased ids."""
+        to_uncased = build_vocab_map(tokenizer, self.uncased_tok, UNCASED).student_to_teacher
+        out = np.full(width, self.C, dtype=np.int64)
+        n = min(width, len(to_uncased))
+        hit = to_uncased[:n] >= 0
+        out[:n][hit] = self.uncased_column[to_uncased[:n][hit]]
+        return out
+
+
+def to_shared(logits: torch.Tensor, columns: torch.Tensor, size: int) -> torch.Tensor:
+    """(k, V) logits -> (k, size + 1) probabilities in the shared space (T = 1)."""
+    p = logits.float().softmax(-1)
+    cols = columns[: p.shape[1]].unsqueeze(0).expand(p.shape[0], -1)
+    return torch.zeros(p.shape[0], size + 1, device=p.device).scatter_add_(1, cols, p)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    return -torch.special.xlogy(p, p).sum(-1)
+
+
+def heldout_batches(files, views, args, passes: int) -> list:
+    out = []
+    for k in range(passes):
+        cfg = StreamConfig(corpus=Corpus(files=tuple(files)), views=views, masking=MaskingConfig(),
+                           batch_size=args.batch_size, seed=args.seed + k, heldout=args.heldout_docs)
+        with BatchStream(cfg, "heldout") as stream:
+            out += [(k, b) for b in stream]
+    return out
+
+
+def autocast(device):
+    from contextlib import nullcontext
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# --- (a) the ceiling -------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def teacher_shared(cased: MaskedLM, uncased: MaskedLM, batch, space_cols, C: int, device):
+    """Both teachers' shared-space distributions at the positions both supervise, and the labels."""
+    vb = batch.views[0]
+    rows = vb.sup_student
+    with autocast(device):
+        last_c, _, full_c = cased.encode(batch.ids, batch.attention)
+        logits_c = cased.logits_at(last_c, batch.masked_pos.index_select(0, rows), full_c)
+        last_u, _, full_u = uncased.encode(vb.ids, vb.attention)
+        logits_u = uncased.logits_at(last_u, vb.sup_pos, full_u)
+    p_c = to_shared(logits_c, space_cols["cased"], C)
+    p_u = to_shared(logits_u, space_cols["uncased"], C)
+    label = space_cols["cased"][batch.labels.index_select(0, rows)]
+    return p_c, p_u, label
+
+
+def mixtures(p_c, p_u, tau: float | None) -> dict[str, torch.Tensor]:
+    out = {CASED: p_c, UNCASED: p_u, "mean 1:1": (p_c + p_u) / 2, "mean 2:1 (cased)": (2 * p_c + p_u) / 3,
+           "mean 1:2 (uncased)": (p_c + 2 * p_u) / 3}
+    geo = (p_c.clamp_min(1e-12).log() + p_u.clamp_min(1e-12).log()) / 2
+    out["geometric mean"] = geo.softmax(-1)
+    if tau is not None:
+        w = torch.softmax(torch.stack([-entropy(p_c), -entropy(p_u)], 1) / tau, 1)
+        out[f"entropy-weighted (tau {tau:.2f})"] = w[:, :1] * p_c + w[:, 1:] * p_u
+    return out
+
+
+def ceiling(cased, uncased, batches, space_cols, C, device, n_boot: int, seed: int):
+    """The ceiling table, the teachers' shared-space top-1 per batch, and the bootstrap row of
+    every scored position (students are scored at the same positions, in the same order)."""
+    # Pass 1: calibrate tau as the distill strategy does (mean entropy gap, shared space).
+    gaps = []
+    for _, cpu_batch in track(batches, description="ceiling: calibrating tau", transient=True):
+        p_c, p_u, _ = teacher_shared(cased, uncased, cpu_batch.to(device), space_cols, C, device)
+        gaps.append((entropy(p_c) - entropy(p_u)).abs().cpu())
+    gap = torch.cat(gaps)
+    tau = float(gap.mean()) if len(gap) else 1.0
+    # Pass 2: every teacher and mix at the same positions.
+    correct: dict[str, list] = {}
+    nll: dict[str, list] = {}
+    rows_id, oracle, agree, out_of_map, tops = [], [], [], {CASED: [], UNCASED: []}, []
+    unmapped_label = total = 0
+    for b, (k, cpu_batch) in enumerate(track(batches, description="ceiling: teachers and mixes", transient=True)):
+        batch = cpu_batch.to(device)
+        p_c, p_u, label = teacher_shared(cased, uncased, batch, space_cols, C, device)
+        tops.append((p_c.argmax(-1).cpu(), p_u.argmax(-1).cpu()))
+        out_of_map[CASED].append(p_c[:, C].cpu())
+        out_of_map[UNCASED].append(p_u[:, C].cpu())
+        keep = label < C  # the true token has a column (else it is "other": no exact answer to score)
+        total += int(label.numel())
+        unmapped_label += int((~keep).sum())
+        lab = label[keep]
+        row = (batch.masked_pos.index_select(0, batch.views[0].sup_student) // batch.ids.shape[1])[keep]
+        rows_id.append((row + 10**6 * (k * 10**4 + b)).cpu())
+        for name, p in mixtures(p_c[keep], p_u[keep], tau).items():
+            correct.setdefault(name, []).append((p.argmax(-1) == lab).cpu())
+            nll.setdefault(name, []).append(-p.gather(1, lab[:, None]).squeeze(1).clamp_min(1e-12).log().cpu())
+        oracle.append(((p_c[keep].argmax(-1) == lab) | (p_u[keep].argmax(-1) == lab)).cpu())
+        agree.append((p_c.argmax(-1) == p_u.argmax(-1)).cpu())
+    rows_all = torch.cat(rows_id).numpy()
+    acc = {n: torch.cat(v).float().numpy() for n, v in correct.items()}
+    nlls = {n: torch.cat(v).double().numpy() for n, v in nll.items()}
+    best = max((CASED, UNCASED), key=lambda n: acc[n].mean())
+    table = {}
+    for name in acc:
+        entry = {"accuracy": float(acc[name].mean()), "nll": float(nlls[name].mean())}
+        if name != best:
+            entry["accuracy_minus_best_single"] = paired_interval(acc[name], acc[best], rows_all, n_boot, seed)
+            entry["nll_minus_best_single"] = paired_interval(nlls[name], nlls[best], rows_all, n_boot, seed)
+        table[name] = entry
+    result = {"positions": int(len(rows_all)), "positions_label_outside_shared_space": unmapped_label,
+              "positions_both_supervise": total, "best_single_teacher": best, "entropy_temperature": tau,
+              "oracle_accuracy": float(torch.cat(oracle).float().mean()),
+              "teacher_top1_agreement": float(torch.cat(agree).float().mean()),
+              "out_of_map_mass": {n: float(torch.cat(v).mean()) for n, v in out_of_map.items()},
+              "models": table}
+    result["ensemble_beats_best_single"] = {
+        n: {"accuracy": e["accuracy_minus_best_single"]["low"] > 0, "nll": e["nll_minus_best_single"]["high"] < 0}
+        for n, e in table.items() if n not in (CASED, UNCASED)}
+    return result, tops, rows_all
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, rows: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Mean of a - b with a 95 % percentile interval, resampling whole rows (positions in one row
+    share context, so they are not independent)."""
+    diff = a - b
+    uniq, inv = np.unique(rows, return_inverse=True)
+    sums = np.bincount(inv, weights=diff, minlength=len(uniq))
+    counts = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(uniq), size=(n_boot, len(uniq)))
+    boot = sums[draws].sum(1) / counts[draws].sum(1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high)}
+
+
+# --- (b) students ----------------------------------------------------------------------------------
+
+@torch.inference_mode()
+def evaluate_student(model, tokenizer, kind: str, batches, space: SharedSpace, space_cols, tops,
+                     device) -> tuple[dict, dict]:
+    """Own-tokenization MLM accuracy on every masked piece; shared-space accuracy, NLL and agreement
+    at the ceiling's positions (those whose true token has a column)."""
+    lm = MaskedLM(model.to(device).eval())
+    cols = torch.as_tensor(space.columns_for(tokenizer, model.get_output_embeddings().weight.shape[0]),
+                           device=device)
+    own_ok = own_n = 0
+    ok, nll, ag_c, ag_u = [], [], [], []
+    for b, (_, cpu_batch) in enumerate(track(batches, description="evaluating the student", transient=True)):
+        batch = cpu_batch.to(device)
+        vb = batch.views[0]
+        with autocast(device):
+            if kind == CASED:
+                last, _, full = lm.encode(batch.ids, batch.attention)
+                masked = lm.logits_at(last, batch.masked_pos, full).float()
+                labels = batch.labels
+                sup = masked.index_select(0, vb.sup_student)
+            else:
+                last, _, full = lm.encode(vb.ids, vb.attention)
+                masked = lm.logits_at(last, vb.masked_pos, full).float()
+                labels = vb.labels
+                sup = lm.logits_at(last, vb.sup_pos, full).float()
+        own_ok += int((masked.argmax(-1) == labels).sum())
+        own_n += int(labels.numel())
+        p = to_shared(sup, cols, space.C)
+        label = space_cols["cased"][batch.labels.index_select(0, vb.sup_student)]
+        keep = label < space.C
+        top = p.argmax(-1)
+        ag_c.append((top == tops[b][0].to(device)).cpu())
+        ag_u.append((top == tops[b][1].to(device)).cpu())
+        ok.append((top[keep] == label[keep]).cpu())
+        nll.append(-p[keep].gather(1, label[keep][:, None]).squeeze(1).clamp_min(1e-12).log().cpu())
+    model.to("cpu")
+    acc = torch.cat(ok).float().numpy()
+    nlls = torch.cat(nll).double().numpy()
+    return ({"own_mlm_accuracy": own_ok / max(own_n, 1), "shared_accuracy": float(acc.mean()),
+             "shared_nll": float(nlls.mean()), "agreement": {CASED: float(torch.cat(ag_c).float().mean()),
+                                                              UNCASED: float(torch.cat(ag_u).float().mean())}},
+            {"acc": acc, "nll": nlls})
+
+
+def run_variant(name: str, args, refs: dict, work: Path, device) -> tuple[object, dict]:
+    from rich.console import Console
+
+    from compresso.strategies.distill import DistillStrategy
+    from compresso.strategy import RunContext
+
+    input_name, extra = VARIANTS[name]
+    bundle = refs[input_name].load()
+    n_layers = bundle.model.config.num_hidden_layers
+    params = DistillStrategy.Params(
+        corpus=corpus_files(args.shared), heldout_documents=args.heldout_docs, seq_len=args.seq_len,
+        batch_size=args.batch_size, max_steps=args.train_steps, lr=5e-4, checkpoint_every=10**9,
+        log_every=max(1, args.train_steps // 10), layers=default_layers(n_layers, max(1, n_layers // 2)),
+        max_documents=args.max_documents, **extra)
+    stage = work / name / "stage"
+    stage.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(stage_dir=stage, work_dir=work / name / "work", device=device, seed=args.seed,
+                     teachers=refs, base_dir=work, console=Console(stderr=True))
+    start = time.perf_counter()
+    out = DistillStrategy(params).apply(bundle, ctx)
+    report = json.loads((stage / "distill.json").read_text())
+    info = {"input": input_name, "params": {k: v for k, v in extra.items()}, "seconds": time.perf_counter() - start,
+            "tokens": report["training"]["tokens"], "train_seconds": report["training"]["seconds"],
+            "tokens_per_second": report["training"]["tokens_per_second"],
+            "final_losses": report["training"]["final_losses"],
+            "entropy_calibration": report.get("entropy_calibration"), "alignment": report.get("alignment"),
+            "teachers": {n: {k: t.get(k) for k in ("weight", "loss_share", "supervised_fraction")}
+                         | {"heldout": t.get("heldout")} for n, t in report["teachers"].items()}}
+    return out, info
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    device = torch.device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    from rich.console import Console
+    from rich.table import Table
+
+    from compresso.strategy import TeacherRef
+
+    console = Console(stderr=True)
+    env = gpu_info(device)
+    paths = {CASED: args.shared / "teachers" / args.cased, UNCASED: args.shared / "teachers" / args.uncased}
+    for p in paths.values():
+        if not (p / "config.json").exists():
+            raise SystemExit(f"teacher folder {p} has no config.json")
+    refs = {n: TeacherRef(n, str(p), None, False) for n, p in paths.items()}
+    bundles = {n: r.load() for n, r in refs.items()}
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    lms = {n: MaskedLM(copy.deepcopy(b.model).to(device=device, dtype=dtype).eval())
+           for n, b in bundles.items()}
+    views = [ViewSpec.from_tokenizer(bundles[CASED].tokenizer, CASED, args.seq_len),
+             ViewSpec.from_tokenizer(bundles[UNCASED].tokenizer, UNCASED, args.seq_len)]
+    space = SharedSpace(bundles[CASED].tokenizer, bundles[UNCASED].tokenizer,
+                        bundles[UNCASED].model.get_output_embeddings().weight.shape[0])
+    space_cols = {
+        "cased": torch.as_tensor(space.columns_for(bundles[CASED].tokenizer,
+                                                   bundles[CASED].model.get_output_embeddings().weight.shape[0]),
+                                 device=device),
+        "uncased": torch.as_tensor(space.uncased_column, device=device)}
+    files = corpus_files(args.shared)
+    console.print(f"held-out batches: {args.heldout_docs} documents x {args.mask_passes} maskings")
+    batches = heldout_batches(files, views, args, args.mask_passes)
+    t_ceiling = time.perf_counter()
+    ceil, tops, rows_all = ceiling(lms[CASED], lms[UNCASED], batches, space_cols, space.C, device,
+                                   args.bootstrap, args.seed)
+    ceil["seconds"] = time.perf_counter() - t_ceiling
+    ceil["shared_space"] = {"columns": space.C, **space.vmap.report()}
+    del lms
+    result = {"env": env, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "heldout_note": "the held-out documents were never distilled on; the fixture teachers were pretrained "
+                              "on the whole corpus, these documents included",
+              "ceiling": ceil, "students": {}, "skipped": {}}
+
+    if args.train_steps > 0:
+        work = args.out / "work"
+        last_seconds = 0.0
+        evals = {}
+        for name in [v for v in args.variants.split(",") if v]:
+            elapsed = time.perf_counter() - t0
+            # Two-teacher stages run ~1.5x as long as one-teacher ones: judge by the slowest so far.
+            if elapsed + 1.5 * last_seconds > args.max_seconds:
+                result["skipped"][name] = f"time budget: {elapsed:.0f} s used of {args.max_seconds:.0f} s"
+                continue
+            console.print(f"[bold]student {name}[/bold]")
+            start = time.perf_counter()
+            out_bundle, info = run_variant(name, args, refs, work, device)
+            kind = VARIANTS[name][0]
+            metrics, per_pos = evaluate_student(out_bundle.model, out_bundle.tokenizer, kind, batches, space,
+                                                space_cols, tops, device)
+            evals[name] = per_pos
+            last_seconds = max(last_seconds, time.perf_counter() - start)
+            result["students"][name] = {**info, **metrics, "wall_seconds": time.perf_counter() - start}
+            del out_bundle
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        # Paired intervals against the best single-teacher student.
+        singles = [n for n in ("distil-bert", "distil-robert") if n in evals]
+        if singles:
+            best = max(singles, key=lambda n: result["students"][n]["shared_accuracy"])
+            result["best_single_student"] = best
+            for name, per_pos in evals.items():
+                if name != best:
+                    result["students"][name]["shared_accuracy_minus_best_single"] = paired_interval(
+                        per_pos["acc"], evals[best]["acc"], rows_all, args.bootstrap, args.seed)
+                    result["students"][name]["shared_nll_minus_best_single"] = paired_interval(
+                        per_pos["nll"], evals[best]["nll"], rows_all, args.bootstrap, args.seed)
+    if device.type == "cuda":
+        env["clocks_end"] = nvidia_smi()
+    result["wall_seconds"] = time.perf_counter() - t0
+    (args.out / "ensemble_study.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    out = Console(width=170)
+    t = Table(title=f"Ceiling: {ceil['positions']:,} held-out masked positions both teachers supervise "
+                    f"(shared space, {space.C:,} columns + other)")
+    for col in ("model", "accuracy", "Δ acc vs best [95% CI]", "NLL", "Δ NLL vs best [95% CI]"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for name, e in ceil["models"].items():
+        da, dn = e.get("accuracy_minus_best_single"), e.get("nll_minus_best_single")
+        t.add_row(name, f"{100 * e['accuracy']:.2f}%",
+                  "–" if da is None else f"{100 * da['mean']:+.2f} [{100 * da['low']:+.2f}, {100 * da['high']:+.2f}]",
+                  f"{e['nll']:.4f}",
+                  "–" if dn is None else f"{dn['mean']:+.4f} [{dn['low']:+.4f}, {dn['high']:+.4f}]")
+    t.add_row("oracle (either right)", f"{100 * ceil['oracle_accuracy']:.2f}%", "", "", "")
+    out.print(t)
+    if result["students"]:
+        s = Table(title=f"Students: {args.train_steps} steps x {args.batch_size} x {args.seq_len} tokens each")
+        for col in ("student", "own MLM acc", "shared acc", "Δ vs best single [95% CI]", "shared NLL",
+                    f"agree {CASED}", f"agree {UNCASED}", "s"):
+            s.add_column(col, justify="left" if col == "student" else "right")
+        for name, e in result["students"].items():
+            d = e.get("shared_accuracy_minus_best_single")
+            s.add_row(name, f"{100 * e['own_mlm_accuracy']:.2f}%", f"{100 * e['shared_accuracy']:.2f}%",
+                      "–" if d is None else f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]",
+                      f"{e['shared_nll']:.4f}", f"{100 * e['agreement'][CASED]:.1f}%",
+                      f"{100 * e['agreement'][UNCASED]:.1f}%", f"{e['wall_seconds']:.0f}")
+        out.print(s)
+    for name, why in result["skipped"].items():
+        out.print(f"skipped {name}: {why}")
+    out.print(f"wall time {result['wall_seconds']:.0f} s; JSON: {args.out / 'ensemble_study.json'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
