@@ -253,6 +253,7 @@ class Runner:
         self.record_losses = False
         self.census: SyncCensus | None = None
         self.result: dict = {}
+        self.stream_cfg = None  # compresso: the strategy's input pipeline settings, from its trainer
 
     def _main(self) -> None:
         try:
@@ -353,6 +354,8 @@ def _trainer_hook(trainer, step: int) -> None:
     runner = _RUNNER_OF_THREAD.get(threading.get_ident())
     if runner is None:
         return
+    if runner.stream_cfg is None:
+        runner.stream_cfg = trainer.stream_cfg
     losses = trainer.last_losses
     parts = None
     if losses is not None:
@@ -633,27 +636,72 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             "turn_steps": st["turn_steps"], "turns_measured": len(samples), **r.result})
         if getattr(r, "amp", None) is not None:
             results[-1]["loss_scale"] = r.amp.scaler.get_scale()
-    by = {r["config"]: r for r in results}
-    ratios = {}
-    one = by.get("c1")
-    if one:
-        for name in ("c2", "cx"):
-            if name in by:
-                ratios[f"{name} / c1 step time"] = round(by[name]["step_ms"]["median"] / one["step_ms"]["median"], 3)
-        refs = [r for r in results if r["system"] == "reference"]
-        if refs:
-            best = max(refs, key=lambda r: r["tokens_per_s"])
-            ratios[f"c1 / {best['config']} tokens/s"] = round(one["tokens_per_s"] / best["tokens_per_s"], 3)
-            if one["peak_gpu_mib"] and best["peak_gpu_mib"]:
-                ratios[f"c1 / {best['config']} peak memory"] = round(one["peak_gpu_mib"] / best["peak_gpu_mib"], 3)
-    for text, synth in (("c1-text", "c1"), ("cx-text", "cx")):
-        if text in by and synth in by:
-            ratios[f"{text} / {synth} tokens/s"] = round(by[text]["tokens_per_s"] / by[synth]["tokens_per_s"], 3)
-    if "cx-text" in by and "c1-text" in by:
-        ratios["cx-text / c1-text step time"] = round(by["cx-text"]["step_ms"]["median"]
-                                                      / by["c1-text"]["step_ms"]["median"], 3)
+    if batch_size == args.pipeline_batch:
+        for r in runners:
+            if r.spec["data"] == "text" and r.stream_cfg is not None:
+                log(f"  batch {batch_size} · {r.name}: input pipeline alone for {args.pipeline_s:.0f} s")
+                next(x for x in results if x["config"] == r.name)["pipeline"] = \
+                    pipeline_throughput(r.stream_cfg, args.pipeline_s)
     return {"batch_size": batch_size, "wall_s": round(time.perf_counter() - phase_start, 1),
-            "budget_s": round(budget_s, 1), "gpu_after_warmup": gpu_mid, "runs": results, "ratios": ratios}
+            "budget_s": round(budget_s, 1), "gpu_after_warmup": gpu_mid, "runs": results}
+
+
+def pipeline_throughput(cfg, seconds: float) -> dict:
+    """Tokens/s of the strategy's input pipeline alone (``BatchStream`` with the settings the
+    strategy chose), drained as fast as it delivers; the rate over the second half of the window,
+    when the batches buffered at start-up are used up."""
+    from compresso.strategies.distill.data import BatchStream
+
+    t0 = time.perf_counter()
+    marks = []
+    with BatchStream(cfg) as stream:
+        batches = iter(stream)
+        next(batches)
+        t1 = time.perf_counter()
+        tokens = 0
+        while time.perf_counter() - t1 < seconds:
+            tokens += next(batches).tokens
+            marks.append((time.perf_counter(), tokens))
+    half = next(i for i, (t, _) in enumerate(marks) if t - t1 >= seconds / 2) if marks else 0
+    if len(marks) - half < 2:
+        rate = tokens / max(marks[-1][0] - t1, 1e-9) if marks else 0.0
+    else:
+        rate = (marks[-1][1] - marks[half][1]) / (marks[-1][0] - marks[half][0])
+    return {"workers": cfg.num_workers, "batch_size": cfg.batch_size, "views": len(cfg.views),
+            "tokens_per_s": round(rate, 1), "batches": len(marks), "first_batch_s": round(t1 - t0, 3),
+            "window_s": seconds}
+
+
+def finish_phases(phases: list[dict]) -> None:
+    """Sustained real-text tokens/s (the GPU's rate, unless the input pipeline alone is slower) and
+    the ratios of every phase."""
+    pipeline = {r["config"]: r["pipeline"] for p in phases for r in p["runs"] if r.get("pipeline")}
+    for phase in phases:
+        for r in phase["runs"]:
+            if r["config"] in pipeline:
+                r["sustained_tokens_per_s"] = round(min(r["tokens_per_s"], pipeline[r["config"]]["tokens_per_s"]), 1)
+        by = {r["config"]: r for r in phase["runs"]}
+        ratios, best_reference = {}, None
+        one = by.get("c1")
+        if one:
+            for name in ("c2", "cx"):
+                if name in by:
+                    ratios[f"{name} / c1 step time"] = round(by[name]["step_ms"]["median"] / one["step_ms"]["median"], 3)
+            refs = [r for r in phase["runs"] if r["system"] == "reference"]
+            if refs:  # against the reference's faster mode
+                best = max(refs, key=lambda r: r["tokens_per_s"])
+                best_reference = best["config"]
+                ratios["c1 / reference tokens/s"] = round(one["tokens_per_s"] / best["tokens_per_s"], 3)
+                if one["peak_gpu_mib"] and best["peak_gpu_mib"]:
+                    ratios["c1 / reference peak memory"] = round(one["peak_gpu_mib"] / best["peak_gpu_mib"], 3)
+        for text, synth in (("c1-text", "c1"), ("cx-text", "cx")):
+            if text in by and synth in by:
+                t = by[text].get("sustained_tokens_per_s", by[text]["tokens_per_s"])
+                ratios[f"{text} / {synth} tokens/s"] = round(t / by[synth]["tokens_per_s"], 3)
+        if "cx-text" in by and "c1-text" in by:
+            ratios["cx-text / c1-text step time"] = round(by["cx-text"]["step_ms"]["median"]
+                                                          / by["c1-text"]["step_ms"]["median"], 3)
+        phase["ratios"], phase["best_reference"] = ratios, best_reference
 
 
 def build_inputs(names: list[str], args, work: Path, max_batch: int) -> dict:
@@ -740,6 +788,12 @@ def print_tables(out: dict) -> None:
         for k, v in phase["ratios"].items():
             console.print(f"  {k}: [bold]{v:.3f}[/bold]")
         for r in phase["runs"]:
+            if r.get("pipeline"):
+                pl = r["pipeline"]
+                console.print(f"  {r['config']}: input pipeline alone {pl['tokens_per_s']:,.0f} tokens/s with "
+                              f"{pl['workers']} workers (first batch after {pl['first_batch_s']:.1f} s)")
+            if "sustained_tokens_per_s" in r and r["sustained_tokens_per_s"] < r["tokens_per_s"]:
+                console.print(f"  {r['config']}: sustained {r['sustained_tokens_per_s']:,.0f} tokens/s (pipeline-bound)")
             if r["host_syncs_one_step"] and r["host_syncs_one_step"]["sites"]:
                 console.print(f"  {r['config']}: host syncs at {r['host_syncs_one_step']['sites']}")
 
@@ -775,6 +829,10 @@ def parse_args(argv):
                     help="fixtures folder with teachers/ and corpus/ (real-text configurations; default: %(default)s)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="dense bf16 peak for MFU (default: 790 on an H200, else no MFU)")
+    ap.add_argument("--pipeline-s", type=float, default=4.0,
+                    help="seconds the input pipeline of each real-text configuration runs alone (default: %(default)s)")
+    ap.add_argument("--pipeline-batch", type=int, default=None,
+                    help="the batch size at which to measure it (default: the largest)")
     ap.add_argument("--synthetic-rows", type=int, default=None, help="synthetic corpus rows (default: enough)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
     ap.add_argument("--out", type=Path, help="folder for distill_speed.json")
@@ -796,6 +854,8 @@ def parse_args(argv):
                  "huggingface/transformers-research-projects)")
     if any(CONFIGS[n]["data"] == "text" for n in names) and not (args.shared / "corpus").is_dir():
         ap.error(f"the -text configurations need --shared with corpus/ and teachers/ ({args.shared} has no corpus/)")
+    if args.pipeline_batch is None:
+        args.pipeline_batch = max(args.batches)
     args.sizes = TINY if args.tiny else BASE
     if args.seq_len:
         args.sizes = replace(args.sizes, seq_len=args.seq_len)
@@ -849,6 +909,7 @@ def main(argv: list[str] | None = None) -> dict:
                 Trainer.on_step_end = original_hook
     finally:
         torch.set_num_threads(threads_before)
+    finish_phases(phases)
     vocab = next(iter(inputs.values()))["vocab"]
     out = {"benchmark": "distill_speed", "sizes": asdict(args.sizes), "vocab": {"A": vocab["A"], "B": vocab["B"]},
            "loss": LOSS, "optimiser": OPTIM, "tiny": args.tiny, "configs": {n: CONFIGS[n] for n in args.names},
