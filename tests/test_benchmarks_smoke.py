@@ -1,7 +1,8 @@
 """Smoke runs of the distillation performance benchmarks at tiny sizes, on CPU.
 
-The distillation benchmark runs compresso's side always; the HuggingFace reference side only when
-``COMPRESSO_REFERENCE_DIR`` names its ``distillation`` folder (it is never part of the repository).
+The distillation speed benchmark runs compresso's side always; the HuggingFace reference side only
+when ``COMPRESSO_REFERENCE_DIR`` names its ``distillation`` folder (it is never part of the
+repository).
 """
 
 import importlib.util
@@ -24,42 +25,87 @@ def load(name: str):
     return module
 
 
-def test_distill_benchmark_tiny(tmp_path):
-    bench = load("distill_vs_reference")
-    reference = os.environ.get("COMPRESSO_REFERENCE_DIR")
-    out_file = tmp_path / "distill.json"
-    argv = ["--tiny", "--device", "cpu", "--threads", "1", "--teachers", "1", "--steps", "2", "--warmup", "1",
-            "--out", str(out_file)]
-    argv += ["--reference-dir", reference] if reference else ["--skip-reference"]
-    out = bench.main(argv)
+def _speed_argv(tmp_path, configs: str, *extra: str) -> list[str]:
+    return ["--tiny", "--device", "cpu", "--threads", "1", "--workers", "0", "--configs", configs,
+            "--batch-sizes", "4", "--budget-s", "6", "--turn-s", "0.05", "--min-rounds", "2", "--max-rounds", "2",
+            "--warmup-max-steps", "4", "--out", str(tmp_path), *extra]
 
-    assert json.loads(out_file.read_text()) == json.loads(json.dumps(out))
-    runs = {r["name"]: r for r in out["runs"]}
-    mine = runs["compresso-1-teacher"]
+
+def test_distill_speed_tiny(tmp_path):
+    """Interleaved 1-teacher / 2-teacher / cross-tokenizer runs of the real strategy (and the
+    reference when COMPRESSO_REFERENCE_DIR names it), tiny models, CPU."""
+    bench = load("distill_speed")
+    reference = os.environ.get("COMPRESSO_REFERENCE_DIR")
+    configs = "c1,c2,cx" + (",ref-fp32" if reference else "")
+    out = bench.main(_speed_argv(tmp_path, configs, *(["--reference-dir", reference] if reference else [])))
+
+    assert json.loads((tmp_path / "distill_speed.json").read_text()) == json.loads(json.dumps(out))
+    (phase,) = out["phases"]
+    runs = {r["config"]: r for r in phase["runs"]}
+    assert set(runs) == set(configs.split(","))
     sizes = bench.TINY
-    assert mine["tokens_per_step"] == sizes.batch_size * sizes.seq_len
-    assert mine["step_ms"] > 0 and mine["tokens_per_s"] > 0
-    assert mine["student_layers"] == [0, 3]
-    losses = mine["mean_losses"]
+    for r in runs.values():
+        s = r["step_ms"]
+        assert len(s["samples"]) == r["turns_measured"] == 2
+        assert 0 < s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"]
+        assert r["warmup"]["steps"] >= 2 and r["first_step_s"] > 0
+        # synthetic rows are exactly seq_len tokens, so tokens/step is known
+        assert r["tokens_per_step"] == 4 * sizes.seq_len
+        assert abs(r["tokens_per_s"] - r["tokens_per_step"] / (s["median"] / 1000)) < 1
+        assert r["flop_per_token"] > 0 and r["mfu"] is None  # no peak on CPU
+    # A second teacher adds its forward pass to the FLOPs; the reference runs its head everywhere.
+    assert runs["c2"]["flop_per_token"] > runs["c1"]["flop_per_token"]
+    losses = runs["c1"]["mean_losses"]
     # Random initialisation: near-uniform predictions, so the masked-LM cross-entropy is about
     # ln(vocabulary); the student is cut from its teacher, so hidden states still point alike.
-    assert abs(losses["mlm"] - math.log(sizes.vocab)) < 0.5
-    assert 0 <= losses["cos"] < 0.3
-    assert 0 <= losses["kl"] < 0.1
+    assert abs(losses["mlm"] - math.log(out["vocab"]["A"])) < 0.5
+    assert 0 <= losses["cos"] < 0.3 and 0 <= losses["kl_t2"] < 0.1
+    assert "cx / c1 step time" in phase["ratios"] and "c2 / c1 step time" in phase["ratios"]
     if reference:
-        ref = runs["reference-fp32"]
-        assert ref["tokens_per_step"] == mine["tokens_per_step"]
+        ref = runs["ref-fp32"]
+        assert ref["flop_per_token"] > runs["c1"]["flop_per_token"]
         # Same loss definition: the same components land on the same values.
         assert abs(ref["mean_losses"]["mlm"] - losses["mlm"]) < 0.3
         assert abs(ref["mean_losses"]["cos"] - losses["cos"]) < 0.05
         assert abs(ref["mean_losses"]["kl_t2"] - losses["kl_t2"]) < 0.05
+        assert "c1 / reference tokens/s" in phase["ratios"]
+
+    tables = load("distill_speed_tables")
+    page = tmp_path / "page.md"
+    page.write_text(f"intro\n{tables.BEGIN}\nold\n{tables.END}\noutro\n")
+    tables.main([str(tmp_path / "distill_speed.json"), "--write", str(page)])
+    text = page.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
+    assert f"| compresso, 1 teacher | {runs['c1']['step_ms']['median']:.1f} |" in text
 
 
-def test_distill_benchmark_rejects_fp16_reference_on_cpu():
-    bench = load("distill_vs_reference")
+@pytest.mark.shared
+def test_distill_speed_real_text_tiny(tmp_path, shared_dir):
+    """The real-text configurations: the fixture tokenizers on the fixture corpus, the strategy's
+    input pipeline measured alone too."""
+    bench = load("distill_speed")
+    out = bench.main(_speed_argv(tmp_path, "c1,c1-text,cx-text", "--shared", str(shared_dir), "--pipeline-s", "1"))
+    (phase,) = out["phases"]
+    runs = {r["config"]: r for r in phase["runs"]}
+    assert out["vocab"] == {"A": 16000, "B": 14000}  # the models fit the fixture tokenizers
+    for name in ("c1-text", "cx-text"):
+        r = runs[name]
+        assert 0 < r["tokens_per_step"] <= 4 * bench.TINY.seq_len  # packed real text: rows nearly full
+        assert r["pipeline"]["tokens_per_s"] > 0 and r["pipeline"]["views"] == (1 if name == "c1-text" else 2)
+        assert r["sustained_tokens_per_s"] <= r["tokens_per_s"]
+    assert "c1-text / c1 tokens/s" in phase["ratios"]
+
+
+def test_distill_speed_rejects_bad_arguments(tmp_path):
+    bench = load("distill_speed")
     with pytest.raises(SystemExit):
-        bench.main(["--tiny", "--device", "cpu", "--reference-dir", str(BENCHMARKS),
-                    "--reference-precision", "fp16-amp"])
+        bench.main(["--tiny", "--device", "cpu", "--configs", "c1,nope"])
+    with pytest.raises(SystemExit):  # the reference needs its folder
+        bench.main(["--tiny", "--device", "cpu", "--configs", "ref-fp32"])
+    with pytest.raises(SystemExit):  # fp16 (apex O1) is GPU-only
+        bench.main(["--tiny", "--device", "cpu", "--configs", "ref", "--reference-dir", str(BENCHMARKS)])
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--device", "cpu", "--configs", "c1", "--batch-sizes", "0"])
 
 
 @pytest.mark.shared

@@ -280,12 +280,31 @@ def test_stream_resumes_exactly_and_does_not_depend_on_workers(tiny):
     for a, b in zip(full[17:], resumed):
         assert torch.equal(a.ids, b.ids) and torch.equal(a.masked_pos, b.masked_pos)
         assert torch.equal(a.views[0].ids, b.views[0].ids)
-    cfg_w = StreamConfig(**{**cfg.__dict__, "num_workers": 2})
-    with BatchStream(cfg_w) as stream:
-        it = iter(stream)
-        with_workers = [next(it) for _ in range(5)]
-    for a, b in zip(full, with_workers):
-        assert torch.equal(a.ids, b.ids) and a.position == b.position
+    # Worker processes encode chunks and mask batches: the very same batches, field by field.
+    cfg_w = StreamConfig(**{**cfg.__dict__, "num_workers": 2, "need_words": True})
+    cfg_0 = StreamConfig(**{**cfg.__dict__, "need_words": True})
+    streams = []
+    for c in (cfg_0, cfg_w):
+        with BatchStream(c) as stream:
+            it = iter(stream)
+            streams.append([next(it) for _ in range(12)])
+    for a, b in zip(*streams):
+        _assert_same_batch(a, b)
+        assert a.position == b.position
+
+
+def _assert_same_batch(a, b) -> None:
+    from dataclasses import fields
+
+    for x, y in [(a, b), *zip(a.views, b.views)]:
+        for f in fields(x):
+            u, v = getattr(x, f.name), getattr(y, f.name)
+            if isinstance(u, torch.Tensor):
+                assert isinstance(v, torch.Tensor) and u.dtype == v.dtype and torch.equal(u, v), f.name
+            elif isinstance(u, np.ndarray):
+                assert isinstance(v, np.ndarray) and np.array_equal(u, v), f.name
+            elif f.name != "views":
+                assert u == v, f.name
 
 
 def test_stream_goes_round_epochs_and_shards_by_rank(tiny, tmp_path):

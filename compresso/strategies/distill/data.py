@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from itertools import chain
 from typing import Any
@@ -36,6 +37,7 @@ from compresso.corpus import Corpus, CorpusError, iter_indexed_documents
 
 CHUNK_DOCUMENTS = 256
 """Documents per encoding chunk: rows never span chunks (the last row of a chunk may be short)."""
+_BATCHES_IN_FLIGHT = 2  # batches being masked by workers at once, besides the ready ones in the queue
 _MAX_WORD_CHARS = 2048  # offsets are packed into int keys; longer "words" are dropped
 
 
@@ -273,6 +275,11 @@ def _encode_in_worker(texts: list[str], first_doc: int, last_doc: int) -> dict[s
     return _WORKER_ENCODER.encode(texts, first_doc, last_doc)
 
 
+def _worker_ready() -> int:
+    time.sleep(0.05)  # long enough that each of the first N calls lands in a process of its own
+    return os.getpid()
+
+
 # --- batches ------------------------------------------------------------------------------------
 
 @dataclass
@@ -482,14 +489,36 @@ def make_batch(rows: dict[str, np.ndarray], views: list[ViewSpec], masking: Mask
     return batch
 
 
-def _pin(batch: Batch) -> Batch:
-    def p(t):
-        return None if t is None else t.pin_memory()
+def _tensors_as(obj, fn, names: list[str] | None = None):
+    """``obj`` (a Batch or ViewBatch) with ``fn`` applied to its tensor fields, or to ``names``."""
+    if names is None:
+        names = [f.name for f in fields(obj) if isinstance(getattr(obj, f.name), torch.Tensor)]
+    return replace(obj, **{n: fn(getattr(obj, n)) for n in names}), names
 
-    views = [ViewBatch(*(p(getattr(vb, f)) for f in ViewBatch.__dataclass_fields__)) for vb in batch.views]
-    return Batch(p(batch.ids), p(batch.attention), p(batch.masked_pos), p(batch.labels), p(batch.token_pos),
-                 p(batch.word_pos), p(batch.word_index), batch.n_words, views, batch.tokens, batch.n_masked,
-                 batch.n_supervised_cross, batch.any_cross_supervised, batch.position)
+
+def _pin(batch: Batch) -> Batch:
+    def pin(t):
+        return t.pin_memory()
+
+    batch, _ = _tensors_as(batch, pin)
+    return replace(batch, views=[_tensors_as(vb, pin)[0] for vb in batch.views])
+
+
+def _batch_in_worker(rows: dict[str, np.ndarray], masking: MaskingConfig, seed_key: list[int], need_words: bool):
+    """``make_batch`` in a worker process. Tensors travel back as numpy arrays (plain pickles, no
+    shared-memory handles), with the names of the fields to turn back into tensors."""
+    assert _WORKER_ENCODER is not None
+    batch = make_batch(rows, _WORKER_ENCODER.views, masking, np.random.default_rng(seed_key), need_words)
+    batch, names = _tensors_as(batch, torch.Tensor.numpy)
+    views = [_tensors_as(vb, torch.Tensor.numpy) for vb in batch.views]
+    return replace(batch, views=[v for v, _ in views]), names, [n for _, n in views]
+
+
+def _batch_from_worker(packed, pin: bool) -> Batch:
+    batch, names, view_names = packed
+    batch, _ = _tensors_as(batch, torch.from_numpy, names)
+    batch = replace(batch, views=[_tensors_as(vb, torch.from_numpy, n)[0] for vb, n in zip(batch.views, view_names)])
+    return _pin(batch) if pin else batch
 
 
 class _Chunks:
@@ -506,8 +535,17 @@ class _Chunks:
 
             self.pool = ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn"),
                                             initializer=_init_worker, initargs=(encoder_views,))
+            # Start every worker now (the pool would start them one per submitted task) and let them
+            # import and build their tokenizers before the first chunk: a training step that overlaps
+            # with a dozen processes importing torch runs at a fraction of its speed.
+            self._ready = [self.pool.submit(_worker_ready) for _ in range(num_workers)]
         else:
             self.encoder = RowEncoder(encoder_views, threads=False)
+
+    def wait_ready(self) -> None:
+        if self.pool is not None:
+            for f in self._ready:
+                f.result()
 
     def map(self, doc_chunks: Iterator[tuple[list[str], int, int]]) -> Iterator[dict[str, Any]]:
         if self.pool is None:
@@ -582,17 +620,15 @@ class BatchStream:
         if texts:
             yield texts, first, last
 
-    def _rows(self) -> Iterator[tuple[dict[str, Any], int, dict]]:
-        """(chunk, row index, position of the row after it) for every row, in order."""
+    def _chunk_runs(self) -> Iterator[tuple[int, dict[str, Any], int]]:
+        """(epoch, encoded chunk, first row to use) for every chunk, in order."""
         epoch, doc, skip = self.start["epoch"], self.start["doc"], self.start["row"]
         while True:
             produced = 0
             for chunk in self._chunks.map(self._doc_chunks(epoch, doc)):
-                for r in range(skip, chunk["rows"]):
-                    after = {"epoch": epoch, "doc": chunk["first_doc"], "row": r + 1} if r + 1 < chunk["rows"] \
-                        else {"epoch": epoch, "doc": chunk["last_doc"] + 1, "row": 0}
-                    produced += 1
-                    yield chunk, r, after
+                if skip < chunk["rows"]:
+                    produced += chunk["rows"] - skip
+                    yield epoch, chunk, skip
                 skip = 0
             if self.part != "train":
                 return
@@ -602,37 +638,67 @@ class BatchStream:
             epoch, doc = epoch + 1, 0
 
     def _produce(self) -> None:
+        """Cut chunks into batches (runs of consecutive rows, no per-row Python work) and mask them:
+        in the worker processes when there are any, so the training process only copies arrays."""
         cfg = self.cfg
+        pending: deque = deque()  # (future, position) of batches being made by workers, in order
         try:
             self._chunks = _Chunks(cfg.views, cfg.num_workers)
+            self._chunks.wait_ready()
             batch_no = self.start["batch"]
-            picked: list[tuple[dict, int]] = []
-            after = None
-            for chunk, r, after in self._rows():
-                picked.append((chunk, r))
-                if len(picked) == cfg.batch_size:
-                    self._put(self._assemble(picked, batch_no, after))
-                    batch_no += 1
-                    picked = []
-                if self._stop.is_set():
-                    return
+            picked: list[tuple[dict, int, int]] = []
+            need, after = cfg.batch_size, None
+            for epoch, chunk, r in self._chunk_runs():
+                n = chunk["rows"]
+                while r < n:
+                    take = min(need, n - r)
+                    picked.append((chunk, r, r + take))
+                    r, need = r + take, need - take
+                    if need == 0 or r == n:
+                        after = {"epoch": epoch, "doc": chunk["first_doc"], "row": r} if r < n else \
+                            {"epoch": epoch, "doc": chunk["last_doc"] + 1, "row": 0}
+                    if need == 0:
+                        self._submit(pending, picked, batch_no, after)
+                        batch_no += 1
+                        picked, need = [], cfg.batch_size
+                        if self._stop.is_set():
+                            return
             if picked:
-                self._put(self._assemble(picked, batch_no, after))
+                self._submit(pending, picked, batch_no, after)
+            self._deliver(pending, 0)
             self._put(None)
         except BaseException as exc:  # hand any failure to the consumer
             self._put(exc)
         finally:
+            for future, _ in pending:
+                future.cancel()
             if self._chunks is not None:
                 self._chunks.close()
 
-    def _assemble(self, picked, batch_no: int, after: dict) -> Batch:
+    def _submit(self, pending: deque, picked: list[tuple[dict, int, int]], batch_no: int, after: dict) -> None:
         cfg = self.cfg
-        keys = [k for k in picked[0][0] if isinstance(picked[0][0][k], np.ndarray)]
-        rows = {k: np.stack([chunk[k][r] for chunk, r in picked]) for k in keys}
-        rng = np.random.default_rng([cfg.seed, cfg.rank, batch_no, 0 if self.part == "train" else 1])
-        batch = make_batch(rows, cfg.views, cfg.masking, rng, cfg.need_words, pin=cfg.pin)
-        batch.position = dict(after, batch=batch_no + 1)
-        return batch
+        first = picked[0][0]
+        keys = [k for k in first if isinstance(first[k], np.ndarray)]
+        rows = {k: np.concatenate([chunk[k][a:b] for chunk, a, b in picked]) for k in keys}
+        seed_key = [cfg.seed, cfg.rank, batch_no, 0 if self.part == "train" else 1]
+        position = dict(after, batch=batch_no + 1)
+        pool = self._chunks.pool
+        if pool is None:
+            batch = make_batch(rows, cfg.views, cfg.masking, np.random.default_rng(seed_key), cfg.need_words,
+                               pin=cfg.pin)
+            batch.position = position
+            self._put(batch)
+            return
+        pending.append((pool.submit(_batch_in_worker, rows, cfg.masking, seed_key, cfg.need_words), position))
+        self._deliver(pending, _BATCHES_IN_FLIGHT)
+
+    def _deliver(self, pending: deque, keep: int) -> None:
+        """Hand finished batches to the consumer, in order, until at most ``keep`` are in flight."""
+        while len(pending) > keep and not self._stop.is_set():
+            future, position = pending.popleft()
+            batch = _batch_from_worker(future.result(), self.cfg.pin)
+            batch.position = position
+            self._put(batch)
 
     def _put(self, item) -> None:
         while not self._stop.is_set():

@@ -104,6 +104,11 @@ class Trainer:
         self.fingerprint = run_fingerprint
         self.checkpoint_dir = Path(ctx.work_dir) / "checkpoint"
         self.extra_state: dict = {}  # small things the strategy wants back after a resume (e.g. baseline metrics)
+        # What the step hook may read (benchmarks): the last micro-batch's losses (device tensors,
+        # never read back here) and running host counts of the real student tokens and masked ones.
+        self.last_losses = None
+        self.tokens_seen = 0
+        self.masked_seen = 0
 
     # Hook for tests: called after every optimizer step with the step number.
     def on_step_end(self, step: int) -> None:
@@ -166,6 +171,9 @@ class Trainer:
                             (losses.total / cfg.grad_accum_steps).backward()
                         acc += torch.cat([losses.total.detach().reshape(1), losses.parts, losses.contributions])
                         acc_n += 1
+                        self.last_losses = losses
+                        self.tokens_seen += batch.tokens
+                        self.masked_seen += batch.n_masked
                         window_tokens += batch.tokens
                         sup_counts["masked"] += batch.n_masked
                         for link in self.links:

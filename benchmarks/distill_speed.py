@@ -1,0 +1,936 @@
+"""Distillation training speed, measured so the numbers can be trusted: compresso against itself
+(1 teacher, 2 teachers, a second teacher with another tokenizer, synthetic rows or real text) and
+against the HuggingFace DistilBERT distiller, interleaved in one process.
+
+Method
+  * Every configuration runs in its own thread: compresso through its public strategy API
+    (``DistillStrategy.apply`` on in-memory teachers: its real input pipeline with worker
+    processes, bf16 autocast, bf16 teachers, fused AdamW), the reference through its own
+    ``Distiller.prepare_batch_mlm`` / ``Distiller.step`` on its own ``LmSeqsDataset`` DataLoader
+    (the body of ``Distiller.train``). A baton lets exactly one thread run at a time: after every
+    optimiser step a configuration calls the gate (compresso: ``Trainer.on_step_end``), which
+    either lets it go on or parks it and wakes the next one. So all configurations share one
+    process, one GPU and its clocks, and are measured in turns ``A B C D A B C D ...``.
+  * A turn is ``k`` consecutive steps between two ``torch.cuda.synchronize()`` calls; its sample is
+    the mean step time of the turn. ``k`` is chosen per configuration so a turn lasts about
+    ``--turn-s`` seconds (fixed once measurement starts).
+  * Set-up (models, workers, the first step) runs one configuration after another and is reported
+    as ``first_step_s`` (wall time from the thread's start to the end of its first step).
+  * Warm-up: turns, interleaved, until the last ``--steady-turns`` samples of every configuration
+    lie within ``--steady-spread`` of their median ((max - min) / median), or a configuration
+    reaches ``--warmup-max-steps`` (then it is flagged ``steady: false``). Warm-up samples are
+    kept in the JSON but are not in the statistics.
+  * Measurement: interleaved rounds until the phase's time budget is spent (at least
+    ``--min-rounds``). Reported: median step time, min/max and the inter-quartile range of the
+    samples, tokens/s at the median (real student tokens, counted by the pipeline).
+  * Peak GPU memory of a configuration = its resident memory (what its setup and first step left
+    allocated) + the largest growth above the process's allocation during its turns
+    (``torch.cuda.max_memory_allocated`` reset at the start of each turn).
+  * Host synchronisations per step: one extra step of each configuration under
+    ``torch.cuda.set_sync_debug_mode("warn")``, every warning recorded with its source line.
+  * Model FLOPs utilisation (MFU): model FLOPs per step (formula below and in
+    docs/performance.md) / median step time / ``--peak-tflops`` (default: 790 TFLOP/s, the dense
+    bf16 figure the project uses for the H200; recorded in the JSON).
+  * The GPU: ``nvidia-smi`` (name, SM/memory clocks, utilisation, memory, power) before, between
+    and after the phases, and the GPU's compute processes other than this one (should be none).
+
+FLOPs per step (forward of one encoder layer per token: ``8h^2 + 4hf + 4Lh``, i.e. QKV+output
+projections, FFN, attention scores and their weighted sum over a row of L tokens; the MLM head per
+predicted token: ``2h^2 + 2hV``; backward = 2 x forward; embeddings, layer norms, losses ignored):
+
+    compresso   T * [ 3 * (n_s * layer + m * head_s) + sum over teachers (n_t * layer + m * head_t) ]
+    reference   T * [ 3 * (n_s * layer + head_s) + (n_t * layer + head_t) ]    (head on every token)
+
+with T real student tokens per step and m the fraction of them that is masked (measured by the
+pipeline; compresso runs the MLM head only there; the reference runs it everywhere). A teacher
+with another tokenizer is counted with T tokens too (exact for the synthetic rows, where every
+word is one token in both tokenizers).
+
+Configurations (``--configs``):
+  c1         compresso, 1 teacher (A)                              synthetic rows
+  c2         compresso, 2 teachers with the student's tokenizer   synthetic rows
+  cx         compresso, 2 teachers, the second (B) with another tokenizer (other ids, uncased,
+             smaller vocabulary): alignment, vocabulary push-forward, word pooling every step
+  ref        the reference, fp16 (apex O1 emulated: autocast + GradScaler)   synthetic rows
+  ref-fp32   the reference in fp32 (how it runs on today's torch without apex)
+  c1-text    compresso, 1 teacher, real text: ``--shared``/corpus with the cased fixture tokenizer
+  cx-text    compresso, 2 teachers, real text: cased (student, A) and uncased (B) fixture tokenizers
+
+Models are random, base size: teachers BertForMaskedLM 12 x 768, 12 heads, FFN 3072; teacher A
+and the student have vocabulary ``--vocab``'s first size (default 16,000: the cased fixture
+tokenizer's), teacher B the second (14,000: the uncased one's); the student keeps 6 of A's layers
+(0, 2, 4, 7, 9, 11). Synthetic documents are ``seq_len - 2`` one-token words, so every synthetic row
+is exactly ``seq_len`` tokens, in both tokenizers. The loss everywhere: 5 T^2 KL (T = 2) on masked
+tokens + 2 MLM + 1 cosine of last hidden states.
+
+The reference is not part of compresso and is never copied into it: ``--reference-dir`` points at
+the ``distillation`` folder of huggingface/transformers-research-projects (files used:
+``distiller.py``, ``lm_seqs_dataset.py``, ``grouped_batch_sampler.py``, ``utils.py``). Its runtime
+stand-ins (GitPython, TensorBoard, apex ``amp``) are described in ``reference_shims.py``.
+
+Usage (repository root):
+  python benchmarks/distill_speed.py --reference-dir PATH/distillation --shared ../shared --out DIR
+  python benchmarks/distill_speed.py --tiny --configs c1,cx --batch-sizes 8 --budget-s 20   # CPU smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run from a checkout without installing compresso
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
+LOSS = dict(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0)
+OPTIM = dict(lr=5e-4, eps=1e-6, max_grad_norm=5.0, warmup_ratio=0.05)
+FIXTURE_TOKENIZERS = ("ro-bert-small-cased", "ro-robert-small-uncased")
+CONFIGS = {
+    "c1": dict(system="compresso", teachers=("A",), data="synthetic", label="compresso, 1 teacher"),
+    "c2": dict(system="compresso", teachers=("A", "A2"), data="synthetic",
+               label="compresso, 2 teachers, same tokenizer"),
+    "cx": dict(system="compresso", teachers=("A", "B"), data="synthetic",
+               label="compresso, 2 teachers, cross-tokenizer"),
+    "ref": dict(system="reference", precision="fp16-amp", data="synthetic",
+                label="reference (HF DistilBERT), fp16 apex-O1 emulated"),
+    "ref-fp32": dict(system="reference", precision="fp32", data="synthetic", label="reference (HF DistilBERT), fp32"),
+    "c1-text": dict(system="compresso", teachers=("A",), data="text", label="compresso, 1 teacher, real text"),
+    "cx-text": dict(system="compresso", teachers=("A", "B"), data="text",
+                    label="compresso, 2 teachers, cross-tokenizer, real text"),
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    student_layers: int
+    seq_len: int
+
+
+BASE = Sizes(hidden=768, layers=12, heads=12, ffn=3072, student_layers=6, seq_len=128)
+TINY = Sizes(hidden=64, layers=4, heads=2, ffn=128, student_layers=2, seq_len=32)
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+def synthetic_tokenizer(vocab_size: int, other: bool = False):
+    """Words ``w5``..``w{V-1}``, one token each. ``other``: another tokenizer for the same words:
+    other ids (a fixed permutation), uncased; words beyond its size are unknown to it."""
+    from transformers import BertTokenizerFast
+
+    words = [f"w{i}" for i in range(len(SPECIAL), vocab_size)]
+    if other:
+        words = list(np.random.default_rng(1).permutation(words))
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + words)}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=other)
+
+
+def make_teacher(sizes: Sizes, vocab: int, seed: int):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab, hidden_size=sizes.hidden, num_hidden_layers=sizes.layers,
+                        num_attention_heads=sizes.heads, intermediate_size=sizes.ffn,
+                        max_position_embeddings=max(512, sizes.seq_len), pad_token_id=0,
+                        attn_implementation="sdpa")
+    return BertForMaskedLM(config).eval()
+
+
+def synthetic_rows(vocab: int, seq_len: int, count: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(len(SPECIAL), vocab, size=(count, seq_len - 2), dtype=np.int64)
+
+
+def write_synthetic_corpus(rows: np.ndarray, path: Path) -> None:
+    with path.open("w") as f:
+        for row in rows:
+            f.write(" ".join(f"w{i}" for i in row) + "\n")
+
+
+# --- measuring ---------------------------------------------------------------------------------
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def nvidia_smi() -> dict:
+    """GPU state and the compute processes on it (other than this one), from nvidia-smi."""
+    fields = "index,name,clocks.sm,clocks.mem,clocks.max.sm,utilization.gpu,memory.used,power.draw,temperature.gpu"
+    out: dict = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        gpus = subprocess.run(["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                              capture_output=True, text=True, timeout=20, check=True).stdout
+        out["gpus"] = [dict(zip(fields.split(","), (v.strip() for v in line.split(","))))
+                       for line in gpus.strip().splitlines()]
+        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+                               "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20,
+                              check=True).stdout
+        procs = [dict(zip(("pid", "name", "used_mib"), (v.strip() for v in line.split(","))))
+                 for line in apps.strip().splitlines() if line.strip()]
+        out["other_processes"] = [p for p in procs if p["pid"] != str(os.getpid())]
+    except (OSError, subprocess.SubprocessError) as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+class SyncCensus:
+    """Host synchronisations of one step, under ``torch.cuda.set_sync_debug_mode("warn")`` (CUDA)."""
+
+    def __init__(self, device: torch.device):
+        self.enabled = device.type == "cuda"
+        self.records: list = []
+        self._cm = None
+
+    def start(self) -> None:
+        if not self.enabled:
+            return
+        self._cm = warnings.catch_warnings(record=True)
+        self.records = self._cm.__enter__()
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+
+    def stop(self) -> None:
+        if self._cm is None:
+            return
+        torch.cuda.set_sync_debug_mode(0)
+        self._cm.__exit__(None, None, None)
+        self._cm = None
+
+    def report(self) -> dict | None:
+        if not self.enabled:
+            return None
+        sites: dict[str, int] = {}
+        for w in self.records:
+            if "synchroniz" in str(w.message):
+                where = f"{Path(w.filename).name}:{w.lineno}"
+                sites[where] = sites.get(where, 0) + 1
+        return {"count": sum(sites.values()), "sites": dict(sorted(sites.items(), key=lambda kv: -kv[1]))}
+
+
+class StopRun(Exception):
+    """Raised inside a configuration's thread when the benchmark is done with it."""
+
+
+class Runner:
+    """One configuration, run in its own thread; ``after_step`` is its only contact with the gate."""
+
+    def __init__(self, name: str, spec: dict, gate: "Gate"):
+        self.name, self.spec, self.gate = name, spec, gate
+        self.thread = threading.Thread(target=self._main, name=f"bench-{name}", daemon=True)
+        self.error: BaseException | None = None
+        self.error_text = ""
+        self.finished = False
+        self.steps = 0
+        self.turn_left = 0
+        self.tokens = 0  # real student tokens and masked ones so far (host counts)
+        self.masked = 0
+        self.loss_sum: torch.Tensor | None = None  # [kl_t2, mlm, cos] summed over measured steps, on device
+        self.loss_steps = 0
+        self.record_losses = False
+        self.census: SyncCensus | None = None
+        self.result: dict = {}
+        self.stream_cfg = None  # compresso: the strategy's input pipeline settings, from its trainer
+
+    def _main(self) -> None:
+        try:
+            self.run()
+        except StopRun:
+            pass
+        except BaseException as exc:  # handed to the scheduler
+            self.error = exc
+            self.error_text = traceback.format_exc()
+        finally:
+            self.finished = True
+            self.gate.release(self)
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+    def after_step(self, tokens: int, masked: int, losses: torch.Tensor | None) -> None:
+        self.steps += 1
+        self.tokens, self.masked = tokens, masked
+        if self.record_losses and losses is not None:
+            self.loss_sum = losses if self.loss_sum is None else self.loss_sum + losses
+            self.loss_steps += 1
+        self.turn_left -= 1
+        if self.turn_left > 0:
+            return
+        if self.census is not None:
+            self.census.stop()
+        self.gate.turn_done(self)
+
+
+class Gate:
+    """The baton: exactly one runner thread executes at a time; the scheduler (main thread) hands
+    it out turn by turn and times each turn between two device synchronisations."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cond = threading.Condition()
+        self.holder: Runner | None = None
+        self.stopping = False
+        self.turn_end: float = 0.0
+
+    # runner side
+    def turn_done(self, runner: Runner) -> None:
+        sync(self.device)
+        with self.cond:
+            self.turn_end = time.perf_counter()
+            self.holder = None
+            self.cond.notify_all()
+            while self.holder is not runner and not self.stopping:
+                self.cond.wait()
+            if self.stopping:
+                raise StopRun
+
+    def release(self, runner: Runner) -> None:
+        with self.cond:
+            if self.holder is runner:
+                self.holder = None
+            self.cond.notify_all()
+
+    # scheduler side
+    def run_turn(self, runner: Runner, steps: int, start_thread: bool = False,
+                 census: SyncCensus | None = None) -> float:
+        """Let ``runner`` do ``steps`` steps; returns the wall seconds between the two syncs."""
+        runner.turn_left = steps
+        sync(self.device)
+        if census is not None:
+            runner.census = census
+            census.start()  # stopped by the runner at the end of its step, before the closing sync
+        with self.cond:
+            t0 = time.perf_counter()
+            self.holder = runner
+            if start_thread:
+                runner.thread.start()
+            self.cond.notify_all()
+            while self.holder is runner and not runner.finished:
+                self.cond.wait()
+        if runner.error is not None:
+            raise RuntimeError(f"{runner.name} failed:\n{runner.error_text}") from runner.error
+        if runner.finished:
+            raise RuntimeError(f"{runner.name} stopped before its turn ended")
+        return self.turn_end - t0
+
+    def stop_all(self, runners: list[Runner]) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+        for r in runners:
+            if r.thread.is_alive():
+                r.thread.join(timeout=120)
+
+
+# --- compresso ---------------------------------------------------------------------------------
+
+_RUNNER_OF_THREAD: dict[int, Runner] = {}
+
+
+def _trainer_hook(trainer, step: int) -> None:
+    runner = _RUNNER_OF_THREAD.get(threading.get_ident())
+    if runner is None:
+        return
+    if runner.stream_cfg is None:
+        runner.stream_cfg = trainer.stream_cfg
+    losses = trainer.last_losses
+    parts = None
+    if losses is not None:
+        t2 = LOSS["temperature"] ** 2
+        parts = losses.parts[:3].detach() * torch.tensor([t2, 1.0, 1.0], device=losses.parts.device)
+    runner.after_step(trainer.tokens_seen, trainer.masked_seen, parts)
+
+
+class CompressoRunner(Runner):
+    def __init__(self, name, spec, gate, *, teachers: dict, student_bundle, corpus: list[Path], batch_size: int,
+                 sizes: Sizes, device: torch.device, work: Path, workers: int | None):
+        super().__init__(name, spec, gate)
+        self.teachers, self.student_bundle, self.corpus = teachers, student_bundle, corpus
+        self.batch_size, self.sizes, self.device, self.work, self.workers = batch_size, sizes, device, work, workers
+
+    def run(self) -> None:
+        from rich.console import Console
+
+        from compresso.strategies.distill import DistillStrategy
+        from compresso.strategy import RunContext, TeacherRef
+
+        class InMemoryTeacher(TeacherRef):
+            def __init__(self, ref_name, bundle):
+                super().__init__(ref_name, f"in-memory:{ref_name}", None, False)
+                self.bundle = bundle
+
+            def load(self):
+                return self.bundle
+
+        _RUNNER_OF_THREAD[threading.get_ident()] = self
+        never = 10**9
+        params = DistillStrategy.Params(
+            corpus=self.corpus, seq_len=self.sizes.seq_len, batch_size=self.batch_size, max_steps=never,
+            heldout_documents=0, checkpoint_every=never, log_every=never, num_layers=self.sizes.student_layers,
+            lr=OPTIM["lr"], adam_eps=OPTIM["eps"], max_grad_norm=OPTIM["max_grad_norm"],
+            warmup_ratio=OPTIM["warmup_ratio"], num_workers=self.workers, **LOSS)
+        stage = self.work / f"{self.name}-b{self.batch_size}-stage"
+        stage.mkdir(parents=True)
+        ctx = RunContext(stage_dir=stage, work_dir=self.work / f"{self.name}-b{self.batch_size}-work",
+                         device=self.device, seed=0,
+                         teachers={n: InMemoryTeacher(n, b) for n, b in self.teachers.items()},
+                         base_dir=self.work, console=Console(file=io.StringIO()))
+        DistillStrategy(params).apply(self.student_bundle, ctx)
+
+
+# --- the reference -----------------------------------------------------------------------------
+
+class ReferenceRunner(Runner):
+    def __init__(self, name, spec, gate, *, ref_dir: Path, teacher, tokenizer, rows: np.ndarray, batch_size: int,
+                 sizes: Sizes, device: torch.device, work: Path):
+        super().__init__(name, spec, gate)
+        self.ref_dir, self.teacher, self.tokenizer, self.rows = ref_dir, teacher, tokenizer, rows
+        self.batch_size, self.sizes, self.device, self.work = batch_size, sizes, device, work
+
+    def run(self) -> None:
+        from compresso.strategies.distill.modeling import build_student, default_layers
+        from reference_shims import ApexAmpO1, import_reference, stand_in, swapped_modules
+
+        Distiller, LmSeqsDataset, stand_ins = import_reference(self.ref_dir)
+        precision = self.spec["precision"]
+        fp16 = precision == "fp16-amp"
+        tok, device, sizes = self.tokenizer, self.device, self.sizes
+        special = {"pad_token": tok.pad_token_id, "unk_token": tok.unk_token_id, "cls_token": tok.cls_token_id,
+                   "sep_token": tok.sep_token_id, "mask_token": tok.mask_token_id}
+        n_gpu = 1 if device.type == "cuda" else 0
+        params = argparse.Namespace(
+            # train.py's defaults and the README's DistilBERT command, with our sizes
+            dump_path=str(self.work / "reference-dump"), multi_gpu=False, n_gpu=n_gpu, local_rank=device.index or 0,
+            is_master=False, fp16=fp16, fp16_opt_level="O1", group_by_size=True,
+            max_model_input_size=sizes.seq_len, batch_size=self.batch_size, gradient_accumulation_steps=1,
+            n_epoch=1, temperature=LOSS["temperature"], alpha_ce=LOSS["alpha_ce"], alpha_mlm=LOSS["alpha_mlm"],
+            alpha_clm=0.0, alpha_mse=0.0, alpha_cos=LOSS["alpha_cos"], mlm=True, mlm_mask_prop=0.15,
+            word_mask=0.8, word_keep=0.1, word_rand=0.1, mlm_smoothing=0.7, restrict_ce_to_mask=True,
+            special_tok_ids=special, weight_decay=0.0, learning_rate=OPTIM["lr"], adam_epsilon=OPTIM["eps"],
+            warmup_prop=OPTIM["warmup_ratio"], max_grad_norm=OPTIM["max_grad_norm"], log_interval=10**9,
+            checkpoint_interval=10**9)
+        data = [np.concatenate([[special["cls_token"]], r, [special["sep_token"]]]) for r in self.rows]
+        dataset = LmSeqsDataset(params=params, data=data)
+        vocab = self.teacher.config.vocab_size
+        # train.py: token probabilities from the corpus counts, smoothed, never a special token
+        counts = np.bincount(np.concatenate(data), minlength=vocab)
+        token_probs = np.maximum(counts, 1) ** -params.mlm_smoothing
+        for idx in special.values():
+            token_probs[idx] = 0.0
+        teacher = copy.deepcopy(self.teacher)
+        teacher.config.output_hidden_states = True
+        student = build_student(self.teacher, default_layers(sizes.layers, sizes.student_layers))
+        student.config.output_hidden_states = True
+        student.train()
+        teacher.to(device)
+        student.to(device)
+        amp = self.amp = ApexAmpO1(device.type) if fp16 else None
+        apex = {"apex": stand_in("apex", amp=amp)} if fp16 else {}
+        self.result = {"precision": {"fp16-amp": "apex O1 emulated: fp16 autocast + GradScaler, fp16 teacher",
+                                     "fp32": "fp32 (no apex)"}[precision],
+                       "stand_in_modules": stand_ins + list(apex)}
+        with swapped_modules(apex, force=True):
+            distiller = Distiller(params=params, dataset=dataset, token_probs=torch.from_numpy(token_probs),
+                                  student=student, teacher=teacher)
+            distiller.student.train()
+            distiller.teacher.eval()
+            tokens = masked = 0
+            while True:  # epochs over the rows, as long as the benchmark wants steps
+                for batch in distiller.dataloader:  # the body of Distiller.train()
+                    n_tokens = int(batch[1].sum())  # lengths, still on the host
+                    if n_gpu > 0:
+                        batch = tuple(t.to(f"cuda:{params.local_rank}") for t in batch)
+                    token_ids, attn_mask, lm_labels = distiller.prepare_batch_mlm(batch=batch)
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+                        distiller.step(input_ids=token_ids, attention_mask=attn_mask, lm_labels=lm_labels)
+                    tokens += n_tokens
+                    masked += math.ceil(params.mlm_mask_prop * n_tokens)  # prepare_batch_mlm's own count
+                    # already host floats in the reference
+                    losses = torch.tensor([distiller.last_loss_ce, distiller.last_loss_mlm, distiller.last_loss_cos])
+                    self.after_step(tokens, masked, losses)
+
+
+# --- FLOPs -------------------------------------------------------------------------------------
+
+def flops_per_token(sizes: Sizes, system: str, vocabs: list[int], masked_fraction: float) -> float:
+    """Model FLOPs per real student token of one optimiser step (see the module docstring)."""
+    h, f, L = sizes.hidden, sizes.ffn, sizes.seq_len
+    layer = 8 * h * h + 4 * h * f + 4 * L * h
+    head = [2 * h * h + 2 * h * v for v in vocabs]  # student's (= teacher A's) first
+    if system == "reference":
+        return 3 * (sizes.student_layers * layer + head[0]) + (sizes.layers * layer + head[0])
+    student = 3 * (sizes.student_layers * layer + masked_fraction * head[0])
+    teachers = sum(sizes.layers * layer + masked_fraction * head[i] for i in range(len(vocabs)))
+    return student + teachers
+
+
+# --- the driver --------------------------------------------------------------------------------
+
+def quartiles(xs: list[float]) -> tuple[float, float]:
+    if len(xs) < 2:
+        return xs[0], xs[0]
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def steady(samples: list[float], turns: int, spread: float) -> bool:
+    if len(samples) < turns:
+        return False
+    last = samples[-turns:]
+    med = statistics.median(last)
+    return (max(last) - min(last)) / med <= spread
+
+
+def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device: torch.device,
+                   budget_s: float, work: Path, log) -> dict:
+    gate = Gate(device)
+    runners: list[Runner] = []
+    for name in names:
+        spec = CONFIGS[name]
+        if spec["system"] == "compresso":
+            data = inputs[spec["data"]]
+            teachers = {t: data["bundles"][t] for t in spec["teachers"]}
+            runners.append(CompressoRunner(name, spec, gate, teachers=teachers, student_bundle=data["bundles"]["A"],
+                                           corpus=data["corpus"], batch_size=batch_size, sizes=args.sizes,
+                                           device=device, work=work, workers=args.workers))
+        else:
+            data = inputs["synthetic"]
+            runners.append(ReferenceRunner(name, spec, gate, ref_dir=args.reference_dir, teacher=data["models"]["A"],
+                                           tokenizer=data["bundles"]["A"].tokenizer, rows=data["rows"],
+                                           batch_size=batch_size, sizes=args.sizes, device=device, work=work))
+    phase_start = time.perf_counter()
+    state = {r.name: {"resident_mib": None, "first_step_s": None, "warmup": [], "samples": [], "turn_steps": 2,
+                      "peak_growth": 0, "warm_steps": 0} for r in runners}
+
+    def allocated() -> int:
+        return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+    def turn(r: Runner, steps: int) -> float:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        base = allocated()
+        seconds = gate.run_turn(r, steps)
+        if device.type == "cuda":
+            state[r.name]["peak_growth"] = max(state[r.name]["peak_growth"],
+                                               torch.cuda.max_memory_allocated(device) - base)
+        return seconds / steps
+
+    try:
+        # Set-up, one configuration after the other: its models, workers and first step.
+        for r in runners:
+            before = allocated()
+            t0 = time.perf_counter()
+            gate.run_turn(r, 1, start_thread=True)
+            state[r.name]["first_step_s"] = round(time.perf_counter() - t0, 3)
+            state[r.name]["resident_mib"] = (allocated() - before) / 2**20
+            log(f"  batch {batch_size} · {r.name}: set up and first step in {state[r.name]['first_step_s']:.1f} s")
+        setup_s = time.perf_counter() - phase_start
+        remaining = budget_s - setup_s
+        warm_deadline = time.perf_counter() + max(remaining * args.warmup_share, 0)
+
+        # Warm-up: interleaved turns until every configuration is steady (or capped).
+        warming = list(runners)
+        while warming:
+            for r in list(warming):
+                st = state[r.name]
+                per_step = turn(r, st["turn_steps"])
+                st["warmup"].append(per_step)
+                st["warm_steps"] += st["turn_steps"]
+                st["turn_steps"] = max(2, min(args.max_turn_steps, round(args.turn_s / max(per_step, 1e-6))))
+                if steady(st["warmup"], args.steady_turns, args.steady_spread):
+                    st["steady"] = True
+                    warming.remove(r)
+                elif st["warm_steps"] >= args.warmup_max_steps or time.perf_counter() > warm_deadline:
+                    st["steady"] = False
+                    warming.remove(r)
+        gpu_mid = nvidia_smi() if device.type == "cuda" else None
+
+        # Measurement: interleaved rounds until the budget is spent.
+        for r in runners:
+            r.record_losses = True
+            state[r.name]["tokens_at_start"], state[r.name]["masked_at_start"] = r.tokens, r.masked
+            state[r.name]["steps_at_start"] = r.steps
+        rounds = 0
+        measure_deadline = phase_start + budget_s
+        round_s = 0.0
+        while rounds < args.min_rounds or (time.perf_counter() + round_s < measure_deadline
+                                           and rounds < args.max_rounds):
+            t_round = time.perf_counter()
+            for r in runners:
+                state[r.name]["samples"].append(turn(r, state[r.name]["turn_steps"]))
+            rounds += 1
+            round_s = time.perf_counter() - t_round  # the next round would end past the budget: stop
+        for r in runners:
+            r.record_losses = False
+            st = state[r.name]
+            st["tokens_measured"] = r.tokens - st["tokens_at_start"]
+            st["masked_measured"] = r.masked - st["masked_at_start"]
+            st["steps_measured"] = r.steps - st["steps_at_start"]
+            st["mean_losses"] = None if r.loss_sum is None else \
+                dict(zip(("kl_t2", "mlm", "cos"), (round(v / max(r.loss_steps, 1), 4) for v in r.loss_sum.tolist())))
+        # Host synchronisations of one step each (not timed).
+        for r in runners:
+            census = SyncCensus(device)
+            try:
+                gate.run_turn(r, 1, census=census)
+            finally:
+                census.stop()
+                r.census = None
+            state[r.name]["host_syncs_one_step"] = census.report()
+    finally:
+        gate.stop_all(runners)
+        _RUNNER_OF_THREAD.clear()
+
+    results = []
+    for r in runners:
+        st, spec = state[r.name], r.spec
+        samples = st["samples"]
+        med = statistics.median(samples)
+        q1, q3 = quartiles(samples)
+        tokens_per_step = st["tokens_measured"] / max(st["steps_measured"], 1)
+        masked_fraction = st["masked_measured"] / max(st["tokens_measured"], 1)
+        vocabs = [inputs[spec["data"]]["vocab"][t] for t in spec.get("teachers", ("A",))]
+        fpt = flops_per_token(args.sizes, spec["system"], vocabs, masked_fraction)
+        flops = fpt * tokens_per_step
+        peak = None
+        if device.type == "cuda":
+            peak = round(st["resident_mib"] + st["peak_growth"] / 2**20, 1)
+        results.append({
+            "config": r.name, "label": spec["label"], "system": spec["system"], "data": spec["data"],
+            "batch_size": batch_size, "teachers": len(spec.get("teachers", ("A",))),
+            "step_ms": {"median": round(1000 * med, 3), "min": round(1000 * min(samples), 3),
+                        "max": round(1000 * max(samples), 3), "q1": round(1000 * q1, 3), "q3": round(1000 * q3, 3),
+                        "samples": [round(1000 * s, 3) for s in samples]},
+            "tokens_per_step": round(tokens_per_step, 1), "masked_fraction": round(masked_fraction, 4),
+            "tokens_per_s": round(tokens_per_step / med, 1),
+            "model_tflop_per_step": round(flops / 1e12, 4), "flop_per_token": round(fpt),
+            "mfu": None if args.peak_tflops is None else round(flops / med / (args.peak_tflops * 1e12), 4),
+            "peak_gpu_mib": peak, "resident_mib": None if device.type != "cuda" else round(st["resident_mib"], 1),
+            "host_syncs_one_step": st["host_syncs_one_step"], "mean_losses": st["mean_losses"],
+            "first_step_s": st["first_step_s"],
+            "warmup": {"steady": st["steady"], "steps": st["warm_steps"],
+                       "turn_ms": [round(1000 * s, 3) for s in st["warmup"]]},
+            "turn_steps": st["turn_steps"], "turns_measured": len(samples), **r.result})
+        if getattr(r, "amp", None) is not None:
+            results[-1]["loss_scale"] = r.amp.scaler.get_scale()
+    if batch_size == args.pipeline_batch:
+        for r in runners:
+            if r.spec["data"] == "text" and r.stream_cfg is not None:
+                log(f"  batch {batch_size} · {r.name}: input pipeline alone for {args.pipeline_s:.0f} s")
+                next(x for x in results if x["config"] == r.name)["pipeline"] = \
+                    pipeline_throughput(r.stream_cfg, args.pipeline_s)
+    return {"batch_size": batch_size, "wall_s": round(time.perf_counter() - phase_start, 1),
+            "budget_s": round(budget_s, 1), "gpu_after_warmup": gpu_mid, "runs": results}
+
+
+def pipeline_throughput(cfg, seconds: float) -> dict:
+    """Tokens/s of the strategy's input pipeline alone (``BatchStream`` with the settings the
+    strategy chose), drained as fast as it delivers; the rate over the second half of the window,
+    when the batches buffered at start-up are used up."""
+    from compresso.strategies.distill.data import BatchStream
+
+    t0 = time.perf_counter()
+    marks = []
+    with BatchStream(cfg) as stream:
+        batches = iter(stream)
+        next(batches)
+        t1 = time.perf_counter()
+        tokens = 0
+        while time.perf_counter() - t1 < seconds:
+            tokens += next(batches).tokens
+            marks.append((time.perf_counter(), tokens))
+    half = next(i for i, (t, _) in enumerate(marks) if t - t1 >= seconds / 2) if marks else 0
+    if len(marks) - half < 2:
+        rate = tokens / max(marks[-1][0] - t1, 1e-9) if marks else 0.0
+    else:
+        rate = (marks[-1][1] - marks[half][1]) / (marks[-1][0] - marks[half][0])
+    return {"workers": cfg.num_workers, "batch_size": cfg.batch_size, "views": len(cfg.views),
+            "tokens_per_s": round(rate, 1), "batches": len(marks), "first_batch_s": round(t1 - t0, 3),
+            "window_s": seconds}
+
+
+def finish_phases(phases: list[dict]) -> None:
+    """Sustained real-text tokens/s (the GPU's rate, unless the input pipeline alone is slower) and
+    the ratios of every phase."""
+    pipeline = {r["config"]: r["pipeline"] for p in phases for r in p["runs"] if r.get("pipeline")}
+    for phase in phases:
+        for r in phase["runs"]:
+            if r["config"] in pipeline:
+                r["sustained_tokens_per_s"] = round(min(r["tokens_per_s"], pipeline[r["config"]]["tokens_per_s"]), 1)
+        by = {r["config"]: r for r in phase["runs"]}
+        ratios, best_reference = {}, None
+        one = by.get("c1")
+        if one:
+            for name in ("c2", "cx"):
+                if name in by:
+                    ratios[f"{name} / c1 step time"] = round(by[name]["step_ms"]["median"] / one["step_ms"]["median"], 3)
+            refs = [r for r in phase["runs"] if r["system"] == "reference"]
+            if refs:  # against the reference's faster mode
+                best = max(refs, key=lambda r: r["tokens_per_s"])
+                best_reference = best["config"]
+                ratios["c1 / reference tokens/s"] = round(one["tokens_per_s"] / best["tokens_per_s"], 3)
+                if one["peak_gpu_mib"] and best["peak_gpu_mib"]:
+                    ratios["c1 / reference peak memory"] = round(one["peak_gpu_mib"] / best["peak_gpu_mib"], 3)
+        for text, synth in (("c1-text", "c1"), ("cx-text", "cx")):
+            if text in by and synth in by:
+                t = by[text].get("sustained_tokens_per_s", by[text]["tokens_per_s"])
+                ratios[f"{text} / {synth} tokens/s"] = round(t / by[synth]["tokens_per_s"], 3)
+        if "cx-text" in by and "c1-text" in by:
+            ratios["cx-text / c1-text step time"] = round(by["cx-text"]["step_ms"]["median"]
+                                                          / by["c1-text"]["step_ms"]["median"], 3)
+        phase["ratios"], phase["best_reference"] = ratios, best_reference
+
+
+def build_inputs(names: list[str], args, work: Path, max_batch: int) -> dict:
+    from compresso.strategy import ModelBundle
+
+    sizes = args.sizes
+    data_kinds = {CONFIGS[n]["data"] for n in names}
+    teacher_names = {t for n in names for t in CONFIGS[n].get("teachers", ("A",))}
+    inputs: dict = {}
+    vocab_a, vocab_b = args.vocab
+    if "text" in data_kinds:
+        from transformers import AutoTokenizer
+
+        tdir = args.shared / "teachers"
+        toks = [AutoTokenizer.from_pretrained(tdir / t) for t in FIXTURE_TOKENIZERS]
+        vocab_a, vocab_b = len(toks[0]), len(toks[1])  # the models must fit the real tokenizers
+        files = sorted((args.shared / "corpus").glob("*.txt*"))
+        if not files:
+            raise SystemExit(f"--shared {args.shared}: no corpus/*.txt* files for the real-text configurations")
+    models = {"A": make_teacher(sizes, vocab_a, 1)}
+    if "A2" in teacher_names:
+        models["A2"] = make_teacher(sizes, vocab_a, 2)
+    if "B" in teacher_names:
+        models["B"] = make_teacher(sizes, vocab_b, 3)
+    vocab = {"A": vocab_a, "A2": vocab_a, "B": vocab_b}
+    if "synthetic" in data_kinds:
+        tok_a, tok_b = synthetic_tokenizer(vocab_a), synthetic_tokenizer(vocab_b, other=True)
+        toks_of = {"A": tok_a, "A2": tok_a, "B": tok_b}
+        # enough rows that no configuration repeats a row during the run (about 2 minutes per batch size)
+        rows = synthetic_rows(vocab_a, sizes.seq_len, max(4096, args.synthetic_rows or 0, 8 * max_batch))
+        path = work / "synthetic.txt"
+        write_synthetic_corpus(rows, path)
+        inputs["synthetic"] = {"bundles": {k: ModelBundle(m, toks_of[k]) for k, m in models.items()},
+                               "models": models, "rows": rows, "corpus": [path], "vocab": vocab}
+    if "text" in data_kinds:
+        toks_of = {"A": toks[0], "A2": toks[0], "B": toks[1]}
+        inputs["text"] = {"bundles": {k: ModelBundle(m, toks_of[k]) for k, m in models.items()}, "models": models,
+                          "corpus": files, "vocab": vocab,
+                          "tokenizers": {k: str(args.shared / "teachers" / FIXTURE_TOKENIZERS[i])
+                                         for i, k in enumerate(("A", "B"))}}
+    return inputs
+
+
+def environment(device: torch.device) -> dict:
+    import transformers
+
+    env = {"python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__, "device": str(device), "cpus": os.cpu_count(),
+           "host": platform.node(), "torch_threads": torch.get_num_threads(),
+           "matmul_tf32": torch.backends.cuda.matmul.allow_tf32}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+    try:
+        env["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                       text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["commit"] = None
+    return env
+
+
+def print_tables(out: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    for phase in out["phases"]:
+        table = Table(title=f"distillation step · batch {phase['batch_size']} × {out['sizes']['seq_len']} · "
+                            f"{out['environment'].get('gpu', out['environment']['device'])}")
+        for col in ("config", "step ms median", "min–max", "IQR", "tokens/s", "MFU", "peak MiB", "syncs/step",
+                    "steady", "first step s", "KL·T²", "MLM", "cos"):
+            table.add_column(col, justify="left" if col == "config" else "right")
+        for r in phase["runs"]:
+            s = r["step_ms"]
+            losses = r["mean_losses"] or {}
+            table.add_row(r["config"], f"{s['median']:.2f}", f"{s['min']:.2f}–{s['max']:.2f}",
+                          f"{s['q1']:.2f}–{s['q3']:.2f}", f"{r['tokens_per_s']:,.0f}",
+                          "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %",
+                          "-" if r["peak_gpu_mib"] is None else f"{r['peak_gpu_mib']:,.0f}",
+                          "-" if not r["host_syncs_one_step"] else str(r["host_syncs_one_step"]["count"]),
+                          "yes" if r["warmup"]["steady"] else "NO", f"{r['first_step_s']:.1f}",
+                          *(f"{losses[k]:.3f}" if k in losses else "-" for k in ("kl_t2", "mlm", "cos")))
+        console.print(table)
+        for k, v in phase["ratios"].items():
+            console.print(f"  {k}: [bold]{v:.3f}[/bold]")
+        for r in phase["runs"]:
+            if r.get("pipeline"):
+                pl = r["pipeline"]
+                console.print(f"  {r['config']}: input pipeline alone {pl['tokens_per_s']:,.0f} tokens/s with "
+                              f"{pl['workers']} workers (first batch after {pl['first_batch_s']:.1f} s)")
+            if "sustained_tokens_per_s" in r and r["sustained_tokens_per_s"] < r["tokens_per_s"]:
+                console.print(f"  {r['config']}: sustained {r['sustained_tokens_per_s']:,.0f} tokens/s (pipeline-bound)")
+            if r["host_syncs_one_step"] and r["host_syncs_one_step"]["sites"]:
+                console.print(f"  {r['config']}: host syncs at {r['host_syncs_one_step']['sites']}")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--configs", default="c1,c2,cx,ref,c1-text,cx-text",
+                    help=f"comma list of {', '.join(CONFIGS)} (default: %(default)s)")
+    ap.add_argument("--batch-sizes", default="64,256,512", help="rows per step, comma list (default: %(default)s)")
+    ap.add_argument("--budget-s", type=float, default=270.0,
+                    help="wall-time target of the whole run, set-up included; split evenly over the batch sizes, "
+                         "whose measurement rounds stop when their share is spent (default: %(default)s)")
+    ap.add_argument("--warmup-share", type=float, default=0.35,
+                    help="most of a batch size's remaining budget that warm-up may take (default: %(default)s)")
+    ap.add_argument("--steady-turns", type=int, default=3, help="turns that must agree to call a run steady")
+    ap.add_argument("--steady-spread", type=float, default=0.05,
+                    help="(max - min) / median of those turns' step times at most this (default: %(default)s)")
+    ap.add_argument("--warmup-max-steps", type=int, default=150, help="cap on warm-up steps per configuration")
+    ap.add_argument("--turn-s", type=float, default=0.5, help="target length of a turn (default: %(default)s s)")
+    ap.add_argument("--max-turn-steps", type=int, default=20)
+    ap.add_argument("--min-rounds", type=int, default=3, help="measurement rounds at least (default: %(default)s)")
+    ap.add_argument("--max-rounds", type=int, default=1000)
+    ap.add_argument("--vocab", default="16000,14000",
+                    help="synthetic vocabularies of (student and teacher A, teacher B); real-text configurations "
+                         "use the fixture tokenizers' sizes (default: %(default)s, the same)")
+    ap.add_argument("--seq-len", type=int)
+    ap.add_argument("--tiny", action="store_true", help="tiny models (a CPU smoke run; timings mean nothing)")
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--workers", type=int, default=None, help="compresso's tokenizer workers (default: its own)")
+    ap.add_argument("--reference-dir", type=Path, help="the reference's `distillation` folder (ref configurations)")
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared",
+                    help="fixtures folder with teachers/ and corpus/ (real-text configurations; default: %(default)s)")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="dense bf16 peak for MFU (default: 790 on an H200, else no MFU)")
+    ap.add_argument("--pipeline-s", type=float, default=4.0,
+                    help="seconds the input pipeline of each real-text configuration runs alone (default: %(default)s)")
+    ap.add_argument("--pipeline-batch", type=int, default=None,
+                    help="the batch size at which to measure it (default: the largest)")
+    ap.add_argument("--synthetic-rows", type=int, default=None, help="synthetic corpus rows (default: enough)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
+    ap.add_argument("--out", type=Path, help="folder for distill_speed.json")
+    args = ap.parse_args(argv)
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown or not names:
+        ap.error(f"--configs: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(CONFIGS)}")
+    args.names = names
+    try:
+        args.batches = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+        args.vocab = tuple(int(v) for v in args.vocab.split(","))
+    except ValueError:
+        ap.error("--batch-sizes and --vocab take comma lists of integers")
+    if len(args.vocab) != 2 or min(args.vocab) <= len(SPECIAL) or not args.batches or min(args.batches) < 1:
+        ap.error("--vocab needs two sizes above 5; --batch-sizes positive integers")
+    if any(CONFIGS[n]["system"] == "reference" for n in names) and args.reference_dir is None:
+        ap.error("the ref configurations need --reference-dir (the `distillation` folder of "
+                 "huggingface/transformers-research-projects)")
+    if any(CONFIGS[n]["data"] == "text" for n in names) and not (args.shared / "corpus").is_dir():
+        ap.error(f"the -text configurations need --shared with corpus/ and teachers/ ({args.shared} has no corpus/)")
+    if args.pipeline_batch is None:
+        args.pipeline_batch = max(args.batches)
+    args.sizes = TINY if args.tiny else BASE
+    if args.seq_len:
+        args.sizes = replace(args.sizes, seq_len=args.seq_len)
+    return ap, args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap, args = parse_args(argv)
+    spec = args.device
+    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {spec}: torch {torch.__version__} sees no CUDA device")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if any(CONFIGS[n].get("precision") == "fp16-amp" for n in args.names) and device.type != "cuda":
+        ap.error("the ref configuration (fp16, apex O1) needs a CUDA device; use ref-fp32 on CPU")
+    if args.peak_tflops is None and device.type == "cuda" and "H200" in torch.cuda.get_device_name(device):
+        args.peak_tflops = 790.0
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    started = time.perf_counter()
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    log = console.log
+    gpu_before = nvidia_smi() if device.type == "cuda" else None
+    phases = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="compresso-distill-speed-") as tmp:
+            work = Path(tmp)
+            inputs = build_inputs(args.names, args, work, max(args.batches))
+            log(f"models and data ready in {time.perf_counter() - started:.1f} s")
+            from compresso.strategies.distill.trainer import Trainer
+
+            original_hook = Trainer.on_step_end
+            Trainer.on_step_end = _trainer_hook  # the gate, for the benchmark's threads only
+            try:
+                for i, b in enumerate(args.batches):
+                    left = args.budget_s - (time.perf_counter() - started)
+                    share = max(left / (len(args.batches) - i), 1.0)
+                    log(f"batch {b}: {share:.0f} s of budget")
+                    phases.append(run_batch_size(b, args.names, inputs, args, device, share, work / f"b{b}", log))
+                    gc.collect()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+            finally:
+                Trainer.on_step_end = original_hook
+    finally:
+        torch.set_num_threads(threads_before)
+    finish_phases(phases)
+    vocab = next(iter(inputs.values()))["vocab"]
+    out = {"benchmark": "distill_speed", "sizes": asdict(args.sizes), "vocab": {"A": vocab["A"], "B": vocab["B"]},
+           "loss": LOSS, "optimiser": OPTIM, "tiny": args.tiny, "configs": {n: CONFIGS[n] for n in args.names},
+           "method": {k: getattr(args, k) for k in ("budget_s", "warmup_share", "steady_turns", "steady_spread",
+                                                    "warmup_max_steps", "turn_s", "min_rounds")},
+           "peak_tflops": args.peak_tflops, "workers": args.workers,
+           "reference_dir": str(args.reference_dir) if args.reference_dir else None,
+           "environment": environment(device), "gpu_before": gpu_before,
+           "gpu_after": nvidia_smi() if device.type == "cuda" else None,
+           "wall_s": round(time.perf_counter() - started, 1), "phases": phases}
+    if "text" in inputs:
+        out["text"] = {"corpus": [str(p) for p in inputs["text"]["corpus"]], "tokenizers": inputs["text"]["tokenizers"],
+                       "vocab": {"A": inputs["text"]["vocab"]["A"], "B": inputs["text"]["vocab"]["B"]}}
+    print_tables(out)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        path = args.out / "distill_speed.json"
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

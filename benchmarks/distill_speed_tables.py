@@ -1,0 +1,150 @@
+"""Markdown tables from a ``distill_speed.py`` JSON file, for docs/performance.md.
+
+Prints the tables; with ``--write PAGE`` replaces the text between the markers
+``<!-- distill-speed tables: begin -->`` and ``<!-- distill-speed tables: end -->`` in PAGE with
+them (the page must already have both markers). Every figure comes from the JSON; the tables name
+the JSON path they were rendered from.
+
+Usage:
+  python benchmarks/distill_speed_tables.py docs/results/benchmarks/distill_speed.json
+  python benchmarks/distill_speed_tables.py docs/results/benchmarks/distill_speed.json --write docs/performance.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BEGIN = "<!-- distill-speed tables: begin -->"
+END = "<!-- distill-speed tables: end -->"
+
+# The goals of issue 14, checked against the JSON: (ratio key or metric, comparison, bound, what).
+GOALS = [
+    ("cx / c1 step time", "<=", 1.45, "cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
+    ("c1-text / c1 tokens/s", ">=", 0.90, "real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
+    ("cx-text / cx tokens/s", ">=", 0.90, "real text ≥ 90 % of synthetic tokens/s, cross-tokenizer"),
+    ("c1 / reference tokens/s", ">=", 2.0, "compresso ≥ 2 × the reference's tokens/s (its faster mode)"),
+    ("c1 / reference peak memory", "<=", 0.6, "compresso peak memory ≤ 0.6 × the reference's"),
+]
+
+
+def fmt_int(v) -> str:
+    return "–" if v is None else f"{v:,.0f}"
+
+
+def render(data: dict, source: str) -> str:
+    env = data["environment"]
+    lines = []
+    gpu = env.get("gpu", env["device"])
+    lines.append(f"Rendered from [`{source}`]({source}) by `benchmarks/distill_speed_tables.py`. "
+                 f"{gpu}, torch {env['torch']}, transformers {env['transformers']}, commit {env.get('commit')}; "
+                 f"whole run {data['wall_s']} s. MFU against {data['peak_tflops']} TFLOP/s dense bf16."
+                 if data.get("peak_tflops") else
+                 f"Rendered from [`{source}`]({source}). {gpu}, torch {env['torch']}; no MFU (no peak given).")
+    lines.append("")
+    for when in ("gpu_before", "gpu_after"):
+        smi = data.get(when)
+        if smi and smi.get("gpus"):
+            g = smi["gpus"][0]
+            others = smi.get("other_processes", [])
+            lines.append(f"- nvidia-smi {when.split('_')[1]} the run: SM {g.get('clocks.sm')} MHz "
+                         f"(max {g.get('clocks.max.sm')}), memory {g.get('clocks.mem')} MHz, utilisation "
+                         f"{g.get('utilization.gpu')} %, {g.get('power.draw')} W; other processes on the GPU: "
+                         f"{', '.join(p['name'] for p in others) if others else 'none'}")
+    lines.append("")
+    for phase in data["phases"]:
+        b = phase["batch_size"]
+        lines.append(f"**Batch {b} × {data['sizes']['seq_len']} tokens** (phase wall time {phase['wall_s']} s)")
+        lines.append("")
+        lines.append("| run | step ms, median | min – max | IQR | tokens/s | MFU | peak GPU MiB | host syncs / step "
+                     "| steady after (steps) | turns |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for r in phase["runs"]:
+            s = r["step_ms"]
+            syncs = r.get("host_syncs_one_step")
+            warm = r["warmup"]
+            sustained = r.get("sustained_tokens_per_s")
+            mfu = "–" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
+            tps = fmt_int(r["tokens_per_s"]) + (f" (sustained {fmt_int(sustained)})"
+                                                 if sustained is not None and sustained < r["tokens_per_s"] else "")
+            lines.append(f"| {r['label']} | {s['median']:.1f} | {s['min']:.1f} – {s['max']:.1f} | "
+                         f"{s['q1']:.1f} – {s['q3']:.1f} | {tps} | "
+                         f"{mfu} | "
+                         f"{fmt_int(r['peak_gpu_mib'])} | {'–' if not syncs else syncs['count']} | "
+                         f"{warm['steps'] if warm['steady'] else 'not steady after ' + str(warm['steps'])} | "
+                         f"{r['turns_measured']} × {r['turn_steps']} |")
+        lines.append("")
+        if phase["ratios"]:
+            lines.append("| ratio | value |")
+            lines.append("|---|---:|")
+            for k, v in phase["ratios"].items():
+                lines.append(f"| {k} | {v:.3f} |")
+            lines.append("")
+    pipes = [(p["batch_size"], r) for p in data["phases"] for r in p["runs"] if r.get("pipeline")]
+    if pipes:
+        lines.append("Input pipeline alone (the strategy's `BatchStream`, its default workers, no GPU work):")
+        lines.append("")
+        lines.append("| run | batch | workers | tokens/s | first batch after (s) |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for b, r in pipes:
+            p = r["pipeline"]
+            lines.append(f"| {r['label']} | {b} | {p['workers']} | {fmt_int(p['tokens_per_s'])} | "
+                         f"{p['first_batch_s']:.1f} |")
+        lines.append("")
+    lines.append("Goals of issue 14 at each batch size:")
+    lines.append("")
+    lines.append("| goal | " + " | ".join(f"batch {p['batch_size']}" for p in data["phases"]) + " |")
+    lines.append("|---|" + "---:|" * len(data["phases"]))
+    for key, op, bound, what in GOALS:
+        cells = []
+        for p in data["phases"]:
+            v = p["ratios"].get(key)
+            cells.append("–" if v is None else f"{v:.3f} {'✓' if (v <= bound if op == '<=' else v >= bound) else '✗'}")
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    for name, bound, what in (("c1", 0.45, "1 teacher ≥ 45 % MFU"), ("cx", 0.40, "cross-tokenizer ≥ 40 % MFU")):
+        cells = []
+        for p in data["phases"]:
+            r = next((r for r in p["runs"] if r["config"] == name), None)
+            m = None if r is None else r["mfu"]
+            cells.append("–" if m is None else f"{100 * m:.1f} % {'✓' if m >= bound else '✗'}")
+        lines.append(f"| {what} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", type=Path)
+    ap.add_argument("--write", type=Path, help="page whose marked section is replaced by the tables")
+    args = ap.parse_args(argv)
+    try:
+        data = json.loads(args.json.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{args.json}: cannot read a distill_speed JSON ({exc})") from None
+    if data.get("benchmark") != "distill_speed":
+        raise SystemExit(f"{args.json}: not written by benchmarks/distill_speed.py (benchmark = "
+                         f"{data.get('benchmark')!r})")
+    source = args.json.as_posix()
+    if args.write:
+        rel = Path(source)
+        try:
+            rel = args.json.resolve().relative_to(args.write.resolve().parent)
+        except ValueError:
+            pass
+        text = render(data, rel.as_posix())
+        page = args.write.read_text()
+        if page.count(BEGIN) != 1 or page.count(END) != 1 or page.index(BEGIN) > page.index(END):
+            raise SystemExit(f"{args.write}: needs exactly one {BEGIN} line followed by one {END} line")
+        head, rest = page.split(BEGIN)
+        _, tail = rest.split(END)
+        args.write.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+        print(f"wrote the tables into {args.write}", file=sys.stderr)
+    else:
+        text = render(data, source)
+        print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
