@@ -46,7 +46,7 @@ stages:
       lr: 1.0e-3
       warmup_ratio: 0.0
   - strategy: quantize
-    params: {{method: dynamic, compile: false, calibration: {{check_samples: 4}}}}
+    params: {{backend: torchao, method: dynamic, compile: false, calibration: {{check_samples: 4}}}}
   - strategy: distill
     name: shallow
     input: prune
