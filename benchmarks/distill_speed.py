@@ -186,7 +186,7 @@ def nvidia_smi() -> dict:
                               capture_output=True, text=True, timeout=20, check=True).stdout
         out["gpus"] = [dict(zip(fields.split(","), (v.strip() for v in line.split(","))))
                        for line in gpus.strip().splitlines()]
-        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_memory",
+        apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,process_name,used_gpu_memory",
                                "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20,
                               check=True).stdout
         procs = [dict(zip(("pid", "name", "used_mib"), (v.strip() for v in line.split(","))))
@@ -237,6 +237,8 @@ class StopRun(Exception):
 
 class Runner:
     """One configuration, run in its own thread; ``after_step`` is its only contact with the gate."""
+
+    kl_scale = 1.0
 
     def __init__(self, name: str, spec: dict, gate: "Gate"):
         self.name, self.spec, self.gate = name, spec, gate
@@ -357,14 +359,13 @@ def _trainer_hook(trainer, step: int) -> None:
     if runner.stream_cfg is None:
         runner.stream_cfg = trainer.stream_cfg
     losses = trainer.last_losses
-    parts = None
-    if losses is not None:
-        t2 = LOSS["temperature"] ** 2
-        parts = losses.parts[:3].detach() * torch.tensor([t2, 1.0, 1.0], device=losses.parts.device)
+    # [KL, MLM, cos] on the device (KL scaled by T² when read at the end): no host copy in the step
+    parts = None if losses is None else losses.parts[:3].detach()
     runner.after_step(trainer.tokens_seen, trainer.masked_seen, parts)
 
 
 class CompressoRunner(Runner):
+    kl_scale = LOSS["temperature"] ** 2  # its KL part is unscaled; the reference reports KL·T²
     def __init__(self, name, spec, gate, *, teachers: dict, student_bundle, corpus: list[Path], batch_size: int,
                  sizes: Sizes, device: torch.device, work: Path, workers: int | None):
         super().__init__(name, spec, gate)
@@ -589,8 +590,11 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             st["tokens_measured"] = r.tokens - st["tokens_at_start"]
             st["masked_measured"] = r.masked - st["masked_at_start"]
             st["steps_measured"] = r.steps - st["steps_at_start"]
-            st["mean_losses"] = None if r.loss_sum is None else \
-                dict(zip(("kl_t2", "mlm", "cos"), (round(v / max(r.loss_steps, 1), 4) for v in r.loss_sum.tolist())))
+            if r.loss_sum is None:
+                st["mean_losses"] = None
+            else:
+                kl, mlm, cos = (v / max(r.loss_steps, 1) for v in r.loss_sum.tolist())
+                st["mean_losses"] = {"kl_t2": round(kl * r.kl_scale, 4), "mlm": round(mlm, 4), "cos": round(cos, 4)}
         # Host synchronisations of one step each (not timed).
         for r in runners:
             census = SyncCensus(device)
@@ -804,7 +808,7 @@ def parse_args(argv):
     ap.add_argument("--configs", default="c1,c2,cx,ref,c1-text,cx-text",
                     help=f"comma list of {', '.join(CONFIGS)} (default: %(default)s)")
     ap.add_argument("--batch-sizes", default="64,256,512", help="rows per step, comma list (default: %(default)s)")
-    ap.add_argument("--budget-s", type=float, default=270.0,
+    ap.add_argument("--budget-s", type=float, default=240.0,
                     help="wall-time target of the whole run, set-up included; split evenly over the batch sizes, "
                          "whose measurement rounds stop when their share is spent (default: %(default)s)")
     ap.add_argument("--warmup-share", type=float, default=0.35,

@@ -174,3 +174,16 @@ def test_ensemble_study_tiny(tmp_path):
         assert s["tokens"] > 0
     assert out["best_single_student"] in ("distil-bert", "distil-robert")
     assert "shared_accuracy_minus_best_single" in students["distilmulti"]
+
+def test_distill_speed_flop_formula_matches_the_docs():
+    """docs/performance.md quotes 14.5 MFLOP per layer-token and ~452 MFLOP per token for the
+    1-teacher base-size step (h 768, f 3072, L 128, V 16,000, 15 % masked)."""
+    bench = load("distill_speed")
+    one = bench.flops_per_token(bench.BASE, "compresso", [16000], 0.15)
+    assert abs(one - 451.92e6) < 0.01e6
+    two = bench.flops_per_token(bench.BASE, "compresso", [16000, 14000], 0.15)
+    layer = 8 * 768**2 + 4 * 768 * 3072 + 4 * 128 * 768
+    assert abs(layer - 14.549e6) < 0.001e6
+    assert abs((two - one) - (12 * layer + 0.15 * (2 * 768**2 + 2 * 768 * 14000))) < 1  # teacher B's forward
+    ref = bench.flops_per_token(bench.BASE, "reference", [16000], 0.15)
+    assert ref > one  # heads on every token
