@@ -120,6 +120,24 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
                          _fmt(before, d), _fmt(after, d), f"{after['mean'] - before['mean']:+.{d}f}"])
         out += [_table(["model", "strategy", "metric", "before", "after", "Δ"], rows, list("lllrrr")), ""]
 
+    # Paired bootstrap differences.
+    comparisons = results.get("comparisons") or []
+    if comparisons:
+        first = comparisons[0]
+        out += ["## Differences", "",
+                f"Headline metric of A minus B (seed means), with the {first['confidence']:.0%} interval of a paired "
+                f"bootstrap over test examples ({first['resamples']} resamples; the same resample for both models "
+                f"and every seed). **Bold**: the interval excludes 0, so the difference is distinguishable from "
+                f"test-set noise; otherwise the two models are not told apart by this benchmark.", ""]
+        rows = []
+        for c in comparisons:
+            t = tasks[c["task"]]
+            cell = f"{c['difference']:+.{d}f} [{c['low']:+.{d}f}, {c['high']:+.{d}f}]"
+            rows.append([t["title"], c["a"], c["b"], c["relation"], f"**{cell}**" if c["distinguishable"] else cell,
+                         "yes" if c["distinguishable"] else "no"])
+        out += [_table(["task", "A", "B", "pair", "A − B [95% interval]", "distinguishable"], rows,
+                       list("lllllr")), ""]
+
     # Loyalty.
     if results["loyalty"]:
         out += ["## Loyalty", "",
@@ -191,16 +209,27 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     rows = []
     for task, t in tasks.items():
         st = t.get("settings") or {}
-        epochs = "; ".join(f"{m['name']}: {', '.join(map(str, scores[m['name']][task]['best_epochs']))}"
+        epochs = "; ".join(f"{m['name']}: {', '.join(_epoch_cell(r) for r in scores[m['name']][task]['runs'])}"
                            for m in models if task in scores.get(m["name"], {}))
-        rows.append([t["title"], f"{st.get('lr', 0):g}", str(st.get("epochs", "")), str(st.get("batch_size", "")),
+        rows.append([t["title"], f"{st.get('lr', 0):g}", str(st.get("epochs", "")),
+                     str(st.get("patience") or "–"), str(st.get("batch_size", "")),
                      str(st.get("max_length", "")), f"{st.get('warmup_ratio', 0):g}", epochs or "–"])
-    out += [_table(["task", "lr", "epochs", "batch", "max length", "warm-up", "best epoch per model"], rows,
-                   list("lrrrrrl")), ""]
+    out += [_table(["task", "lr", "epochs (max)", "patience", "batch", "max length", "warm-up",
+                    "best epoch / epochs run, per model and seed"], rows, list("lrrrrrrl")), ""]
+    sched = results.get("scheduler")
+    if sched:
+        tok = results.get("tokenisation") or {}
+        out += [f"{sched['jobs']} fine-tuning jobs, {sched['workers']} at a time ({sched['mode']}, "
+                f"{sched['threads_per_job']} thread(s) each), {sched.get('wall_seconds', 0):.0f} s; task data "
+                f"tokenised {tok.get('encoded', 0)} time(s), reused {tok.get('reused', 0)} time(s).", ""]
 
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def _epoch_cell(run: dict) -> str:
+    return f"{run['best_epoch']}/{run.get('epochs_run', run['best_epoch'])}"
 
 
 def _metric_names(scores: dict, task: str, t: dict) -> list[str]:

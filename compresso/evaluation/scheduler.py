@@ -66,7 +66,7 @@ def default_workers(device: torch.device, n_jobs: int) -> int:
 
 
 def _worker(init: Callable, init_args: tuple, job_fn: Callable, threads: int, jobs: mp.Queue,
-            events: mp.Queue) -> None:
+            events: mp.Queue, current, slot: int) -> None:
     torch.set_num_threads(threads)
     state = init(*init_args)
     while True:
@@ -74,6 +74,7 @@ def _worker(init: Callable, init_args: tuple, job_fn: Callable, threads: int, jo
         if item is None:
             return
         index, job = item
+        current[slot] = index  # shared memory, written at once: the parent knows the job if we die
         events.put(JobEvent("start", index, os.getpid()))
         try:
             result = job_fn(state, job, lambda text, i=index: events.put(JobEvent("progress", i, text)))
@@ -102,38 +103,40 @@ def run_jobs(jobs: list, init: Callable, init_args: tuple, job_fn: Callable, wor
     for _ in range(workers):
         job_queue.put(None)
 
-    def start():
-        p = ctx.Process(target=_worker, args=(init, init_args, job_fn, threads, job_queue, events), daemon=True)
+    current = ctx.Array("i", [-1] * workers, lock=False)  # the job each worker slot took last
+
+    def start(slot: int):
+        p = ctx.Process(target=_worker, args=(init, init_args, job_fn, threads, job_queue, events, current, slot),
+                        daemon=True)
         p.start()
         return p
 
-    procs = [start() for _ in range(workers)]
-    running: dict[int, int] = {}  # pid -> job index
+    procs = [start(slot) for slot in range(workers)]
     finished: set[int] = set()
     try:
         while len(finished) < len(jobs):
             try:
                 event = events.get(timeout=1.0)
-            except queue.Empty:
-                for i, p in enumerate(procs):
-                    if p.is_alive() or p.pid not in running and p.exitcode == 0:
+            except queue.Empty:  # a quiet second: anything a dead worker sent has arrived by now
+                for slot, p in enumerate(procs):
+                    if p.is_alive() or p.exitcode == 0:
                         continue
-                    if p.pid in running:
-                        index = running.pop(p.pid)
-                        finished.add(index)
-                        yield JobEvent("failed", index, {"error": f"worker process died (exit code {p.exitcode})",
-                                                         "traceback": ""})
-                        procs[i] = start()
-                    elif p.exitcode != 0:  # died while starting up: nothing can run
-                        raise RuntimeError(f"an evaluation worker could not start (exit code {p.exitcode})")
+                    index = current[slot]
+                    if index < 0 or index in finished:  # died while starting up or between jobs
+                        raise RuntimeError(f"an evaluation worker process exited with code {p.exitcode} "
+                                           f"outside any job (see the messages above)")
+                    finished.add(index)
+                    yield JobEvent("failed", index, {"error": f"worker process died (exit code {p.exitcode})",
+                                                     "traceback": ""})
+                    current[slot] = -1
+                    procs[slot] = start(slot)
                 continue
             if event.kind == "progress":
                 on_progress(event.index, event.payload)
                 continue
-            if event.kind == "start":
-                running[event.payload] = event.index
-            elif event.kind in ("done", "failed"):
-                running = {pid: i for pid, i in running.items() if i != event.index}
+            if event.kind in ("done", "failed"):
+                if event.index in finished:
+                    continue
                 finished.add(event.index)
             yield event
     finally:
