@@ -222,3 +222,44 @@ def test_failing_job_is_reported_and_others_scored(tiny, shared_dir, tmp_path):
     saved = json.loads((out / "results.json").read_text())
     assert [(e["model"], e["task"]) for e in saved["errors"]] == [("broken", "sapn")]
     assert saved["scores"]["tinyA"]["sapn"]["metrics"]["accuracy"]["mean"] >= 0
+
+
+@pytest.mark.shared
+def test_evaluation_speed_benchmark_smoke(shared_dir, tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_evaluation_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    assert bench.main(["--smoke", "--shared", str(shared_dir), "--tasks", "sapn,sts", "--seeds", "1",
+                       "--max-train-examples", "24", "--out", str(out)]) == 0
+    report = json.loads((out / "speed.json").read_text())
+    assert report["runs"]["sequential"]["scheduler"]["workers"] == 1
+    assert report["runs"]["concurrent"]["scheduler"]["workers"] == 2
+    assert report["runs"]["sequential"]["errors"] == report["runs"]["concurrent"]["errors"] == 0
+    assert report["concurrent_over_sequential"] > 0
+    assert (out / "concurrent" / "results.json").is_file()
+
+
+@pytest.mark.shared
+def test_interrupted_evaluation_resumes_finished_jobs(tiny, shared_dir, tmp_path, monkeypatch):
+    import compresso.evaluation.report as report_module
+
+    models = [EvalModel("tinyA", tiny["tinyA"], "teacher")]
+    cfg = _cfg(shared_dir, tasks=["sapn"], seeds=2, jobs=1)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "write_outputs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_models(models, cfg, None, tmp_path / "out", torch.device("cpu"), 3, quiet())
+    assert len(list((tmp_path / "out" / ".partial-jobs").glob("*.json"))) == 2
+    monkeypatch.undo()
+    again = evaluate_models(models, cfg, None, tmp_path / "out", torch.device("cpu"), 3, quiet())
+    assert again["scheduler"]["resumed"] == 2 and again["errors"] == []
+    assert [r["seed"] for r in again["scores"]["tinyA"]["sapn"]["runs"]] == [3, 4]
+    assert not (tmp_path / "out" / ".partial-jobs").exists()

@@ -11,9 +11,12 @@ its own input model's, when that model is evaluated too) under the same seed.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
+import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from contextlib import contextmanager
@@ -337,6 +340,50 @@ def _pairs(models: list[EvalModel]) -> list[tuple[EvalModel, EvalModel, str]]:
     return out
 
 
+class _JobStore:
+    """Finished jobs of an evaluation on disk (record JSON + arrays in ``np.savez``), so that an
+    interrupted evaluation started again into the same folder with the same settings runs only
+    the jobs it had not finished. Removed once the outputs are written."""
+
+    def __init__(self, folder: Path, cfg: EvaluateConfig):
+        self.folder = folder
+        settings = cfg.model_dump(mode="json", exclude={"jobs", "models", "efficiency", "loyalty",
+                                                         "bootstrap_resamples"})
+        self.settings = json.dumps(settings, sort_keys=True)
+
+    def _stem(self, job: _Job) -> Path:
+        m = job.model
+        identity = json.dumps([self.settings, _key(m.path), m.strategy, m.params, _key(m.input_path), job.task,
+                               job.seed], sort_keys=True, default=str)
+        return self.folder / f"{job.task}-{job.seed}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+    def save(self, job: _Job, result: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = self._stem(job)
+        pred = result["predictions"]
+        arrays = {"counts": result["counts"]}
+        for name in ("probs", "values", "offsets"):
+            if getattr(pred, name) is not None:
+                arrays[name] = getattr(pred, name)
+        tmp = stem.with_name(stem.name + ".partial.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(stem.with_suffix(".npz"))
+        meta = {"record": result["record"], "kind": pred.kind, "encoding": result["encoding"]}
+        tmp = stem.with_name(stem.name + ".partial.json")
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(stem.with_suffix(".json"))  # written last: its presence means the job is complete
+
+    def load(self, job: _Job) -> dict | None:
+        stem = self._stem(job)
+        if not stem.with_suffix(".json").is_file() or not stem.with_suffix(".npz").is_file():
+            return None
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        with np.load(stem.with_suffix(".npz"), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        pred = Predictions(meta["kind"], arrays.get("probs"), arrays.get("values"), arrays.get("offsets"))
+        return {"record": meta["record"], "predictions": pred, "counts": arrays["counts"], "encoding": meta["encoding"]}
+
+
 class _Evaluation:
     """The parent's side: plans the jobs, runs them through the scheduler, collects the results."""
 
@@ -352,20 +399,31 @@ class _Evaluation:
         self.encodings = {"encoded": 0, "loaded": 0, "memory": 0}
         self.scheduler: dict = {}
 
-    def run(self, task_data: dict[str, TaskData]) -> None:
+    def run(self, task_data: dict[str, TaskData], store: "_JobStore | None" = None) -> None:
         jobs = [_Job(m, task, seed) for task in task_data for seed in self.seeds for m in self.models]
         order = longest_first([_job_cost(self.cfg, j, task_data) for j in jobs])
         jobs = [jobs[i] for i in order]
-        workers = self.cfg.jobs or default_workers(self.device, len(jobs))
-        workers = max(1, min(workers, len(jobs)))
-        threads = threads_per_job(self.device)
-        self.scheduler = {"jobs": len(jobs), "workers": workers, "threads_per_job": threads,
-                          "mode": "in-process" if workers == 1 else "worker processes"}
+        self.waiting = {(task, seed): len(self.models) for task in task_data for seed in self.seeds}
+        self.preds: dict[tuple[str, int], dict[str, Predictions]] = {}
+        resumed = []
+        if store is not None:
+            for job in jobs:
+                result = store.load(job)
+                if result is not None:
+                    resumed.append(job)
+                    self._finish(job, task_data, result)
+            if resumed:
+                self.console.log(f"resuming: {len(resumed)} of {len(jobs)} jobs were finished by an earlier, "
+                                 f"interrupted run ({store.folder})")
+            jobs = [j for j in jobs if j not in resumed]
+        workers = self.cfg.jobs or default_workers(self.device, max(1, len(jobs)))
+        workers = max(1, min(workers, max(1, len(jobs))))
+        threads = threads_per_job(self.device, workers)
+        self.scheduler = {"jobs": len(jobs) + len(resumed), "resumed": len(resumed), "workers": workers,
+                          "threads_per_job": threads, "mode": "in-process" if workers == 1 else "worker processes"}
         self.console.log(f"{len(jobs)} fine-tuning jobs, {workers} at a time "
                          f"({'in this process' if workers == 1 else 'worker processes'}, {threads} "
                          f"thread{'s' if threads > 1 else ''} each)")
-        waiting = {(task, seed): len(self.models) for task in task_data for seed in self.seeds}
-        preds: dict[tuple[str, int], dict[str, Predictions]] = {}
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
         started = time.time()
         with tempfile.TemporaryDirectory(prefix="compresso-eval-cache-") as cache_dir, \
@@ -397,25 +455,32 @@ class _Evaluation:
                     progress.remove_task(rows.pop(event.index))
                 progress.advance(overall)
                 if event.kind == "done":
-                    result = event.payload
-                    record = result["record"]
-                    self.runs[job.model.name].setdefault(job.task, []).append(record)
-                    self.counts.setdefault((job.model.name, job.task), {})[job.seed] = result["counts"]
-                    self.encodings[result["encoding"]] += 1
-                    preds.setdefault((job.task, job.seed), {})[job.model.name] = result["predictions"]
-                    self._log(job.model.name, task_data[job.task], record)
+                    if store is not None:
+                        store.save(job, event.payload)
+                    self.encodings[event.payload["encoding"]] += 1
+                    self._finish(job, task_data, event.payload)
                 else:
                     self._error(job, event.payload)
-                waiting[(job.task, job.seed)] -= 1
-                if waiting[(job.task, job.seed)] == 0:  # every model of this task and seed is in
-                    if self.cfg.loyalty:
-                        self._loyalty(task_data[job.task], job.seed, preds.get((job.task, job.seed), {}))
-                    preds.pop((job.task, job.seed), None)
+                    self._finish(job, task_data, None)
         self.scheduler["wall_seconds"] = round(time.time() - started, 1)
         for by_task in self.runs.values():
             for runs in by_task.values():
                 runs.sort(key=lambda r: r["seed"])
         self.loyalty_runs.sort(key=lambda r: (r["task"], r["student"], r["reference"], r["seed"]))
+
+    def _finish(self, job: _Job, task_data: dict[str, TaskData], result: dict | None) -> None:
+        """Take in one job's result (None: it failed); loyalty once a task and seed is complete."""
+        if result is not None:
+            record = result["record"]
+            self.runs[job.model.name].setdefault(job.task, []).append(record)
+            self.counts.setdefault((job.model.name, job.task), {})[job.seed] = result["counts"]
+            self.preds.setdefault((job.task, job.seed), {})[job.model.name] = result["predictions"]
+            self._log(job.model.name, task_data[job.task], record)
+        self.waiting[(job.task, job.seed)] -= 1
+        if self.waiting[(job.task, job.seed)] == 0:  # every model of this task and seed is in
+            if self.cfg.loyalty:
+                self._loyalty(task_data[job.task], job.seed, self.preds.get((job.task, job.seed), {}))
+            self.preds.pop((job.task, job.seed), None)
 
     def _log(self, name: str, data: TaskData, record: dict) -> None:
         head = data.spec.headline
@@ -585,7 +650,8 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
     ev = _Evaluation(selected, cfg, device, seed, console)
     console.log(f"evaluating {', '.join(m.name for m in selected)} on {', '.join(cfg.tasks)} "
                 f"({len(ev.seeds)} seed{'s' if len(ev.seeds) > 1 else ''}, {device})")
-    ev.run(task_data)
+    store = _JobStore(Path(out_dir) / ".partial-jobs", cfg)
+    ev.run(task_data, store)
     efficiency = _efficiency(ev, console) if cfg.efficiency.enabled else None
     results = {
         "title": rcfg.title or "compresso evaluation",
@@ -611,6 +677,7 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
     }
     results["seconds"] = round(time.time() - started, 1)
     write_outputs(results, rcfg, Path(out_dir))
+    shutil.rmtree(store.folder, ignore_errors=True)  # the outputs hold everything now
     console.log(f"evaluation written to {out_dir} in {results['seconds']:.0f}s"
                 + (f" [red]({len(ev.errors)} failure(s))[/red]" if ev.errors else ""))
     return results

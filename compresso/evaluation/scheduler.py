@@ -46,9 +46,10 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def threads_per_job(device: torch.device) -> int:
-    """Intra-op threads of one job: two on CPU (a core pair), one beside a GPU (it only launches kernels)."""
-    return 1 if device.type == "cuda" else min(2, cpu_cores())
+def threads_per_job(device: torch.device, workers: int) -> int:
+    """Intra-op threads of one job: on CPU its share of the cores, at most two (a core pair: small
+    encoders gain little from more); beside a GPU one (the job only launches kernels)."""
+    return 1 if device.type == "cuda" else max(1, min(2, cpu_cores() // max(1, workers)))
 
 
 def default_workers(device: torch.device, n_jobs: int) -> int:

@@ -69,13 +69,13 @@ TASKS: dict[str, TaskSpec] = {
     "ner": TaskSpec("ner", "NER", "tagging", "ronec", "f1_macro", ("f1_macro", "f1_micro"),
                     FinetuneSettings(lr=2e-4, epochs=30, batch_size=16, max_length=512)),
     "sapn": TaskSpec("sapn", "SAPN", "classification", "laroseda", "accuracy", ("accuracy", "macro_f1"),
-                     FinetuneSettings(lr=1e-4, epochs=4, batch_size=32, max_length=256, patience=2)),
+                     FinetuneSettings(lr=1e-4, epochs=3, batch_size=32, max_length=256, patience=2)),
     "sar": TaskSpec("sar", "SAR", "classification", "laroseda", "macro_f1", ("macro_f1", "accuracy"),
-                    FinetuneSettings(lr=1e-4, epochs=5, batch_size=32, max_length=256, patience=2)),
+                    FinetuneSettings(lr=1e-4, epochs=4, batch_size=32, max_length=256, patience=2)),
     "sts": TaskSpec("sts", "STS", "regression", "ro_sts", "pearson", ("pearson", "spearman"),
                     FinetuneSettings(lr=2e-4, epochs=20, batch_size=32, max_length=128), value_range=(0.0, 5.0)),
     "di": TaskSpec("di", "DI", "classification", "moroco", "macro_f1", ("macro_f1", "accuracy"),
-                   FinetuneSettings(lr=1e-4, epochs=6, batch_size=32, max_length=512, patience=2)),
+                   FinetuneSettings(lr=1e-4, epochs=5, batch_size=32, max_length=512, patience=2)),
 }
 
 METRIC_TITLES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "f1_macro": "entity F1 macro",
