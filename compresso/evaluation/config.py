@@ -77,7 +77,8 @@ class EvaluateConfig(_Strict):
     validation_fraction: float = Field(0.1, gt=0.0, le=0.5,
                                        description="Share of train held out when a dataset has no validation split.")
     min_validation_examples: PositiveInt = Field(250, description="Hold out at least this many examples when "
-                                                                  "carving (at most 25% of train).")
+                                                                  "carving (at most 25% of train; files of "
+                                                                  "fewer than twice as many keep the fraction).")
     finetune: FinetuneOverrides = Field(default_factory=FinetuneOverrides,
                                         description="Settings applied to every task.")
     per_task: dict[TaskName, FinetuneOverrides] = Field(default_factory=dict,

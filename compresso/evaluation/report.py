@@ -293,6 +293,11 @@ def plot_scores(results: dict, path: Path, dpi: int) -> bool:
     return True
 
 
+def _pm(stat: dict) -> str:
+    """A heat-map cell: mean ± std over seeds (a heat map has no error bars)."""
+    return f"{stat['mean']:.3f}" + (f"±{stat['std']:.3f}" if stat.get("std") is not None else "")
+
+
 def plot_loyalty(results: dict, path: Path, dpi: int) -> bool:
     import matplotlib.pyplot as plt
 
@@ -303,7 +308,7 @@ def plot_loyalty(results: dict, path: Path, dpi: int) -> bool:
     task_names = list(tasks)
     students_all = [list(dict.fromkeys(e["student"] for e in entries)) for entries in groups.values()]
     fig, axes = plt.subplots(1, len(groups), squeeze=False,
-                             figsize=(1.2 + 1.1 * len(task_names) * len(groups),
+                             figsize=(1.2 + 1.5 * len(task_names) * len(groups),
                                       1.4 + 0.55 * max(len(s) for s in students_all)))
     shown = [e["regression" if "regression" in e else "probability"]["mean"] for es in groups.values() for e in es]
     vmin = max(0.0, np.floor((min(shown) - 0.02) * 20) / 20)  # colour range follows the data, in steps of 0.05
@@ -315,10 +320,10 @@ def plot_loyalty(results: dict, path: Path, dpi: int) -> bool:
             r, c = students.index(e["student"]), task_names.index(e["task"])
             if "regression" in e:
                 grid[r, c] = e["regression"]["mean"]
-                text[r][c] = f"R {e['regression']['mean']:.3f}"
+                text[r][c] = f"R {_pm(e['regression'])}"
             else:
                 grid[r, c] = e["probability"]["mean"]
-                text[r][c] = f"L {e['label']['mean']:.3f}\nP {e['probability']['mean']:.3f}"
+                text[r][c] = f"L {_pm(e['label'])}\nP {_pm(e['probability'])}"
         image = ax.imshow(grid, vmin=vmin, vmax=1.0, cmap="viridis", aspect="auto")
         for r in range(len(students)):
             for c in range(len(task_names)):
@@ -330,7 +335,8 @@ def plot_loyalty(results: dict, path: Path, dpi: int) -> bool:
         ax.set_title(f"to {reference}" + (" (teacher)" if relation == "teacher" else " (input)"), fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
                  label="probability loyalty (STS: regression loyalty)")
-    fig.suptitle("Loyalty of students (L label, P probability, R regression)", fontsize=10, y=1.08)
+    fig.suptitle("Loyalty of students (L label, P probability, R regression; mean ± std over seeds)",
+                 fontsize=10, y=1.08)
     _save(fig, path, dpi)
     plt.close(fig)
     return True

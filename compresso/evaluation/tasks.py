@@ -119,9 +119,10 @@ def _examples(task: str, records: list) -> list[Example]:
 
 def validation_share(n_train: int, cfg: EvaluateConfig) -> float:
     """Share of a training file to hold out when a dataset has no validation split:
-    ``validation_fraction``, raised to reach ``min_validation_examples`` but never above 25%
-    (docs/evaluation.md, "Validation size", says why)."""
-    if n_train <= 0:
+    ``validation_fraction``, raised to reach ``min_validation_examples`` but never above 25%, for
+    files of at least twice that many examples (smaller ones, e.g. test fixtures, keep the
+    fraction). docs/evaluation.md, "Validation size", says why."""
+    if n_train < 2 * cfg.min_validation_examples:
         return cfg.validation_fraction
     return max(cfg.validation_fraction, min(cfg.min_validation_examples / n_train, 0.25))
 
