@@ -204,7 +204,7 @@ def test_quick_run_subsets(tmp_path):
 def test_reads_the_shared_data(shared_dir):
     cache = DatasetCache(EvaluateConfig(data_dir=str(shared_dir / "data")))
     sizes = {t: cache.task(t).sizes() for t in ("upos", "ner", "sapn", "sts", "di")}
-    assert sizes["upos"] == {"train": 677, "validation": 75, "test": 729}
+    assert sizes["upos"] == {"train": 564, "validation": 188, "test": 729}  # 25%: min_validation_examples, capped
     assert sizes["ner"]["train"] + sizes["ner"]["validation"] == 1330
     assert sizes["sapn"] == {"train": 10800, "validation": 1200, "test": 3000}
     assert sizes["sts"] == {"train": 5749, "validation": 1500, "test": 1379}

@@ -45,7 +45,7 @@ def tiny(shared_dir, tmp_path_factory):
 
 
 def quick(shared_dir, **extra) -> dict:
-    cfg = {"data_dir": str(shared_dir / "data"), "max_train_examples": 40, "max_eval_examples": 40,
+    cfg = {"data_dir": str(shared_dir / "data"), "max_train_examples": 40, "max_eval_examples": 40, "seeds": 1,
            "finetune": {"epochs": 1, "max_length": 48, "batch_size": 8},
            "efficiency": {"min_seconds": 0.01, "cpu_batch_sizes": [1, 2], "cpu_seq_length": 32, "cpu_threads": 1}}
     cfg.update(extra)

@@ -106,14 +106,19 @@ def _validation_message(section: str, err) -> str:
 @click.option("--teacher", "teachers", multiple=True, metavar="NAME",
               help="Marks a given model as a teacher (repeatable or comma-separated): students' loyalty is "
                    "measured against teachers, and efficiency ratios against the first teacher.")
-@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Fine-tuning runs per model and task.")
+@click.option("--seeds", type=click.IntRange(min=1), default=None,
+              help="Fine-tuning runs per model and task (default 3): mean ± std and paired bootstrap intervals.")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Fine-tuning jobs (model × task × seed) run at once, in worker processes; 1 runs them one by "
+                   "one in this process (default: sized from free GPU memory and CPU cores; on CPU one per core "
+                   "pair).")
 @click.option("--seed", type=int, default=42, show_default=True, help="First seed (runs use seed, seed+1, ...).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Any evaluate setting (YAML value), e.g. --set finetune.epochs=2 --set max_train_examples=500 "
                    "--set per_task.sts.lr=2e-4 --set efficiency=false --set report.title=Mine. Repeatable.")
 def evaluate(models: tuple[str, ...], tasks: str | None, data_dir: str | None, out_dir: str,
-             teachers: tuple[str, ...], seeds: int | None, seed: int, device: str,
+             teachers: tuple[str, ...], seeds: int | None, jobs: int | None, seed: int, device: str,
              overrides: tuple[str, ...]) -> None:
     """Fine-tune and score MODELs on the Romanian benchmark; report loyalty and efficiency.
 
@@ -143,6 +148,8 @@ def evaluate(models: tuple[str, ...], tasks: str | None, data_dir: str | None, o
         evaluate_dict["data_dir"] = data_dir
     if seeds is not None:
         evaluate_dict["seeds"] = seeds
+    if jobs is not None:
+        evaluate_dict["jobs"] = jobs
 
     named = [_split_spec(spec) for spec in models]
     names = [n for n, _ in named]

@@ -29,6 +29,8 @@ class FinetuneOverrides(_Strict):
     warmup_ratio: float | None = Field(None, ge=0.0, lt=1.0, description="Share of steps with linear warm-up.")
     weight_decay: float | None = Field(None, ge=0.0, description="AdamW weight decay (not on biases/LayerNorm).")
     max_grad_norm: float | None = Field(None, gt=0.0, description="Gradient clipping norm.")
+    patience: PositiveInt | None = Field(None, description="Early stopping: epochs without a better validation "
+                                                           "score before training stops.")
 
 
 class HubDataset(_Strict):
@@ -63,12 +65,20 @@ class EvaluateConfig(_Strict):
                                                      description="Per-task hub dataset overrides (source: hub).")
     models: list[str] | None = Field(None, description="Names of the models to evaluate (teacher names, stage "
                                                        "folder names); default: every teacher and the final stage.")
-    seeds: PositiveInt = Field(1, description="Fine-tuning runs per model and task (seed, seed+1, ...); "
+    seeds: PositiveInt = Field(3, description="Fine-tuning runs per model and task (seed, seed+1, ...); "
                                               "scores are reported as mean ± std.")
+    jobs: PositiveInt | None = Field(None, description="Fine-tuning jobs run at once (worker processes); default: "
+                                                       "sized from free GPU memory and CPU cores, or one per "
+                                                       "core pair on CPU. 1 runs them one by one in-process.")
+    bootstrap_resamples: int = Field(1000, ge=100, description="Paired bootstrap resamples of the test set "
+                                                               "(differences between models).")
     max_train_examples: PositiveInt | None = Field(None, description="Train on a fixed random subset (quick runs).")
     max_eval_examples: PositiveInt | None = Field(None, description="Cap validation and test sets (quick runs).")
     validation_fraction: float = Field(0.1, gt=0.0, le=0.5,
                                        description="Share of train held out when a dataset has no validation split.")
+    min_validation_examples: PositiveInt = Field(250, description="Hold out at least this many examples when "
+                                                                  "carving (at most 25% of train; files of "
+                                                                  "fewer than twice as many keep the fraction).")
     finetune: FinetuneOverrides = Field(default_factory=FinetuneOverrides,
                                         description="Settings applied to every task.")
     per_task: dict[TaskName, FinetuneOverrides] = Field(default_factory=dict,

@@ -154,3 +154,82 @@ def collate(enc: Encoded, idx: np.ndarray, pad_id: int, with_labels: bool,
         flat = [row * width + enc.word_pos[i][enc.word_pos[i] >= 0] for row, i in enumerate(idx)]
         batch["word_index"] = torch.from_numpy(np.concatenate(flat) if flat else np.zeros(0, dtype=np.int64))
     return batch
+
+
+# --- the tokenisation cache: each (task, tokenizer, max_length) encoded once per evaluation -----
+
+
+def _flatten(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])]).astype(np.int64)
+    flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    return flat.astype(np.int64, copy=False), offsets
+
+
+def _split(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def save_encoded(path, enc: Encoded) -> None:
+    """Write ``enc`` as plain arrays (``np.savez``, no pickle), under a temporary name then renamed."""
+    from pathlib import Path
+
+    arrays = {"lengths": enc.lengths, "missing_words": np.array(enc.missing_words)}
+    arrays["input_ids"], arrays["offsets"] = _flatten(enc.input_ids)
+    if enc.token_type_ids is not None:
+        arrays["token_type_ids"], _ = _flatten(enc.token_type_ids)
+    if enc.word_pos is not None:
+        arrays["labels"], _ = _flatten(enc.labels)
+        arrays["word_pos"], arrays["word_offsets"] = _flatten(enc.word_pos)
+    else:
+        arrays["labels"] = np.asarray(enc.labels)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def load_encoded(path) -> Encoded:
+    with np.load(path, allow_pickle=False) as z:
+        offsets = z["offsets"]
+        input_ids = _split(z["input_ids"], offsets)
+        types = _split(z["token_type_ids"], offsets) if "token_type_ids" in z else None
+        if "word_pos" in z:
+            labels = _split(z["labels"], offsets)
+            word_pos = _split(z["word_pos"], z["word_offsets"])
+        else:
+            labels, word_pos = z["labels"], None
+        return Encoded(input_ids, types, labels, word_pos, z["lengths"], int(z["missing_words"]))
+
+
+class EncodingCache:
+    """Encoded splits on disk, shared by the processes of one evaluation: the first job that needs
+    a (task, tokenizer, max_length) encodes it under a file lock, the others load it; each process
+    also keeps what it loaded. ``get`` says which of "encoded", "loaded" or "memory" it was."""
+
+    def __init__(self, folder):
+        from pathlib import Path
+
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.memory: dict[str, dict[str, Encoded]] = {}
+
+    def get(self, task: str, splits: dict[str, list[Example]], spec: TaskSpec, tokenizer, max_length: int,
+            label_index: dict[str, int] | None) -> tuple[dict[str, Encoded], str]:
+        import fcntl
+
+        key = f"{task}-{tokenizer_fingerprint(tokenizer)}-{max_length}"
+        if key in self.memory:
+            return self.memory[key], "memory"
+        files = {name: self.folder / f"{key}.{name}.npz" for name in splits}
+        with open(self.folder / f"{key}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if all(f.is_file() for f in files.values()):
+                encoded, how = {name: load_encoded(f) for name, f in files.items()}, "loaded"
+            else:
+                encoded = {name: encode(spec, examples, tokenizer, max_length, label_index)
+                           for name, examples in splits.items()}
+                for name, f in files.items():
+                    save_encoded(f, encoded[name])
+                how = "encoded"
+        self.memory[key] = encoded
+        return encoded, how

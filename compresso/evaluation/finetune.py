@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rich.progress import Progress
 
 from compresso.evaluation.features import Encoded, collate, length_grouped_batches, sorted_batches
 from compresso.evaluation.tasks import FinetuneSettings, TaskSpec
@@ -159,6 +158,7 @@ class TrainOutcome:
     history: list[dict] = field(default_factory=list)
     seconds: float = 0.0
     steps: int = 0
+    stopped_early: bool = False
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -182,9 +182,13 @@ def _loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.T
 
 def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings, train: Encoded,
              validation: Encoded, validation_score: Callable[[Predictions], float], device: torch.device,
-             seed: int, pad_id: int, prior: np.ndarray | None, progress: Progress | None = None,
-             description: str = "") -> TrainOutcome:
-    """Fine-tune ``model`` in place and leave it at its best epoch on validation."""
+             seed: int, pad_id: int, prior: np.ndarray | None,
+             on_epoch: Callable[[int, int, float], None] | None = None) -> TrainOutcome:
+    """Fine-tune ``model`` in place and leave it at its best epoch on validation.
+
+    Training stops early once validation has not improved for ``settings.patience`` epochs (the
+    learning-rate schedule still spans ``settings.epochs``, so stopping never changes the steps
+    taken before it). ``on_epoch(epoch, epochs, validation)`` reports progress."""
     started = time.time()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -198,7 +202,6 @@ def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
         else max(0.0, (total - step) / max(1, total - warmup)))
-    bar = progress.add_task(description, total=total) if progress is not None else None
     best_score, best_epoch, best_state, history = -math.inf, 0, None, []
     for epoch in range(1, settings.epochs + 1):
         model.train()
@@ -214,17 +217,16 @@ def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings,
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
-            if bar is not None:
-                progress.advance(bar)
         val_pred = predict(model, validation, spec, device, settings.eval_batch_size, pad_id, prior, forward)
         score = float(validation_score(val_pred))
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / steps_per_epoch, "validation": score})
-        if bar is not None:
-            progress.update(bar, description=f"{description} · epoch {epoch}: validation {score:.2f}")
+        if on_epoch is not None:
+            on_epoch(epoch, settings.epochs, score)
         if score > best_score or best_state is None:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif settings.patience is not None and epoch - best_epoch >= settings.patience:
+            break
     model.load_state_dict(best_state)
-    if bar is not None:
-        progress.remove_task(bar)
-    return TrainOutcome(best_epoch, best_score, history, time.time() - started, total)
+    return TrainOutcome(best_epoch, best_score, history, time.time() - started, steps_per_epoch * len(history),
+                        stopped_early=len(history) < settings.epochs)

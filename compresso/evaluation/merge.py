@@ -27,7 +27,8 @@ def merge_results(parts: list[dict], efficiency: dict | None = None, title: str 
         raise MergeError("nothing to merge")
     names = [m["name"] for m in parts[0]["models"]]
     merged = json.loads(json.dumps(parts[0]))
-    merged["tasks"], merged["loyalty"], merged["errors"] = {}, [], []
+    merged["tasks"], merged["loyalty"], merged["errors"], merged["comparisons"] = {}, [], [], []
+    merged["scheduler"] = merged["tokenisation"] = None  # per part; each part's results.json keeps its own
     merged["scores"] = {name: {} for name in names}
     merged["seconds"] = 0.0
     for i, part in enumerate(parts):
@@ -42,6 +43,7 @@ def merge_results(parts: list[dict], efficiency: dict | None = None, title: str 
         for name in names:
             merged["scores"][name].update(part["scores"].get(name, {}))
         merged["loyalty"] += part["loyalty"]
+        merged["comparisons"] += part.get("comparisons") or []  # per task, so disjoint parts just add up
         merged["errors"] += part["errors"]
         merged["seconds"] = max(merged["seconds"], part["seconds"])  # parts ran side by side
     merged["config"]["tasks"] = list(merged["tasks"])

@@ -120,6 +120,24 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
                          _fmt(before, d), _fmt(after, d), f"{after['mean'] - before['mean']:+.{d}f}"])
         out += [_table(["model", "strategy", "metric", "before", "after", "Δ"], rows, list("lllrrr")), ""]
 
+    # Paired bootstrap differences.
+    comparisons = results.get("comparisons") or []
+    if comparisons:
+        first = comparisons[0]
+        out += ["## Differences", "",
+                f"Headline metric of A minus B (seed means), with the {first['confidence']:.0%} interval of a paired "
+                f"bootstrap over test examples ({first['resamples']} resamples; the same resample for both models "
+                f"and every seed). **Bold**: the interval excludes 0, so the difference is distinguishable from "
+                f"test-set noise; otherwise the two models are not told apart by this benchmark.", ""]
+        rows = []
+        for c in comparisons:
+            t = tasks[c["task"]]
+            cell = f"{c['difference']:+.{d}f} [{c['low']:+.{d}f}, {c['high']:+.{d}f}]"
+            rows.append([t["title"], c["a"], c["b"], c["relation"], f"**{cell}**" if c["distinguishable"] else cell,
+                         "yes" if c["distinguishable"] else "no"])
+        out += [_table(["task", "A", "B", "pair", "A − B [95% interval]", "distinguishable"], rows,
+                       list("lllllr")), ""]
+
     # Loyalty.
     if results["loyalty"]:
         out += ["## Loyalty", "",
@@ -191,16 +209,27 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     rows = []
     for task, t in tasks.items():
         st = t.get("settings") or {}
-        epochs = "; ".join(f"{m['name']}: {', '.join(map(str, scores[m['name']][task]['best_epochs']))}"
+        epochs = "; ".join(f"{m['name']}: {', '.join(_epoch_cell(r) for r in scores[m['name']][task]['runs'])}"
                            for m in models if task in scores.get(m["name"], {}))
-        rows.append([t["title"], f"{st.get('lr', 0):g}", str(st.get("epochs", "")), str(st.get("batch_size", "")),
+        rows.append([t["title"], f"{st.get('lr', 0):g}", str(st.get("epochs", "")),
+                     str(st.get("patience") or "–"), str(st.get("batch_size", "")),
                      str(st.get("max_length", "")), f"{st.get('warmup_ratio', 0):g}", epochs or "–"])
-    out += [_table(["task", "lr", "epochs", "batch", "max length", "warm-up", "best epoch per model"], rows,
-                   list("lrrrrrl")), ""]
+    out += [_table(["task", "lr", "epochs (max)", "patience", "batch", "max length", "warm-up",
+                    "best epoch / epochs run, per model and seed"], rows, list("lrrrrrrl")), ""]
+    sched = results.get("scheduler")
+    if sched:
+        tok = results.get("tokenisation") or {}
+        out += [f"{sched['jobs']} fine-tuning jobs, {sched['workers']} at a time ({sched['mode']}, "
+                f"{sched['threads_per_job']} thread(s) each), {sched.get('wall_seconds', 0):.0f} s; task data "
+                f"tokenised {tok.get('encoded', 0)} time(s), reused {tok.get('reused', 0)} time(s).", ""]
 
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def _epoch_cell(run: dict) -> str:
+    return f"{run['best_epoch']}/{run.get('epochs_run', run['best_epoch'])}"
 
 
 def _metric_names(scores: dict, task: str, t: dict) -> list[str]:
@@ -264,6 +293,11 @@ def plot_scores(results: dict, path: Path, dpi: int) -> bool:
     return True
 
 
+def _pm(stat: dict) -> str:
+    """A heat-map cell: mean ± std over seeds (a heat map has no error bars)."""
+    return f"{stat['mean']:.3f}" + (f"±{stat['std']:.3f}" if stat.get("std") is not None else "")
+
+
 def plot_loyalty(results: dict, path: Path, dpi: int) -> bool:
     import matplotlib.pyplot as plt
 
@@ -274,7 +308,7 @@ def plot_loyalty(results: dict, path: Path, dpi: int) -> bool:
     task_names = list(tasks)
     students_all = [list(dict.fromkeys(e["student"] for e in entries)) for entries in groups.values()]
     fig, axes = plt.subplots(1, len(groups), squeeze=False,
-                             figsize=(1.2 + 1.1 * len(task_names) * len(groups),
+                             figsize=(1.2 + 1.5 * len(task_names) * len(groups),
                                       1.4 + 0.55 * max(len(s) for s in students_all)))
     shown = [e["regression" if "regression" in e else "probability"]["mean"] for es in groups.values() for e in es]
     vmin = max(0.0, np.floor((min(shown) - 0.02) * 20) / 20)  # colour range follows the data, in steps of 0.05
@@ -286,10 +320,10 @@ def plot_loyalty(results: dict, path: Path, dpi: int) -> bool:
             r, c = students.index(e["student"]), task_names.index(e["task"])
             if "regression" in e:
                 grid[r, c] = e["regression"]["mean"]
-                text[r][c] = f"R {e['regression']['mean']:.3f}"
+                text[r][c] = f"R {_pm(e['regression'])}"
             else:
                 grid[r, c] = e["probability"]["mean"]
-                text[r][c] = f"L {e['label']['mean']:.3f}\nP {e['probability']['mean']:.3f}"
+                text[r][c] = f"L {_pm(e['label'])}\nP {_pm(e['probability'])}"
         image = ax.imshow(grid, vmin=vmin, vmax=1.0, cmap="viridis", aspect="auto")
         for r in range(len(students)):
             for c in range(len(task_names)):
@@ -301,7 +335,8 @@ def plot_loyalty(results: dict, path: Path, dpi: int) -> bool:
         ax.set_title(f"to {reference}" + (" (teacher)" if relation == "teacher" else " (input)"), fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8,
                  label="probability loyalty (STS: regression loyalty)")
-    fig.suptitle("Loyalty of students (L label, P probability, R regression)", fontsize=10, y=1.08)
+    fig.suptitle("Loyalty of students (L label, P probability, R regression; mean ± std over seeds)",
+                 fontsize=10, y=1.08)
     _save(fig, path, dpi)
     plt.close(fig)
     return True

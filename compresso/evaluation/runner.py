@@ -1,6 +1,7 @@
 """``evaluate_models``: fine-tune every model on every task, score, compare, report.
 
-For each task and seed, every plain model (teacher or student) is fine-tuned and scored on the
+Every (model, task, seed) is one job; the jobs run concurrently through ``scheduler.run_jobs``
+(worker processes; the longest first) and share one tokenisation cache. For each task and seed, every plain model (teacher or student) is fine-tuned and scored on the
 test set; a model whose producing strategy must follow fine-tuning (INT8 quantization) is scored
 by fine-tuning its input model, applying the strategy to that fine-tuned model and scoring the
 result. Loyalty compares the test-set predictions of each student with each teacher's (and with
@@ -10,11 +11,14 @@ its own input model's, when that model is evaluated too) under the same seed.
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import json
 import os
 import platform
+import shutil
 import tempfile
 import time
-import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -24,14 +28,22 @@ from typing import Literal
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from compresso import registry
-from compresso.evaluation import scoring
+from compresso.evaluation import scoring, statistics
 from compresso.evaluation.config import EvaluateConfig, ReportConfig
 from compresso.evaluation.data import DataError
-from compresso.evaluation.features import Encoded, encode, tokenizer_fingerprint
+from compresso.evaluation.features import Encoded, EncodingCache
 from compresso.evaluation.finetune import Predictions, TrainOutcome, finetune, make_forward, module_device, predict
+from compresso.evaluation.scheduler import (
+    default_workers,
+    estimated_cost,
+    longest_first,
+    run_jobs,
+    threads_per_job,
+)
 from compresso.evaluation.tasks import DatasetCache, FinetuneSettings, TaskData
 
 _ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
@@ -150,24 +162,28 @@ def check_data(evaluate: EvaluateConfig | dict | None) -> None:
         raise EvaluationError(str(exc)) from None
 
 
-class _Evaluation:
-    def __init__(self, models, cfg: EvaluateConfig, out_dir: Path, device: torch.device, seed: int,
-                 console: Console):
-        self.models, self.cfg, self.out_dir = models, cfg, out_dir
-        self.device, self.seed, self.console = device, seed, console
-        self.seeds = [seed + i for i in range(cfg.seeds)]
-        self.reapply = {m.name: _reapply_class(m) for m in models}
-        self.encodings: dict[tuple, dict[str, Encoded]] = {}
-        self.runs: dict[str, dict[str, list[dict]]] = {m.name: {} for m in models}
-        self.loyalty_runs: list[dict] = []
-        self.errors: list[dict] = []
-        self.task_settings: dict[str, dict] = {}
-        self.progress: Progress | None = None
+@dataclass
+class _Job:
+    """One fine-tuning job: a model on a task with a seed (plain data, sent to worker processes)."""
 
-    # --- one model on one task --------------------------------------------------------------
+    model: EvalModel
+    task: str
+    seed: int
 
-    def _settings(self, data: TaskData) -> FinetuneSettings:
-        return data.spec.defaults.with_overrides(self.cfg.finetune, self.cfg.per_task.get(data.spec.name))
+
+def _settings(cfg: EvaluateConfig, data: TaskData) -> FinetuneSettings:
+    return data.spec.defaults.with_overrides(cfg.finetune, cfg.per_task.get(data.spec.name))
+
+
+class _JobRunner:
+    """A worker's state (task data, settings, the tokenisation cache) and the body of one job."""
+
+    def __init__(self, cfg: dict, task_data: dict[str, TaskData], device: str, cache_dir: str):
+        self.cfg = EvaluateConfig.model_validate(cfg)
+        self.task_data = task_data
+        self.device = torch.device(device)
+        self.cache = EncodingCache(cache_dir)
+        self.console = Console(file=io.StringIO())  # strategies' own logs would garble the progress display
 
     def _load(self, ref: str, data: TaskData):
         from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
@@ -189,7 +205,8 @@ class _Evaluation:
         return {"num_labels": len(data.labels), "id2label": dict(enumerate(data.labels)),
                 "label2id": {label: i for i, label in enumerate(data.labels)}}
 
-    def _max_length(self, model, tokenizer, wanted: int) -> int:
+    @staticmethod
+    def _max_length(model, tokenizer, wanted: int) -> int:
         limits = []
         tok_limit = getattr(tokenizer, "model_max_length", None)
         if isinstance(tok_limit, int) and tok_limit < 100_000:
@@ -200,75 +217,65 @@ class _Evaluation:
             limits.append(positions - (2 if getattr(config, "model_type", "") in _ROBERTA_LIKE else 0))
         return min([wanted] + limits)
 
-    def _encoded(self, data: TaskData, tokenizer, max_length: int) -> dict[str, Encoded]:
-        key = (data.spec.name, tokenizer_fingerprint(tokenizer), max_length)
-        if key not in self.encodings:
-            index = {label: i for i, label in enumerate(data.labels)} if data.labels else None
-            self.encodings[key] = {name: encode(data.spec, getattr(data, name), tokenizer, max_length, index)
-                                   for name in ("train", "validation", "test")}
-        return self.encodings[key]
-
     @staticmethod
     def _pad_id(tokenizer) -> int:
         pad = getattr(tokenizer, "pad_token_id", None)
         return int(pad) if pad is not None else 0
 
-    def _finetune(self, ref: str, data: TaskData, seed: int, label: str):
-        """Fine-tune ``ref`` on the task; returns (model, tokenizer, encodings, outcome, settings)."""
-        settings = self._settings(data)
+    def _finetune(self, ref: str, data: TaskData, seed: int, report):
+        settings = _settings(self.cfg, data)
         torch.manual_seed(seed)  # the task head's initialisation
         bundle = self._load(ref, data)
         if bundle.tokenizer is None:
             raise EvaluationError(f"{ref} holds no tokenizer; save one beside the model (tokenizer.save_pretrained)")
         max_length = self._max_length(bundle.model, bundle.tokenizer, settings.max_length)
-        enc = self._encoded(data, bundle.tokenizer, max_length)
+        index = {label: i for i, label in enumerate(data.labels)} if data.labels else None
+        enc, how = self.cache.get(data.spec.name, {"train": data.train, "validation": data.validation,
+                                                   "test": data.test},
+                                  data.spec, bundle.tokenizer, max_length, index)
         pad_id = self._pad_id(bundle.tokenizer)
         outcome = finetune(
             bundle.model, data.spec, settings, enc["train"], enc["validation"],
             lambda pred: scoring.score(data.spec, data.validation, data.labels, pred)[data.spec.headline],
-            self.device, seed, pad_id, data.label_prior, self.progress,
-            f"{data.spec.title} · {label} · seed {seed}")
+            self.device, seed, pad_id, data.label_prior, lambda e, n, v: report((e, n, v)))
         record = {"settings": asdict(settings) | {"max_length": max_length}}
         if max_length < settings.max_length:
             record["note"] = f"max_length capped at {max_length} by the model"
-        return bundle, enc, outcome, record
+        return bundle, enc, outcome, record, how
 
-    def _test(self, model, data: TaskData, enc: dict[str, Encoded], pad_id: int, settings: FinetuneSettings,
-              device: torch.device | None = None, use_autocast: bool = True) -> Predictions:
-        return predict(model, enc["test"], data.spec, device or self.device, settings.eval_batch_size, pad_id,
+    def _test(self, model, data: TaskData, enc: dict[str, Encoded], pad_id: int, device: torch.device,
+              use_autocast: bool = True) -> Predictions:
+        return predict(model, enc["test"], data.spec, device, _settings(self.cfg, data).eval_batch_size, pad_id,
                        data.label_prior, make_forward(model), use_autocast)
-
-    def _run_plain(self, m: EvalModel, data: TaskData, seed: int) -> tuple[Predictions, dict, tuple]:
-        bundle, enc, outcome, record = self._finetune(m.path, data, seed, m.name)
-        settings = self._settings(data)
-        t0 = time.time()
-        pred = self._test(bundle.model, data, enc, self._pad_id(bundle.tokenizer), settings)
-        record.update(self._record(data, pred, outcome, seed, time.time() - t0, enc))
-        return pred, record, (bundle, enc, outcome)
 
     def _record(self, data: TaskData, pred: Predictions, outcome: TrainOutcome, seed: int, test_seconds: float,
                 enc: dict[str, Encoded]) -> dict:
         metrics = scoring.score(data.spec, data.test, data.labels, pred)
         rec = {"seed": seed, "metrics": metrics, "best_epoch": outcome.best_epoch,
+               "epochs_run": len(outcome.history), "stopped_early": outcome.stopped_early,
                "validation": outcome.best_validation, "history": outcome.history,
                "train_seconds": round(outcome.seconds, 2), "test_seconds": round(test_seconds, 2)}
         if enc["test"].missing_words:
             rec["test_words_without_token"] = enc["test"].missing_words
         return rec
 
-    def _run_reapplied(self, m: EvalModel, data: TaskData, seed: int, finetuned: dict) -> tuple[Predictions, dict]:
-        """Fine-tune the input model (or reuse it), apply the strategy to it, score the result on CPU."""
-        key = _key(m.input_path)
-        if key not in finetuned:
-            _, record, state = self._run_plain(EvalModel(f"{m.name}:input", m.input_path), data, seed)
-            finetuned[key] = (state, record)
-        (bundle, enc, outcome), input_record = finetuned[key]
-        cls = self.reapply[m.name]
+    def _run_plain(self, ref: str, data: TaskData, seed: int, report):
+        bundle, enc, outcome, record, how = self._finetune(ref, data, seed, report)
+        t0 = time.time()
+        pred = self._test(bundle.model, data, enc, self._pad_id(bundle.tokenizer), self.device)
+        record.update(self._record(data, pred, outcome, seed, time.time() - t0, enc))
+        return pred, record, (bundle, enc, outcome), how
+
+    def _run_reapplied(self, m: EvalModel, cls, data: TaskData, seed: int, report):
+        """Fine-tune the input model (the same job as scoring that model, same seed), apply the
+        strategy to it, score the result on CPU."""
+        _, input_record, (bundle, enc, outcome), how = self._run_plain(m.input_path, data, seed, report)
         strategy = cls(cls.Params.model_validate(m.params or {}))
         cpu = torch.device("cpu")
         task_model = copy.deepcopy(bundle.model).to(cpu).float().eval()
         from compresso.strategy import ModelBundle, RunContext
 
+        report("applying " + m.strategy)
         t0 = time.time()
         with tempfile.TemporaryDirectory(prefix="compresso-eval-") as tmp:
             ctx = RunContext(stage_dir=Path(tmp) / "stage", work_dir=Path(tmp) / "work", device=cpu, seed=seed,
@@ -282,94 +289,240 @@ class _Evaluation:
         apply_seconds = time.time() - t0
         model = out.model
         device = module_device(model) if isinstance(model, torch.nn.Module) else cpu
-        settings = self._settings(data)
         t0 = time.time()
-        pred = self._test(model, data, enc, self._pad_id(bundle.tokenizer), settings, device, use_autocast=False)
+        pred = self._test(model, data, enc, self._pad_id(bundle.tokenizer), device, use_autocast=False)
         record = {"settings": input_record["settings"],
                   **self._record(data, pred, outcome, seed, time.time() - t0, enc),
                   "reapplied": m.strategy, "apply_seconds": round(apply_seconds, 2),
                   "input_metrics": input_record["metrics"]}
-        return pred, record
+        return pred, record, how
 
-    # --- the whole evaluation ---------------------------------------------------------------
+    def run(self, job: _Job, report) -> dict:
+        data = self.task_data[job.task]
+        cls = _reapply_class(job.model)
+        if cls is None:
+            pred, record, _, how = self._run_plain(job.model.path, data, job.seed, report)
+        else:
+            pred, record, how = self._run_reapplied(job.model, cls, data, job.seed, report)
+        counts = statistics.example_counts(data.spec, data.test, data.labels, pred)
+        if pred.probs is not None:  # half the bytes on their way back; loyalty does not need float64
+            pred = Predictions(pred.kind, pred.probs.astype(np.float32), pred.values, pred.offsets)
+        return {"record": record, "predictions": pred, "counts": counts, "encoding": how}
 
-    def run(self, task_data: dict[str, TaskData]) -> None:
-        plain = [m for m in self.models if self.reapply[m.name] is None]
-        reapplied = [m for m in self.models if self.reapply[m.name] is not None]
-        inputs_needed = {_key(m.input_path) for m in reapplied}
+
+def _init_worker(cfg: dict, task_data: dict[str, TaskData], device: str, cache_dir: str) -> _JobRunner:
+    return _JobRunner(cfg, task_data, device, cache_dir)
+
+
+def _run_job(state: _JobRunner, job: _Job, report) -> dict:
+    return state.run(job, report)
+
+
+def _job_cost(cfg: EvaluateConfig, job: _Job, task_data: dict[str, TaskData]) -> float:
+    data = task_data[job.task]
+    settings = _settings(cfg, data)
+    return estimated_cost(len(data.train), settings.epochs, settings.max_length)
+
+
+def _pairs(models: list[EvalModel]) -> list[tuple[EvalModel, EvalModel, str]]:
+    """(student, reference, relation) for loyalty: every teacher, and the student's own input model
+    when it is evaluated too."""
+    teachers = [m for m in models if m.role == "teacher"]
+    out = []
+    for s in models:
+        if s.role == "teacher":
+            continue
+        out += [(s, t, "teacher") for t in teachers]
+        parent = next((m for m in models if s.input_path and m is not s
+                       and _key(m.path) == _key(s.input_path)), None)
+        if parent is not None and parent.role != "teacher":
+            out.append((s, parent, "input"))
+    return out
+
+
+class _JobStore:
+    """Finished jobs of an evaluation on disk (record JSON + arrays in ``np.savez``), so that an
+    interrupted evaluation started again into the same folder with the same settings runs only
+    the jobs it had not finished. Removed once the outputs are written."""
+
+    def __init__(self, folder: Path, cfg: EvaluateConfig):
+        self.folder = folder
+        settings = cfg.model_dump(mode="json", exclude={"jobs", "models", "efficiency", "loyalty",
+                                                         "bootstrap_resamples"})
+        self.settings = json.dumps(settings, sort_keys=True)
+
+    def _stem(self, job: _Job) -> Path:
+        m = job.model
+        identity = json.dumps([self.settings, _key(m.path), m.strategy, m.params, _key(m.input_path), job.task,
+                               job.seed], sort_keys=True, default=str)
+        return self.folder / f"{job.task}-{job.seed}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
+
+    def save(self, job: _Job, result: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        stem = self._stem(job)
+        pred = result["predictions"]
+        arrays = {"counts": result["counts"]}
+        for name in ("probs", "values", "offsets"):
+            if getattr(pred, name) is not None:
+                arrays[name] = getattr(pred, name)
+        tmp = stem.with_name(stem.name + ".partial.npz")
+        np.savez(tmp, **arrays)
+        tmp.replace(stem.with_suffix(".npz"))
+        meta = {"record": result["record"], "kind": pred.kind, "encoding": result["encoding"]}
+        tmp = stem.with_name(stem.name + ".partial.json")
+        tmp.write_text(json.dumps(meta))
+        tmp.replace(stem.with_suffix(".json"))  # written last: its presence means the job is complete
+
+    def load(self, job: _Job) -> dict | None:
+        stem = self._stem(job)
+        if not stem.with_suffix(".json").is_file() or not stem.with_suffix(".npz").is_file():
+            return None
+        meta = json.loads(stem.with_suffix(".json").read_text())
+        with np.load(stem.with_suffix(".npz"), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        pred = Predictions(meta["kind"], arrays.get("probs"), arrays.get("values"), arrays.get("offsets"))
+        return {"record": meta["record"], "predictions": pred, "counts": arrays["counts"], "encoding": meta["encoding"]}
+
+
+class _Evaluation:
+    """The parent's side: plans the jobs, runs them through the scheduler, collects the results."""
+
+    def __init__(self, models: list[EvalModel], cfg: EvaluateConfig, device: torch.device, seed: int,
+                 console: Console):
+        self.models, self.cfg, self.device, self.console = models, cfg, device, console
+        self.seeds = [seed + i for i in range(cfg.seeds)]
+        self.reapply = {m.name: _reapply_class(m) for m in models}
+        self.runs: dict[str, dict[str, list[dict]]] = {m.name: {} for m in models}
+        self.counts: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        self.loyalty_runs: list[dict] = []
+        self.errors: list[dict] = []
+        self.encodings = {"encoded": 0, "loaded": 0, "memory": 0}
+        self.scheduler: dict = {}
+
+    def run(self, task_data: dict[str, TaskData], store: "_JobStore | None" = None) -> None:
+        jobs = [_Job(m, task, seed) for task in task_data for seed in self.seeds for m in self.models]
+        order = longest_first([_job_cost(self.cfg, j, task_data) for j in jobs])
+        jobs = [jobs[i] for i in order]
+        self.waiting = {(task, seed): len(self.models) for task in task_data for seed in self.seeds}
+        self.preds: dict[tuple[str, int], dict[str, Predictions]] = {}
+        resumed = []
+        if store is not None:
+            for job in jobs:
+                result = store.load(job)
+                if result is not None:
+                    resumed.append(job)
+                    self._finish(job, task_data, result)
+            if resumed:
+                self.console.log(f"resuming: {len(resumed)} of {len(jobs)} jobs were finished by an earlier, "
+                                 f"interrupted run ({store.folder})")
+            jobs = [j for j in jobs if j not in resumed]
+        workers = self.cfg.jobs or default_workers(self.device, max(1, len(jobs)))
+        workers = max(1, min(workers, max(1, len(jobs))))
+        threads = threads_per_job(self.device, workers)
+        self.scheduler = {"jobs": len(jobs) + len(resumed), "resumed": len(resumed), "workers": workers,
+                          "threads_per_job": threads, "mode": "in-process" if workers == 1 else "worker processes"}
+        self.console.log(f"{len(jobs)} fine-tuning jobs, {workers} at a time "
+                         f"({'in this process' if workers == 1 else 'worker processes'}, {threads} "
+                         f"thread{'s' if threads > 1 else ''} each)")
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-        with Progress(*columns, console=self.console, transient=False) as progress:
-            self.progress = progress
-            overall = progress.add_task("evaluation", total=len(task_data) * len(self.seeds) * len(self.models))
-            for task, data in task_data.items():
-                self.task_settings[task] = asdict(self._settings(data))
-                for seed in self.seeds:
-                    preds: dict[str, Predictions] = {}
-                    finetuned: dict = {}
-                    for m in plain:
-                        progress.update(overall, description=f"evaluation · {data.spec.title} · {m.name}")
-                        try:
-                            pred, record, state = self._run_plain(m, data, seed)
-                        except Exception as exc:
-                            self._error(m, task, seed, exc)
-                        else:
-                            preds[m.name] = pred
-                            self.runs[m.name].setdefault(task, []).append(record)
-                            if _key(m.path) in inputs_needed:
-                                finetuned[_key(m.path)] = (state, record)
-                            self._log(m.name, data, record)
-                        progress.advance(overall)
-                    for m in reapplied:
-                        progress.update(overall, description=f"evaluation · {data.spec.title} · {m.name}")
-                        try:
-                            pred, record = self._run_reapplied(m, data, seed, finetuned)
-                        except Exception as exc:
-                            self._error(m, task, seed, exc)
-                        else:
-                            preds[m.name] = pred
-                            self.runs[m.name].setdefault(task, []).append(record)
-                            self._log(m.name, data, record)
-                        progress.advance(overall)
-                    if self.cfg.loyalty:
-                        self._loyalty(data, seed, preds)
-                    del finetuned, preds
-            progress.update(overall, description="evaluation")
-        self.progress = None
+        started = time.time()
+        with tempfile.TemporaryDirectory(prefix="compresso-eval-cache-") as cache_dir, \
+                Progress(*columns, console=self.console, transient=False) as progress:
+            overall = progress.add_task("evaluation", total=len(jobs))
+            rows: dict[int, int] = {}
+
+            def label(job: _Job) -> str:
+                return f"{task_data[job.task].spec.title} · {job.model.name} · seed {job.seed}"
+
+            def on_progress(index: int, payload) -> None:
+                if index not in rows:
+                    return
+                if isinstance(payload, tuple):
+                    epoch, epochs, score = payload
+                    progress.update(rows[index], completed=epoch, total=epochs,
+                                    description=f"{label(jobs[index])} · validation {score:.2f}")
+                else:
+                    progress.update(rows[index], description=f"{label(jobs[index])} · {payload}")
+
+            events = run_jobs(jobs, _init_worker, (self.cfg.model_dump(mode="json"), task_data, str(self.device),
+                                                   cache_dir), _run_job, workers, threads, on_progress)
+            for event in events:
+                job = jobs[event.index]
+                if event.kind == "start":
+                    rows[event.index] = progress.add_task(label(job), total=None)
+                    continue
+                if event.index in rows:
+                    progress.remove_task(rows.pop(event.index))
+                progress.advance(overall)
+                if event.kind == "done":
+                    if store is not None:
+                        store.save(job, event.payload)
+                    self.encodings[event.payload["encoding"]] += 1
+                    self._finish(job, task_data, event.payload)
+                else:
+                    self._error(job, event.payload)
+                    self._finish(job, task_data, None)
+        self.scheduler["wall_seconds"] = round(time.time() - started, 1)
+        for by_task in self.runs.values():
+            for runs in by_task.values():
+                runs.sort(key=lambda r: r["seed"])
+        self.loyalty_runs.sort(key=lambda r: (r["task"], r["student"], r["reference"], r["seed"]))
+
+    def _finish(self, job: _Job, task_data: dict[str, TaskData], result: dict | None) -> None:
+        """Take in one job's result (None: it failed); loyalty once a task and seed is complete."""
+        if result is not None:
+            record = result["record"]
+            self.runs[job.model.name].setdefault(job.task, []).append(record)
+            self.counts.setdefault((job.model.name, job.task), {})[job.seed] = result["counts"]
+            self.preds.setdefault((job.task, job.seed), {})[job.model.name] = result["predictions"]
+            self._log(job.model.name, task_data[job.task], record)
+        self.waiting[(job.task, job.seed)] -= 1
+        if self.waiting[(job.task, job.seed)] == 0:  # every model of this task and seed is in
+            if self.cfg.loyalty:
+                self._loyalty(task_data[job.task], job.seed, self.preds.get((job.task, job.seed), {}))
+            self.preds.pop((job.task, job.seed), None)
 
     def _log(self, name: str, data: TaskData, record: dict) -> None:
         head = data.spec.headline
         self.console.log(f"{data.spec.title} · {name} · seed {record['seed']}: {head} "
-                         f"{record['metrics'][head]:.2f} (best epoch {record['best_epoch']}, "
-                         f"{record['train_seconds']:.0f}s)")
+                         f"{record['metrics'][head]:.2f} (best epoch {record['best_epoch']} of "
+                         f"{record['epochs_run']}, {record['train_seconds']:.0f}s)")
 
-    def _error(self, m: EvalModel, task: str, seed: int, exc: Exception) -> None:
-        if isinstance(exc, (KeyboardInterrupt, torch.cuda.OutOfMemoryError)):
-            raise exc
-        message = f"{type(exc).__name__}: {exc}"
-        self.errors.append({"model": m.name, "task": task, "seed": seed, "error": message,
-                            "traceback": traceback.format_exc(limit=8)})
-        self.console.print(f"[red]{m.name} on {task} (seed {seed}) failed:[/red] {message}", highlight=False,
-                           markup=True)
-
-    def pairs(self) -> list[tuple[EvalModel, EvalModel, str]]:
-        teachers = [m for m in self.models if m.role == "teacher"]
-        out = []
-        for s in self.models:
-            if s.role == "teacher":
-                continue
-            out += [(s, t, "teacher") for t in teachers]
-            parent = next((m for m in self.models if s.input_path and m is not s
-                           and _key(m.path) == _key(s.input_path)), None)
-            if parent is not None and parent.role != "teacher":
-                out.append((s, parent, "input"))
-        return out
+    def _error(self, job: _Job, failure: dict) -> None:
+        self.errors.append({"model": job.model.name, "task": job.task, "seed": job.seed, **failure})
+        self.console.print(f"[red]{escape(job.model.name)} on {job.task} (seed {job.seed}) failed:[/red] "
+                           f"{escape(failure['error'])}", highlight=False)
 
     def _loyalty(self, data: TaskData, seed: int, preds: dict[str, Predictions]) -> None:
-        for student, reference, relation in self.pairs():
+        for student, reference, relation in _pairs(self.models):
             if student.name in preds and reference.name in preds:
                 values = scoring.loyalty(data.spec, preds[reference.name], preds[student.name])
                 self.loyalty_runs.append({"student": student.name, "reference": reference.name,
                                           "relation": relation, "task": data.spec.name, "seed": seed, **values})
+
+    def comparisons(self, task_data: dict[str, TaskData], seed: int) -> list[dict]:
+        """Paired bootstrap of the headline metric for every student–teacher pair and every pair of
+        students, per task (test examples resampled, seeds pooled)."""
+        students = [m for m in self.models if m.role != "teacher"]
+        teachers = [m for m in self.models if m.role == "teacher"]
+        pairs = [(s, t, "student-teacher") for s in students for t in teachers]
+        pairs += [(a, b, "student-student") for i, a in enumerate(students) for b in students[i + 1:]]
+        out = []
+        for task, data in task_data.items():
+            weights = statistics.bootstrap_weights(len(data.test), self.cfg.bootstrap_resamples, seed)
+            scores = {}
+            for m in self.models:
+                runs = self.counts.get((m.name, task), {})
+                if runs:
+                    scores[m.name] = statistics.resampled_score(data.spec, [runs[s] for s in sorted(runs)], weights)
+            for a, b, relation in pairs:
+                if a.name in scores and b.name in scores:
+                    out.append({"task": task, "metric": data.spec.headline, "a": a.name, "b": b.name,
+                                "relation": relation,
+                                "seeds": {a.name: sorted(self.counts[(a.name, task)]),
+                                          b.name: sorted(self.counts[(b.name, task)])},
+                                **statistics.difference_interval(scores[a.name], scores[b.name])})
+        return out
 
 
 def _stats(values: list[float]) -> dict:
@@ -494,10 +647,11 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
         task_data = {task: cache.task(task) for task in cfg.tasks}
     except DataError as exc:
         raise EvaluationError(str(exc)) from None
-    ev = _Evaluation(selected, cfg, Path(out_dir), device, seed, console)
+    ev = _Evaluation(selected, cfg, device, seed, console)
     console.log(f"evaluating {', '.join(m.name for m in selected)} on {', '.join(cfg.tasks)} "
                 f"({len(ev.seeds)} seed{'s' if len(ev.seeds) > 1 else ''}, {device})")
-    ev.run(task_data)
+    store = _JobStore(Path(out_dir) / ".partial-jobs", cfg)
+    ev.run(task_data, store)
     efficiency = _efficiency(ev, console) if cfg.efficiency.enabled else None
     results = {
         "title": rcfg.title or "compresso evaluation",
@@ -510,15 +664,20 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
         "tasks": {task: {"title": d.spec.title, "kind": d.spec.kind, "dataset": d.spec.dataset,
                          "headline": d.spec.headline, "metrics": list(d.spec.metrics),
                          "classes": len(d.labels) if d.labels else None, "sizes": d.sizes(),
-                         "sources": d.sources, "notes": d.notes, "settings": ev.task_settings.get(task)}
+                         "sources": d.sources, "notes": d.notes, "settings": asdict(_settings(cfg, d))}
                   for task, d in task_data.items()},
+        "scheduler": ev.scheduler,
+        "tokenisation": {"encoded": ev.encodings["encoded"], "reused": ev.encodings["loaded"] + ev.encodings["memory"],
+                         **ev.encodings},
         "scores": _aggregate_scores(ev, task_data),
         "loyalty": _aggregate_loyalty(ev),
+        "comparisons": ev.comparisons(task_data, seed),
         "efficiency": efficiency,
         "errors": ev.errors,
     }
     results["seconds"] = round(time.time() - started, 1)
     write_outputs(results, rcfg, Path(out_dir))
+    shutil.rmtree(store.folder, ignore_errors=True)  # the outputs hold everything now
     console.log(f"evaluation written to {out_dir} in {results['seconds']:.0f}s"
                 + (f" [red]({len(ev.errors)} failure(s))[/red]" if ev.errors else ""))
     return results
