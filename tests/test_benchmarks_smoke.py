@@ -77,6 +77,8 @@ def test_distill_speed_tiny(tmp_path):
     text = page.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
     assert f"| compresso, 1 teacher | {runs['c1']['step_ms']['median']:.1f} |" in text
+    note = tables.main([str(tmp_path / "distill_speed.json"), "--issue-note"])
+    assert f"({runs['cx']['step_ms']['median']:.1f} ms)" in note
 
 
 @pytest.mark.shared
