@@ -43,6 +43,9 @@ def render(data: dict, source: str) -> str:
                  f"whole run {data['wall_s']} s. MFU against {data['peak_tflops']} TFLOP/s dense bf16."
                  if data.get("peak_tflops") else
                  f"Rendered from [`{source}`]({source}). {gpu}, torch {env['torch']}; no MFU (no peak given).")
+    if not data.get("complete", True):
+        lines.append("")
+        lines.append("**Incomplete run**: it stopped early; only the batch sizes below finished.")
     lines.append("")
     for when in ("gpu_before", "gpu_after"):
         smi = data.get(when)

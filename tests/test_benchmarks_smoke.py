@@ -40,6 +40,7 @@ def test_distill_speed_tiny(tmp_path):
     out = bench.main(_speed_argv(tmp_path, configs, *(["--reference-dir", reference] if reference else [])))
 
     assert json.loads((tmp_path / "distill_speed.json").read_text()) == json.loads(json.dumps(out))
+    assert out["complete"] and not list(tmp_path.glob("*.tmp"))
     (phase,) = out["phases"]
     runs = {r["config"]: r for r in phase["runs"]}
     assert set(runs) == set(configs.split(","))
