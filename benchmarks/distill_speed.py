@@ -906,6 +906,8 @@ def main(argv: list[str] | None = None) -> dict:
                     share = max(left / (len(args.batches) - i), 1.0)
                     log(f"batch {b}: {share:.0f} s of budget")
                     phases.append(run_batch_size(b, args.names, inputs, args, device, share, work / f"b{b}", log))
+                    if i + 1 < len(args.batches):  # a run cut short keeps the phases it finished
+                        write_json(summary(args, device, inputs, phases, gpu_before, started, complete=False), args)
                     gc.collect()
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
@@ -913,12 +915,23 @@ def main(argv: list[str] | None = None) -> dict:
                 Trainer.on_step_end = original_hook
     finally:
         torch.set_num_threads(threads_before)
+    out = summary(args, device, inputs, phases, gpu_before, started, complete=True)
+    print_tables(out)
+    path = write_json(out, args)
+    if path:
+        print(f"wrote {path}")
+    return out
+
+
+def summary(args, device: torch.device, inputs: dict, phases: list[dict], gpu_before, started: float,
+            complete: bool) -> dict:
     finish_phases(phases)
     vocab = next(iter(inputs.values()))["vocab"]
-    out = {"benchmark": "distill_speed", "sizes": asdict(args.sizes), "vocab": {"A": vocab["A"], "B": vocab["B"]},
-           "loss": LOSS, "optimiser": OPTIM, "tiny": args.tiny, "configs": {n: CONFIGS[n] for n in args.names},
+    out = {"benchmark": "distill_speed", "complete": complete, "sizes": asdict(args.sizes),
+           "vocab": {"A": vocab["A"], "B": vocab["B"]}, "loss": LOSS, "optimiser": OPTIM, "tiny": args.tiny,
+           "configs": {n: CONFIGS[n] for n in args.names},
            "method": {k: getattr(args, k) for k in ("budget_s", "warmup_share", "steady_turns", "steady_spread",
-                                                    "warmup_max_steps", "turn_s", "min_rounds")},
+                                                    "warmup_max_steps", "turn_s", "min_rounds", "pipeline_s")},
            "peak_tflops": args.peak_tflops, "workers": args.workers,
            "reference_dir": str(args.reference_dir) if args.reference_dir else None,
            "environment": environment(device), "gpu_before": gpu_before,
@@ -927,13 +940,18 @@ def main(argv: list[str] | None = None) -> dict:
     if "text" in inputs:
         out["text"] = {"corpus": [str(p) for p in inputs["text"]["corpus"]], "tokenizers": inputs["text"]["tokenizers"],
                        "vocab": {"A": inputs["text"]["vocab"]["A"], "B": inputs["text"]["vocab"]["B"]}}
-    print_tables(out)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / "distill_speed.json"
-        path.write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {path}")
     return out
+
+
+def write_json(out: dict, args) -> Path | None:
+    if not args.out:
+        return None
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "distill_speed.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2) + "\n")
+    tmp.replace(path)  # never a half-written file
+    return path
 
 
 if __name__ == "__main__":

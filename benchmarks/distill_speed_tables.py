@@ -43,6 +43,9 @@ def render(data: dict, source: str) -> str:
                  f"whole run {data['wall_s']} s. MFU against {data['peak_tflops']} TFLOP/s dense bf16."
                  if data.get("peak_tflops") else
                  f"Rendered from [`{source}`]({source}). {gpu}, torch {env['torch']}; no MFU (no peak given).")
+    if not data.get("complete", True):
+        lines.append("")
+        lines.append("**Incomplete run**: it stopped early; only the batch sizes below finished.")
     lines.append("")
     for when in ("gpu_before", "gpu_after"):
         smi = data.get(when)
@@ -113,10 +116,45 @@ def render(data: dict, source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def issue_note(data: dict) -> str:
+    """Issue 14's opening table (runs × batch sizes) with this run's figures: tokens/s (median step ms)."""
+    phases = data["phases"]
+    rows = [("compresso, 1 teacher, first warm-up turn (step 2 on)", "c1", "first"),
+            ("compresso, 1 teacher, steady", "c1", "median"),
+            ("compresso, 2 teachers, same tokenizer", "c2", "median"),
+            ("compresso, 2 teachers, second with another tokenizer", "cx", "median"),
+            ("compresso, 1 teacher, real text (sustained)", "c1-text", "sustained"),
+            ("compresso, 2 teachers, cross-tokenizer, real text (sustained)", "cx-text", "sustained"),
+            ("reference (HF DistilBERT, fp16 apex O1 emulated)", "ref", "median"),
+            ("reference (HF DistilBERT, fp32)", "ref-fp32", "median")]
+    lines = ["| run (base size, seq " + str(data["sizes"]["seq_len"]) + ") | "
+             + " | ".join(f"batch {p['batch_size']}" for p in phases) + " |",
+             "|---|" + "---|" * len(phases)]
+    for label, config, kind in rows:
+        cells = []
+        for p in phases:
+            r = next((r for r in p["runs"] if r["config"] == config), None)
+            if r is None:
+                cells.append("–")
+                continue
+            if kind == "first":
+                ms = r["warmup"]["turn_ms"][0]
+                tps = r["tokens_per_step"] / (ms / 1000)
+            else:
+                ms = r["step_ms"]["median"]
+                tps = r.get("sustained_tokens_per_s", r["tokens_per_s"]) if kind == "sustained" else r["tokens_per_s"]
+            cells.append(f"{tps / 1000:,.0f}k ({ms:.1f} ms)")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", type=Path)
     ap.add_argument("--write", type=Path, help="page whose marked section is replaced by the tables")
+    ap.add_argument("--issue-note", action="store_true",
+                    help="print only issue 14's opening table with this run's figures (for its closing note)")
     args = ap.parse_args(argv)
     try:
         data = json.loads(args.json.read_text())
@@ -126,6 +164,10 @@ def main(argv=None) -> str:
         raise SystemExit(f"{args.json}: not written by benchmarks/distill_speed.py (benchmark = "
                          f"{data.get('benchmark')!r})")
     source = args.json.as_posix()
+    if args.issue_note:
+        text = issue_note(data)
+        print(text)
+        return text
     if args.write:
         rel = Path(source)
         try:

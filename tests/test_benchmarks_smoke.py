@@ -40,6 +40,7 @@ def test_distill_speed_tiny(tmp_path):
     out = bench.main(_speed_argv(tmp_path, configs, *(["--reference-dir", reference] if reference else [])))
 
     assert json.loads((tmp_path / "distill_speed.json").read_text()) == json.loads(json.dumps(out))
+    assert out["complete"] and not list(tmp_path.glob("*.tmp"))
     (phase,) = out["phases"]
     runs = {r["config"]: r for r in phase["runs"]}
     assert set(runs) == set(configs.split(","))
@@ -77,6 +78,8 @@ def test_distill_speed_tiny(tmp_path):
     text = page.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
     assert f"| compresso, 1 teacher | {runs['c1']['step_ms']['median']:.1f} |" in text
+    note = tables.main([str(tmp_path / "distill_speed.json"), "--issue-note"])
+    assert f"({runs['cx']['step_ms']['median']:.1f} ms)" in note
 
 
 @pytest.mark.shared
