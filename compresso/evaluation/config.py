@@ -70,6 +70,9 @@ class EvaluateConfig(_Strict):
     jobs: PositiveInt | None = Field(None, description="Fine-tuning jobs run at once (worker processes); default: "
                                                        "sized from free GPU memory and CPU cores, or one per "
                                                        "core pair on CPU. 1 runs them one by one in-process.")
+    threads_per_job: PositiveInt | None = Field(None, description="Intra-op threads of each job; default: on CPU "
+                                                                  "its share of the cores (at most 2), 1 on GPU. "
+                                                                  "Runs are bit-identical on CPU for equal counts.")
     bootstrap_resamples: int = Field(1000, ge=100, description="Paired bootstrap resamples of the test set "
                                                                "(differences between models).")
     max_train_examples: PositiveInt | None = Field(None, description="Train on a fixed random subset (quick runs).")

@@ -418,7 +418,7 @@ class _Evaluation:
             jobs = [j for j in jobs if j not in resumed]
         workers = self.cfg.jobs or default_workers(self.device, max(1, len(jobs)))
         workers = max(1, min(workers, max(1, len(jobs))))
-        threads = threads_per_job(self.device, workers)
+        threads = self.cfg.threads_per_job or threads_per_job(self.device, workers)
         self.scheduler = {"jobs": len(jobs) + len(resumed), "resumed": len(resumed), "workers": workers,
                           "threads_per_job": threads, "mode": "in-process" if workers == 1 else "worker processes"}
         self.console.log(f"{len(jobs)} fine-tuning jobs, {workers} at a time "
