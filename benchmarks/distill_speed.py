@@ -392,7 +392,9 @@ class CompressoRunner(Runner):
             corpus=self.corpus, seq_len=self.sizes.seq_len, batch_size=self.batch_size, max_steps=never,
             heldout_documents=0, checkpoint_every=never, log_every=never, num_layers=self.sizes.student_layers,
             lr=OPTIM["lr"], adam_eps=OPTIM["eps"], max_grad_norm=OPTIM["max_grad_norm"],
-            warmup_ratio=OPTIM["warmup_ratio"], num_workers=self.workers, **LOSS)
+            warmup_ratio=OPTIM["warmup_ratio"], num_workers=self.workers,
+            # the reference runs with restrict_ce_to_mask=True: the same loss is ce_scope 'masked'
+            ce_scope="masked", **LOSS)
         stage = self.work / f"{self.name}-b{self.batch_size}-stage"
         stage.mkdir(parents=True)
         ctx = RunContext(stage_dir=stage, work_dir=self.work / f"{self.name}-b{self.batch_size}-work",
