@@ -217,10 +217,25 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_file
     path = Path(path)
     if not path.is_file():
         raise RecipeError(path, [Problem("", "recipe file not found", None)])
-    text = path.read_text()
+    return parse_recipe(path.read_text(), path, overrides, check_files)
+
+
+def recipe_from_dict(data: dict, overrides: list[str] | None = None, check_files: bool = True,
+                     label: str = "<recipe dict>") -> LoadedRecipe:
+    """A recipe given as Python data (a notebook's dict), checked exactly like a file; errors
+    name the key path (there are no lines)."""
+    if not isinstance(data, dict):
+        raise RecipeError(label, [Problem("", f"expected a mapping of recipe keys, got {type(data).__name__}", None)])
+    return parse_recipe(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), Path(label), overrides,
+                        check_files, lines_known=False)
+
+
+def parse_recipe(text: str, path: Path, overrides: list[str] | None = None, check_files: bool = True,
+                 lines_known: bool = True) -> LoadedRecipe:
+    """Validate recipe text; ``path`` names it in errors (and in run.json)."""
     try:
         data = yaml.safe_load(text)
-        lines = _line_map(text)
+        lines = _line_map(text) if lines_known else {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise RecipeError(path, [Problem("", f"not valid YAML: {getattr(exc, 'problem', exc)}",

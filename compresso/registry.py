@@ -7,10 +7,13 @@ import is kept with its error, so that listing shows it and the others still wor
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import traceback
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from compresso.strategy import CompressionStrategy
 
@@ -86,3 +89,66 @@ def get(name: str) -> type[CompressionStrategy]:
     if entry.cls is None:
         raise StrategyImportError(f"strategy {name!r} ({entry.distribution}) failed to load: {entry.error}")
     return entry.cls
+
+
+def source_file(cls: type) -> str | None:
+    module = sys.modules.get(cls.__module__)
+    return getattr(module, "__file__", None)
+
+
+def source_files(cls: type) -> list[Path]:
+    """The source files a strategy's behaviour comes from: for a plugin, every ``.py`` file of its
+    top-level package (or its module, when it is a single module); for a built-in strategy, its
+    own module, or its own sub-package (``compresso/strategies/distill/``)."""
+    module_name = cls.__module__
+    file = source_file(cls)
+    if file is None:
+        return []
+    top = module_name.split(".")[0]
+    if top == "compresso":
+        root = Path(file).parent if len(module_name.split(".")) > 3 else None
+    else:
+        top_file = getattr(sys.modules.get(top), "__file__", None)
+        root = Path(top_file).parent if top_file and Path(top_file).name == "__init__.py" else None
+    if root is None:
+        return [Path(file)]
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def source_fingerprint(cls: type) -> str | None:
+    """A hash of the strategy's source files (``source_files``): part of every stage's content key,
+    so that a plugin edited without a version bump does not silently reuse a stale stage."""
+    files = source_files(cls)
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    root = files[0].parent
+    for f in files:
+        try:
+            digest.update(str(f.relative_to(root) if f.is_relative_to(root) else f.name).encode())
+            digest.update(f.read_bytes())
+        except OSError:
+            continue
+    return digest.hexdigest()[:16]
+
+
+def parameter_rows(params: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, description) of every field of a parameter schema."""
+    from pydantic_core import PydanticUndefined
+
+    rows = []
+    for name, field in params.model_fields.items():
+        annotation = field.annotation
+        kind = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+        kind = kind or str(annotation).replace("typing.", "").replace("pathlib.", "")
+        constraints = [str(m) for m in field.metadata]
+        if constraints:
+            kind += f" [{', '.join(constraints)}]"
+        if field.is_required():
+            default = "(required)"
+        elif field.default is not PydanticUndefined:
+            default = repr(field.default)
+        else:
+            default = "(computed)"
+        rows.append((name, kind, default, field.description or ""))
+    return rows
