@@ -2,9 +2,11 @@
 measurement on its own.
 
 For each model (a folder, a compresso stage folder or a hub id): encoder parameters, weight bytes
-on disk with their dtype, GPU throughput (bf16, batch 128 x 128, when CUDA is available) and CPU
-latency (median ms at batch 1 and 8, sequence 128, 2 threads), each also as a ratio to the first
-model (or --reference). Definitions: docs/evaluation.md, "Efficiency".
+at equal dtype (fp32) and as saved with their dtype, GPU throughput (bf16, batch 128 x 128, when
+CUDA is available) and CPU latency (median ms with its interquartile range over >= 20 passes, at
+batch 1 and 8, sequence 128, 2 threads), each also as a ratio to the first model (or
+--reference); ratios that contradict the architecture are flagged as suspect. Run it on a quiet
+machine. Definitions: docs/evaluation.md, "Efficiency".
 
     python benchmarks/efficiency.py cased=../shared/teachers/ro-bert-small-cased runs/x/00-distill
     python benchmarks/efficiency.py A=... B=... --cpu-batches 1 8 32 --threads 4 --out eff.json

@@ -241,3 +241,19 @@ def _quiet():
     from rich.console import Console
 
     return Console(quiet=True)
+
+
+def test_evaluate_cli_reads_custom_tasks_from_a_task_file(tmp_path):
+    from click.testing import CliRunner
+
+    from compresso.cli import main
+
+    a = tiny_bert(tmp_path / "a", layers=1)
+    files = _sentiment_csv(tmp_path / "mood")
+    task_file = tmp_path / "tasks.yaml"
+    task_file.write_text(json.dumps({"custom_tasks": [{"name": "mood", "kind": "classification", "files": files,
+                                                       "text": "review", "label": "stars"}]}))
+    out = CliRunner().invoke(main, ["evaluate", str(a), "--task-file", str(task_file), "--device", "cpu",
+                                    "--out", str(tmp_path / "e")])
+    assert out.exit_code == 2 and "has no column 'stars'" in out.output
+    assert not (tmp_path / "e").exists()

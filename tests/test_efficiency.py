@@ -91,3 +91,20 @@ def test_bigger_at_equal_dtype_is_suspect():
     compare(measured, "teacher")
     assert set(measured["student"]["suspect"]) == {"size_fp32"}
     assert torch.get_num_threads() >= 1
+
+
+def test_efficiency_benchmark_script(fp16_teacher_fp32_student, tmp_path):
+    import importlib.util
+    import json
+
+    teacher, student = fp16_teacher_fp32_student
+    spec = importlib.util.spec_from_file_location("bench_efficiency", Path(__file__).resolve().parents[1]
+                                                  / "benchmarks" / "efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "eff.json"
+    assert bench.main([f"t={teacher}", f"s={student}", "--no-gpu", "--cpu-batches", "1", "--cpu-seq", "16",
+                       "--threads", "1", "--min-seconds", "0.01", "--repeats", "3", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["reference"] == "t" and data["models"]["s"]["ratios"]["size_fp32"] < 1.0
+    assert data["models"]["s"]["cpu_latency"]["1"]["repeats"] >= 3

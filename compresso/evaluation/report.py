@@ -31,6 +31,11 @@ def _fmt(stat: dict | None, decimals: int) -> str:
     return text
 
 
+def _regression_range(task: dict) -> str:
+    low, high = task.get("value_range") or (0.0, 5.0)  # results written before value_range was recorded: STS
+    return f"regression {low:g}–{high:g}"
+
+
 def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
     align = align or ["l"] + ["r"] * (len(header) - 1)
     sep = ["---:" if a == "r" else ":---" for a in align]
@@ -142,7 +147,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     for task, t in tasks.items():
         s = t["sizes"]
         rows.append([t["title"], t["dataset"], str(s["train"]), str(s["validation"]), str(s["test"]),
-                     str(t["classes"] or "regression 0–5"), "; ".join(t["notes"]) or "–"])
+                     str(t["classes"] or _regression_range(t)), "; ".join(t["notes"]) or "–"])
     out += [_table(["task", "dataset", "train", "validation", "test", "classes", "notes"], rows,
                    list("llrrrll")), ""]
     sources = sorted({f"`{v}`" for t in tasks.values() for v in t["sources"].values() if v})

@@ -498,6 +498,7 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
         "tasks": {task: {"title": d.spec.title, "kind": d.spec.kind, "dataset": d.spec.dataset,
                          "headline": d.spec.headline, "metrics": list(d.spec.metrics),
                          "classes": len(d.labels) if d.labels else None, "sizes": d.sizes(),
+                         "value_range": d.spec.value_range,
                          "sources": d.sources, "notes": d.notes, "settings": ev.task_settings.get(task)}
                   for task, d in task_data.items()},
         "scores": _aggregate_scores(ev, task_data),
