@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in named:
         console.log(f"measuring {name} ({path})")
         results[name] = measure(path, cfg)
-    compare(results, reference)  # ratios at equal dtype; ratios that contradict the architecture flagged
+    compare(results, reference, args.cpu_seq)  # ratios at equal dtype; ratios that contradict the architecture flagged
     table = Table(title=f"efficiency (ratios to {reference}; CPU: median ms [IQR] of n passes)")
     for col in ["model", "params", "×", "size fp32", "×", "as saved", "GPU seq/s", "speed-up"] + \
                [c for b in args.cpu_batches for c in (f"CPU ms b{b}", "speed-up")]:

@@ -41,12 +41,38 @@ def _fmt_stat(stat: dict | None, decimals: int = 2) -> str:
     return text
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"] + \
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> list[str]:
+    align = [":---" if i < numeric_from else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"] + \
         ["| " + " | ".join(r) + " |" for r in rows] + [""]
 
 
+def _non_default_params(strategy: str, params: dict) -> dict:
+    """The parameters that differ from the strategy's defaults (all of them when it is not installed)."""
+    from compresso import registry
+
+    try:
+        fields = registry.get(strategy).Params.model_fields
+    except Exception:
+        return params
+    out = {}
+    for key, value in params.items():
+        field = fields.get(key)
+        default = None if field is None or field.is_required() else field.get_default(call_default_factory=True)
+        if field is None or field.is_required() or _plain(default) != value:
+            out[key] = value
+    return out
+
+
+def _plain(value):
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return value
+
+
 def _load_snippet(folder_name: str, fmt: str, kind_of_head: str) -> list[str]:
+    folder_name = folder_name.replace("\\", "/")
     lines = ["## How to load", ""]
     if fmt == "transformers":
         lines += ["A `save_pretrained` folder: plain transformers loads it.", "", "```python",
@@ -131,11 +157,13 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
         rows = []
         for rec in lineage:
             if "strategy" in rec:
-                params = ", ".join(f"{k}={v}" for k, v in (rec.get("params") or {}).items())
+                changed = _non_default_params(rec["strategy"], rec.get("params") or {})
+                params = ", ".join(f"{k}={v}" for k, v in changed.items())
                 rows.append([f"`{rec.get('stage', '?')}`", rec["strategy"], params or "(defaults)"])
             else:
                 rows.append(["start", "–", f"`{rec.get('source', rec)}`"])
-        body += _table(["stage", "strategy", "parameters"], rows)
+        body += ["Parameters that differ from the strategy's defaults (all of them: `stage.json`).", ""]
+        body += _table(["stage", "strategy", "parameters"], rows, numeric_from=3)
 
     body += ["## Evaluation", ""]
     if scores:
@@ -151,7 +179,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
                         + [_fmt_stat(evaluation["scores"][m].get(task, {}).get("metrics", {}).get(headline))
                            for m in models_scored])
         body += [f"Test-set scores (0–100) after fine-tuning on each task; "
-                 f"{len((evaluation or {}).get('seeds', [])) or 1} seed(s).", ""] + _table(header, rows)
+                 f"{len((evaluation or {}).get('seeds', [])) or 1} seed(s).", ""] + _table(header, rows, numeric_from=2)
         loyal = [e for e in (evaluation or {}).get("loyalty", []) if e["student"] == name]
         if loyal:
             rows = []
@@ -159,7 +187,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
                 cells = [_fmt_stat(e.get(k), 3) for k in ("label", "probability", "regression") if e.get(k)]
                 rows.append([tasks.get(e["task"], {}).get("title", e["task"]), e["reference"], " / ".join(cells)])
             body += ["Loyalty (1 = predicts exactly what the reference predicts; label / probability loyalty, "
-                     "or regression loyalty):", ""] + _table(["task", "reference", "loyalty"], rows)
+                     "or regression loyalty):", ""] + _table(["task", "reference", "loyalty"], rows, numeric_from=2)
         eff = ((evaluation or {}).get("efficiency") or {}).get("models", {}).get(name)
         if eff:
             ref = evaluation["efficiency"]["reference"]
@@ -171,7 +199,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
             for key, value in r.items():
                 if key.startswith("cpu_speedup_b"):
                     parts.append(f"CPU speed-up {value:.2f}× at batch {key.removeprefix('cpu_speedup_b')}"
-                                 + (" (suspect: measured on a loaded machine)" if key in suspect else ""))
+                                 + (f" (suspect: {suspect[key]})" if key in suspect else ""))
             if r.get("gpu_speedup"):
                 parts.append(f"GPU speed-up {r['gpu_speedup']:.2f}×" + (" (suspect)" if "gpu_speedup" in suspect
                                                                           else ""))
@@ -182,7 +210,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
         body += ["Not evaluated in this run (the recipe's `evaluate:` section did not include this stage, or "
                  "evaluation was skipped). `compresso evaluate` scores it.", ""]
 
-    body += _load_snippet(name, fmt, auto_class)
+    body += _load_snippet(str(folder), fmt, auto_class)
     recipe_yaml = yaml.safe_dump(loaded.raw, sort_keys=False, allow_unicode=True).strip()
     body += ["## Recipe", "", f"The resolved recipe (`{loaded.path}`):", "", "```yaml", recipe_yaml, "```", ""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))

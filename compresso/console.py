@@ -29,6 +29,7 @@ VERBOSITY = 0
 KNOWN_IMPORT_NOISE: tuple[tuple[str, str], ...] = (
     ("torchao", "Failed to load"),
     ("torch.utils._pytree", "is an Enum subclass and is now natively supported"),
+    ("torchao.kernel.intmm", "Detected no triton"),  # triton is a GPU compiler; CPU runs never need it
 )
 
 

@@ -230,6 +230,7 @@ def test_cli_quiet_no_eval_and_piped_output(tmp_path, site):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().startswith("done in") and len(out.stdout.strip().splitlines()) == 1
     assert "Failed to load" not in out.stderr and "is an Enum subclass" not in out.stderr
+    assert "no triton" not in out.stderr
     assert not (tmp_path / "run" / "evaluation").exists() and (tmp_path / "run" / "00-keep_layers" / "README.md").is_file()
 
     shown = run_cli(["strategies", "distill"], cwd=tmp_path, extra_path=[REPO])

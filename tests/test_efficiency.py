@@ -58,7 +58,8 @@ def test_size_at_fp32_needs_readable_weights(tmp_path):
 
 
 def _fake(parameters, layers, ms, size):
-    return {"parameters": parameters, "architecture": {"num_hidden_layers": layers, "hidden_size": 256},
+    return {"parameters": parameters,
+            "architecture": {"num_hidden_layers": layers, "hidden_size": 256, "intermediate_size": 1024},
             "size_fp32_bytes": size, "disk_bytes": size, "weights_dtypes": ["fp32"], "gpu_throughput": None,
             "cpu_latency_ms": {"1": ms}, "cpu_count": 2, "notes": [],
             "cpu_latency": {"1": spread([ms * 0.9, ms, ms * 1.1, ms * 2.0]) | {"load_average": 5.5}}}
@@ -83,6 +84,20 @@ def test_a_smaller_student_measured_slower_is_suspect():
                 "other": _fake(12_000_000, 12, 25.0, 48_000_000)}
     compare(measured, "teacher")
     assert measured["other"]["suspect"] == {}
+
+
+def test_a_speedup_beyond_the_compute_saved_is_suspect():
+    # 6 of 12 layers: about 2x less compute; a 22.7x speed-up (a teacher timed on a loaded machine) is not a finding
+    measured = {"teacher": _fake(12_000_000, 12, 2576.0, 48_000_000),
+                "student": _fake(6_000_000, 6, 113.6, 24_000_000)}
+    compare(measured, "teacher")
+    s = measured["student"]
+    assert s["compute_ratio"] == pytest.approx(2.0)
+    assert "cpu_speedup_b1" in s["suspect"] and "re-measure" in s["suspect"]["cpu_speedup_b1"]
+    measured = {"teacher": _fake(12_000_000, 12, 10.0, 48_000_000),
+                "student": _fake(6_000_000, 6, 5.5, 24_000_000)}  # 1.8x: what 6 of 12 layers allow
+    compare(measured, "teacher")
+    assert measured["student"]["suspect"] == {}
 
 
 def test_bigger_at_equal_dtype_is_suspect():

@@ -252,15 +252,21 @@ NOISY_IQR_PCT = 20.0
 """A CPU timing whose interquartile range exceeds this share of its median is called noisy."""
 
 
-def compare(measured: dict[str, dict], reference: str) -> None:
+MAX_SPEEDUP_OVER_COMPUTE = 2.5
+"""A measured speed-up more than this many times the ratio of encoder compute is suspect (INT8
+kernels can gain up to about 2x over fp32 at equal compute; more points at the timing)."""
+
+
+def compare(measured: dict[str, dict], reference: str, seq_length: int = 128) -> None:
     """Ratios of every model to ``reference`` (in place, as ``ratios``), and ``suspect`` notes
     where a ratio contradicts the architecture.
 
     Sizes are compared at equal dtype (``size_fp32``); the ratio of bytes as saved
     (``disk_bytes``) is given only when both models were saved in the same dtypes. A model with
     fewer parameters and no more layers or width than the reference must not be bigger at equal
-    dtype nor slower; when it measures so, the ratio is marked suspect (a loaded machine, a
-    timing too short) instead of being reported as a finding.
+    dtype nor slower, and no model should be faster than its share of the reference's compute
+    allows (``MAX_SPEEDUP_OVER_COMPUTE``); when one measures so, the ratio is marked suspect (a
+    loaded machine, a timing too short) instead of being reported as a finding.
     """
     ref = measured[reference]
     for name, e in measured.items():
@@ -279,6 +285,13 @@ def compare(measured: dict[str, dict], reference: str) -> None:
             if ref.get("cpu_latency_ms", {}).get(b):
                 ratios[f"cpu_speedup_b{b}"] = ref["cpu_latency_ms"][b] / ms
         e["ratios"] = ratios
+        compute = _compute_ratio(ref, e, seq_length)
+        if name != reference and compute:
+            e["compute_ratio"] = compute
+            for key in [k for k in ratios if k.startswith(("cpu_speedup_b", "gpu_speedup"))]:
+                if ratios[key] > MAX_SPEEDUP_OVER_COMPUTE * compute:
+                    suspect[key] = (f"{ratios[key]:.1f}x faster, but the encoder does only {1 / compute:.2f}x the "
+                                    f"reference's compute per token; re-measure on a quiet machine")
         if name != reference and _smaller_architecture(e, ref):
             why = "fewer parameters and no more layers or width than the reference"
             if ratios.get("size_fp32", 0.0) > 1.0:
@@ -296,6 +309,22 @@ def compare(measured: dict[str, dict], reference: str) -> None:
                  for b, t in e.get("cpu_latency", {}).items()
                  if t.get("iqr_pct") is not None and t["iqr_pct"] > NOISY_IQR_PCT}
         e["suspect"], e["noisy"] = suspect, noisy
+
+
+def _encoder_flops(arch: dict, seq_length: int) -> float | None:
+    """Multiply-adds per token of a BERT encoder: per layer, Q/K/V/output projections (4h²), the
+    feed-forward block (2·h·i) and attention over the sequence (2·s·h)."""
+    layers, h, i = arch.get("num_hidden_layers"), arch.get("hidden_size"), arch.get("intermediate_size")
+    if not (layers and h and i):
+        return None
+    return layers * (4 * h * h + 2 * h * i + 2 * seq_length * h)
+
+
+def _compute_ratio(ref: dict, e: dict, seq_length: int) -> float | None:
+    """Reference compute / model compute: the speed-up the architecture alone predicts."""
+    a = _encoder_flops(e.get("architecture") or {}, seq_length)
+    r = _encoder_flops(ref.get("architecture") or {}, seq_length)
+    return r / a if a and r else None
 
 
 def _smaller_architecture(e: dict, ref: dict) -> bool:

@@ -435,7 +435,7 @@ def _efficiency(ev: _Evaluation, console: Console) -> dict:
     reference = teachers[0] if teachers else ev.models[0].name
     from compresso.evaluation.efficiency import compare
 
-    compare(measured, reference)  # ratios at equal dtype, suspect ratios flagged
+    compare(measured, reference, cfg.cpu_seq_length)  # ratios at equal dtype, suspect ratios flagged
     return {"reference": reference, "reference_is_teacher": bool(teachers), "config": cfg.model_dump(mode="json"),
             "models": measured}
 
