@@ -158,7 +158,7 @@ def test_custom_task_errors(tmp_path):
             "train": str(one_class), "test": str(one_class)}}]}, out_dir=tmp_path / "e", device="cpu")
     with pytest.raises(ValidationError, match="unknown task"):
         compresso.evaluate([str(a)], tasks=["mood", "nope"], settings={"custom_tasks": [base]}, device="cpu")
-    with pytest.raises(ValidationError, match="taken by a built-in task"):
+    with pytest.raises(ValidationError, match="custom_tasks\n.*upos repeated or taken by a built-in task"):
         compresso.evaluate([str(a)], settings={"custom_tasks": [{**base, "name": "upos"}]}, device="cpu")
     assert not (tmp_path / "e").exists()  # nothing written
 
@@ -258,3 +258,24 @@ def test_evaluate_cli_reads_custom_tasks_from_a_task_file(tmp_path):
                                     "--out", str(tmp_path / "e")])
     assert out.exit_code == 2 and "has no column 'stars'" in out.output
     assert not (tmp_path / "e").exists()
+
+
+def test_verbosity_levels_and_known_import_noise(capsys):
+    import logging
+
+    from compresso.console import configure
+
+    try:
+        configure(1)  # -v: INFO records from any logger, labelled with the logger's name
+        logging.getLogger("my_plugin.trim").info("kept 900 rows")
+        logging.getLogger("torchao").warning("Failed to load /x/_C_mxfp8.so: no CUDA")  # known, harmless
+        logging.getLogger("torchao").warning("something else")  # not known: still shown
+        err = capsys.readouterr().err
+        assert "my_plugin.trim: kept 900 rows" in err and "something else" in err and "Failed to load" not in err
+        configure(0)
+        logging.getLogger("my_plugin.trim").info("quiet now")
+        logging.getLogger("my_plugin.trim").warning("but warnings show")
+        err = capsys.readouterr().err
+        assert "quiet now" not in err and "but warnings show" in err
+    finally:
+        configure(0)

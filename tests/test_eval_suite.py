@@ -245,8 +245,8 @@ def test_cli(tiny, shared_dir, tmp_path):
         assert result.exit_code == 2, result.output
         assert message in " ".join(result.output.split()), result.output
 
-    fails(base + ["--tasks", "upos,pos"], "evaluate.tasks.1: Input should be")
-    fails(base + ["--teacher", "C"], "--teacher C: no such model (models: A, B)")
+    fails(base + ["--tasks", "upos,pos"], "evaluate.tasks: unknown task(s) pos; known: upos, xpos, ner, sapn")
+    fails(base + ["--teacher", "C"], "teacher C: no such model (models: A, B)")
     fails(base + ["--set", "finetune.lrr=1"], "evaluate.finetune.lrr: unknown key")
     fails(base + ["--set", "nonsense"], "expected key.path=value")
     fails(base + ["--data-dir", str(tmp_path / "none"), "--tasks", "di"], "does not exist")
@@ -263,6 +263,6 @@ def test_recipe_sections_are_validated_with_lines(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(recipe, check_files=False)
     text = str(err.value)
-    assert "r.yaml:6: evaluate.tasks.1" in text
+    assert "r.yaml:6: evaluate.tasks: unknown task(s) bogus; known: upos" in text
     assert "r.yaml:8: evaluate.finetune.lrr: unknown key" in text
     assert "r.yaml:10: report.plots" in text

@@ -54,7 +54,7 @@ def _validation_message(section: str, err) -> str:
     lines = [f"invalid {section} settings:"]
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
         lines.append(f"  {section}.{loc}: {msg}" + (f" (got {e['input']!r})" if e["type"] not in
                                                      ("extra_forbidden", "missing", "value_error") else ""))
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -117,12 +118,13 @@ class CustomTask(_Strict):
 
 
 class EvaluateConfig(_Strict):
+    # custom_tasks comes first: the checks of `tasks` and `per_task` read it
+    custom_tasks: list[CustomTask] = Field(default_factory=list,
+                                           description="Tasks on your own CSV/JSON/CoNLL files (docs/evaluation.md).")
     tasks: list[str] = Field(default_factory=list,
                              description="Tasks to run, in this order (a list or 'upos,sapn'; 'all' = the built-in "
                                          "ones): built-in task names and custom tasks' names. Default: every "
                                          "built-in task, or every custom task when custom_tasks are declared.")
-    custom_tasks: list[CustomTask] = Field(default_factory=list,
-                                           description="Tasks on your own CSV/JSON/CoNLL files (docs/evaluation.md).")
     source: Literal["local", "hub"] = Field("local", description="Read the authors' files from data_dir, or "
                                                                   "the Hugging Face hub through `datasets`.")
     data_dir: str = Field("../shared/data", description="Folder holding ro_rrt/, ronec/, laroseda/, ro_sts/, moroco/.")
@@ -150,29 +152,32 @@ class EvaluateConfig(_Strict):
             v = list(ALL_TASKS) if v.strip() == "all" else [t.strip() for t in v.split(",") if t.strip()]
         return v
 
-    @field_validator("tasks")
+    @field_validator("custom_tasks")
     @classmethod
-    def _unique_tasks(cls, v: list[str]):
-        dup = sorted({t for t in v if v.count(t) > 1})
+    def _custom_names(cls, v: list[CustomTask]):
+        names = [t.name for t in v]
+        dup = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(ALL_TASKS)))
+        if dup:
+            raise ValueError(f"name(s) {', '.join(dup)} repeated or taken by a built-in task")
+        return v
+
+    @field_validator("tasks", "per_task")
+    @classmethod
+    def _known_tasks(cls, v, info: ValidationInfo):
+        known = list(ALL_TASKS) + [t.name for t in info.data.get("custom_tasks") or []]
+        names = list(v)
+        unknown = [t for t in names if t not in known]
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        dup = sorted({t for t in names if names.count(t) > 1})
         if dup:
             raise ValueError(f"tasks repeated: {', '.join(dup)}")
         return v
 
     @model_validator(mode="after")
-    def _known_tasks(self):
-        custom = [t.name for t in self.custom_tasks]
-        dup = sorted({n for n in custom if custom.count(n) > 1} | (set(custom) & set(ALL_TASKS)))
-        if dup:
-            raise ValueError(f"custom_tasks: name(s) {', '.join(dup)} repeated or taken by a built-in task")
+    def _default_tasks(self):
         if not self.tasks:
-            self.tasks = custom or list(ALL_TASKS)
-        known = list(ALL_TASKS) + custom
-        unknown = [t for t in self.tasks if t not in known]
-        if unknown:
-            raise ValueError(f"tasks: unknown task(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        unknown = [t for t in self.per_task if t not in known]
-        if unknown:
-            raise ValueError(f"per_task: unknown task(s) {', '.join(unknown)}; known: {', '.join(known)}")
+            self.tasks = [t.name for t in self.custom_tasks] or list(ALL_TASKS)
         return self
 
     def custom_task(self, name: str) -> CustomTask | None:
