@@ -140,15 +140,47 @@ def parameter_rows(params: type) -> list[tuple[str, str, str, str]]:
     for name, field in params.model_fields.items():
         annotation = field.annotation
         kind = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-        kind = kind or str(annotation).replace("typing.", "").replace("pathlib.", "")
-        constraints = [str(m) for m in field.metadata]
+        kind = _readable_type(kind or str(annotation))
+        constraints = [_readable_constraint(m) for m in field.metadata]
         if constraints:
-            kind += f" [{', '.join(constraints)}]"
+            kind += f" ({', '.join(constraints)})"
         if field.is_required():
             default = "(required)"
         elif field.default is not PydanticUndefined:
             default = repr(field.default)
         else:
-            default = "(computed)"
+            default = repr(field.get_default(call_default_factory=True))
         rows.append((name, kind, default, field.description or ""))
     return rows
+
+
+_OPERATORS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "min_length": "min length", "max_length": "max length"}
+
+
+def _readable_type(text: str) -> str:
+    """``list[Annotated[Path, AfterValidator(...)]]`` → ``list[Path]``; ``Optional`` spelt ``| None``."""
+    text = text.replace("typing.", "").replace("pathlib.", "").replace("NoneType", "None")
+    while "Annotated[" in text:
+        start = text.index("Annotated[")
+        depth, i = 0, start + len("Annotated[")
+        inner_end = None
+        for i in range(start + len("Annotated["), len(text)):
+            if text[i] in "[(":
+                depth += 1
+            elif text[i] in "])":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif text[i] == "," and depth == 0 and inner_end is None:
+                inner_end = i
+        base = text[start + len("Annotated["):inner_end or i]
+        text = text[:start] + base + text[i + 1:]
+    return text
+
+
+def _readable_constraint(meta) -> str:
+    for attr, op in _OPERATORS.items():
+        value = getattr(meta, attr, None)
+        if value is not None:
+            return f"{op} {value}"
+    return str(meta)

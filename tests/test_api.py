@@ -235,7 +235,9 @@ def test_cli_quiet_no_eval_and_piped_output(tmp_path, site):
 
     shown = run_cli(["strategies", "distill"], cwd=tmp_path, extra_path=[REPO])
     assert shown.returncode == 0 and "Teachers to distil from, by recipe name" in shown.stdout
-    assert "(required)" in shown.stdout or "max_steps" in shown.stdout
+    rows = {line.split("│")[1].strip(): line for line in shown.stdout.splitlines() if line.count("│") >= 4}
+    assert "list[Path]" in rows["corpus"] and "Text files, one document per line" in rows["corpus"]
+    assert "int (>= 1)" in rows["max_steps"] and "1000" in rows["max_steps"]
 
 
 def _quiet():
