@@ -65,8 +65,8 @@ def configure(verbosity: int = 0, consoles: tuple[Console, ...] | None = None) -
     global VERBOSITY
     VERBOSITY = verbosity
     for c in consoles or (console, err_console):
-        if not c.is_terminal and not os.environ.get("COLUMNS"):
-            c.width = PIPED_WIDTH
+        if not c.is_terminal and not os.environ.get("COLUMNS") and c.width < PIPED_WIDTH:
+            c.width = PIPED_WIDTH  # widen only: a width set on purpose (wider) stays
     console.quiet = verbosity < 0
     silence_known_import_noise()
     from rich.logging import RichHandler
