@@ -2,9 +2,11 @@
 measurement on its own.
 
 For each model (a folder, a compresso stage folder or a hub id): encoder parameters, weight bytes
-on disk with their dtype, GPU throughput (bf16, batch 128 x 128, when CUDA is available) and CPU
-latency (median ms at batch 1 and 8, sequence 128, 2 threads), each also as a ratio to the first
-model (or --reference). Definitions: docs/evaluation.md, "Efficiency".
+at equal dtype (fp32) and as saved with their dtype, GPU throughput (bf16, batch 128 x 128, when
+CUDA is available) and CPU latency (median ms with its interquartile range over >= 20 passes, at
+batch 1 and 8, sequence 128, 2 threads), each also as a ratio to the first model (or
+--reference); ratios that contradict the architecture are flagged as suspect. Run it on a quiet
+machine. Definitions: docs/evaluation.md, "Efficiency".
 
     python benchmarks/efficiency.py cased=../shared/teachers/ro-bert-small-cased runs/x/00-distill
     python benchmarks/efficiency.py A=... B=... --cpu-batches 1 8 32 --threads 4 --out eff.json
@@ -33,11 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-cpu", action="store_true")
     parser.add_argument("--min-seconds", type=float, default=1.0, help="time each measurement at least this long")
+    parser.add_argument("--repeats", type=int, default=20, help="timed CPU passes at least (median and spread)")
     parser.add_argument("--out", type=Path, help="write the measurements as JSON")
     args = parser.parse_args(argv)
 
     from compresso.evaluation.config import EfficiencyConfig
-    from compresso.evaluation.efficiency import measure
+    from compresso.evaluation.efficiency import compare, measure
 
     console = Console()
     named = []
@@ -51,43 +54,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = EfficiencyConfig(gpu=not args.no_gpu, gpu_batch_size=args.gpu_batch, gpu_seq_length=args.gpu_seq,
                            cpu=not args.no_cpu, cpu_batch_sizes=args.cpu_batches, cpu_seq_length=args.cpu_seq,
-                           cpu_threads=args.threads, min_seconds=args.min_seconds)
+                           cpu_threads=args.threads, min_seconds=args.min_seconds, repeats=args.repeats)
     results = {}
     for name, path in named:
         console.log(f"measuring {name} ({path})")
         results[name] = measure(path, cfg)
-    ref = results[reference]
-    table = Table(title=f"efficiency (ratios to {reference})")
-    for col in ["model", "params", "×", "disk", "×", "dtype", "GPU seq/s", "speed-up"] + \
+    compare(results, reference, args.cpu_seq)  # ratios at equal dtype; ratios that contradict the architecture flagged
+    table = Table(title=f"efficiency (ratios to {reference}; CPU: median ms [IQR] of n passes)")
+    for col in ["model", "params", "×", "size fp32", "×", "as saved", "GPU seq/s", "speed-up"] + \
                [c for b in args.cpu_batches for c in (f"CPU ms b{b}", "speed-up")]:
         table.add_column(col, justify="left" if col == "model" else "right")
+
+    def fmt(r: dict, key: str) -> str:
+        x = r["ratios"].get(key)
+        return (f"{x:.2f}" + (" (suspect)" if key in r["suspect"] else "")) if x else "–"
+
     for name, r in results.items():
-        ratios = {}
-        if r["parameters"] and ref["parameters"]:
-            ratios["parameters"] = r["parameters"] / ref["parameters"]
-        if r["disk_bytes"] and ref["disk_bytes"]:
-            ratios["disk_bytes"] = r["disk_bytes"] / ref["disk_bytes"]
-        if r["gpu_throughput"] and ref["gpu_throughput"]:
-            ratios["gpu_speedup"] = r["gpu_throughput"] / ref["gpu_throughput"]
-        for b, ms in r["cpu_latency_ms"].items():
-            if b.endswith("_min"):
-                continue
-            if ref["cpu_latency_ms"].get(b):
-                ratios[f"cpu_speedup_b{b}"] = ref["cpu_latency_ms"][b] / ms
-        r["ratios"] = ratios
-        fmt = lambda x: f"{x:.2f}" if x else "–"  # noqa: E731
-        row = [name, f"{r['parameters'] / 1e6:.2f} M" if r["parameters"] else "–", fmt(ratios.get("parameters")),
-               f"{r['disk_bytes'] / 2**20:.1f} MiB" if r["disk_bytes"] else "–", fmt(ratios.get("disk_bytes")),
-               ",".join(r["weights_dtypes"]) or "–",
-               f"{r['gpu_throughput']:.0f}" if r["gpu_throughput"] else r.get("gpu_note", "–"),
-               fmt(ratios.get("gpu_speedup"))]
+        mib = lambda n: f"{n / 2**20:.1f} MiB" if n else "–"  # noqa: E731
+        row = [name, f"{r['parameters'] / 1e6:.2f} M" if r["parameters"] else "–", fmt(r, "parameters"),
+               mib(r["size_fp32_bytes"]), fmt(r, "size_fp32"),
+               f"{mib(r['disk_bytes'])} ({','.join(r['weights_dtypes']) or '?'})",
+               f"{r['gpu_throughput']:.0f}" if r["gpu_throughput"] else r.get("gpu_note", "–"), fmt(r, "gpu_speedup")]
         for b in args.cpu_batches:
-            ms = r["cpu_latency_ms"].get(str(b))
-            row += [f"{ms:.1f}" if ms else r.get("cpu_note", "–"), fmt(ratios.get(f"cpu_speedup_b{b}"))]
+            t = r["cpu_latency"].get(str(b))
+            row += [f"{t['median']:.1f} [{t['q1']:.1f}–{t['q3']:.1f}] n={t['repeats']}" if t
+                    else r.get("cpu_note", "–"), fmt(r, f"cpu_speedup_b{b}")]
         table.add_row(*row)
     console.print(table)
     for name, r in results.items():
-        for note in r["notes"]:
+        for note in r["notes"] + [f"suspect {k}: {why}" for k, why in r["suspect"].items()] + list(r["noisy"].values()):
             console.print(f"[yellow]{name}: {note}[/yellow]")
     if args.out:
         args.out.write_text(json.dumps({"reference": reference, "config": cfg.model_dump(), "models": results},

@@ -6,20 +6,16 @@ refused or in use), 1 a failure while running, 130 interrupted (Ctrl-C), 143 sto
 
 from __future__ import annotations
 
-import os
 import shlex
 import signal
 import sys
 
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from compresso import __version__, registry
-
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+from compresso import __version__
+from compresso.console import configure, console, err_console
 
 
 class LazyGroup(click.Group):
@@ -34,6 +30,23 @@ class LazyGroup(click.Group):
             sys.exit(130)
 
     lazy = {"evaluate": "compresso.evaluation.cli:evaluate", "report": "compresso.evaluation.merge:report"}
+    # Shown by `compresso --help` without importing the commands (and torch with them).
+    lazy_help = {"evaluate": "Fine-tune and score MODELs on the benchmark and custom tasks; report loyalty and "
+                             "efficiency.",
+                 "report": "Merge results.json files of evaluations run side by side into one report."}
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy:
+                rows.append((name, self.lazy_help[name]))
+                continue
+            cmd = super().get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def list_commands(self, ctx):
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
@@ -65,7 +78,10 @@ def _bad_input(message: str) -> None:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="compresso")
-def main() -> None:
+@click.option("-q", "--quiet", "quiet", count=True, help="Only errors and the final result (no progress, no log lines).")
+@click.option("-v", "--verbose", "verbose", count=True,
+              help="More: Python log records at INFO from every logger (plugins' included) and transformers' warnings.")
+def main(quiet: int, verbose: int) -> None:
     """Make BERT-family encoders smaller and faster: multi-teacher distillation, INT8
     quantization and structured pruning, run from YAML recipes.
 
@@ -76,21 +92,31 @@ def main() -> None:
       compresso apply recipes/quickstart.yaml
       compresso apply recipes/distilmulti_ro.yaml --set stages.0.params.max_steps=10
       compresso evaluate runs/quickstart/00-distill --tasks upos,sapn
+      compresso -q apply recipes/quickstart.yaml --no-eval
     """
-    # compresso draws its own progress bars; transformers' per-file loading bars only add noise.
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    if quiet and verbose:
+        _bad_input("-q and -v contradict each other; pick one")
+    configure(-1 if quiet else (1 if verbose else 0))
 
 
 @main.command()
-def strategies() -> None:
-    """List installed strategies (built-in and plugins) with their source distribution.
+@click.argument("name", required=False)
+def strategies(name: str | None) -> None:
+    """List installed strategies (built-in and plugins) with their source distribution; with
+    NAME, that strategy's parameters with their types, defaults and descriptions.
 
     A strategy whose module fails to import is listed with its error; the others still work.
+
+    \b
+    Examples:
+      compresso strategies
+      compresso strategies distill
     """
+    from compresso import registry
+
+    if name is not None:
+        _describe_strategy(name)
+        return
     table = Table(title="compresso strategies (entry-point group compresso.strategies)")
     for col in ("name", "version", "distribution", "summary"):
         table.add_column(col)
@@ -105,6 +131,28 @@ def strategies() -> None:
     console.print(table)
     if broken:
         console.print(f"[yellow]{broken} strategy(ies) failed to load; the others are usable.[/yellow]")
+
+
+def _describe_strategy(name: str) -> None:
+    from compresso import registry
+    from compresso.registry import parameter_rows
+
+    try:
+        entry = registry.entry(name)  # plain or name@distribution
+    except (registry.UnknownStrategy, registry.StrategyImportError) as exc:
+        _bad_input(str(exc))
+    cls = entry.cls
+    console.print(f"[bold]{escape(name)}[/bold] — {escape(cls.summary)}", highlight=False)
+    console.print(f"{escape(entry.distribution)} {escape(entry.version)} · {escape(entry.target)} · "
+                  f"{escape(registry.source_file(cls) or '?')}", highlight=False)
+    if cls.__doc__:
+        console.print(escape(" ".join(cls.__doc__.split())), highlight=False)
+    table = Table(title=f"parameters of {name} (stages.N.params)")
+    for col in ("parameter", "type", "default", "description"):
+        table.add_column(col)
+    for row in parameter_rows(cls.Params):
+        table.add_row(*(escape(c) for c in row))
+    console.print(table)
 
 
 _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
@@ -123,13 +171,14 @@ def _load(recipe_path: str, overrides: tuple[str, ...]):
 def _runner(recipe: str, loaded, network: bool, **kwargs):
     """A Runner with every pre-run check done (output folder, models, strategies' preflight,
     evaluation names and data), or exit 2."""
-    from compresso.engine import Runner, RunError
+    from compresso import api
+    from compresso.engine import RunError
     from compresso.evaluation import EvaluationError
     from compresso.models import ModelLoadError
     from compresso.strategy import StrategyError
 
     try:
-        runner = Runner(loaded, console=console, **kwargs)
+        runner = api.prepare(loaded, console=console, **kwargs)
         runner.preflight(network=network)
     except (RunError, ModelLoadError, StrategyError, EvaluationError) as exc:
         _bad_input(f"{recipe}: {exc}")
@@ -179,9 +228,11 @@ def validate(recipe: str, output_dir: str | None, device: str | None, overrides:
 @click.option("--force", is_flag=True, help="Rerun every stage, ignoring finished stages and checkpoints.")
 @click.option("--from-stage", metavar="NAME", help="Rerun from this stage on (NN-name, name or strategy).")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (overrides the recipe).")
+@click.option("--no-eval", "no_eval", is_flag=True,
+              help="Skip the recipe's evaluate: section (stages and model cards only).")
 @_set_option
 def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_stage: str | None,
-          device: str | None, overrides: tuple[str, ...]) -> None:
+          device: str | None, no_eval: bool, overrides: tuple[str, ...]) -> None:
     """Run a recipe: each stage on the previous stage's output, then evaluation and reports.
 
     Finished stages whose inputs and parameters are unchanged are skipped; an interrupted
@@ -194,7 +245,9 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
       compresso apply recipes/distill_int8.yaml -o runs/try1 --set stages.0.params.max_steps=50
       compresso apply recipes/distilmulti_ro.yaml --resume
       compresso apply recipes/distill_int8.yaml --from-stage quantize
+      compresso apply recipes/quickstart.yaml --no-eval
     """
+    from compresso import api
     from compresso.engine import Interrupted, RunError, summary_table
     from compresso.evaluation import EvaluationError
     from compresso.strategy import StageFailure, StrategyError
@@ -207,9 +260,9 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
     try:
         loaded = _load(recipe, overrides)
         runner = _runner(recipe, loaded, network=True, output_dir=output_dir, device=device, force=force,
-                         resume=resume, from_stage=from_stage)
+                         resume=resume, from_stage=from_stage, evaluate=not no_eval)
         try:
-            result = runner.run()
+            result = api.finish(runner)
         except (RunError, StrategyError) as exc:
             # Bad input found while running (the folder is in use, a strategy refused its input):
             # finished stages stay, nothing is half-written under a stage's name.
@@ -222,6 +275,7 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
         except (KeyboardInterrupt, Interrupted) as exc:
             hint = ["compresso", "apply", recipe, "-o", str(runner.out), "--resume"]
             hint += [f"--device={device}"] if device else []
+            hint += ["--no-eval"] if no_eval else []
             for item in overrides:
                 hint += ["--set", item]
             what = "interrupted" if isinstance(exc, KeyboardInterrupt) else "stopped by SIGTERM"
@@ -235,7 +289,34 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
         signal.signal(signal.SIGTERM, previous)
     if runner.is_main:
         console.print(summary_table(result))
-        console.print(f"done in {result.seconds:.1f}s → {result.output_dir}")
+        # printed even with -q: the one line a script needs
+        click.echo(f"done in {result.seconds:.1f}s → {result.output_dir}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(file_okay=False, exists=True))
+@click.argument("repo_id")
+@click.option("--private", is_flag=True, help="Create the repository as private.")
+@click.option("--revision", help="Branch to push to (default: main).")
+@click.option("--message", "commit_message", help="Commit message.")
+def publish(folder: str, repo_id: str, private: bool, revision: str | None, commit_message: str | None) -> None:
+    """Upload a stage folder (weights, tokenizer, model card README.md) to the Hugging Face Hub.
+
+    Uses huggingface_hub with the token you are logged in with (`hf auth login`, or HF_TOKEN).
+
+    \b
+    Example:
+      compresso publish runs/quickstart/00-distill my-user/ro-bert-small-distilled --private
+    """
+    from compresso import api
+
+    try:
+        url = api.publish(folder, repo_id, private=private, revision=revision, commit_message=commit_message)
+    except FileNotFoundError as exc:
+        _bad_input(str(exc))
+    except ImportError as exc:
+        _bad_input(f"publishing needs huggingface_hub: pip install -e \".[hub]\" ({exc})")
+    click.echo(url)
 
 
 if __name__ == "__main__":

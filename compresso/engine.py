@@ -75,6 +75,11 @@ class RunResult:
     evaluation: dict | None = None
     seconds: float = 0.0
 
+    @property
+    def final_stage(self) -> Path | None:
+        """The last stage's folder: the run's product."""
+        return self.stages[-1].path if self.stages else None
+
 
 def select_device(spec: str, local_rank: int = 0) -> torch.device:
     try:
@@ -424,6 +429,7 @@ class Runner:
         params = strategy.params.model_dump(mode="json")
         return _sha({
             "input": input_key, "strategy": stage.strategy, "version": entry.version,
+            "source": registry.source_fingerprint(type(strategy)),  # an edited plugin reruns, same version or not
             "params": params, "files": file_fingerprints(params), "seed": self.recipe.seed,
             "teachers": {t.name: model_fingerprint(t.model, t.revision) for t in self.recipe.teachers},
         })

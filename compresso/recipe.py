@@ -415,11 +415,31 @@ def read_recipe_text(path: Path) -> str:
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_files: bool = True) -> LoadedRecipe:
     path = Path(path)
-    text = read_recipe_text(path)
+    return parse_recipe(read_recipe_text(path), path, overrides, check_files)
+
+
+def recipe_from_dict(data: dict, overrides: list[str] | None = None, check_files: bool = True,
+                     label: str = "<recipe dict>") -> LoadedRecipe:
+    """A recipe given as Python data (a notebook's dict), checked exactly like a file; errors
+    name the key path (there are no lines)."""
+    if not isinstance(data, dict):
+        raise RecipeError(label, [Problem("", f"expected a mapping of recipe keys, got {type(data).__name__}", None)])
+    try:
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError as exc:  # e.g. an object YAML cannot represent
+        raise RecipeError(label, [Problem("", f"cannot be represented as plain data: {exc}", None)]) from None
+    return parse_recipe(text, Path(label), overrides, check_files, lines_known=False)
+
+
+def parse_recipe(text: str, path: Path, overrides: list[str] | None = None, check_files: bool = True,
+                 lines_known: bool = True) -> LoadedRecipe:
+    """Validate recipe text; ``path`` names it in errors (and in run.json)."""
     try:
         data, lines = parse_yaml(text)
     except (yaml.YAMLError, _DocumentTooLarge) as exc:
         raise RecipeError(path, [_yaml_problem(exc)]) from None
+    if not lines_known:
+        lines = {}
     if not isinstance(data, dict):
         raise RecipeError(path, [Problem("", "expected a mapping of recipe keys at the top level", 1)])
     data = copy.deepcopy(data)

@@ -11,6 +11,7 @@ Strategies never see the CLI or the recipe file; everything they need is in
 from __future__ import annotations
 
 import json
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Annotated, Any, ClassVar, Mapping
 import torch
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -122,7 +124,7 @@ class RunContext:
     teachers: Mapping[str, TeacherRef]
     base_dir: Path
     """Relative paths in parameters are resolved against this (the recipe's directory)."""
-    console: Console = field(default_factory=Console)
+    console: Console = field(default_factory=lambda: Console(log_path=False))
     metrics: dict[str, Any] = field(default_factory=dict)
     """Numbers the strategy wants recorded in ``stage.json``."""
     rank: int = 0
@@ -150,8 +152,14 @@ class RunContext:
         )
 
     def log(self, message: str) -> None:
+        """A timestamped line; a plugin's lines are labelled with its module (``[my_plugin]``),
+        so that a reader knows whose message it is."""
         if self.is_main:
-            self.console.log(message)
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller and caller.split(".")[0] != "compresso":
+                self.console.log(f"[dim]\\[{escape(caller)}][/dim] {message}")
+            else:
+                self.console.log(message)
 
 
 class CompressionStrategy(ABC):

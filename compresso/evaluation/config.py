@@ -6,9 +6,19 @@ are errors: the recipe loader maps them to YAML lines.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 TaskName = Literal["upos", "xpos", "ner", "sapn", "sar", "di", "sts"]
 ALL_TASKS: tuple[str, ...] = ("upos", "xpos", "ner", "sapn", "sar", "di", "sts")  # the paper's column order
@@ -52,12 +62,71 @@ class EfficiencyConfig(_Strict):
     cpu_batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1, 8])
     cpu_seq_length: PositiveInt = 128
     cpu_threads: PositiveInt = 2
+    warmup: int = Field(3, ge=0, description="Untimed CPU passes before timing (caches, allocator, threads).")
+    repeats: int = Field(20, ge=3, description="Timed CPU passes at least; the median and its spread are reported.")
     min_seconds: PositiveFloat = Field(1.0, description="Time each measurement for at least this long.")
 
 
+class CustomTask(_Strict):
+    """A task on the user's own files (``evaluate.custom_tasks``; read by
+    ``compresso.evaluation.custom_tasks``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Name in `tasks:`, reports and results.")
+    title: str | None = Field(None, description="Column title in the report (default: the name).")
+    kind: Literal["classification", "regression", "tagging"]
+    format: Literal["csv", "json", "conll"] | None = Field(
+        None, description="File format; default from the suffix (.csv/.tsv → csv, .json/.jsonl → json, "
+                          "else conll for tagging).")
+    files: dict[Literal["train", "validation", "test"], str] = Field(
+        description="train and test files (validation optional: carved from train when missing).")
+    delimiter: str | None = Field(None, description="CSV column separator (default: tab for .tsv, else comma).")
+    text: str = Field("text", description="Column with the text (the first sentence of a pair).")
+    text_pair: str | None = Field(None, description="Column with the second sentence of a pair.")
+    label: str = Field("label", description="Column with the class (classification) or score (regression).")
+    labels: list[str] | None = Field(None, description="Class names in this order (default: sorted as found).")
+    value_range: tuple[float, float] | None = Field(
+        None, description="Regression: lowest and highest score (default: the training scores' range).")
+    token_column: int = Field(0, description="CoNLL: column of the word.")
+    tag_column: int = Field(-1, description="CoNLL: column of the tag (default: the last).")
+    entity_scoring: bool | None = Field(
+        None, description="Tagging: score entities (seqeval, BIO tags) instead of tags; default: yes when every "
+                          "tag is O or starts with B-/I-.")
+    finetune: FinetuneOverrides = Field(default_factory=FinetuneOverrides,
+                                        description="Fine-tuning settings for this task (over the kind's defaults).")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if "train" not in self.files or "test" not in self.files:
+            raise ValueError("files needs at least train and test")
+        if self.kind == "tagging" and self.text_pair:
+            raise ValueError("text_pair is for classification and regression tasks")
+        if self.value_range is not None and self.value_range[0] >= self.value_range[1]:
+            raise ValueError("value_range: the lowest score must be below the highest")
+        if self.labels is not None and len(set(self.labels)) < 2:
+            raise ValueError("labels: a task needs at least two classes")
+        return self
+
+    def file_format(self, path: str) -> str:
+        if self.format:
+            return self.format
+        suffix = Path(path).suffix.lower()
+        if suffix in (".csv", ".tsv"):
+            return "csv"
+        if suffix in (".json", ".jsonl"):
+            return "json"
+        if self.kind == "tagging":
+            return "conll"
+        raise ValueError(f"{path}: cannot tell the format from the suffix; set format: csv, json or conll")
+
+
 class EvaluateConfig(_Strict):
-    tasks: list[TaskName] = Field(default_factory=lambda: list(ALL_TASKS),
-                                  description="Tasks to run, in this order (a list or 'upos,sapn'; 'all').")
+    # custom_tasks comes first: the checks of `tasks` and `per_task` read it
+    custom_tasks: list[CustomTask] = Field(default_factory=list,
+                                           description="Tasks on your own CSV/JSON/CoNLL files (docs/evaluation.md).")
+    tasks: list[str] = Field(default_factory=list,
+                             description="Tasks to run, in this order (a list or 'upos,sapn'; 'all' = the built-in "
+                                         "ones): built-in task names and custom tasks' names. Default: every "
+                                         "built-in task, or every custom task when custom_tasks are declared.")
     source: Literal["local", "hub"] = Field("local", description="Read the authors' files from data_dir, or "
                                                                   "the Hugging Face hub through `datasets`.")
     data_dir: str = Field("../shared/data", description="Folder holding ro_rrt/, ronec/, laroseda/, ro_sts/, moroco/.")
@@ -84,7 +153,7 @@ class EvaluateConfig(_Strict):
                                                                   "fewer than twice as many keep the fraction).")
     finetune: FinetuneOverrides = Field(default_factory=FinetuneOverrides,
                                         description="Settings applied to every task.")
-    per_task: dict[TaskName, FinetuneOverrides] = Field(default_factory=dict,
+    per_task: dict[str, FinetuneOverrides] = Field(default_factory=dict,
                                                         description="Settings for one task (win over `finetune`).")
     loyalty: bool = Field(True, description="Loyalty of every student to every teacher.")
     efficiency: EfficiencyConfig = Field(default_factory=EfficiencyConfig)
@@ -96,15 +165,36 @@ class EvaluateConfig(_Strict):
             v = list(ALL_TASKS) if v.strip() == "all" else [t.strip() for t in v.split(",") if t.strip()]
         return v
 
-    @field_validator("tasks")
+    @field_validator("custom_tasks")
     @classmethod
-    def _unique_tasks(cls, v: list[str]):
-        if not v:
-            raise ValueError("name at least one task")
-        dup = sorted({t for t in v if v.count(t) > 1})
+    def _custom_names(cls, v: list[CustomTask]):
+        names = [t.name for t in v]
+        dup = sorted({n for n in names if names.count(n) > 1} | (set(names) & set(ALL_TASKS)))
+        if dup:
+            raise ValueError(f"name(s) {', '.join(dup)} repeated or taken by a built-in task")
+        return v
+
+    @field_validator("tasks", "per_task")
+    @classmethod
+    def _known_tasks(cls, v, info: ValidationInfo):
+        known = list(ALL_TASKS) + [t.name for t in info.data.get("custom_tasks") or []]
+        names = list(v)
+        unknown = [t for t in names if t not in known]
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        dup = sorted({t for t in names if names.count(t) > 1})
         if dup:
             raise ValueError(f"tasks repeated: {', '.join(dup)}")
         return v
+
+    @model_validator(mode="after")
+    def _default_tasks(self):
+        if not self.tasks:
+            self.tasks = [t.name for t in self.custom_tasks] or list(ALL_TASKS)
+        return self
+
+    def custom_task(self, name: str) -> CustomTask | None:
+        return next((t for t in self.custom_tasks if t.name == name), None)
 
     @field_validator("efficiency", mode="before")
     @classmethod

@@ -31,12 +31,9 @@ def _fmt(stat: dict | None, decimals: int) -> str:
     return text
 
 
-def _mib(n: int | None) -> str:
-    return f"{n / 2**20:.1f} MiB" if n else "–"
-
-
-def _ratio(x: float | None, suffix: str = "×") -> str:
-    return f"{x:.2f}{suffix}" if x else "–"
+def _regression_range(task: dict) -> str:
+    low, high = task.get("value_range") or (0.0, 5.0)  # results written before value_range was recorded: STS
+    return f"regression {low:g}–{high:g}"
 
 
 def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
@@ -157,39 +154,10 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
             out += [title, "", _table(["student"] + [t["title"] for t in tasks.values()], rows), ""]
 
     # Efficiency.
-    eff = results.get("efficiency")
-    if eff:
-        ref = eff["reference"]
-        cfg_e = eff["config"]
-        out += ["## Efficiency", "",
-                f"Ratios are to {ref}"
-                f"{' (first teacher)' if eff['reference_is_teacher'] else ' (first model; no teacher given)'}: "
-                f"size ratios = model / reference, speed-ups = model speed / reference speed. Speed is the encoder "
-                f"alone on random ids: GPU at batch {cfg_e['gpu_batch_size']} × {cfg_e['gpu_seq_length']} in bf16, "
-                f"CPU at sequence {cfg_e['cpu_seq_length']} with {cfg_e['cpu_threads']} threads ({env['cpu']}). "
-                f"Size on disk counts the weight files as saved (dtype shown).", ""]
-        batches = [str(b) for b in cfg_e["cpu_batch_sizes"]]
-        header = ["model", "parameters", "× ref", "size on disk", "× ref", "dtype", "GPU seq/s", "speed-up"]
-        for b in batches:
-            header += [f"CPU ms (batch {b})", "speed-up"]
-        rows = []
-        for m in models:
-            e = eff["models"].get(m["name"])
-            if e is None:
-                continue
-            r = e.get("ratios", {})
-            gpu = f"{e['gpu_throughput']:.0f}" if e.get("gpu_throughput") else e.get("gpu_note", "–")
-            row = [m["name"], f"{e['parameters'] / 1e6:.2f} M" if e["parameters"] else "–", _ratio(r.get("parameters")),
-                   _mib(e["disk_bytes"]), _ratio(r.get("disk_bytes")), ", ".join(e["weights_dtypes"]) or "–",
-                   gpu, _ratio(r.get("gpu_speedup"))]
-            for b in batches:
-                ms = e["cpu_latency_ms"].get(b)
-                row += [f"{ms:.1f}" if ms else e.get("cpu_note", "–"), _ratio(r.get(f"cpu_speedup_b{b}"))]
-            rows.append(row)
-        out += [_table(header, rows, ["l"] + ["r"] * (len(header) - 1)), ""]
-        notes = [f"- {name}: {n}" for name, e in eff["models"].items() for n in e.get("notes", [])]
-        if notes:
-            out += notes + [""]
+    if results.get("efficiency"):
+        from compresso.evaluation.efficiency import markdown_section
+
+        out += markdown_section(results["efficiency"], models, env)
 
     # Data and settings.
     out += ["## Data", ""]
@@ -197,7 +165,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     for task, t in tasks.items():
         s = t["sizes"]
         rows.append([t["title"], t["dataset"], str(s["train"]), str(s["validation"]), str(s["test"]),
-                     str(t["classes"] or "regression 0–5"), "; ".join(t["notes"]) or "–"])
+                     str(t["classes"] or _regression_range(t)), "; ".join(t["notes"]) or "–"])
     out += [_table(["task", "dataset", "train", "validation", "test", "classes", "notes"], rows,
                    list("llrrrll")), ""]
     sources = sorted({f"`{v}`" for t in tasks.values() for v in t["sources"].values() if v})
@@ -348,7 +316,7 @@ def plot_efficiency(results: dict, path: Path, dpi: int) -> bool:
     eff = results.get("efficiency")
     if not eff:
         return False
-    keys = [("parameters", "parameters"), ("disk_bytes", "size on disk"), ("gpu_speedup", "GPU speed-up")]
+    keys = [("parameters", "parameters"), ("size_fp32", "size\n(equal dtype)"), ("gpu_speedup", "GPU speed-up")]
     keys += [(f"cpu_speedup_b{b}", f"CPU speed-up\n(batch {b})") for b in eff["config"]["cpu_batch_sizes"]]
     names = [m["name"] for m in results["models"] if m["name"] in eff["models"]]
     keys = [(k, label) for k, label in keys if any(eff["models"][n]["ratios"].get(k) for n in names)]

@@ -586,21 +586,9 @@ def _efficiency(ev: _Evaluation, console: Console) -> dict:
         measured[m.name] = measure(m.path, cfg, console, fallback)
     teachers = [m.name for m in ev.models if m.role == "teacher"]
     reference = teachers[0] if teachers else ev.models[0].name
-    ref = measured[reference]
-    for name, e in measured.items():
-        ratios = {}
-        if e["parameters"] and ref["parameters"]:
-            ratios["parameters"] = e["parameters"] / ref["parameters"]
-        if e["disk_bytes"] and ref["disk_bytes"]:
-            ratios["disk_bytes"] = e["disk_bytes"] / ref["disk_bytes"]
-        if e["gpu_throughput"] and ref["gpu_throughput"]:
-            ratios["gpu_speedup"] = e["gpu_throughput"] / ref["gpu_throughput"]
-        for b, ms in e["cpu_latency_ms"].items():
-            if b.endswith("_min"):
-                continue
-            if ref["cpu_latency_ms"].get(b):
-                ratios[f"cpu_speedup_b{b}"] = ref["cpu_latency_ms"][b] / ms
-        e["ratios"] = ratios
+    from compresso.evaluation.efficiency import compare
+
+    compare(measured, reference, cfg.cpu_seq_length)  # ratios at equal dtype, suspect ratios flagged
     return {"reference": reference, "reference_is_teacher": bool(teachers), "config": cfg.model_dump(mode="json"),
             "models": measured}
 
@@ -664,6 +652,7 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
         "tasks": {task: {"title": d.spec.title, "kind": d.spec.kind, "dataset": d.spec.dataset,
                          "headline": d.spec.headline, "metrics": list(d.spec.metrics),
                          "classes": len(d.labels) if d.labels else None, "sizes": d.sizes(),
+                         "value_range": d.spec.value_range,
                          "sources": d.sources, "notes": d.notes, "settings": asdict(_settings(cfg, d))}
                   for task, d in task_data.items()},
         "scheduler": ev.scheduler,

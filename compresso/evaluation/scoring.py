@@ -27,7 +27,7 @@ def score(spec: TaskSpec, examples: list[Example], labels: list[str] | None, pre
     if spec.kind == "tagging":
         gold = [list(ex.label) for ex in examples]
         guessed = [list(x) for x in pred.per_example(predicted)]
-        return ner_scores(gold, guessed) if spec.name == "ner" else tagging_scores(gold, guessed)
+        return ner_scores(gold, guessed) if spec.entity_level else tagging_scores(gold, guessed)
     return classification_scores([ex.label for ex in examples], list(predicted))
 
 

@@ -60,6 +60,7 @@ class TaskSpec:
     metrics: tuple[str, ...]
     defaults: FinetuneSettings
     value_range: tuple[float, float] | None = None  # regression targets
+    entity_level: bool = False  # tagging scored on BIO entities (seqeval), not on tags
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -68,7 +69,7 @@ TASKS: dict[str, TaskSpec] = {
     "xpos": TaskSpec("xpos", "XPOS", "tagging", "ro_rrt", "macro_f1", ("macro_f1", "accuracy"),
                      FinetuneSettings(lr=3e-4, epochs=30, batch_size=16, max_length=256)),
     "ner": TaskSpec("ner", "NER", "tagging", "ronec", "f1_macro", ("f1_macro", "f1_micro"),
-                    FinetuneSettings(lr=2e-4, epochs=30, batch_size=16, max_length=512)),
+                    FinetuneSettings(lr=2e-4, epochs=30, batch_size=16, max_length=512), entity_level=True),
     "sapn": TaskSpec("sapn", "SAPN", "classification", "laroseda", "accuracy", ("accuracy", "macro_f1"),
                      FinetuneSettings(lr=1e-4, epochs=3, batch_size=32, max_length=256, patience=2)),
     "sar": TaskSpec("sar", "SAR", "classification", "laroseda", "macro_f1", ("macro_f1", "accuracy"),
@@ -77,6 +78,13 @@ TASKS: dict[str, TaskSpec] = {
                     FinetuneSettings(lr=2e-4, epochs=20, batch_size=32, max_length=128), value_range=(0.0, 5.0)),
     "di": TaskSpec("di", "DI", "classification", "moroco", "macro_f1", ("macro_f1", "accuracy"),
                    FinetuneSettings(lr=1e-4, epochs=5, batch_size=32, max_length=512, patience=2)),
+}
+
+# Starting settings for a custom task of each kind (evaluation.custom_tasks), from the built-in tasks'.
+KIND_DEFAULTS: dict[str, FinetuneSettings] = {
+    "tagging": FinetuneSettings(lr=2e-4, epochs=10, batch_size=16, max_length=256),
+    "classification": FinetuneSettings(lr=1e-4, epochs=4, batch_size=32, max_length=256),
+    "regression": FinetuneSettings(lr=2e-4, epochs=10, batch_size=32, max_length=128),
 }
 
 METRIC_TITLES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "f1_macro": "entity F1 macro",
@@ -163,30 +171,44 @@ class DatasetCache:
         return self._raw[dataset]
 
     def task(self, task: str) -> TaskData:
+        custom = self.config.custom_task(task)
+        if custom is not None:  # the user's own files (compresso.evaluation.custom_tasks)
+            from compresso.evaluation.custom_tasks import custom_task_data
+
+            return custom_task_data(custom, self.config)
         spec = TASKS[task]
-        cfg = self.config
         raw = self.raw(spec.dataset, task)
-        notes = list(raw.notes)
-        train, test = _examples(task, raw.train), _examples(task, raw.test)
-        if raw.validation is not None:
-            validation = _examples(task, raw.validation)
-        else:
-            fraction = validation_share(len(train), cfg)
-            train, validation = carve_validation(train, fraction)
-            notes.append(f"no validation split: {len(validation)} training examples "
-                         f"({fraction:.0%}, fixed seed) held out for choosing the best epoch")
-        labels = None if spec.kind == "regression" else _label_set(task, [train, validation, test])
-        prior = None if labels is None else _prior(task, train, labels)
-        full = (len(train), len(validation), len(test))
-        train = fixed_subset(train, cfg.max_train_examples)
-        validation = fixed_subset(validation, cfg.max_eval_examples)
-        test = fixed_subset(test, cfg.max_eval_examples)
-        if (len(train), len(validation), len(test)) != full:
-            notes.append(f"quick run: subsets of {len(train)}/{len(validation)}/{len(test)} out of "
-                         f"{full[0]}/{full[1]}/{full[2]} train/validation/test examples")
-        for name, split in (("train", train), ("validation", validation), ("test", test)):
-            if not split:
-                raise DataError(f"{task}: the {name} split is empty ({raw.sources.get(name, '?')})")
-        if labels is not None:
-            notes += label_notes(task, spec.kind == "tagging", train, test, labels)
-        return TaskData(spec, train, validation, test, labels, prior, dict(raw.sources), notes)
+        return finish_task_data(spec, raw, self.config, None, examples=lambda records: _examples(task, records))
+
+
+def finish_task_data(spec: TaskSpec, raw: RawSplits, cfg: EvaluateConfig, labels: list[str] | None,
+                     examples) -> TaskData:
+    """Examples, validation split (carved from train when missing), label set, prior and quick-run
+    subsets: the same for every task, built-in or custom. ``labels`` None: every tag seen (tagging)
+    or the task's fixed classes."""
+    task = spec.name
+    notes = list(raw.notes)
+    train, test = examples(raw.train), examples(raw.test)
+    if raw.validation is not None:
+        validation = examples(raw.validation)
+    else:
+        fraction = validation_share(len(train), cfg)
+        train, validation = carve_validation(train, fraction)
+        notes.append(f"no validation split: {len(validation)} training examples "
+                     f"({fraction:.0%}, fixed seed) held out for choosing the best epoch")
+    if labels is None and spec.kind != "regression":
+        labels = _label_set(task, [train, validation, test])
+    prior = None if labels is None else _prior(task, train, labels)
+    full = (len(train), len(validation), len(test))
+    train = fixed_subset(train, cfg.max_train_examples)
+    validation = fixed_subset(validation, cfg.max_eval_examples)
+    test = fixed_subset(test, cfg.max_eval_examples)
+    if (len(train), len(validation), len(test)) != full:
+        notes.append(f"quick run: subsets of {len(train)}/{len(validation)}/{len(test)} out of "
+                     f"{full[0]}/{full[1]}/{full[2]} train/validation/test examples")
+    for name, split in (("train", train), ("validation", validation), ("test", test)):
+        if not split:
+            raise DataError(f"{task}: the {name} split is empty ({raw.sources.get(name, '?')})")
+    if labels is not None:
+        notes += label_notes(task, spec.kind == "tagging", train, test, labels)
+    return TaskData(spec, train, validation, test, labels, prior, dict(raw.sources), notes)

@@ -1,0 +1,230 @@
+"""Model cards: a README.md in every stage folder, in the Hugging Face model-card format.
+
+YAML metadata (base_model, teachers, datasets, metrics, library_name, tags, model-index with the
+scores) followed by what a reader needs: where the model came from (lineage and recipe), how good
+it is (scores, loyalty to its teachers, size and speed when measured) and how to load it. Written
+with ``huggingface_hub``'s ``ModelCard``, so the hub and ``ModelCard.load`` read it back.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+if TYPE_CHECKING:
+    from compresso.engine import RunResult, StageOutcome
+    from compresso.recipe import LoadedRecipe
+
+TAGS = {"distill": ["knowledge-distillation"], "quantize": ["int8", "quantized"], "prune": ["pruned"]}
+# model-index metric types as the hub spells them
+METRIC_TYPES = {"macro_f1": "f1", "f1_macro": "f1", "f1_micro": "f1", "accuracy": "accuracy",
+                "pearson": "pearsonr", "spearman": "spearmanr"}
+TASK_TYPES = {"tagging": "token-classification", "classification": "text-classification",
+              "regression": "sentence-similarity"}
+
+
+def _looks_like_hub_id(ref: str) -> bool:
+    parts = ref.split("/")
+    return len(parts) == 2 and all(parts) and not Path(ref).expanduser().exists() \
+        and not ref.startswith((".", "/", "~"))
+
+
+def _fmt_stat(stat: dict | None, decimals: int = 2) -> str:
+    if not stat:
+        return "–"
+    text = f"{stat['mean']:.{decimals}f}"
+    if stat.get("std") is not None:
+        text += f" ± {stat['std']:.{decimals}f}"
+    return text
+
+
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> list[str]:
+    align = [":---" if i < numeric_from else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"] + \
+        ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+def _non_default_params(strategy: str, params: dict) -> dict:
+    """The parameters that differ from the strategy's defaults (all of them when it is not installed)."""
+    from compresso import registry
+
+    try:
+        fields = registry.get(strategy).Params.model_fields
+    except Exception:
+        return params
+    out = {}
+    for key, value in params.items():
+        field = fields.get(key)
+        default = None if field is None or field.is_required() else field.get_default(call_default_factory=True)
+        if field is None or field.is_required() or _plain(default) != value:
+            out[key] = value
+    return out
+
+
+def _plain(value):
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return value
+
+
+def _load_snippet(folder_name: str, fmt: str, kind_of_head: str) -> list[str]:
+    folder_name = folder_name.replace("\\", "/")
+    lines = ["## How to load", ""]
+    if fmt == "transformers":
+        lines += ["A `save_pretrained` folder: plain transformers loads it.", "", "```python",
+                  f"from transformers import AutoTokenizer, {kind_of_head}", "",
+                  f'tokenizer = AutoTokenizer.from_pretrained("{folder_name}")',
+                  f'model = {kind_of_head}.from_pretrained("{folder_name}")', "```", "",
+                  "or, with its lineage, through compresso:", ""]
+    else:
+        lines += [f"Saved in the `{fmt}` format, which plain transformers cannot rebuild: load it with "
+                  f"compresso (`pip install compresso`, with the extra the strategy needs).", ""]
+    lines += ["```python", "import compresso", "", f'bundle = compresso.load("{folder_name}")',
+              "model, tokenizer = bundle.model, bundle.tokenizer", "```", ""]
+    return lines
+
+
+def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | None):
+    """The ``huggingface_hub.ModelCard`` of one stage folder."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from compresso import __version__
+
+    recipe = loaded.recipe
+    folder = Path(outcome.path)
+    stage = json.loads((folder / "stage.json").read_text()) if (folder / "stage.json").is_file() else {}
+    meta = json.loads((folder / "compresso.json").read_text()) if (folder / "compresso.json").is_file() else {}
+    fmt = meta.get("format", stage.get("model", {}).get("format", "transformers"))
+    config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
+    head = next((a for a in config.get("architectures") or [] if a.endswith("ForMaskedLM")), None)
+    auto_class = "AutoModelForMaskedLM" if head else "AutoModel"
+
+    start, _ = recipe.student_ref()
+    teachers = [{"name": t.name, "model": t.model} for t in recipe.teachers]
+    name = outcome.dirname
+    scores = (evaluation or {}).get("scores", {}).get(name)
+    tasks = (evaluation or {}).get("tasks", {})
+    eval_results, metrics = [], set()
+    for task, entry in (scores or {}).items():
+        t = tasks.get(task, {})
+        headline = t.get("headline")
+        stat = entry["metrics"].get(headline) if headline else None
+        if stat is None:
+            continue
+        metrics |= {METRIC_TYPES.get(m, m) for m in entry["metrics"]}
+        eval_results.append(EvalResult(
+            task_type=TASK_TYPES.get(t.get("kind"), "text-classification"), task_name=t.get("title", task),
+            dataset_type=str(t.get("dataset", task)), dataset_name=f"{t.get('title', task)} ({t.get('dataset', task)})",
+            dataset_split="test", metric_type=METRIC_TYPES.get(headline, headline),
+            metric_name=headline.replace("_", " "), metric_value=round(stat["mean"], 2)))
+    datasets = sorted({d["path"] for d in ((evaluation or {}).get("config") or {}).get("hub_datasets", {}).values()
+                       if isinstance(d, dict) and d.get("path")}) if scores else []
+    data = ModelCardData(
+        model_name=f"{recipe.name}/{name}",
+        library_name="transformers" if fmt == "transformers" else "compresso",
+        base_model=start if _looks_like_hub_id(start) else None,
+        tags=["compresso", outcome.strategy] + TAGS.get(outcome.strategy, []),
+        datasets=datasets or None,
+        metrics=sorted(metrics) or None,
+        eval_results=eval_results or None,
+        teachers=teachers or None,
+        compresso={"version": __version__, "recipe": recipe.name, "stage": name, "strategy": outcome.strategy,
+                   "format": fmt},
+    )
+
+    teacher_list = ", ".join(f"{t['name']} (`{t['model']}`)" for t in teachers)
+    body = [f"# {recipe.name} · {name}", "",
+            f"Made by compresso {__version__}: stage `{name}` (strategy `{outcome.strategy}`) of the recipe "
+            f"`{recipe.name}`, starting from `{start}`" + (f", with teacher(s) {teacher_list}" if teachers else "")
+            + ".", ""]
+    model = stage.get("model", {})
+    facts = [f"format: `{fmt}`"]
+    if model.get("parameters"):
+        facts.append(f"{model['parameters'] / 1e6:.2f} M parameters")
+    if model.get("size_bytes"):
+        facts.append(f"{model['size_bytes'] / 2**20:.1f} MiB of safetensors weights")
+    if stage.get("seconds") is not None:
+        facts.append(f"stage time {stage['seconds']:.0f} s")
+    body += ["; ".join(facts) + ".", ""]
+
+    lineage = meta.get("lineage") or []
+    if lineage:
+        body += ["## Lineage", ""]
+        rows = []
+        for rec in lineage:
+            if "strategy" in rec:
+                changed = _non_default_params(rec["strategy"], rec.get("params") or {})
+                params = ", ".join(f"{k}={v}" for k, v in changed.items())
+                rows.append([f"`{rec.get('stage', '?')}`", rec["strategy"], params or "(defaults)"])
+            else:
+                rows.append(["start", "–", f"`{rec.get('source', rec)}`"])
+        body += ["Parameters that differ from the strategy's defaults (all of them: `stage.json`).", ""]
+        body += _table(["stage", "strategy", "parameters"], rows, numeric_from=3)
+
+    body += ["## Evaluation", ""]
+    if scores:
+        models_scored = [m["name"] for m in (evaluation or {}).get("models", [])
+                         if m.get("role") == "teacher" and m["name"] in evaluation["scores"]]
+        header = ["task", "metric", name] + [f"{t} (teacher)" for t in models_scored]
+        rows = []
+        for task, entry in scores.items():
+            t = tasks.get(task, {})
+            headline = t.get("headline")
+            rows.append([t.get("title", task), headline.replace("_", " ") if headline else "–",
+                         _fmt_stat(entry["metrics"].get(headline))]
+                        + [_fmt_stat(evaluation["scores"][m].get(task, {}).get("metrics", {}).get(headline))
+                           for m in models_scored])
+        body += [f"Test-set scores (0–100) after fine-tuning on each task; "
+                 f"{len((evaluation or {}).get('seeds', [])) or 1} seed(s).", ""] + _table(header, rows, numeric_from=2)
+        loyal = [e for e in (evaluation or {}).get("loyalty", []) if e["student"] == name]
+        if loyal:
+            rows = []
+            for e in loyal:
+                cells = [_fmt_stat(e.get(k), 3) for k in ("label", "probability", "regression") if e.get(k)]
+                rows.append([tasks.get(e["task"], {}).get("title", e["task"]), e["reference"], " / ".join(cells)])
+            body += ["Loyalty (1 = predicts exactly what the reference predicts; label / probability loyalty, "
+                     "or regression loyalty):", ""] + _table(["task", "reference", "loyalty"], rows, numeric_from=2)
+        eff = ((evaluation or {}).get("efficiency") or {}).get("models", {}).get(name)
+        if eff:
+            ref = evaluation["efficiency"]["reference"]
+            parts = []
+            r, suspect = eff.get("ratios", {}), eff.get("suspect", {})
+            if r.get("size_fp32"):
+                parts.append(f"size at equal dtype {r['size_fp32']:.2f}× {ref}"
+                             + (" (suspect)" if "size_fp32" in suspect else ""))
+            for key, value in r.items():
+                if key.startswith("cpu_speedup_b"):
+                    parts.append(f"CPU speed-up {value:.2f}× at batch {key.removeprefix('cpu_speedup_b')}"
+                                 + (f" (suspect: {suspect[key]})" if key in suspect else ""))
+            if r.get("gpu_speedup"):
+                parts.append(f"GPU speed-up {r['gpu_speedup']:.2f}×" + (" (suspect)" if "gpu_speedup" in suspect
+                                                                          else ""))
+            if parts:
+                body += ["Size and speed: " + "; ".join(parts) + ". Details in the run's `evaluation/report.md`.",
+                         ""]
+    else:
+        body += ["Not evaluated in this run (the recipe's `evaluate:` section did not include this stage, or "
+                 "evaluation was skipped). `compresso evaluate` scores it.", ""]
+
+    body += _load_snippet(str(folder), fmt, auto_class)
+    recipe_yaml = yaml.safe_dump(loaded.raw, sort_keys=False, allow_unicode=True).strip()
+    body += ["## Recipe", "", f"The resolved recipe (`{loaded.path}`):", "", "```yaml", recipe_yaml, "```", ""]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
+
+
+def write_model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | None) -> Path:
+    """Write README.md into the stage folder (via a temporary file)."""
+    path = Path(outcome.path) / "README.md"
+    tmp = path.with_name(".README.md.tmp")
+    tmp.write_text(str(model_card(loaded, outcome, evaluation)), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def write_run_cards(loaded: LoadedRecipe, result: RunResult) -> list[Path]:
+    """A model card in every stage folder of a finished run, with the run's evaluation."""
+    return [write_model_card(loaded, o, result.evaluation) for o in result.stages if Path(o.path).is_dir()]
