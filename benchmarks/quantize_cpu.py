@@ -285,7 +285,7 @@ def markdown(result: dict, json_name: str) -> str:
     for case, reason in result["skipped"].items():
         lines.append(f"| int8 student, {case} | skipped: {reason} |" + " |" * (2 * len(sizes) + 1))
     auto = result["auto_choice"]
-    lines += ["", f"Fastest INT8 backend: " + ", ".join(f"batch {b}: {m}" for b, m in result["fastest_int8"].items())
+    lines += ["", "Fastest INT8 backend: " + ", ".join(f"batch {b}: {m}" for b, m in result["fastest_int8"].items())
               + f". `backend: auto` on this class: {auto['backend']} ({auto['method']}).", ""]
     return "\n".join(lines)
 

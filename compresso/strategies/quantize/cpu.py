@@ -22,14 +22,14 @@ import platform
 from functools import lru_cache
 
 AUTO_CHOICE: dict[str, tuple[str, str]] = {
-    "avx512_vnni": ("inc", "static"),
-    "avx2_vnni": ("ort", "dynamic"),
-    "avx2": ("ort", "dynamic"),
-    "other": ("ort", "dynamic"),
+    "avx512_vnni": ("ort", "static"),
+    "avx2_vnni": ("ort", "static"),
+    "avx2": ("ort", "static"),
+    "other": ("ort", "static"),
 }
 """Capability class → (backend, method) measured fastest at batch 1 and 8 for the INT8 6-layer
-student by ``benchmarks/quantize_cpu.py``; the JSON behind each row is named in
-docs/quantization.md ("How auto chooses")."""
+student by ``benchmarks/quantize_cpu.py``; the JSON behind each row, and how provisional it is, is
+named in docs/quantization.md ("How auto chooses")."""
 
 AUTO_FALLBACK = {"inc": ("ort", "torchao"), "ort": ("inc", "torchao"), "torchao": ("ort", "inc")}
 """When the preferred backend is not installed: the next ones to try, in order."""
