@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -240,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
 
+    # a time limit's SIGTERM unwinds like Ctrl-C: worker processes and nvidia-smi are stopped, and
+    # the finished jobs stay in OUT/evaluation/.partial-jobs for the next run to resume
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     console = Console()
     if not (Path(args.shared) / "data").is_dir():
         console.print(f"[red]{args.shared}/data not found: pass --shared[/red]")
