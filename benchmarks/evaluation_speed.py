@@ -180,6 +180,8 @@ def run_gpu(args, console: Console) -> dict:
               "utilisation": utilisation, "target_utilisation": 60,
               "scheduler": results["scheduler"], "tokenisation": results["tokenisation"],
               "errors": results["errors"], "evaluation": str(out / "evaluation" / "results.json")}
+    # written now as well: a time limit hitting the extra check below must not lose the measurement
+    (out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
     if not args.no_alone_check and not results["errors"]:
         # the same job alone (one worker, in-process): the run-to-run spread on GPU
         first, seed = models[0], args.seed
