@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -63,14 +64,16 @@ class GpuSampler:
 
     def __enter__(self):
         self.file = open(self.path, "w")
-        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm",
-                                      "--format=csv,noheader,nounits", "-lms", "500", "-i", "0"],
-                                     stdout=self.file, stderr=subprocess.DEVNULL)
+        if shutil.which("nvidia-smi"):
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=timestamp,utilization.gpu,memory.used,clocks.sm",
+                                          "--format=csv,noheader,nounits", "-lms", "500", "-i", "0"],
+                                         stdout=self.file, stderr=subprocess.DEVNULL)
         return self
 
     def __exit__(self, *exc):
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
         self.file.close()
 
     def summary(self) -> dict:
@@ -128,9 +131,9 @@ def run_smoke(args, console: Console) -> dict:
     with tempfile.TemporaryDirectory(prefix="compresso-bench-tiny-") as tmp:
         path = make_tiny_model(shared / "teachers" / "ro-bert-small-cased", Path(tmp) / "tiny")
         models = [EvalModel("tiny", path, "teacher")]
+        n_train = args.max_train_examples or SMOKE_SETTINGS["max_train_examples"]
         cfg = dict(SMOKE_SETTINGS, data_dir=str(shared / "data"), seeds=args.seeds or 2, efficiency=False,
-                   tasks=args.tasks or "all", max_train_examples=args.max_train_examples,
-                   max_eval_examples=max(10, args.max_train_examples // 2))
+                   tasks=args.tasks or "all", max_train_examples=n_train, max_eval_examples=max(10, n_train // 2))
         runs = {}
         for mode, jobs in (("sequential", 1), ("concurrent", args.jobs or 2)):
             console.rule(f"{mode}: --jobs {jobs}")
@@ -150,7 +153,8 @@ def run_gpu(args, console: Console) -> dict:
 
     from compresso.evaluation import EvalModel
 
-    if not torch.cuda.is_available():
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: use --smoke for the CPU run")
     shared = Path(args.shared)
     teachers = [_named(t) for t in (args.teachers or [f"cased={shared / 'teachers' / 'ro-bert-small-cased'}",
@@ -163,26 +167,30 @@ def run_gpu(args, console: Console) -> dict:
            "efficiency": args.efficiency, "models": [m.name for m in models]}
     if args.jobs:
         cfg["jobs"] = args.jobs
-    device = torch.device("cuda")
+    if args.max_train_examples:  # quick runs only: the target is for the full data
+        cfg.update(max_train_examples=args.max_train_examples, max_eval_examples=max(10, args.max_train_examples // 2))
     info_before = gpu_info()
     sampler = GpuSampler(out / "nvidia-smi.csv")
     with sampler:
         results, wall = _evaluate(models, cfg, out / "evaluation", device, args.seed, console)
     utilisation = sampler.summary()
-    report = {"mode": "gpu", "gpu": info_before, "gpu_after": gpu_info(), "torch": torch.__version__,
+    report = {"mode": "gpu", "device": str(device), "gpu": info_before, "gpu_after": gpu_info(), "torch": torch.__version__,
               "cpu_cores": len(os.sched_getaffinity(0)), "models": {m.name: m.path for m in models},
               "settings": cfg, "wall_seconds": round(wall, 1), "target_wall_seconds": 600,
               "utilisation": utilisation, "target_utilisation": 60,
               "scheduler": results["scheduler"], "tokenisation": results["tokenisation"],
               "errors": results["errors"], "evaluation": str(out / "evaluation" / "results.json")}
+    # written now as well: a time limit hitting the extra check below must not lose the measurement
+    (out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
     if not args.no_alone_check and not results["errors"]:
         # the same job alone (one worker, in-process): the run-to-run spread on GPU
         first, seed = models[0], args.seed
-        alone_cfg = dict(cfg, tasks=["sts"], seeds=1, jobs=1, efficiency=False, models=[first.name])
+        task = "sts" if "sts" in results["tasks"] else next(iter(results["tasks"]))
+        alone_cfg = dict(cfg, tasks=[task], seeds=1, jobs=1, efficiency=False, models=[first.name])
         alone, alone_wall = _evaluate([first], alone_cfg, out / "alone", device, seed, console)
-        concurrent_run = next(r for r in results["scores"][first.name]["sts"]["runs"] if r["seed"] == seed)
-        report["alone_check"] = {"model": first.name, "task": "sts", "seed": seed,
-                                 "alone": alone["scores"][first.name]["sts"]["runs"][0]["metrics"],
+        concurrent_run = next(r for r in results["scores"][first.name][task]["runs"] if r["seed"] == seed)
+        report["alone_check"] = {"model": first.name, "task": task, "seed": seed,
+                                 "alone": alone["scores"][first.name][task]["runs"][0]["metrics"],
                                  "concurrent": concurrent_run["metrics"], "alone_wall_seconds": round(alone_wall, 1)}
     return report
 
@@ -208,8 +216,8 @@ def print_table(report: dict, console: Console) -> None:
                       f"{report['gpu'].get('clocks.max.sm', '?')} MHz; targets: <= 600 s, >= 60% utilisation")
         if "alone_check" in report:
             a = report["alone_check"]
-            console.print(f"same job alone vs concurrent ({a['model']}, STS, seed {a['seed']}): Pearson "
-                          f"{a['alone']['pearson']:.3f} vs {a['concurrent']['pearson']:.3f}")
+            console.print(f"same job alone vs concurrent ({a['model']}, {a['task']}, seed {a['seed']}): "
+                          f"{a['alone']} vs {a['concurrent']}")
     else:
         console.print(f"concurrent / sequential wall time: {report['concurrent_over_sequential']:.3f} "
                       f"(same scores: {report['same_scores']})")
@@ -228,11 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--efficiency", action="store_true", help="also measure size and speed (not timed by the target)")
     parser.add_argument("--no-alone-check", action="store_true", help="skip re-running one job alone (GPU)")
     parser.add_argument("--smoke", action="store_true", help="CPU: one tiny model, sequential vs concurrent")
-    parser.add_argument("--max-train-examples", type=int, default=SMOKE_SETTINGS["max_train_examples"],
-                        help="--smoke: training examples per task (validation and test get half)")
+    parser.add_argument("--max-train-examples", type=int,
+                        help="training examples per task, validation and test get half (--smoke: 200; default "
+                             "otherwise: all, as the target needs)")
+    parser.add_argument("--device", default="cuda", help="device of the non-smoke run (cpu only to try the script)")
     parser.add_argument("--out", required=True, help="output folder")
     args = parser.parse_args(argv)
 
+    # a time limit's SIGTERM unwinds like Ctrl-C: worker processes and nvidia-smi are stopped, and
+    # the finished jobs stay in OUT/evaluation/.partial-jobs for the next run to resume
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     console = Console()
     if not (Path(args.shared) / "data").is_dir():
         console.print(f"[red]{args.shared}/data not found: pass --shared[/red]")

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,6 @@ from compresso.evaluation.scheduler import run_jobs
 from compresso.evaluation.scoring import score
 from compresso.evaluation.statistics import example_counts, metric_from_counts, paired_bootstrap
 from compresso.evaluation.tasks import TASKS
-
 
 # --- the scheduler on its own -------------------------------------------------------------------
 
@@ -211,9 +211,9 @@ def test_failing_job_is_reported_and_others_scored(tiny, shared_dir, tmp_path):
 
     broken = tmp_path / "broken"
     broken.mkdir()
-    for f in os.listdir(tiny["tinyB"]):
-        if f != "model.safetensors":
-            (broken / f).write_bytes((open(os.path.join(tiny["tinyB"], f), "rb")).read())
+    for f in Path(tiny["tinyB"]).iterdir():
+        if f.name != "model.safetensors":
+            (broken / f.name).write_bytes(f.read_bytes())
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     out = tmp_path / "out"
     result = CliRunner().invoke(evaluate_command, [
@@ -230,7 +230,6 @@ def test_failing_job_is_reported_and_others_scored(tiny, shared_dir, tmp_path):
 @pytest.mark.shared
 def test_evaluation_speed_benchmark_smoke(shared_dir, tmp_path):
     import importlib.util
-    from pathlib import Path
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation_speed.py"
     spec = importlib.util.spec_from_file_location("bench_evaluation_speed", path)

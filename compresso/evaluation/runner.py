@@ -399,7 +399,7 @@ class _Evaluation:
         self.encodings = {"encoded": 0, "loaded": 0, "memory": 0}
         self.scheduler: dict = {}
 
-    def run(self, task_data: dict[str, TaskData], store: "_JobStore | None" = None) -> None:
+    def run(self, task_data: dict[str, TaskData], store: _JobStore | None = None) -> None:
         jobs = [_Job(m, task, seed) for task in task_data for seed in self.seeds for m in self.models]
         order = longest_first([_job_cost(self.cfg, j, task_data) for j in jobs])
         jobs = [jobs[i] for i in order]

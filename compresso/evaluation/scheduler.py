@@ -7,8 +7,8 @@ and its GIL, so they cannot launch faster; separate processes each launch on the
 the GPU interleaves their kernels. On CPU, one job per core pair (two intra-op threads each).
 
 Each worker process builds its state once (``init``: task data, caches), then takes jobs from a
-queue in the order given (longest first is the caller's choice) and sends back
-``("start"|"progress"|"done"|"failed", job index, payload)``. A job that raises is reported as
+queue in the order given (longest first is the caller's choice) and sends back, through a pipe of
+its own, ``("start"|"progress"|"done"|"failed", job index, payload)``. A job that raises is reported as
 failed and the worker goes on; a worker that dies (segfault, killed for memory) fails its current
 job and is replaced. ``workers=1`` runs the jobs in this process, one by one, with the same
 thread count, so a job's result does not depend on how many ran beside it.
@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 import multiprocessing as mp
 import os
-import queue
 import traceback
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from typing import Any, Callable, Iterator
 
 import torch
@@ -66,88 +66,100 @@ def default_workers(device: torch.device, n_jobs: int) -> int:
     return max(1, min(wanted, n_jobs))
 
 
-def _worker(init: Callable, init_args: tuple, job_fn: Callable, threads: int, jobs: mp.Queue,
-            events: mp.Queue, current, slot: int) -> None:
+def _worker(init: Callable, init_args: tuple, job_fn: Callable, threads: int, jobs, conn) -> None:
     torch.set_num_threads(threads)
     state = init(*init_args)
     while True:
         item = jobs.get()
         if item is None:
+            conn.close()
             return
         index, job = item
-        current[slot] = index  # shared memory, written at once: the parent knows the job if we die
-        events.put(JobEvent("start", index, os.getpid()))
+        # a pipe of its own, written synchronously: a worker that dies mid-message can only cut
+        # its own pipe (the parent reads EOF), never block the others as a shared queue would
+        conn.send(JobEvent("start", index, os.getpid()))
         try:
-            result = job_fn(state, job, lambda text, i=index: events.put(JobEvent("progress", i, text)))
+            result = job_fn(state, job, lambda text, i=index: conn.send(JobEvent("progress", i, text)))
         except Exception as exc:  # the job fails, the worker goes on
-            events.put(JobEvent("failed", index, {"error": f"{type(exc).__name__}: {exc}",
-                                                  "traceback": traceback.format_exc(limit=8)}))
+            conn.send(JobEvent("failed", index, {"error": f"{type(exc).__name__}: {exc}",
+                                                 "traceback": traceback.format_exc(limit=8)}))
         else:
-            events.put(JobEvent("done", index, result))
+            conn.send(JobEvent("done", index, result))
 
 
 def run_jobs(jobs: list, init: Callable, init_args: tuple, job_fn: Callable, workers: int, threads: int,
-             on_progress: Callable[[int, str], None] | None = None) -> Iterator[JobEvent]:
+             on_progress: Callable[[int, Any], None] | None = None) -> Iterator[JobEvent]:
     """Run ``job_fn(state, job, report)`` for every job, ``workers`` at a time; yield the "start",
     "done" and "failed" events as they come (every job ends with exactly one "done" or "failed");
-    ``report(text)`` calls reach ``on_progress(job index, text)``. ``init``, ``job_fn`` and the jobs
-    must be picklable (top-level functions, plain data)."""
-    on_progress = on_progress or (lambda index, text: None)
+    ``report(payload)`` calls reach ``on_progress(job index, payload)``. ``init``, ``job_fn`` and
+    the jobs must be picklable (top-level functions, plain data)."""
+    on_progress = on_progress or (lambda index, payload: None)
     if workers <= 1:
         yield from _run_here(jobs, init, init_args, job_fn, threads, on_progress)
         return
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
-    job_queue, events = ctx.Queue(), ctx.Queue()
+    job_queue = ctx.Queue()
     for item in enumerate(jobs):
         job_queue.put(item)
     workers = min(workers, len(jobs))
     for _ in range(workers):
         job_queue.put(None)
 
-    current = ctx.Array("i", [-1] * workers, lock=False)  # the job each worker slot took last
-
-    def start(slot: int):
-        p = ctx.Process(target=_worker, args=(init, init_args, job_fn, threads, job_queue, events, current, slot),
-                        daemon=True)
+    def start() -> tuple:
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(init, init_args, job_fn, threads, job_queue, writer), daemon=True)
         p.start()
-        return p
+        writer.close()  # only the worker holds the write end, so its death reads as EOF here
+        return p, reader
 
-    procs = [start(slot) for slot in range(workers)]
+    slots = {}  # reader -> [process, index of its running job or None]
+    for _ in range(workers):
+        p, reader = start()
+        slots[reader] = [p, None]
     finished: set[int] = set()
     try:
         while len(finished) < len(jobs):
-            try:
-                event = events.get(timeout=1.0)
-            except queue.Empty:  # a quiet second: anything a dead worker sent has arrived by now
-                for slot, p in enumerate(procs):
-                    if p.is_alive() or p.exitcode == 0:
-                        continue
-                    index = current[slot]
-                    if index < 0 or index in finished:  # died while starting up or between jobs
+            if not slots:
+                raise RuntimeError("every evaluation worker process has exited with jobs left to run")
+            for reader in wait(list(slots), timeout=1.0):
+                p, running = slots[reader]
+                try:
+                    event = reader.recv()
+                except (EOFError, OSError):  # the worker is gone
+                    del slots[reader]
+                    reader.close()
+                    p.join(timeout=10)
+                    if running is not None and running not in finished:
+                        finished.add(running)
+                        yield JobEvent("failed", running, {"error": f"worker process died (exit code "
+                                                                    f"{p.exitcode})", "traceback": ""})
+                        if len(finished) < len(jobs):
+                            q, new_reader = start()
+                            slots[new_reader] = [q, None]
+                    elif p.exitcode not in (0, None):
                         raise RuntimeError(f"an evaluation worker process exited with code {p.exitcode} "
-                                           f"outside any job (see the messages above)")
-                    finished.add(index)
-                    yield JobEvent("failed", index, {"error": f"worker process died (exit code {p.exitcode})",
-                                                     "traceback": ""})
-                    current[slot] = -1
-                    procs[slot] = start(slot)
-                continue
-            if event.kind == "progress":
-                on_progress(event.index, event.payload)
-                continue
-            if event.kind in ("done", "failed"):
-                if event.index in finished:
+                                           f"outside any job (see the messages above)") from None
                     continue
-                finished.add(event.index)
-            yield event
+                if event.kind == "progress":
+                    on_progress(event.index, event.payload)
+                    continue
+                if event.kind == "start":
+                    slots[reader][1] = event.index
+                elif event.kind in ("done", "failed"):
+                    slots[reader][1] = None
+                    if event.index in finished:
+                        continue
+                    finished.add(event.index)
+                yield event
     finally:
-        for p in procs:
+        for p, _ in slots.values():
             if p.is_alive():
                 p.terminate()
-        for p in procs:
+        for p, _ in slots.values():
             p.join(timeout=10)
+        for reader in slots:
+            reader.close()
         job_queue.close()
-        events.close()
 
 
 def _run_here(jobs: list, init: Callable, init_args: tuple, job_fn: Callable, threads: int,
