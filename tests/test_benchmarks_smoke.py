@@ -190,3 +190,29 @@ def test_distill_speed_flop_formula_matches_the_docs():
     assert abs((two - one) - (12 * layer + 0.15 * (2 * 768**2 + 2 * 768 * 14000))) < 1  # teacher B's forward
     ref = bench.flops_per_token(bench.BASE, "reference", [16000], 0.15)
     assert ref > one  # heads on every token
+
+
+def test_gpu_utilisation_summary_reads_the_samples_and_rejects_bad_lines(tmp_path, capsys):
+    bench = load("gpu_utilisation_summary")
+    samples = tmp_path / "nvidia-smi.csv"
+    samples.write_text("2026/11/29 13:19:20.423, 0, 4, 345\n2026/11/29 13:19:20.923, 100, 527, 1980\n"
+                       "2026/11/29 13:19:21.423, 80, 527, 1980\n2026/11/29 13:19:21.923, 59, 600, 1980\n")
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({
+        "created": "2026-11-29T13:19:22+00:00", "seconds": 601.0, "seeds": [42],
+        "environment": {"gpu": "GPU X", "device": "cuda", "torch": "t", "transformers": "x"},
+        "scheduler": {"jobs": 2, "workers": 2, "threads_per_job": 1, "mode": "worker processes"},
+        "models": [{"name": "a"}], "tasks": {"sts": {}}, "errors": []}))
+    out = tmp_path / "speed.json"
+    assert bench.main(["--samples", str(samples), "--evaluation", str(results), "--note", "n", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    u = report["utilisation"]
+    assert (u["samples"], u["utilisation_mean"], u["utilisation_median"]) == (4, 59.75, 69.5)
+    assert u["fraction_at_or_above_threshold"] == 0.5 and u["span_seconds"] == 1.5
+    assert report["targets"] == {"wall_seconds": 600, "utilisation_mean": 60.0, "wall_met": False,
+                                 "utilisation_met": False}
+    assert report["evaluation"]["workers"] == 2 and report["notes"] == ["n"]
+    samples.write_text("2026/11/29 13:19:20.423, 0, 4\n")
+    assert bench.main(["--samples", str(samples), "--evaluation", str(results), "--out", str(tmp_path / "x.json")]) == 2
+    assert "line 1: expected 4" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
