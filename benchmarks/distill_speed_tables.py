@@ -59,7 +59,9 @@ def render(data: dict, source: str) -> str:
     lines.append("")
     for phase in data["phases"]:
         b = phase["batch_size"]
-        lines.append(f"**Batch {b} × {data['sizes']['seq_len']} tokens** (phase wall time {phase['wall_s']} s)")
+        setup = (f"; set-up {phase['setup_s']} s, then a budget of {phase['budget_s']} s for warm-up and measurement"
+                 if "setup_s" in phase else f"; budget {phase['budget_s']} s, set-up included")
+        lines.append(f"**Batch {b} × {data['sizes']['seq_len']} tokens** (phase wall time {phase['wall_s']} s{setup})")
         lines.append("")
         lines.append("| run | step ms, median | min – max | IQR | tokens/s | MFU | peak GPU MiB | host syncs / step "
                      "| steady after (steps) | turns |")
@@ -146,6 +148,19 @@ def issue_note(data: dict) -> str:
             cells.append(f"{tps / 1000:,.0f}k ({ms:.1f} ms)")
         if any(c != "–" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    # What the labels above claim but this run may not have: steadiness, a pipeline-alone rate.
+    unsteady = [f"{r['config']} at batch {p['batch_size']}" for p in phases for r in p["runs"]
+                if not r["warmup"]["steady"]]
+    if unsteady:
+        lines.append("")
+        lines.append(f"Not steady (warm-up ended before {data['method']['steady_turns']} turns agreed): "
+                     + ", ".join(unsteady) + ".")
+    no_pipeline = [f"{r['config']} at batch {p['batch_size']}" for p in phases for r in p["runs"]
+                   if r["data"] == "text" and "sustained_tokens_per_s" not in r]
+    if no_pipeline:
+        lines.append("")
+        lines.append("No pipeline-alone measurement, so the GPU rate stands for the sustained one: "
+                     + ", ".join(no_pipeline) + ".")
     return "\n".join(lines) + "\n"
 
 
