@@ -83,6 +83,14 @@ def test_distill_speed_tiny(tmp_path):
     assert f"| compresso, 1 teacher | {runs['c1']['step_ms']['median']:.1f} |" in text
     note = tables.main([str(tmp_path / "distill_speed.json"), "--issue-note"])
     assert f"({runs['cx']['step_ms']['median']:.1f} ms)" in note
+    # runs of other batch sizes (separate commands) merge into one table; a batch size twice is refused
+    other = json.loads((tmp_path / "distill_speed.json").read_text())
+    other["phases"][0]["batch_size"] = 8
+    (tmp_path / "b8.json").write_text(json.dumps(other))
+    assert "| batch 4 | batch 8 |" in tables.main([str(tmp_path / "distill_speed.json"), str(tmp_path / "b8.json"),
+                                                   "--issue-note"])
+    with pytest.raises(SystemExit, match="more than one"):
+        tables.main([str(tmp_path / "distill_speed.json")] * 2)
 
 
 @pytest.mark.shared
