@@ -231,7 +231,8 @@ class SyncCensus:
         sites: dict[str, int] = {}
         for w in self.records:
             if "synchroniz" in str(w.message):
-                where = f"{Path(w.filename).name}:{w.lineno}"
+                path = Path(w.filename)  # with its folder: "__init__.py:1270" alone does not say which module
+                where = f"{path.parent.name}/{path.name}:{w.lineno}"
                 sites[where] = sites.get(where, 0) + 1
         return {"count": sum(sites.values()), "sites": dict(sorted(sites.items(), key=lambda kv: -kv[1]))}
 
