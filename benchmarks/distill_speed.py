@@ -15,12 +15,17 @@ Method
     the mean step time of the turn. ``k`` is chosen per configuration so a turn lasts about
     ``--turn-s`` seconds (fixed once measurement starts).
   * Set-up (models, workers, the first step) runs one configuration after another and is reported
-    as ``first_step_s`` (wall time from the thread's start to the end of its first step).
-  * Warm-up: turns, interleaved, until the last ``--steady-turns`` samples of every configuration
-    lie within ``--steady-spread`` of their median ((max - min) / median), or a configuration
-    reaches ``--warmup-max-steps`` (then it is flagged ``steady: false``). Warm-up samples are
-    kept in the JSON but are not in the statistics.
-  * Measurement: interleaved rounds until the phase's time budget is spent (at least
+    as ``first_step_s`` (wall time from the thread's start to the end of its first step). It is
+    outside the time budget: ``--budget-s`` is the warm-up and measurement time of each batch size,
+    counted from the end of its set-up (on an H200 set-up takes 30-40 s per compresso
+    configuration, which a budget that included it could spend whole).
+  * Warm-up: turns, interleaved, until every configuration has done at least
+    ``--warmup-min-steps`` steps and its last ``--steady-turns`` samples lie within
+    ``--steady-spread`` of their median ((max - min) / median), or it reaches
+    ``--warmup-max-steps`` or the warm-up's share of the budget (``--warmup-share``) is spent
+    (then it is flagged ``steady: false``); the minimum is done even past that share. Warm-up
+    samples are kept in the JSON but are not in the statistics.
+  * Measurement: interleaved rounds until the batch size's budget is spent (at least
     ``--min-rounds``). Reported: median step time, min/max and the inter-quartile range of the
     samples, tokens/s at the median (real student tokens, counted by the pipeline).
   * Peak GPU memory of a configuration = its resident memory (what its setup and first step left
@@ -226,7 +231,8 @@ class SyncCensus:
         sites: dict[str, int] = {}
         for w in self.records:
             if "synchroniz" in str(w.message):
-                where = f"{Path(w.filename).name}:{w.lineno}"
+                path = Path(w.filename)  # with its folder: "__init__.py:1270" alone does not say which module
+                where = f"{path.parent.name}/{path.name}:{w.lineno}"
                 sites[where] = sites.get(where, 0) + 1
         return {"count": sum(sites.values()), "sites": dict(sorted(sites.items(), key=lambda kv: -kv[1]))}
 
@@ -550,9 +556,11 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             state[r.name]["first_step_s"] = round(time.perf_counter() - t0, 3)
             state[r.name]["resident_mib"] = (allocated() - before) / 2**20
             log(f"  batch {batch_size} · {r.name}: set up and first step in {state[r.name]['first_step_s']:.1f} s")
-        setup_s = time.perf_counter() - phase_start
-        remaining = budget_s - setup_s
-        warm_deadline = time.perf_counter() + max(remaining * args.warmup_share, 0)
+        # The budget (warm-up + measurement) starts now: set-up is not in it.
+        setup_end = time.perf_counter()
+        setup_s = setup_end - phase_start
+        warm_deadline = setup_end + budget_s * args.warmup_share
+        min_warm_steps = min(args.warmup_min_steps, args.warmup_max_steps)
 
         # Warm-up: interleaved turns until every configuration is steady (or capped).
         warming = list(runners)
@@ -563,6 +571,8 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
                 st["warmup"].append(per_step)
                 st["warm_steps"] += st["turn_steps"]
                 st["turn_steps"] = max(2, min(args.max_turn_steps, round(args.turn_s / max(per_step, 1e-6))))
+                if st["warm_steps"] < min_warm_steps:
+                    continue  # the guaranteed minimum, even past the warm-up's share of the budget
                 if steady(st["warmup"], args.steady_turns, args.steady_spread):
                     st["steady"] = True
                     warming.remove(r)
@@ -577,7 +587,7 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             state[r.name]["tokens_at_start"], state[r.name]["masked_at_start"] = r.tokens, r.masked
             state[r.name]["steps_at_start"] = r.steps
         rounds = 0
-        measure_deadline = phase_start + budget_s
+        measure_deadline = setup_end + budget_s
         round_s = 0.0
         while rounds < args.min_rounds or (time.perf_counter() + round_s < measure_deadline
                                            and rounds < args.max_rounds):
@@ -649,7 +659,8 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
                 next(x for x in results if x["config"] == r.name)["pipeline"] = \
                     pipeline_throughput(r.stream_cfg, args.pipeline_s)
     return {"batch_size": batch_size, "wall_s": round(time.perf_counter() - phase_start, 1),
-            "budget_s": round(budget_s, 1), "gpu_after_warmup": gpu_mid, "runs": results}
+            "setup_s": round(setup_s, 1), "budget_s": round(budget_s, 1), "gpu_after_warmup": gpu_mid,
+            "runs": results}
 
 
 def pipeline_throughput(cfg, seconds: float) -> dict:
@@ -810,11 +821,16 @@ def parse_args(argv):
     ap.add_argument("--configs", default="c1,c2,cx,ref,c1-text,cx-text",
                     help=f"comma list of {', '.join(CONFIGS)} (default: %(default)s)")
     ap.add_argument("--batch-sizes", default="64,256,512", help="rows per step, comma list (default: %(default)s)")
-    ap.add_argument("--budget-s", type=float, default=240.0,
-                    help="wall-time target of the whole run, set-up included; split evenly over the batch sizes, "
-                         "whose measurement rounds stop when their share is spent (default: %(default)s)")
+    ap.add_argument("--budget-s", type=float, default=60.0,
+                    help="seconds of warm-up and measurement per batch size, counted after its configurations "
+                         "are set up (set-up is not in it: 30-40 s per compresso configuration on an H200) "
+                         "(default: %(default)s)")
     ap.add_argument("--warmup-share", type=float, default=0.35,
-                    help="most of a batch size's remaining budget that warm-up may take (default: %(default)s)")
+                    help="most of a batch size's budget that warm-up may take, beyond --warmup-min-steps "
+                         "(default: %(default)s)")
+    ap.add_argument("--warmup-min-steps", type=int, default=30,
+                    help="warm-up steps every configuration does before it may be called steady, even past "
+                         "--warmup-share (at most --warmup-max-steps) (default: %(default)s)")
     ap.add_argument("--steady-turns", type=int, default=3, help="turns that must agree to call a run steady")
     ap.add_argument("--steady-spread", type=float, default=0.05,
                     help="(max - min) / median of those turns' step times at most this (default: %(default)s)")
@@ -860,6 +876,8 @@ def parse_args(argv):
                  "huggingface/transformers-research-projects)")
     if any(CONFIGS[n]["data"] == "text" for n in names) and not (args.shared / "corpus").is_dir():
         ap.error(f"the -text configurations need --shared with corpus/ and teachers/ ({args.shared} has no corpus/)")
+    if args.budget_s <= 0 or args.warmup_min_steps < 0:
+        ap.error("--budget-s must be positive and --warmup-min-steps at least 0")
     if args.pipeline_batch is None:
         args.pipeline_batch = max(args.batches)
     args.sizes = TINY if args.tiny else BASE
@@ -904,10 +922,9 @@ def main(argv: list[str] | None = None) -> dict:
             Trainer.on_step_end = _trainer_hook  # the gate, for the benchmark's threads only
             try:
                 for i, b in enumerate(args.batches):
-                    left = args.budget_s - (time.perf_counter() - started)
-                    share = max(left / (len(args.batches) - i), 1.0)
-                    log(f"batch {b}: {share:.0f} s of budget")
-                    phases.append(run_batch_size(b, args.names, inputs, args, device, share, work / f"b{b}", log))
+                    log(f"batch {b}: set-up, then {args.budget_s:.0f} s of warm-up and measurement")
+                    phases.append(run_batch_size(b, args.names, inputs, args, device, args.budget_s,
+                                                 work / f"b{b}", log))
                     if i + 1 < len(args.batches):  # a run cut short keeps the phases it finished
                         write_json(summary(args, device, inputs, phases, gpu_before, started, complete=False), args)
                     gc.collect()
@@ -932,8 +949,10 @@ def summary(args, device: torch.device, inputs: dict, phases: list[dict], gpu_be
     out = {"benchmark": "distill_speed", "complete": complete, "sizes": asdict(args.sizes),
            "vocab": {"A": vocab["A"], "B": vocab["B"]}, "loss": LOSS, "optimiser": OPTIM, "tiny": args.tiny,
            "configs": {n: CONFIGS[n] for n in args.names},
-           "method": {k: getattr(args, k) for k in ("budget_s", "warmup_share", "steady_turns", "steady_spread",
-                                                    "warmup_max_steps", "turn_s", "min_rounds", "pipeline_s")},
+           "method": {k: getattr(args, k) for k in ("budget_s", "warmup_share", "warmup_min_steps", "steady_turns",
+                                                    "steady_spread", "warmup_max_steps", "turn_s", "min_rounds",
+                                                    "pipeline_s")},
+           "budget": "per batch size, warm-up and measurement, counted after set-up",
            "peak_tflops": args.peak_tflops, "workers": args.workers,
            "reference_dir": str(args.reference_dir) if args.reference_dir else None,
            "environment": environment(device), "gpu_before": gpu_before,

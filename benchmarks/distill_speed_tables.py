@@ -1,5 +1,9 @@
 """Markdown tables from a ``distill_speed.py`` JSON file, for docs/performance.md.
 
+Several JSON files (one run per batch size or group of batch sizes, e.g. to stay within a time
+limit per command) are merged into one set of tables; they must come from the same GPU, sizes,
+vocabularies and configurations, and no batch size may appear twice.
+
 Prints the tables; with ``--write PAGE`` replaces the text between the markers
 ``<!-- distill-speed tables: begin -->`` and ``<!-- distill-speed tables: end -->`` in PAGE with
 them (the page must already have both markers). Every figure comes from the JSON; the tables name
@@ -8,6 +12,7 @@ the JSON path they were rendered from.
 Usage:
   python benchmarks/distill_speed_tables.py docs/results/benchmarks/distill_speed.json
   python benchmarks/distill_speed_tables.py docs/results/benchmarks/distill_speed.json --write docs/performance.md
+  python benchmarks/distill_speed_tables.py b64/distill_speed.json b256/distill_speed.json --issue-note
 """
 
 from __future__ import annotations
@@ -34,15 +39,16 @@ def fmt_int(v) -> str:
     return "–" if v is None else f"{v:,.0f}"
 
 
-def render(data: dict, source: str) -> str:
+def render(data: dict, sources: list[str]) -> str:
     env = data["environment"]
     lines = []
     gpu = env.get("gpu", env["device"])
-    lines.append(f"Rendered from [`{source}`]({source}) by `benchmarks/distill_speed_tables.py`. "
+    source = " and ".join(f"[`{s}`]({s})" for s in sources)
+    lines.append(f"Rendered from {source} by `benchmarks/distill_speed_tables.py`. "
                  f"{gpu}, torch {env['torch']}, transformers {env['transformers']}, commit {env.get('commit')}; "
                  f"whole run {data['wall_s']} s. MFU against {data['peak_tflops']} TFLOP/s dense bf16."
                  if data.get("peak_tflops") else
-                 f"Rendered from [`{source}`]({source}). {gpu}, torch {env['torch']}; no MFU (no peak given).")
+                 f"Rendered from {source}. {gpu}, torch {env['torch']}; no MFU (no peak given).")
     if not data.get("complete", True):
         lines.append("")
         lines.append("**Incomplete run**: it stopped early; only the batch sizes below finished.")
@@ -59,7 +65,9 @@ def render(data: dict, source: str) -> str:
     lines.append("")
     for phase in data["phases"]:
         b = phase["batch_size"]
-        lines.append(f"**Batch {b} × {data['sizes']['seq_len']} tokens** (phase wall time {phase['wall_s']} s)")
+        setup = (f"; set-up {phase['setup_s']} s, then a budget of {phase['budget_s']} s for warm-up and measurement"
+                 if "setup_s" in phase else f"; budget {phase['budget_s']} s, set-up included")
+        lines.append(f"**Batch {b} × {data['sizes']['seq_len']} tokens** (phase wall time {phase['wall_s']} s{setup})")
         lines.append("")
         lines.append("| run | step ms, median | min – max | IQR | tokens/s | MFU | peak GPU MiB | host syncs / step "
                      "| steady after (steps) | turns |")
@@ -146,35 +154,80 @@ def issue_note(data: dict) -> str:
             cells.append(f"{tps / 1000:,.0f}k ({ms:.1f} ms)")
         if any(c != "–" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    # What the labels above claim but this run may not have: steadiness, a pipeline-alone rate.
+    unsteady = [f"{r['config']} at batch {p['batch_size']}" for p in phases for r in p["runs"]
+                if not r["warmup"]["steady"]]
+    if unsteady:
+        lines.append("")
+        lines.append(f"Not steady (warm-up ended before {data['method']['steady_turns']} turns agreed): "
+                     + ", ".join(unsteady) + ".")
+    no_pipeline = [f"{r['config']} at batch {p['batch_size']}" for p in phases for r in p["runs"]
+                   if r["data"] == "text" and "sustained_tokens_per_s" not in r]
+    if no_pipeline:
+        lines.append("")
+        lines.append("No pipeline-alone measurement, so the GPU rate stands for the sustained one: "
+                     + ", ".join(no_pipeline) + ".")
     return "\n".join(lines) + "\n"
+
+
+MUST_AGREE = ("sizes", "vocab", "tiny", "peak_tflops", "loss", "optimiser")
+
+
+def merge(runs: list[tuple[Path, dict]]) -> dict:
+    """One result from several runs of the benchmark: their phases, in batch-size order."""
+    (first_path, first), rest = runs[0], runs[1:]
+    merged = dict(first)
+    for path, data in rest:
+        for key in MUST_AGREE:
+            if data.get(key) != first.get(key):
+                raise SystemExit(f"{path}: {key} differs from {first_path}'s; these runs cannot share a table")
+        if data["environment"].get("gpu") != first["environment"].get("gpu"):
+            raise SystemExit(f"{path}: GPU {data['environment'].get('gpu')!r} differs from {first_path}'s "
+                             f"{first['environment'].get('gpu')!r}")
+    phases = [p for _, data in runs for p in data["phases"]]
+    sizes = [p["batch_size"] for p in phases]
+    repeated = sorted({b for b in sizes if sizes.count(b) > 1})
+    if repeated:
+        raise SystemExit(f"batch size {', '.join(map(str, repeated))} appears in more than one of "
+                         f"{', '.join(str(p) for p, _ in runs)}")
+    commits = list(dict.fromkeys(str(data["environment"].get("commit")) for _, data in runs))
+    merged.update(phases=sorted(phases, key=lambda p: p["batch_size"]),
+                  complete=all(data.get("complete", True) for _, data in runs),
+                  wall_s=round(sum(data["wall_s"] for _, data in runs), 1), gpu_after=runs[-1][1].get("gpu_after"),
+                  environment={**first["environment"], "commit": ", ".join(commits)})
+    return merged
 
 
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", type=Path)
+    ap.add_argument("json", type=Path, nargs="+", help="distill_speed.json file(s); several are merged")
     ap.add_argument("--write", type=Path, help="page whose marked section is replaced by the tables")
     ap.add_argument("--issue-note", action="store_true",
                     help="print only issue 14's opening table with this run's figures (for its closing note)")
     args = ap.parse_args(argv)
-    try:
-        data = json.loads(args.json.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"{args.json}: cannot read a distill_speed JSON ({exc})") from None
-    if data.get("benchmark") != "distill_speed":
-        raise SystemExit(f"{args.json}: not written by benchmarks/distill_speed.py (benchmark = "
-                         f"{data.get('benchmark')!r})")
-    source = args.json.as_posix()
+    runs = []
+    for path in args.json:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"{path}: cannot read a distill_speed JSON ({exc})") from None
+        if data.get("benchmark") != "distill_speed":
+            raise SystemExit(f"{path}: not written by benchmarks/distill_speed.py (benchmark = "
+                             f"{data.get('benchmark')!r})")
+        runs.append((path, data))
+    data = merge(runs)
     if args.issue_note:
         text = issue_note(data)
         print(text)
         return text
     if args.write:
-        rel = Path(source)
-        try:
-            rel = args.json.resolve().relative_to(args.write.resolve().parent)
-        except ValueError:
-            pass
-        text = render(data, rel.as_posix())
+        sources = []
+        for path in args.json:  # links relative to the page when the JSON is beside or under it
+            try:
+                sources.append(path.resolve().relative_to(args.write.resolve().parent).as_posix())
+            except ValueError:
+                sources.append(path.as_posix())
+        text = render(data, sources)
         page = args.write.read_text()
         if page.count(BEGIN) != 1 or page.count(END) != 1 or page.index(BEGIN) > page.index(END):
             raise SystemExit(f"{args.write}: needs exactly one {BEGIN} line followed by one {END} line")
@@ -183,7 +236,7 @@ def main(argv=None) -> str:
         args.write.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
         print(f"wrote the tables into {args.write}", file=sys.stderr)
     else:
-        text = render(data, source)
+        text = render(data, [path.as_posix() for path in args.json])
         print(text)
     return text
 

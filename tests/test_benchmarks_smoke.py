@@ -44,12 +44,15 @@ def test_distill_speed_tiny(tmp_path):
     (phase,) = out["phases"]
     runs = {r["config"]: r for r in phase["runs"]}
     assert set(runs) == set(configs.split(","))
+    # the budget counts from the end of set-up: set-up is reported apart and is not in it
+    assert 0 <= phase["setup_s"] <= phase["wall_s"] and phase["budget_s"] == 6
     sizes = bench.TINY
     for r in runs.values():
         s = r["step_ms"]
         assert len(s["samples"]) == r["turns_measured"] == 2
         assert 0 < s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"]
-        assert r["warmup"]["steps"] >= 2 and r["first_step_s"] > 0
+        # the guaranteed warm-up (--warmup-min-steps, capped by --warmup-max-steps 4), whatever the budget
+        assert r["warmup"]["steps"] >= 4 and r["first_step_s"] > 0
         # synthetic rows are exactly seq_len tokens, so tokens/step is known
         assert r["tokens_per_step"] == 4 * sizes.seq_len
         assert abs(r["tokens_per_s"] - r["tokens_per_step"] / (s["median"] / 1000)) < 1
@@ -80,6 +83,14 @@ def test_distill_speed_tiny(tmp_path):
     assert f"| compresso, 1 teacher | {runs['c1']['step_ms']['median']:.1f} |" in text
     note = tables.main([str(tmp_path / "distill_speed.json"), "--issue-note"])
     assert f"({runs['cx']['step_ms']['median']:.1f} ms)" in note
+    # runs of other batch sizes (separate commands) merge into one table; a batch size twice is refused
+    other = json.loads((tmp_path / "distill_speed.json").read_text())
+    other["phases"][0]["batch_size"] = 8
+    (tmp_path / "b8.json").write_text(json.dumps(other))
+    assert "| batch 4 | batch 8 |" in tables.main([str(tmp_path / "distill_speed.json"), str(tmp_path / "b8.json"),
+                                                   "--issue-note"])
+    with pytest.raises(SystemExit, match="more than one"):
+        tables.main([str(tmp_path / "distill_speed.json")] * 2)
 
 
 @pytest.mark.shared
@@ -109,6 +120,8 @@ def test_distill_speed_rejects_bad_arguments(tmp_path):
         bench.main(["--tiny", "--device", "cpu", "--configs", "ref", "--reference-dir", str(BENCHMARKS)])
     with pytest.raises(SystemExit):
         bench.main(["--tiny", "--device", "cpu", "--configs", "c1", "--batch-sizes", "0"])
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--device", "cpu", "--configs", "c1", "--budget-s", "0"])
 
 
 @pytest.mark.shared

@@ -22,7 +22,7 @@ import platform
 from functools import lru_cache
 
 AUTO_CHOICE: dict[str, tuple[str, str]] = {
-    "avx512_vnni": ("ort", "static"),
+    "avx512_vnni": ("inc", "static"),
     "avx2_vnni": ("ort", "static"),
     "avx2": ("ort", "static"),
     "other": ("ort", "static"),
