@@ -404,10 +404,14 @@ def _skip_missing(backend):
 
 
 @pytest.mark.parametrize("backend, method", BACKEND_CASES)
-def test_each_backend_matches_fp32_and_reloads(tokenizer, corpus, tmp_path, backend, method):
+def test_each_backend_matches_fp32_and_reloads(tokenizer, corpus, tmp_path, backend, method, monkeypatch):
     _skip_missing(backend)
     model = make(BertForTokenClassification, tokenizer, num_labels=5)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # nothing may be written into the user's current directory (ORT's shape-inference dumps)
     out, ctx = quantize(model, tokenizer, tmp_path, backend=backend, method=method, calibration=cal(corpus))
+    assert list(cwd.iterdir()) == []
     assert ctx.metrics["backend"] == backend and ctx.metrics["method"] == method
     check = ctx.metrics["check"]
     assert check["relative_error"] < 0.1 and check["argmax_agreement"] > 0.9, check

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -40,14 +41,15 @@ class OrtBackend(Backend):
 
         reduce_range = not cpu.has_vnni()
         with tempfile.TemporaryDirectory(prefix="compresso-ort-") as tmp:
-            tmp = Path(tmp)
-            # static QDQ leaves fused Attention nodes in fp32: it quantizes the plain graph, whose LayerNorm and
-            # GELU ONNX Runtime fuses when the session starts; dynamic has int8 kernels for the fused ops.
-            fused = export_fused(job.fp32, job.input_names, job.output_key, tmp, fuse=job.method == "dynamic")
-            excluded_nodes = onnx_nodes_of(fused, job.excluded)
-            out = tmp / "int8.onnx"
-            _quantize(fused, out, job, excluded_nodes, reduce_range)
-            onnx_bytes = out.read_bytes()
+            tmp = Path(tmp).resolve()
+            with _working_dir(tmp):
+                # static QDQ leaves fused Attention nodes in fp32: it quantizes the plain graph, whose LayerNorm and
+                # GELU ONNX Runtime fuses when the session starts; dynamic has int8 kernels for the fused ops.
+                fused = export_fused(job.fp32, job.input_names, job.output_key, tmp, fuse=job.method == "dynamic")
+                excluded_nodes = onnx_nodes_of(fused, job.excluded)
+                out = tmp / "int8.onnx"
+                _quantize(fused, out, job, excluded_nodes, reduce_range)
+                onnx_bytes = out.read_bytes()
         qmodel = OrtModel(onnx_bytes, job.fp32.config, job.input_names, job.output_key, job.output_class,
                           job.method)
         qmodel.saved.update(quantized=job.quantized, excluded=job.excluded, reduce_range=reduce_range,
@@ -140,6 +142,19 @@ def onnx_nodes_of(model, module_names: list[str]) -> list[str]:
                                 f"layers' FFN or the head, or use backend: inc")
         found += nodes
     return found
+
+
+@contextlib.contextmanager
+def _working_dir(path: Path):
+    """onnxruntime's symbolic shape inference, when it cannot infer every shape, saves
+    ``sym_shape_infer_temp.onnx`` and its external data (tens of MB) into the current directory:
+    run the export and quantization from the scratch folder so the user's folder stays clean."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
 
 
 @contextlib.contextmanager
