@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from compresso.evaluation.report import format_stat
+
 if TYPE_CHECKING:
     from compresso.engine import RunResult, StageOutcome
     from compresso.recipe import LoadedRecipe
@@ -30,15 +32,6 @@ def _looks_like_hub_id(ref: str) -> bool:
     parts = ref.split("/")
     return len(parts) == 2 and all(parts) and not Path(ref).expanduser().exists() \
         and not ref.startswith((".", "/", "~"))
-
-
-def _fmt_stat(stat: dict | None, decimals: int = 2) -> str:
-    if not stat:
-        return "–"
-    text = f"{stat['mean']:.{decimals}f}"
-    if stat.get("std") is not None:
-        text += f" ± {stat['std']:.{decimals}f}"
-    return text
 
 
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> list[str]:
@@ -175,8 +168,8 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
             t = tasks.get(task, {})
             headline = t.get("headline")
             rows.append([t.get("title", task), headline.replace("_", " ") if headline else "–",
-                         _fmt_stat(entry["metrics"].get(headline))]
-                        + [_fmt_stat(evaluation["scores"][m].get(task, {}).get("metrics", {}).get(headline))
+                         format_stat(entry["metrics"].get(headline))]
+                        + [format_stat(evaluation["scores"][m].get(task, {}).get("metrics", {}).get(headline))
                            for m in models_scored])
         body += [f"Test-set scores (0–100) after fine-tuning on each task; "
                  f"{len((evaluation or {}).get('seeds', [])) or 1} seed(s).", ""] + _table(header, rows, numeric_from=2)
@@ -184,7 +177,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
         if loyal:
             rows = []
             for e in loyal:
-                cells = [_fmt_stat(e.get(k), 3) for k in ("label", "probability", "regression") if e.get(k)]
+                cells = [format_stat(e.get(k), 3) for k in ("label", "probability", "regression") if e.get(k)]
                 rows.append([tasks.get(e["task"], {}).get("title", e["task"]), e["reference"], " / ".join(cells)])
             body += ["Loyalty (1 = predicts exactly what the reference predicts; label / probability loyalty, "
                      "or regression loyalty):", ""] + _table(["task", "reference", "loyalty"], rows, numeric_from=2)

@@ -22,7 +22,8 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _fmt(stat: dict | None, decimals: int) -> str:
+def format_stat(stat: dict | None, decimals: int = 2) -> str:
+    """``mean ± std`` of a statistic from results.json (``–`` when missing)."""
     if not stat:
         return "–"
     text = f"{stat['mean']:.{decimals}f}"
@@ -85,7 +86,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
         for task, t in tasks.items():
             entry = scores.get(m["name"], {}).get(task)
             stat = entry["metrics"][t["headline"]] if entry else None
-            cell = _fmt(stat, d)
+            cell = format_stat(stat, d)
             if stat and best[task] is not None and len(models) > 1 and stat["mean"] == best[task]:
                 cell = f"**{cell}**"
             row.append(cell)
@@ -99,7 +100,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
         for metric in _metric_names(scores, task, t):
             header.append(f"{t['title']} {METRIC_TITLES.get(metric, metric.replace('_', ' '))}")
             keys.append((task, metric))
-    rows = [[m["name"]] + [_fmt(scores.get(m["name"], {}).get(task, {}).get("metrics", {}).get(metric), d)
+    rows = [[m["name"]] + [format_stat(scores.get(m["name"], {}).get(task, {}).get("metrics", {}).get(metric), d)
                            for task, metric in keys] for m in models]
     out += [_table(header, rows), ""]
 
@@ -114,7 +115,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
             t, e = tasks[task], scores[m["name"]][task]
             before, after = e["input_metrics"][t["headline"]], e["metrics"][t["headline"]]
             rows.append([m["name"], m["strategy"], f"{t['title']} {METRIC_TITLES[t['headline']]}",
-                         _fmt(before, d), _fmt(after, d), f"{after['mean'] - before['mean']:+.{d}f}"])
+                         format_stat(before, d), format_stat(after, d), f"{after['mean'] - before['mean']:+.{d}f}"])
         out += [_table(["model", "strategy", "metric", "before", "after", "Δ"], rows, list("lllrrr")), ""]
 
     # Paired bootstrap differences.
@@ -219,8 +220,8 @@ def _loyalty_cell(e: dict | None, decimals: int) -> str:
     if e is None:
         return "–"
     if "regression" in e:
-        return _fmt(e["regression"], decimals)
-    return f"{_fmt(e['label'], decimals)} / {_fmt(e['probability'], decimals)}"
+        return format_stat(e["regression"], decimals)
+    return f"{format_stat(e['label'], decimals)} / {format_stat(e['probability'], decimals)}"
 
 
 # --- plots ---------------------------------------------------------------------------------------
