@@ -17,7 +17,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -90,40 +90,50 @@ class ConlluSentence:
     id: str | None = None
 
 
+def _conll_blocks(lines: Iterable[tuple[int, str]]):
+    """The sentences of a CoNLL-style file's ``(line number, line)`` pairs: ``(sent_id, [(lineno,
+    columns), ...])`` for each block between blank lines; comment lines are skipped, ``# sent_id =
+    ...`` names the block."""
+    rows: list[tuple[int, list[str]]] = []
+    sent_id = None
+    for lineno, line in lines:
+        if not line.strip():
+            if rows:
+                yield sent_id, rows
+            rows, sent_id = [], None
+        elif line.startswith("#"):
+            if line.startswith("# sent_id"):
+                sent_id = line.split("=", 1)[-1].strip()
+        else:
+            rows.append((lineno, line.split("\t")))
+    if rows:
+        yield sent_id, rows
+
+
 def read_conllu(path: Path) -> list[ConlluSentence]:
     """CoNLL-U (Universal Dependencies): 10 tab-separated columns per word; multiword-token
     ranges (``1-2``) and empty nodes (``1.1``) are skipped, as UD's own evaluation does."""
     sentences: list[ConlluSentence] = []
-    words: list[str] = []
-    upos: list[str] = []
-    xpos: list[str] = []
-    sent_id = None
-    for lineno, line in _lines(path):
-        if not line.strip():
-            if words:
-                sentences.append(ConlluSentence(words, upos, xpos, sent_id))
-            words, upos, xpos, sent_id = [], [], [], None
-            continue
-        if line.startswith("#"):
-            if line.startswith("# sent_id"):
-                sent_id = line.split("=", 1)[-1].strip()
-            continue
-        cols = line.split("\t")
-        if len(cols) != 10:
-            raise DataError(f"{path}:{lineno}: expected 10 tab-separated CoNLL-U columns, found {len(cols)}")
-        token_id = cols[0]
-        if re.fullmatch(r"\d+-\d+", token_id) or re.fullmatch(r"\d+\.\d+", token_id):
-            continue
-        if not token_id.isdigit():
-            raise DataError(f"{path}:{lineno}: column 1 (ID) must be a word index, a range N-M or a "
-                            f"decimal N.M; found {token_id!r}")
-        if not cols[1] or not cols[3] or cols[3] == "_":
-            raise DataError(f"{path}:{lineno}: word {token_id} has an empty FORM or UPOS")
-        words.append(cols[1])
-        upos.append(cols[3])
-        xpos.append(cols[4])
-    if words:
-        sentences.append(ConlluSentence(words, upos, xpos, sent_id))
+    for sent_id, rows in _conll_blocks(_lines(path)):
+        words: list[str] = []
+        upos: list[str] = []
+        xpos: list[str] = []
+        for lineno, cols in rows:
+            if len(cols) != 10:
+                raise DataError(f"{path}:{lineno}: expected 10 tab-separated CoNLL-U columns, found {len(cols)}")
+            token_id = cols[0]
+            if re.fullmatch(r"\d+-\d+", token_id) or re.fullmatch(r"\d+\.\d+", token_id):
+                continue
+            if not token_id.isdigit():
+                raise DataError(f"{path}:{lineno}: column 1 (ID) must be a word index, a range N-M or a "
+                                f"decimal N.M; found {token_id!r}")
+            if not cols[1] or not cols[3] or cols[3] == "_":
+                raise DataError(f"{path}:{lineno}: word {token_id} has an empty FORM or UPOS")
+            words.append(cols[1])
+            upos.append(cols[3])
+            xpos.append(cols[4])
+        if words:
+            sentences.append(ConlluSentence(words, upos, xpos, sent_id))
     if not sentences:
         raise DataError(f"{path}: no sentences found (expected CoNLL-U)")
     return sentences
@@ -241,51 +251,42 @@ def read_ner_conllup(path: Path) -> list[NerSentence]:
     is outside; of overlapping entities, ``a;b``, the first is kept). The entity types are
     whatever the file uses."""
     form, ner, width = 1, 10, None
+    lines = list(_lines(path))
+    first = lines[0][1] if lines else ""
+    if first.startswith("# global.columns"):
+        names = first.split("=", 1)[-1].split()
+        extra = [i for i, n in enumerate(names) if n.upper() not in _CONLLU_COLUMNS]
+        if "FORM" not in names or not extra:
+            raise DataError(f"{path}:1: global.columns must name FORM and an entity column; found {names}")
+        form, ner, width = names.index("FORM"), extra[0], len(names)
     out: list[NerSentence] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    types: dict[str, str] = {}
-    sent_id = None
-    for lineno, line in _lines(path):
-        if lineno == 1 and line.startswith("# global.columns"):
-            names = line.split("=", 1)[-1].split()
-            extra = [i for i, n in enumerate(names) if n.upper() not in _CONLLU_COLUMNS]
-            if "FORM" not in names or not extra:
-                raise DataError(f"{path}:1: global.columns must name FORM and an entity column; found {names}")
-            form, ner, width = names.index("FORM"), extra[0], len(names)
-            continue
-        if not line.strip():
-            if tokens:
-                out.append(NerSentence(tokens, tags, sent_id))
-            tokens, tags, types, sent_id = [], [], {}, None
-            continue
-        if line.startswith("#"):
-            if line.startswith("# sent_id"):
-                sent_id = line.split("=", 1)[-1].strip()
-            continue
-        cols = line.split("\t")
-        if len(cols) <= max(form, ner) or (width is not None and len(cols) != width):
-            raise DataError(f"{path}:{lineno}: expected {width or ner + 1} tab-separated columns "
-                            f"(CoNLL-U Plus with an entity column), found {len(cols)}")
-        if re.fullmatch(r"\d+-\d+|\d+\.\d+", cols[0]):
-            continue  # multiword-token ranges and empty nodes, as in CoNLL-U
-        value = cols[ner].strip().split(";")[0]
-        if value in ("", "_", "*", "O"):
-            tag = "O"
-        elif _BIO.fullmatch(value):
-            tag = value
-        elif m := _PARSEME_OPEN.fullmatch(value):
-            types[m.group(1)] = m.group(2).upper()
-            tag = f"B-{types[m.group(1)]}"
-        elif value.isdigit() and value in types:
-            tag = f"I-{types[value]}"
-        else:
-            raise DataError(f"{path}:{lineno}: entity column {ner + 1}: expected a BIO tag (B-TYPE, I-TYPE, O), "
-                            f"N:TYPE, N or *; found {cols[ner]!r}")
-        tokens.append(cols[form])
-        tags.append(tag)
-    if tokens:
-        out.append(NerSentence(tokens, tags, sent_id))
+    for sent_id, rows in _conll_blocks(lines):
+        tokens: list[str] = []
+        tags: list[str] = []
+        types: dict[str, str] = {}  # numbered style: entity number -> type, within one sentence
+        for lineno, cols in rows:
+            if len(cols) <= max(form, ner) or (width is not None and len(cols) != width):
+                raise DataError(f"{path}:{lineno}: expected {width or ner + 1} tab-separated columns "
+                                f"(CoNLL-U Plus with an entity column), found {len(cols)}")
+            if re.fullmatch(r"\d+-\d+|\d+\.\d+", cols[0]):
+                continue  # multiword-token ranges and empty nodes, as in CoNLL-U
+            value = cols[ner].strip().split(";")[0]
+            if value in ("", "_", "*", "O"):
+                tag = "O"
+            elif _BIO.fullmatch(value):
+                tag = value
+            elif m := _PARSEME_OPEN.fullmatch(value):
+                types[m.group(1)] = m.group(2).upper()
+                tag = f"B-{types[m.group(1)]}"
+            elif value.isdigit() and value in types:
+                tag = f"I-{types[value]}"
+            else:
+                raise DataError(f"{path}:{lineno}: entity column {ner + 1}: expected a BIO tag (B-TYPE, I-TYPE, "
+                                f"O), N:TYPE, N or *; found {cols[ner]!r}")
+            tokens.append(cols[form])
+            tags.append(tag)
+        if tokens:
+            out.append(NerSentence(tokens, tags, sent_id))
     if not out:
         raise DataError(f"{path}: no sentences found (expected CoNLL-U Plus with an entity column)")
     return out
