@@ -58,21 +58,15 @@ def load_task_files(paths) -> list[dict]:
 def read_conll(path: Path, token_column: int = 0, tag_column: int = -1) -> list[tuple[list[str], list[str]]]:
     """CoNLL-style token classification: one token per line, whitespace- or tab-separated columns,
     sentences separated by blank lines; ``#`` comments and ``-DOCSTART-`` lines are skipped."""
-    from compresso.evaluation.data import DataError
+    from compresso.evaluation.data import DataError, conll_blocks, text_lines
 
+    # -DOCSTART- lines (CoNLL-2003) separate documents: read them as sentence boundaries
+    lines = ((n, "" if line.startswith("-DOCSTART-") else line) for n, line in text_lines(path))
     sentences: list[tuple[list[str], list[str]]] = []
-    words: list[str] = []
-    tags: list[str] = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.rstrip("\r\n")
-            if not line.strip() or line.startswith("-DOCSTART-"):
-                if words:
-                    sentences.append((words, tags))
-                words, tags = [], []
-                continue
-            if line.startswith("#"):
-                continue
+    for _, rows in conll_blocks(lines):
+        words: list[str] = []
+        tags: list[str] = []
+        for lineno, line in rows:
             cols = line.split("\t") if "\t" in line else line.split()
             try:
                 word, tag = cols[token_column], cols[tag_column]
@@ -81,7 +75,6 @@ def read_conll(path: Path, token_column: int = 0, tag_column: int = -1) -> list[
                                 f"column {tag_column}, found {len(cols)} column(s): {line[:80]!r}") from None
             words.append(word)
             tags.append(tag)
-    if words:
         sentences.append((words, tags))
     return sentences
 

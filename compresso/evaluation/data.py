@@ -73,7 +73,7 @@ def read_text(path: Path) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """``(line number, line)`` of a text file, without line ends."""
     text = read_text(path)
     lines = text.split("\n")
@@ -90,11 +90,11 @@ class ConlluSentence:
     id: str | None = None
 
 
-def _conll_blocks(lines: Iterable[tuple[int, str]]):
+def conll_blocks(lines: Iterable[tuple[int, str]]):
     """The sentences of a CoNLL-style file's ``(line number, line)`` pairs: ``(sent_id, [(lineno,
-    columns), ...])`` for each block between blank lines; comment lines are skipped, ``# sent_id =
+    line), ...])`` for each block between blank lines; comment lines are skipped, ``# sent_id =
     ...`` names the block."""
-    rows: list[tuple[int, list[str]]] = []
+    rows: list[tuple[int, str]] = []
     sent_id = None
     for lineno, line in lines:
         if not line.strip():
@@ -105,7 +105,7 @@ def _conll_blocks(lines: Iterable[tuple[int, str]]):
             if line.startswith("# sent_id"):
                 sent_id = line.split("=", 1)[-1].strip()
         else:
-            rows.append((lineno, line.split("\t")))
+            rows.append((lineno, line))
     if rows:
         yield sent_id, rows
 
@@ -114,11 +114,12 @@ def read_conllu(path: Path) -> list[ConlluSentence]:
     """CoNLL-U (Universal Dependencies): 10 tab-separated columns per word; multiword-token
     ranges (``1-2``) and empty nodes (``1.1``) are skipped, as UD's own evaluation does."""
     sentences: list[ConlluSentence] = []
-    for sent_id, rows in _conll_blocks(_lines(path)):
+    for sent_id, rows in conll_blocks(text_lines(path)):
         words: list[str] = []
         upos: list[str] = []
         xpos: list[str] = []
-        for lineno, cols in rows:
+        for lineno, line in rows:
+            cols = line.split("\t")
             if len(cols) != 10:
                 raise DataError(f"{path}:{lineno}: expected 10 tab-separated CoNLL-U columns, found {len(cols)}")
             token_id = cols[0]
@@ -251,7 +252,7 @@ def read_ner_conllup(path: Path) -> list[NerSentence]:
     is outside; of overlapping entities, ``a;b``, the first is kept). The entity types are
     whatever the file uses."""
     form, ner, width = 1, 10, None
-    lines = list(_lines(path))
+    lines = list(text_lines(path))
     first = lines[0][1] if lines else ""
     if first.startswith("# global.columns"):
         names = first.split("=", 1)[-1].split()
@@ -260,11 +261,12 @@ def read_ner_conllup(path: Path) -> list[NerSentence]:
             raise DataError(f"{path}:1: global.columns must name FORM and an entity column; found {names}")
         form, ner, width = names.index("FORM"), extra[0], len(names)
     out: list[NerSentence] = []
-    for sent_id, rows in _conll_blocks(lines):
+    for sent_id, rows in conll_blocks(lines):
         tokens: list[str] = []
         tags: list[str] = []
         types: dict[str, str] = {}  # numbered style: entity number -> type, within one sentence
-        for lineno, cols in rows:
+        for lineno, line in rows:
+            cols = line.split("\t")
             if len(cols) <= max(form, ner) or (width is not None and len(cols) != width):
                 raise DataError(f"{path}:{lineno}: expected {width or ner + 1} tab-separated columns "
                                 f"(CoNLL-U Plus with an entity column), found {len(cols)}")
@@ -333,7 +335,7 @@ class StsPair:
 def read_ro_sts(path: Path) -> list[StsPair]:
     """RO-STS TSV: ``score<TAB>sentence1<TAB>sentence2``, scores in [0, 5]."""
     out = []
-    for lineno, line in _lines(path):
+    for lineno, line in text_lines(path):
         if not line.strip():
             continue
         cols = line.split("\t")
@@ -362,7 +364,7 @@ class MorocoSample:
 
 def _read_id_tsv(path: Path, what: str) -> dict[str, str]:
     rows: dict[str, str] = {}
-    for lineno, line in _lines(path):
+    for lineno, line in text_lines(path):
         if not line.strip():
             continue
         parts = line.split("\t", 1)
@@ -388,7 +390,7 @@ def read_moroco(folder: Path) -> list[MorocoSample]:
     category_path = folder / "category_labels.txt"
     categories = _read_id_tsv(category_path, "1..6") if category_path.is_file() else {}
     out = []
-    line_of = {ln.split("\t", 1)[0].strip(): i for i, ln in _lines(dialect_path) if ln.strip()}
+    line_of = {ln.split("\t", 1)[0].strip(): i for i, ln in text_lines(dialect_path) if ln.strip()}
     for key, label in dialects.items():
         if label.strip() not in ("1", "2"):
             raise DataError(f"{dialect_path}:{line_of[key]}: dialect label must be 1 (Moldavian) or 2 "
