@@ -10,15 +10,19 @@ import numpy as np
 import pytest
 import torch
 from rich.console import Console
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from compresso.evaluation import EvalModel, evaluate_models
 from compresso.evaluation.data import Example
 from compresso.evaluation.finetune import Predictions
 from compresso.evaluation.scheduler import run_jobs
 from compresso.evaluation.scoring import score
-from compresso.evaluation.statistics import example_counts, metric_from_counts, paired_bootstrap
+from compresso.evaluation.statistics import (
+    example_counts,
+    metric_from_counts,
+    paired_bootstrap,
+)
 from compresso.evaluation.tasks import TASKS
+from tests.tiny import tiny_berts_with_tokenizer
 
 # --- the scheduler on its own -------------------------------------------------------------------
 
@@ -150,17 +154,8 @@ def quiet() -> Console:
 
 @pytest.fixture(scope="module")
 def tiny(shared_dir, tmp_path_factory):
-    tok = AutoTokenizer.from_pretrained(shared_dir / "teachers" / "ro-bert-small-cased")
-    root = tmp_path_factory.mktemp("tiny-sched")
-    paths = {}
-    for name, layers, seed in (("tinyA", 1, 0), ("tinyB", 1, 1)):
-        torch.manual_seed(seed)
-        config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=128)
-        BertForMaskedLM(config).save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        paths[name] = str(root / name)
-    return paths
+    return tiny_berts_with_tokenizer(shared_dir / "teachers" / "ro-bert-small-cased",
+                                     tmp_path_factory.mktemp("tiny-sched"), {"tinyA": 1, "tinyB": 1})
 
 
 def _cfg(shared_dir, **extra):

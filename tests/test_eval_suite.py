@@ -9,7 +9,6 @@ import pytest
 import torch
 from click.testing import CliRunner
 from rich.console import Console
-from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
 from compresso import registry
 from compresso.evaluation import EvalModel, EvaluationError, evaluate_models
@@ -18,7 +17,13 @@ from compresso.evaluation.config import ALL_TASKS, EvaluateConfig
 from compresso.evaluation.finetune import Predictions
 from compresso.evaluation.scoring import score
 from compresso.evaluation.tasks import TASKS, DatasetCache
-from compresso.strategy import CompressionStrategy, ModelBundle, StrategyError, StrategyParams
+from compresso.strategy import (
+    CompressionStrategy,
+    ModelBundle,
+    StrategyError,
+    StrategyParams,
+)
+from tests.tiny import tiny_berts_with_tokenizer
 
 pytestmark = pytest.mark.shared
 
@@ -31,17 +36,8 @@ def quiet() -> Console:
 @pytest.fixture(scope="module")
 def tiny(shared_dir, tmp_path_factory):
     """Two tiny BERTs (2 and 1 layers) with the fixture teacher's real tokenizer."""
-    tok = AutoTokenizer.from_pretrained(shared_dir / "teachers" / "ro-bert-small-cased")
-    root = tmp_path_factory.mktemp("tiny")
-    paths = {}
-    for name, layers, seed in (("tinyA", 2, 0), ("tinyB", 1, 1)):
-        torch.manual_seed(seed)
-        config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=128)
-        BertForMaskedLM(config).save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        paths[name] = str(root / name)
-    return paths
+    return tiny_berts_with_tokenizer(shared_dir / "teachers" / "ro-bert-small-cased",
+                                     tmp_path_factory.mktemp("tiny"), {"tinyA": 2, "tinyB": 1})
 
 
 def quick(shared_dir, **extra) -> dict:

@@ -95,3 +95,20 @@ def run_cli(args: list[str], cwd: Path, extra_path: list[Path] = (), env: dict |
     full_env["PYTHONPATH"] = os.pathsep.join([str(p) for p in extra_path] + [full_env.get("PYTHONPATH", "")])
     return subprocess.run([sys.executable, "-m", "compresso.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=600)
+
+
+def tiny_berts_with_tokenizer(tokenizer_dir: Path, root: Path, layers: dict[str, int]) -> dict[str, str]:
+    """Randomly initialised tiny BertForMaskedLMs (hidden 32) saved with a real tokenizer, one per
+    ``name: layers``, seeded by their order; returns name → folder."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    paths = {}
+    for seed, (name, n_layers) in enumerate(layers.items()):
+        torch.manual_seed(seed)
+        config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=n_layers, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=128)
+        BertForMaskedLM(config).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        paths[name] = str(root / name)
+    return paths

@@ -37,15 +37,20 @@ class Job:
 
 
 @contextlib.contextmanager
-def quiet_backends():
-    """INC logs every pass at INFO and some at WARNING ('please compile it'); keep runs readable."""
-    logger = logging.getLogger("neural_compressor")
+def errors_only(logger_name: str | None):
+    """Raise one logger (``None``: the root logger) to ERROR for the duration, then restore it."""
+    logger = logging.getLogger(logger_name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         logger.setLevel(level)
+
+
+def quiet_backends():
+    """INC logs every pass at INFO and some at WARNING ('please compile it'); keep runs readable."""
+    return errors_only("neural_compressor")
 
 
 class Backend(ABC):

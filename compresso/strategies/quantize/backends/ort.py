@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from compresso.strategies.quantize.backends.base import Backend, Job
+from compresso.strategies.quantize.backends.base import Backend, Job, errors_only
 from compresso.strategies.quantize.modeling import OrtModel, Positional
 from compresso.strategy import StrategyError
 
@@ -157,18 +157,6 @@ def _working_dir(path: Path):
         os.chdir(previous)
 
 
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """onnxruntime.quantization logs advice ("consider pre-processing") on the root logger."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol over compresso's calibration batches."""
 
@@ -190,7 +178,7 @@ def _quantize(model, out: Path, job: Job, excluded_nodes: list[str], reduce_rang
     )
 
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-    with warnings.catch_warnings(), _quiet_root_logger():
+    with warnings.catch_warnings(), errors_only(None):  # ORT's quantization advice goes to the root logger
         warnings.simplefilter("ignore")
         if job.method == "dynamic":
             quantize_dynamic(model, out, per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8,
