@@ -13,11 +13,14 @@ Issue 13's study, on the fixture teachers (``--shared DIR`` holding ``teachers/`
     strategy does; "oracle" (either teacher right) is an upper bound no mix reaches. Differences to
     the best single teacher come with 95 % intervals from a bootstrap over rows (paired).
 (b) **Students** (``--train-steps N``, 0 skips): short ``distill`` stages at one token budget
-    (N steps x batch x seq_len each) -- the single-teacher students and DistilMulti variants --
-    evaluated on the same held-out positions: MLM accuracy on their own tokenization, and in the
-    shared space accuracy, NLL and top-1 agreement with each teacher. ``--max-seconds`` bounds the
-    whole run: a variant that would not finish in time (judged by the previous one) is skipped
-    and recorded as such.
+    (N steps x batch x seq_len each; the ``-2x`` variant at twice the budget) -- the single-teacher
+    students and DistilMulti variants -- evaluated on the same held-out positions: MLM accuracy on
+    their own tokenization, and in the shared space accuracy, NLL and top-1 agreement with each
+    teacher. Each variant trains in a process of its own, ``--jobs`` at a time (small students
+    leave most of a large GPU idle, so several share it; quality figures only, no timings), and is
+    saved under ``OUT/students/NAME`` as a plain ``save_pretrained`` folder that ``compresso
+    evaluate`` takes. ``--max-seconds`` bounds the whole run: a variant not started in time is
+    skipped, one still running at the deadline is stopped, and both are recorded as such.
 
 Writes ``OUT/ensemble_study.json`` (with GPU name and clocks) and prints tables.
 
@@ -34,6 +37,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +57,7 @@ from compresso.strategies.distill.vocab import build_vocab_map  # noqa: E402
 CASED, UNCASED = "bert-cased", "robert-uncased"
 
 # name -> (input model, distill parameters beyond the common ones). Order = priority under the time budget.
+# "steps_factor" scales --train-steps (the 2x-budget variant); everything else goes to DistillStrategy.Params.
 VARIANTS = {
     "distil-bert": (CASED, {"teachers": [CASED]}),
     "distilmulti": (CASED, {"teachers": [CASED, UNCASED]}),
@@ -62,6 +67,7 @@ VARIANTS = {
     "distilmulti-previous": (CASED, {"teachers": [CASED, UNCASED], "ce_scope": "masked",
                                      "unmapped_mass": "renormalise"}),
     "distilmulti-init-uncased": (UNCASED, {"teachers": [CASED, UNCASED]}),
+    "distilmulti-2x": (CASED, {"teachers": [CASED, UNCASED], "steps_factor": 2}),
 }
 
 
@@ -79,6 +85,10 @@ def parse_args(argv):
     ap.add_argument("--train-steps", type=int, default=0, help="steps per student (0: ceiling only)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--max-seconds", type=float, default=230.0, help="wall-time budget of the whole run")
+    ap.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
+    ap.add_argument("--num-workers", type=int, default=None,
+                    help="tokenizer worker processes per variant (default: the strategy's)")
+    ap.add_argument("--train-variant", default=None, help=argparse.SUPPRESS)  # internal: one variant's process
     ap.add_argument("--max-documents", type=int, default=None, help="cap the training documents (smoke runs)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=42)
@@ -321,13 +331,15 @@ def run_variant(name: str, args, refs: dict, work: Path, device) -> tuple[object
     from compresso.strategy import RunContext
 
     input_name, extra = VARIANTS[name]
+    extra = dict(extra)
+    steps = args.train_steps * extra.pop("steps_factor", 1)
     bundle = refs[input_name].load()
     n_layers = bundle.model.config.num_hidden_layers
     params = DistillStrategy.Params(
         corpus=corpus_files(args.shared), heldout_documents=args.heldout_docs, seq_len=args.seq_len,
-        batch_size=args.batch_size, max_steps=args.train_steps, lr=5e-4, checkpoint_every=10**9,
-        log_every=max(1, args.train_steps // 10), layers=default_layers(n_layers, max(1, n_layers // 2)),
-        max_documents=args.max_documents, **extra)
+        batch_size=args.batch_size, max_steps=steps, lr=5e-4, checkpoint_every=10**9,
+        log_every=max(1, steps // 10), layers=default_layers(n_layers, max(1, n_layers // 2)),
+        max_documents=args.max_documents, num_workers=args.num_workers, **extra)
     stage = work / name / "stage"
     stage.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(stage_dir=stage, work_dir=work / name / "work", device=device, seed=args.seed,
@@ -335,7 +347,8 @@ def run_variant(name: str, args, refs: dict, work: Path, device) -> tuple[object
     start = time.perf_counter()
     out = DistillStrategy(params).apply(bundle, ctx)
     report = json.loads((stage / "distill.json").read_text())
-    info = {"input": input_name, "params": {k: v for k, v in extra.items()}, "seconds": time.perf_counter() - start,
+    info = {"input": input_name, "params": dict(VARIANTS[name][1]), "steps": steps,
+            "seconds": time.perf_counter() - start,
             "tokens": report["training"]["tokens"], "train_seconds": report["training"]["seconds"],
             "tokens_per_second": report["training"]["tokens_per_second"],
             "final_losses": report["training"]["final_losses"],
@@ -345,10 +358,62 @@ def run_variant(name: str, args, refs: dict, work: Path, device) -> tuple[object
     return out, info
 
 
+def train_one(args, refs: dict) -> None:
+    """The body of one variant's process: distil, then save the student where the study reads it."""
+    from compresso.models import save_bundle
+
+    name = args.train_variant
+    out, info = run_variant(name, args, refs, args.out / "work", torch.device(args.device))
+    dest = args.out / "students" / name
+    tmp = dest.with_name(dest.name + ".partial")
+    save_bundle(out, tmp)
+    (tmp / "variant.json").write_text(json.dumps(info, indent=2) + "\n")
+    tmp.replace(dest)  # a folder appears complete or not at all
+
+
+def train_variants(names: list[str], args, t0: float, console) -> tuple[list[str], dict]:
+    """Run each variant's ``train_one`` in a process of its own, ``--jobs`` at a time, within
+    ``--max-seconds``. Returns the variants that finished and {variant: why skipped}."""
+    # The same arguments as this run (from main's argv when called as a function), plus --train-variant.
+    base = [sys.executable, str(Path(__file__).resolve()), *(sys.argv[1:] if args.argv is None else args.argv)]
+    (args.out / "students").mkdir(parents=True, exist_ok=True)
+    (args.out / "logs").mkdir(parents=True, exist_ok=True)
+    queue, running, done, skipped = deque(names), {}, [], {}
+    while queue or running:
+        while queue and len(running) < max(1, args.jobs):
+            name = queue.popleft()
+            if (args.out / "students" / name / "variant.json").exists():
+                done.append(name)  # finished by an earlier, interrupted run: resume
+                continue
+            if time.perf_counter() - t0 > args.max_seconds:
+                skipped[name] = f"time budget: not started within {args.max_seconds:.0f} s"
+                continue
+            log = open(args.out / "logs" / f"{name}.log", "w")
+            console.print(f"[bold]student {name}[/bold] (process, log {log.name})")
+            running[name] = (subprocess.Popen([*base, "--train-variant", name], stdout=log,
+                                              stderr=subprocess.STDOUT), log)
+        time.sleep(0.5)
+        for name, (proc, log) in list(running.items()):
+            if proc.poll() is None and time.perf_counter() - t0 > args.max_seconds:
+                proc.terminate()
+                proc.wait()
+                skipped[name] = f"time budget: stopped at {args.max_seconds:.0f} s"
+            elif proc.poll() is None:
+                continue
+            elif proc.returncode == 0:
+                done.append(name)
+            else:
+                skipped[name] = f"failed with exit code {proc.returncode}; see logs/{name}.log"
+            log.close()
+            del running[name]
+    return [n for n in names if n in done], skipped
+
+
 # --- main ------------------------------------------------------------------------------------------
 
-def main(argv=None) -> dict:
+def main(argv=None) -> dict | None:
     args = parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     t0 = time.perf_counter()
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -364,6 +429,9 @@ def main(argv=None) -> dict:
         if not (p / "config.json").exists():
             raise SystemExit(f"teacher folder {p} has no config.json")
     refs = {n: TeacherRef(n, str(p), None, False) for n, p in paths.items()}
+    if args.train_variant:
+        train_one(args, refs)
+        return None
     bundles = {n: r.load() for n, r in refs.items()}
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     lms = {n: MaskedLM(copy.deepcopy(b.model).to(device=device, dtype=dtype).eval())
@@ -392,27 +460,19 @@ def main(argv=None) -> dict:
               "ceiling": ceil, "students": {}, "skipped": {}}
 
     if args.train_steps > 0:
-        work = args.out / "work"
-        last_seconds = 0.0
+        from compresso.models import load_bundle
+
         evals = {}
-        for name in [v for v in args.variants.split(",") if v]:
-            elapsed = time.perf_counter() - t0
-            # Two-teacher stages run ~1.5x as long as one-teacher ones: judge by the slowest so far.
-            if elapsed + 1.5 * last_seconds > args.max_seconds:
-                result["skipped"][name] = f"time budget: {elapsed:.0f} s used of {args.max_seconds:.0f} s"
-                continue
-            console.print(f"[bold]student {name}[/bold]")
-            start = time.perf_counter()
-            out_bundle, info = run_variant(name, args, refs, work, device)
-            kind = VARIANTS[name][0]
-            metrics, per_pos = evaluate_student(out_bundle.model, out_bundle.tokenizer, kind, batches, space,
+        trained, result["skipped"] = train_variants([v for v in args.variants.split(",") if v], args, t0, console)
+        for name in trained:
+            folder = args.out / "students" / name
+            info = json.loads((folder / "variant.json").read_text())
+            bundle = load_bundle(folder)
+            metrics, per_pos = evaluate_student(bundle.model, bundle.tokenizer, VARIANTS[name][0], batches, space,
                                                 space_cols, tops, device)
             evals[name] = per_pos
-            last_seconds = max(last_seconds, time.perf_counter() - start)
-            result["students"][name] = {**info, **metrics, "wall_seconds": time.perf_counter() - start}
-            del out_bundle
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            result["students"][name] = {**info, **metrics, "saved": str(folder)}
+            del bundle
         # Paired intervals against the best single-teacher student.
         singles = [n for n in ("distil-bert", "distil-robert") if n in evals]
         if singles:
@@ -452,7 +512,7 @@ def main(argv=None) -> dict:
             s.add_row(name, f"{100 * e['own_mlm_accuracy']:.2f}%", f"{100 * e['shared_accuracy']:.2f}%",
                       "–" if d is None else f"{100 * d['mean']:+.2f} [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}]",
                       f"{e['shared_nll']:.4f}", f"{100 * e['agreement'][CASED]:.1f}%",
-                      f"{100 * e['agreement'][UNCASED]:.1f}%", f"{e['wall_seconds']:.0f}")
+                      f"{100 * e['agreement'][UNCASED]:.1f}%", f"{e['seconds']:.0f}")
         out.print(s)
     for name, why in result["skipped"].items():
         out.print(f"skipped {name}: {why}")

@@ -170,7 +170,7 @@ def test_ensemble_study_tiny(tmp_path):
     study = load("ensemble_study")
     out = study.main(["--shared", str(shared), "--out", str(tmp_path / "out"), "--device", "cpu",
                       "--heldout-docs", "30", "--mask-passes", "2", "--seq-len", "32", "--batch-size", "4",
-                      "--train-steps", "2", "--bootstrap", "50",
+                      "--train-steps", "2", "--bootstrap", "50", "--jobs", "2",
                       "--variants", "distil-bert,distilmulti,distil-robert,distilmulti-init-uncased"])
     assert json.loads((tmp_path / "out" / "ensemble_study.json").read_text()) == json.loads(json.dumps(out))
     ceil = out["ceiling"]
@@ -190,6 +190,9 @@ def test_ensemble_study_tiny(tmp_path):
         assert s["tokens"] > 0
     assert out["best_single_student"] in ("distil-bert", "distil-robert")
     assert "shared_accuracy_minus_best_single" in students["distilmulti"]
+    # Each variant was trained in its own process and saved as a plain folder that evaluate takes.
+    for name, s in students.items():
+        assert s["steps"] == 2 and (tmp_path / "out" / "students" / name / "model.safetensors").exists()
 
 def test_distill_speed_flop_formula_matches_the_docs():
     """docs/performance.md quotes 14.5 MFLOP per layer-token and ~452 MFLOP per token for the
