@@ -232,3 +232,18 @@ def test_gpu_utilisation_summary_reads_the_samples_and_rejects_bad_lines(tmp_pat
     assert bench.main(["--samples", str(samples), "--evaluation", str(results), "--out", str(tmp_path / "x.json")]) == 2
     assert "line 1: expected 4" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_results_tables_come_from_the_json():
+    """docs/results.md's tables are generated: every cell traces back to results.json."""
+    tables = load("results_tables")
+    path = BENCHMARKS.parent / "docs" / "results" / "distilmulti_ro_fixtures_3seeds" / "results.json"
+    results = json.loads(path.read_text())
+    text = tables.main([str(path), "--names", "cased=bert-cased", "distil-bert=Distil-BERT"])
+    score_rows = [line for line in text.splitlines() if line.startswith("| Distil-BERT |")]
+    means = [results["scores"]["distil-bert"][t]["metrics"][tables.results_headline(results, t)]["mean"]
+             for t in results["tasks"]]
+    assert score_rows and score_rows[0].endswith(f"| {sum(means) / len(means):.2f} |")
+    pair = [c for c in results["comparisons"] if (c["a"], c["b"]) == ("distil-bert", "cased")]
+    diff_row = next(line for line in text.splitlines() if line.startswith("| Distil-BERT − bert-cased |"))
+    assert diff_row.count("**") == 2 * sum(c["distinguishable"] for c in pair)
