@@ -703,7 +703,17 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
                     pipeline_throughput(r.stream_cfg, args.pipeline_s)
     return {"batch_size": batch_size, "wall_s": round(time.perf_counter() - phase_start, 1),
             "setup_s": round(setup_s, 1), "budget_s": round(budget_s, 1), "gpu_after_warmup": gpu_mid,
+            "compile": compile_stats() if any(CONFIGS[n].get("compile") for n in names) else None,
             "runs": results}
+
+
+def compile_stats() -> dict:
+    """torch.compile's counters so far in this process: graphs made, graph breaks with their
+    reasons, recompilations (a compiled configuration that fell back to eager code would show here)."""
+    from torch._dynamo.utils import counters
+
+    return {"stats": dict(counters["stats"]), "graph_breaks": dict(counters["graph_break"]),
+            "recompiles": dict(counters["recompiles"]) if "recompiles" in counters else {}}
 
 
 def pipeline_throughput(cfg, seconds: float) -> dict:
@@ -968,6 +978,15 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if any(CONFIGS[n].get("compile") for n in args.names):
+        from torch import _dynamo
+
+        # Every configuration compiles its own model instances in this one process: more
+        # recompilations than one training run makes, and none may fall back to eager code.
+        for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
+            if hasattr(_dynamo.config, knob):
+                setattr(_dynamo.config, knob, max(getattr(_dynamo.config, knob), 256))
     started = time.perf_counter()
     from rich.console import Console
 

@@ -59,18 +59,24 @@ class MaskedLM:
         self.base = getattr(model, prefix, None) if prefix else None
         self._head, self._head_modules = _mlm_head(model)
         self.split = self.base is not None and self._head is not None
-        self._full = model  # the whole model, for families without a known head
 
     def compile(self) -> None:
-        """``torch.compile`` the encoder and the head (in place; the module itself is untouched, so
-        state dicts and checkpoints keep their names). The encoder sees one shape per run when the
+        """``torch.compile`` the model in place, region by region: each encoder layer (all layers of
+        a model share one compiled graph, so a 12-layer teacher compiles as fast as one layer and
+        the student's layers reuse the teachers' work where shapes and modes agree) and the MLM
+        head. Module names and state dicts do not change. The layers see one shape per run when
         batches are fixed-width (``StreamConfig.fixed_width``); the head's row count (masked or
-        aligned positions) changes every batch, so it is compiled for dynamic shapes."""
+        aligned positions) changes every batch, so it is compiled for dynamic shapes. A model whose
+        layer list is not found is compiled whole."""
+        try:
+            parent, attr = layer_list(self.model)
+        except StrategyError:
+            self.model.compile(dynamic=False)
+            return
+        for layer in getattr(parent, attr):
+            layer.compile(dynamic=False)
         if self.split:
-            self.base = torch.compile(self.base, dynamic=False)
             self._head = torch.compile(self._head, dynamic=True)
-        else:
-            self._full = torch.compile(self.model, dynamic=False)
 
     @property
     def hidden_size(self) -> int:
@@ -91,7 +97,7 @@ class MaskedLM:
             out = self.base(input_ids=ids, attention_mask=attention, output_hidden_states=all_hidden,
                             return_dict=True)
             return out.last_hidden_state, (out.hidden_states if all_hidden else None), None
-        out = self._full(input_ids=ids, attention_mask=attention, output_hidden_states=True, return_dict=True)
+        out = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=True, return_dict=True)
         return out.hidden_states[-1], out.hidden_states, out.logits
 
     def head(self, rows: torch.Tensor) -> torch.Tensor:
