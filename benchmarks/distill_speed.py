@@ -46,8 +46,9 @@ predicted token: ``2h^2 + 2hV``; backward = 2 x forward; embeddings, layer norms
     compresso   T * [ 3 * (n_s * layer + m * head_s) + sum over teachers (n_t * layer + m * head_t) ]
     reference   T * [ 3 * (n_s * layer + head_s) + (n_t * layer + head_t) ]    (head on every token)
 
-with T real student tokens per step and m the fraction of them that is masked (measured by the
-pipeline; compresso runs the MLM head only there; the reference runs it everywhere). A teacher
+with T real student tokens per step and m the fraction of them where compresso runs the MLM
+heads: the masked fraction (measured by the pipeline), or 1 for the configurations with the KL at
+every token (``-all``); the reference runs its head everywhere. A teacher
 with another tokenizer is counted with T tokens too (exact for the synthetic rows, where every
 word is one token in both tokenizers).
 
@@ -60,6 +61,15 @@ Configurations (``--configs``):
   ref-fp32   the reference in fp32 (how it runs on today's torch without apex)
   c1-text    compresso, 1 teacher, real text: ``--shared``/corpus with the cased fixture tokenizer
   cx-text    compresso, 2 teachers, real text: cased (student, A) and uncased (B) fixture tokenizers
+  c1c, c2c, cxc          c1, c2, cx with ``compile: true`` (regional torch.compile, fixed-width batches)
+  c1-all, c1-all-chunk   1 teacher, KL at every token (``ce_scope: all``), without / with chunked head
+                         losses (``loss_chunk_rows: --chunk-rows``); c1c-all-chunk compiled too;
+                         cx-all-chunk the cross-tokenizer pair, chunked
+  ref-all, ref-fp32-all  the reference with the KL at every token (``restrict_ce_to_mask`` off)
+
+Every lever runs beside its plain twin in the same interleaved run; the ratios say what it pays.
+Both sides train at a constant learning rate (``OPTIM``) and each configuration's first-step
+losses (initial weights, the same on every side) are recorded, so the loss values can be compared.
 
 Models are random, base size: teachers BertForMaskedLM 12 x 768, 12 heads, FFN 3072; teacher A
 and the student have vocabulary ``--vocab``'s first size (default 16,000: the cased fixture
@@ -289,6 +299,7 @@ class Runner:
         self.stream_cfg = None  # compresso: the strategy's input pipeline settings, from its trainer
 
     def _main(self) -> None:
+        self.marks = {"start": time.perf_counter()}  # set-up milestones (wall clock), see setup_breakdown
         try:
             self.run()
         except StopRun:
@@ -383,6 +394,38 @@ class Gate:
 # --- compresso ---------------------------------------------------------------------------------
 
 _RUNNER_OF_THREAD: dict[int, Runner] = {}
+
+
+def _train_with_mark(original):
+    """Trainer.train, marking when the strategy's set-up is done and training starts."""
+    def train(trainer):
+        runner = _RUNNER_OF_THREAD.get(threading.get_ident())
+        if runner is not None:
+            runner.marks["train"] = time.perf_counter()
+        return original(trainer)
+    return train
+
+
+def _stream_with_mark(original):
+    """BatchStream, marking when its first batch reaches the training thread (workers started)."""
+    class MarkedStream(original):
+        def __iter__(self):
+            runner = _RUNNER_OF_THREAD.get(threading.get_ident())
+            for i, batch in enumerate(super().__iter__()):
+                if i == 0 and runner is not None:
+                    runner.marks.setdefault("first_batch", time.perf_counter())
+                yield batch
+    return MarkedStream
+
+
+def setup_breakdown(marks: dict, end: float) -> dict:
+    """Seconds of a configuration's set-up: the strategy's own (models, views, teachers to the
+    device), waiting for the first batch (worker processes start, first chunk), the first step
+    (first kernels, torch.compile's compilation)."""
+    start = marks["start"]
+    train, first = marks.get("train", start), marks.get("first_batch", marks.get("train", start))
+    return {"strategy_s": round(train - start, 3), "first_batch_s": round(first - train, 3),
+            "first_step_s": round(end - first, 3)}
 
 
 def _trainer_hook(trainer, step: int) -> None:
@@ -587,8 +630,12 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             t0 = time.perf_counter()
             gate.run_turn(r, 1, start_thread=True)
             state[r.name]["first_step_s"] = round(time.perf_counter() - t0, 3)
+            state[r.name]["setup"] = setup_breakdown(r.marks, time.perf_counter()) if "marks" in vars(r) else None
             state[r.name]["resident_mib"] = (allocated() - before) / 2**20
-            log(f"  batch {batch_size} · {r.name}: set up and first step in {state[r.name]['first_step_s']:.1f} s")
+            su = state[r.name]["setup"]
+            log(f"  batch {batch_size} · {r.name}: set up and first step in {state[r.name]['first_step_s']:.1f} s"
+                + (f" (strategy {su['strategy_s']:.1f} s, first batch {su['first_batch_s']:.1f} s, first step "
+                   f"{su['first_step_s']:.1f} s)" if su and r.spec["system"] == "compresso" else ""))
         # The budget (warm-up + measurement) starts now: set-up is not in it.
         setup_end = time.perf_counter()
         setup_s = setup_end - phase_start
@@ -689,7 +736,7 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             "host_syncs_one_step": st["host_syncs_one_step"], "mean_losses": st["mean_losses"],
             "first_step_losses": st["first_step_losses"], "scope": spec.get("scope", "masked"),
             "compiled": spec.get("compile", False), "loss_chunk_rows": args.chunk_rows if spec.get("chunk") else None,
-            "first_step_s": st["first_step_s"],
+            "first_step_s": st["first_step_s"], "setup": st.get("setup"),
             "warmup": {"steady": st["steady"], "steps": st["warm_steps"],
                        "turn_ms": [round(1000 * s, 3) for s in st["warmup"]]},
             "turn_steps": st["turn_steps"], "turns_measured": len(samples), **r.result})
@@ -1001,8 +1048,12 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"models and data ready in {time.perf_counter() - started:.1f} s")
             from compresso.strategies.distill.trainer import Trainer
 
-            original_hook = Trainer.on_step_end
+            from compresso.strategies.distill import trainer as trainer_module
+
+            original_hook, original_train, original_stream = Trainer.on_step_end, Trainer.train, trainer_module.BatchStream
             Trainer.on_step_end = _trainer_hook  # the gate, for the benchmark's threads only
+            Trainer.train = _train_with_mark(original_train)
+            trainer_module.BatchStream = _stream_with_mark(original_stream)
             try:
                 for i, b in enumerate(args.batches):
                     log(f"batch {b}: set-up, then {args.budget_s:.0f} s of warm-up and measurement")
@@ -1014,7 +1065,8 @@ def main(argv: list[str] | None = None) -> dict:
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
             finally:
-                Trainer.on_step_end = original_hook
+                Trainer.on_step_end, Trainer.train = original_hook, original_train
+                trainer_module.BatchStream = original_stream
     finally:
         torch.set_num_threads(threads_before)
     out = summary(args, device, inputs, phases, gpu_before, started, complete=True)
