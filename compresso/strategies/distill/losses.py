@@ -49,7 +49,7 @@ class LossConfig:
     entropy_temperature: float = 1.0
     ce_scope: str = "all"  # "all" | "masked"
     unmapped_mass: str = "other"  # "other" | "renormalise"
-    chunk_rows: int | None = None  # soft-target + MLM losses this many student rows at a time (see chunked_head_loss)
+    chunk_rows: int | None = None  # head + soft-target + MLM losses this many rows at a time (ChunkedHeadLoss)
 
 
 @dataclass

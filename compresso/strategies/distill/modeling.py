@@ -50,6 +50,18 @@ def _mlm_head(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor] 
     return None, []
 
 
+def _allow_recompiles(limit: int) -> None:
+    """Modules compiled in place share one compiled function (``nn.Module._call_impl``), so every
+    layer and head of the student and the teachers, in training and evaluation, with the few batch
+    shapes of a run (training, held-out, a short last batch), counts against one recompilation
+    limit (8 by default); past it torch.compile silently runs eager code."""
+    from torch import _dynamo
+
+    for knob in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(_dynamo.config, knob):
+            setattr(_dynamo.config, knob, max(getattr(_dynamo.config, knob), limit))
+
+
 class MaskedLM:
     """Uniform access to a ``...ForMaskedLM``: ``encode`` -> hidden states, ``head`` -> logits."""
 
@@ -68,6 +80,7 @@ class MaskedLM:
         batches are fixed-width (``StreamConfig.fixed_width``); the head's row count (masked or
         aligned positions) changes every batch, so it is compiled for dynamic shapes. A model whose
         layer list is not found is compiled whole."""
+        _allow_recompiles(64)
         try:
             parent, attr = layer_list(self.model)
         except StrategyError:
