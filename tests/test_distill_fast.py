@@ -120,3 +120,33 @@ def test_compiled_student_and_teachers_give_the_eager_loss_and_gradients(tiny):
     torch.testing.assert_close(out.parts, ref.parts, rtol=1e-4, atol=1e-5)
     for name, p in student.named_parameters():
         torch.testing.assert_close(p.grad, ref_grads[name], rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.slow
+def test_strategy_with_compile_and_chunked_losses_trains_the_same_weights(tiny, tmp_path):
+    """The recipe switches end to end: `compile: true` and `loss_chunk_rows` (two teachers, one on
+    another tokenizer, KL at every token) train the weights a plain run trains (the tiny models
+    have no dropout, so both runs are deterministic)."""
+    from compresso.models import load_bundle
+    from tests.test_distill import make_ctx, small_params
+
+    teachers = {"cased": tiny["cased"], "uncased": tiny["uncased"]}
+    common = dict(max_steps=3, checkpoint_every=3, heldout_documents=0, ce_scope="all")
+    plain = DistillStrategy(DistillStrategy.Params(**small_params(tiny["corpus"], **common)))
+    fast = DistillStrategy(DistillStrategy.Params(**small_params(tiny["corpus"], **common, compile=True,
+                                                                 loss_chunk_rows=16)))
+    from torch._dynamo.utils import counters
+
+    a = plain.apply(load_bundle(tiny["cased"]), make_ctx(tmp_path, teachers, name="plain")).model.state_dict()
+    counters.clear()
+    out = fast.apply(load_bundle(tiny["cased"]), make_ctx(tmp_path, teachers, name="fast")).model
+    assert counters["stats"]["unique_graphs"] >= 2  # it did compile
+    # ... and the student leaves as a plain model: later stages trace, quantize or prune it
+    assert all(m._compiled_call_impl is None for m in out.modules())
+    b = out.state_dict()
+    moved = False
+    initial = load_bundle(tiny["cased"]).model.state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
+        moved |= k in initial and a[k].shape == initial[k].shape and not torch.equal(a[k], initial[k])
+    assert moved  # it trained

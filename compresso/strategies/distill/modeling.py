@@ -91,6 +91,13 @@ class MaskedLM:
         if self.split:
             self._head = torch.compile(self._head, dynamic=True)
 
+    def uncompile(self) -> None:
+        """Back to plain modules (the trained student leaves the stage as an ordinary model; later
+        stages trace, quantize or prune it)."""
+        for module in self.model.modules():
+            module._compiled_call_impl = None
+        self._head, _ = _mlm_head(self.model)
+
     @property
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")

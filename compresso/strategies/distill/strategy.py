@@ -280,6 +280,8 @@ class DistillStrategy(CompressionStrategy):
                 cosine = heldout.cosine_check(student, links, heldout_batches, device)
         self._barrier(ctx)
 
+        if p.compile:
+            student.lm.uncompile()
         student_model.eval()
         student_model.to("cpu")
         for link in links:
