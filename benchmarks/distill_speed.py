@@ -46,8 +46,9 @@ predicted token: ``2h^2 + 2hV``; backward = 2 x forward; embeddings, layer norms
     compresso   T * [ 3 * (n_s * layer + m * head_s) + sum over teachers (n_t * layer + m * head_t) ]
     reference   T * [ 3 * (n_s * layer + head_s) + (n_t * layer + head_t) ]    (head on every token)
 
-with T real student tokens per step and m the fraction of them that is masked (measured by the
-pipeline; compresso runs the MLM head only there; the reference runs it everywhere). A teacher
+with T real student tokens per step and m the fraction of them where compresso runs the MLM
+heads: the masked fraction (measured by the pipeline), or 1 for the configurations with the KL at
+every token (``-all``); the reference runs its head everywhere. A teacher
 with another tokenizer is counted with T tokens too (exact for the synthetic rows, where every
 word is one token in both tokenizers).
 
@@ -60,6 +61,15 @@ Configurations (``--configs``):
   ref-fp32   the reference in fp32 (how it runs on today's torch without apex)
   c1-text    compresso, 1 teacher, real text: ``--shared``/corpus with the cased fixture tokenizer
   cx-text    compresso, 2 teachers, real text: cased (student, A) and uncased (B) fixture tokenizers
+  c1c, c2c, cxc          c1, c2, cx with ``compile: true`` (regional torch.compile, fixed-width batches)
+  c1-all, c1-all-chunk   1 teacher, KL at every token (``ce_scope: all``), without / with chunked head
+                         losses (``loss_chunk_rows: --chunk-rows``); c1c-all-chunk compiled too;
+                         cx-all-chunk the cross-tokenizer pair, chunked
+  ref-all, ref-fp32-all  the reference with the KL at every token (``restrict_ce_to_mask`` off)
+
+Every lever runs beside its plain twin in the same interleaved run; the ratios say what it pays.
+Both sides train at a constant learning rate (``OPTIM``) and each configuration's first-step
+losses (initial weights, the same on every side) are recorded, so the loss values can be compared.
 
 Models are random, base size: teachers BertForMaskedLM 12 x 768, 12 heads, FFN 3072; teacher A
 and the student have vocabulary ``--vocab``'s first size (default 16,000: the cased fixture
@@ -108,7 +118,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
 LOSS = dict(temperature=2.0, alpha_ce=5.0, alpha_mlm=2.0, alpha_cos=1.0)
-OPTIM = dict(lr=5e-4, eps=1e-6, max_grad_norm=5.0, warmup_ratio=0.05)
+# A constant learning rate on both sides (no warm-up, no decay; the reference's own schedule is
+# replaced): the strategy's warm-up is a share of max_steps, which is endless here, and the
+# reference's is a share of one pass over its rows, so left alone the two would train at
+# unrelated rates and their losses could not be compared.
+OPTIM = dict(lr=5e-4, eps=1e-6, max_grad_norm=5.0, warmup_ratio=0.0)
 FIXTURE_TOKENIZERS = ("ro-bert-small-cased", "ro-robert-small-uncased")
 CONFIGS = {
     "c1": dict(system="compresso", teachers=("A",), data="synthetic", label="compresso, 1 teacher"),
@@ -119,6 +133,26 @@ CONFIGS = {
     "ref": dict(system="reference", precision="fp16-amp", data="synthetic",
                 label="reference (HF DistilBERT), fp16 apex-O1 emulated"),
     "ref-fp32": dict(system="reference", precision="fp32", data="synthetic", label="reference (HF DistilBERT), fp32"),
+    # The speed levers, each against its eager / unchunked twin in the same run.
+    "c1c": dict(system="compresso", teachers=("A",), data="synthetic", compile=True,
+                label="compresso, 1 teacher, compiled"),
+    "c2c": dict(system="compresso", teachers=("A", "A2"), data="synthetic", compile=True,
+                label="compresso, 2 teachers, same tokenizer, compiled"),
+    "cxc": dict(system="compresso", teachers=("A", "B"), data="synthetic", compile=True,
+                label="compresso, 2 teachers, cross-tokenizer, compiled"),
+    # KL at every position (ce_scope all, DistilBERT's default): logits of every token, the memory hog.
+    "c1-all": dict(system="compresso", teachers=("A",), data="synthetic", scope="all",
+                   label="compresso, 1 teacher, KL at every token"),
+    "c1-all-chunk": dict(system="compresso", teachers=("A",), data="synthetic", scope="all", chunk=True,
+                         label="compresso, 1 teacher, KL at every token, chunked losses"),
+    "c1c-all-chunk": dict(system="compresso", teachers=("A",), data="synthetic", scope="all", chunk=True,
+                          compile=True, label="compresso, 1 teacher, KL at every token, chunked, compiled"),
+    "cx-all-chunk": dict(system="compresso", teachers=("A", "B"), data="synthetic", scope="all", chunk=True,
+                         label="compresso, 2 teachers, cross-tokenizer, KL at every token, chunked"),
+    "ref-all": dict(system="reference", precision="fp16-amp", data="synthetic", scope="all",
+                    label="reference (HF DistilBERT), fp16, KL at every token"),
+    "ref-fp32-all": dict(system="reference", precision="fp32", data="synthetic", scope="all",
+                         label="reference (HF DistilBERT), fp32, KL at every token"),
     "c1-text": dict(system="compresso", teachers=("A",), data="text", label="compresso, 1 teacher, real text"),
     "cx-text": dict(system="compresso", teachers=("A", "B"), data="text",
                     label="compresso, 2 teachers, cross-tokenizer, real text"),
@@ -258,12 +292,14 @@ class Runner:
         self.masked = 0
         self.loss_sum: torch.Tensor | None = None  # [kl_t2, mlm, cos] summed over measured steps, on device
         self.loss_steps = 0
+        self.first_losses: torch.Tensor | None = None  # [kl_t2, mlm, cos] of the first step: same weights on all sides
         self.record_losses = False
         self.census: SyncCensus | None = None
         self.result: dict = {}
         self.stream_cfg = None  # compresso: the strategy's input pipeline settings, from its trainer
 
     def _main(self) -> None:
+        self.marks = {"start": time.perf_counter()}  # set-up milestones (wall clock), see setup_breakdown
         try:
             self.run()
         except StopRun:
@@ -281,6 +317,8 @@ class Runner:
     def after_step(self, tokens: int, masked: int, losses: torch.Tensor | None) -> None:
         self.steps += 1
         self.tokens, self.masked = tokens, masked
+        if self.steps == 1 and losses is not None:
+            self.first_losses = losses.clone()
         if self.record_losses and losses is not None:
             self.loss_sum = losses if self.loss_sum is None else self.loss_sum + losses
             self.loss_steps += 1
@@ -358,6 +396,38 @@ class Gate:
 _RUNNER_OF_THREAD: dict[int, Runner] = {}
 
 
+def _train_with_mark(original):
+    """Trainer.train, marking when the strategy's set-up is done and training starts."""
+    def train(trainer):
+        runner = _RUNNER_OF_THREAD.get(threading.get_ident())
+        if runner is not None:
+            runner.marks["train"] = time.perf_counter()
+        return original(trainer)
+    return train
+
+
+def _stream_with_mark(original):
+    """BatchStream, marking when its first batch reaches the training thread (workers started)."""
+    class MarkedStream(original):
+        def __iter__(self):
+            runner = _RUNNER_OF_THREAD.get(threading.get_ident())
+            for i, batch in enumerate(super().__iter__()):
+                if i == 0 and runner is not None:
+                    runner.marks.setdefault("first_batch", time.perf_counter())
+                yield batch
+    return MarkedStream
+
+
+def setup_breakdown(marks: dict, end: float) -> dict:
+    """Seconds of a configuration's set-up: the strategy's own (models, views, teachers to the
+    device), waiting for the first batch (worker processes start, first chunk), the first step
+    (first kernels, torch.compile's compilation)."""
+    start = marks["start"]
+    train, first = marks.get("train", start), marks.get("first_batch", marks.get("train", start))
+    return {"strategy_s": round(train - start, 3), "first_batch_s": round(first - train, 3),
+            "first_step_s": round(end - first, 3)}
+
+
 def _trainer_hook(trainer, step: int) -> None:
     runner = _RUNNER_OF_THREAD.get(threading.get_ident())
     if runner is None:
@@ -373,8 +443,9 @@ def _trainer_hook(trainer, step: int) -> None:
 class CompressoRunner(Runner):
     kl_scale = LOSS["temperature"] ** 2  # its KL part is unscaled; the reference reports KL·T²
     def __init__(self, name, spec, gate, *, teachers: dict, student_bundle, corpus: list[Path], batch_size: int,
-                 sizes: Sizes, device: torch.device, work: Path, workers: int | None):
+                 sizes: Sizes, device: torch.device, work: Path, workers: int | None, chunk_rows: int):
         super().__init__(name, spec, gate)
+        self.chunk_rows = chunk_rows
         self.teachers, self.student_bundle, self.corpus = teachers, student_bundle, corpus
         self.batch_size, self.sizes, self.device, self.work, self.workers = batch_size, sizes, device, work, workers
 
@@ -399,8 +470,9 @@ class CompressoRunner(Runner):
             heldout_documents=0, checkpoint_every=never, log_every=never, num_layers=self.sizes.student_layers,
             lr=OPTIM["lr"], adam_eps=OPTIM["eps"], max_grad_norm=OPTIM["max_grad_norm"],
             warmup_ratio=OPTIM["warmup_ratio"], num_workers=self.workers,
-            # the reference runs with restrict_ce_to_mask=True: the same loss is ce_scope 'masked'
-            ce_scope="masked", **LOSS)
+            # the reference's restrict_ce_to_mask=True is ce_scope 'masked' (its False: 'all')
+            ce_scope=self.spec.get("scope", "masked"), compile=self.spec.get("compile", False),
+            loss_chunk_rows=self.chunk_rows if self.spec.get("chunk") else None, **LOSS)
         stage = self.work / f"{self.name}-b{self.batch_size}-stage"
         stage.mkdir(parents=True)
         ctx = RunContext(stage_dir=stage, work_dir=self.work / f"{self.name}-b{self.batch_size}-work",
@@ -437,7 +509,8 @@ class ReferenceRunner(Runner):
             max_model_input_size=sizes.seq_len, batch_size=self.batch_size, gradient_accumulation_steps=1,
             n_epoch=1, temperature=LOSS["temperature"], alpha_ce=LOSS["alpha_ce"], alpha_mlm=LOSS["alpha_mlm"],
             alpha_clm=0.0, alpha_mse=0.0, alpha_cos=LOSS["alpha_cos"], mlm=True, mlm_mask_prop=0.15,
-            word_mask=0.8, word_keep=0.1, word_rand=0.1, mlm_smoothing=0.7, restrict_ce_to_mask=True,
+            word_mask=0.8, word_keep=0.1, word_rand=0.1, mlm_smoothing=0.7,
+            restrict_ce_to_mask=self.spec.get("scope", "masked") == "masked",
             special_tok_ids=special, weight_decay=0.0, learning_rate=OPTIM["lr"], adam_epsilon=OPTIM["eps"],
             warmup_prop=OPTIM["warmup_ratio"], max_grad_norm=OPTIM["max_grad_norm"], log_interval=10**9,
             checkpoint_interval=10**9)
@@ -464,6 +537,8 @@ class ReferenceRunner(Runner):
         with swapped_modules(apex, force=True):
             distiller = Distiller(params=params, dataset=dataset, token_probs=torch.from_numpy(token_probs),
                                   student=student, teacher=teacher)
+            # a constant learning rate, as on compresso's side (see OPTIM)
+            distiller.scheduler = torch.optim.lr_scheduler.LambdaLR(distiller.optimizer, lambda step: 1.0)
             distiller.student.train()
             distiller.teacher.eval()
             tokens = masked = 0
@@ -484,15 +559,15 @@ class ReferenceRunner(Runner):
 
 # --- FLOPs -------------------------------------------------------------------------------------
 
-def flops_per_token(sizes: Sizes, system: str, vocabs: list[int], masked_fraction: float) -> float:
+def flops_per_token(sizes: Sizes, system: str, vocabs: list[int], head_fraction: float) -> float:
     """Model FLOPs per real student token of one optimiser step (see the module docstring)."""
     h, f, L = sizes.hidden, sizes.ffn, sizes.seq_len
     layer = 8 * h * h + 4 * h * f + 4 * L * h
     head = [2 * h * h + 2 * h * v for v in vocabs]  # student's (= teacher A's) first
     if system == "reference":
         return 3 * (sizes.student_layers * layer + head[0]) + (sizes.layers * layer + head[0])
-    student = 3 * (sizes.student_layers * layer + masked_fraction * head[0])
-    teachers = sum(sizes.layers * layer + masked_fraction * head[i] for i in range(len(vocabs)))
+    student = 3 * (sizes.student_layers * layer + head_fraction * head[0])
+    teachers = sum(sizes.layers * layer + head_fraction * head[i] for i in range(len(vocabs)))
     return student + teachers
 
 
@@ -524,7 +599,8 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             teachers = {t: data["bundles"][t] for t in spec["teachers"]}
             runners.append(CompressoRunner(name, spec, gate, teachers=teachers, student_bundle=data["bundles"]["A"],
                                            corpus=data["corpus"], batch_size=batch_size, sizes=args.sizes,
-                                           device=device, work=work, workers=args.workers))
+                                           device=device, work=work, workers=args.workers,
+                                           chunk_rows=args.chunk_rows))
         else:
             data = inputs["synthetic"]
             runners.append(ReferenceRunner(name, spec, gate, ref_dir=args.reference_dir, teacher=data["models"]["A"],
@@ -554,8 +630,12 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             t0 = time.perf_counter()
             gate.run_turn(r, 1, start_thread=True)
             state[r.name]["first_step_s"] = round(time.perf_counter() - t0, 3)
+            state[r.name]["setup"] = setup_breakdown(r.marks, time.perf_counter()) if "marks" in vars(r) else None
             state[r.name]["resident_mib"] = (allocated() - before) / 2**20
-            log(f"  batch {batch_size} · {r.name}: set up and first step in {state[r.name]['first_step_s']:.1f} s")
+            su = state[r.name]["setup"]
+            log(f"  batch {batch_size} · {r.name}: set up and first step in {state[r.name]['first_step_s']:.1f} s"
+                + (f" (strategy {su['strategy_s']:.1f} s, first batch {su['first_batch_s']:.1f} s, first step "
+                   f"{su['first_step_s']:.1f} s)" if su and r.spec["system"] == "compresso" else ""))
         # The budget (warm-up + measurement) starts now: set-up is not in it.
         setup_end = time.perf_counter()
         setup_s = setup_end - phase_start
@@ -607,6 +687,12 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             else:
                 kl, mlm, cos = (v / max(r.loss_steps, 1) for v in r.loss_sum.tolist())
                 st["mean_losses"] = {"kl_t2": round(kl * r.kl_scale, 4), "mlm": round(mlm, 4), "cos": round(cos, 4)}
+            if r.first_losses is None:
+                st["first_step_losses"] = None
+            else:
+                kl, mlm, cos = r.first_losses.tolist()
+                st["first_step_losses"] = {"kl_t2": round(kl * r.kl_scale, 4), "mlm": round(mlm, 4),
+                                           "cos": round(cos, 4)}
         # Host synchronisations of one step each (not timed).
         for r in runners:
             census = SyncCensus(device)
@@ -629,7 +715,9 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
         tokens_per_step = st["tokens_measured"] / max(st["steps_measured"], 1)
         masked_fraction = st["masked_measured"] / max(st["tokens_measured"], 1)
         vocabs = [inputs[spec["data"]]["vocab"][t] for t in spec.get("teachers", ("A",))]
-        fpt = flops_per_token(args.sizes, spec["system"], vocabs, masked_fraction)
+        # compresso runs the heads where the KL is taken: masked tokens, or every token (scope all)
+        head_fraction = 1.0 if spec.get("scope") == "all" else masked_fraction
+        fpt = flops_per_token(args.sizes, spec["system"], vocabs, head_fraction)
         flops = fpt * tokens_per_step
         peak = None
         if device.type == "cuda":
@@ -646,7 +734,9 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             "mfu": None if args.peak_tflops is None else round(flops / med / (args.peak_tflops * 1e12), 4),
             "peak_gpu_mib": peak, "resident_mib": None if device.type != "cuda" else round(st["resident_mib"], 1),
             "host_syncs_one_step": st["host_syncs_one_step"], "mean_losses": st["mean_losses"],
-            "first_step_s": st["first_step_s"],
+            "first_step_losses": st["first_step_losses"], "scope": spec.get("scope", "masked"),
+            "compiled": spec.get("compile", False), "loss_chunk_rows": args.chunk_rows if spec.get("chunk") else None,
+            "first_step_s": st["first_step_s"], "setup": st.get("setup"),
             "warmup": {"steady": st["steady"], "steps": st["warm_steps"],
                        "turn_ms": [round(1000 * s, 3) for s in st["warmup"]]},
             "turn_steps": st["turn_steps"], "turns_measured": len(samples), **r.result})
@@ -660,7 +750,17 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
                     pipeline_throughput(r.stream_cfg, args.pipeline_s)
     return {"batch_size": batch_size, "wall_s": round(time.perf_counter() - phase_start, 1),
             "setup_s": round(setup_s, 1), "budget_s": round(budget_s, 1), "gpu_after_warmup": gpu_mid,
+            "compile": compile_stats() if any(CONFIGS[n].get("compile") for n in names) else None,
             "runs": results}
+
+
+def compile_stats() -> dict:
+    """torch.compile's counters so far in this process: graphs made, graph breaks with their
+    reasons, recompilations (a compiled configuration that fell back to eager code would show here)."""
+    from torch._dynamo.utils import counters
+
+    return {"stats": dict(counters["stats"]), "graph_breaks": dict(counters["graph_break"]),
+            "recompiles": dict(counters["recompiles"]) if "recompiles" in counters else {}}
 
 
 def pipeline_throughput(cfg, seconds: float) -> dict:
@@ -699,18 +799,33 @@ def finish_phases(phases: list[dict]) -> None:
                 r["sustained_tokens_per_s"] = round(min(r["tokens_per_s"], pipeline[r["config"]]["tokens_per_s"]), 1)
         by = {r["config"]: r for r in phase["runs"]}
         ratios, best_reference = {}, None
-        one = by.get("c1")
-        if one:
-            for name in ("c2", "cx"):
-                if name in by:
-                    ratios[f"{name} / c1 step time"] = round(by[name]["step_ms"]["median"] / one["step_ms"]["median"], 3)
-            refs = [r for r in phase["runs"] if r["system"] == "reference"]
-            if refs:  # against the reference's faster mode
-                best = max(refs, key=lambda r: r["tokens_per_s"])
+
+        def step_ratio(a, b):
+            if a in by and b in by:
+                ratios[f"{a} / {b} step time"] = round(by[a]["step_ms"]["median"] / by[b]["step_ms"]["median"], 3)
+
+        for one, many in (("c1", "c2"), ("c1", "cx"), ("c1c", "c2c"), ("c1c", "cxc")):
+            step_ratio(many, one)
+        # each lever against its eager / unchunked twin, same run
+        for lever, plain in (("c1c", "c1"), ("c2c", "c2"), ("cxc", "cx"), ("c1-all-chunk", "c1-all"),
+                             ("c1c-all-chunk", "c1-all"), ("c1c-all-chunk", "c1-all-chunk"), ("cx-all-chunk", "c1-all-chunk")):
+            step_ratio(lever, plain)
+            if lever in by and plain in by and by[lever]["peak_gpu_mib"] and by[plain]["peak_gpu_mib"]:
+                ratios[f"{lever} / {plain} peak memory"] = round(by[lever]["peak_gpu_mib"] / by[plain]["peak_gpu_mib"], 3)
+        for name in ("c1", "c1c", "c1-all", "c1-all-chunk", "c1c-all-chunk"):
+            if name not in by:
+                continue
+            one = by[name]
+            # against the reference's faster mode with the same loss (KL on masked tokens, or everywhere)
+            refs = [r for r in phase["runs"] if r["system"] == "reference" and r.get("scope") == one.get("scope")]
+            if not refs:
+                continue
+            best = max(refs, key=lambda r: r["tokens_per_s"])
+            if name == "c1":
                 best_reference = best["config"]
-                ratios["c1 / reference tokens/s"] = round(one["tokens_per_s"] / best["tokens_per_s"], 3)
-                if one["peak_gpu_mib"] and best["peak_gpu_mib"]:
-                    ratios["c1 / reference peak memory"] = round(one["peak_gpu_mib"] / best["peak_gpu_mib"], 3)
+            ratios[f"{name} / reference tokens/s"] = round(one["tokens_per_s"] / best["tokens_per_s"], 3)
+            if one["peak_gpu_mib"] and best["peak_gpu_mib"]:
+                ratios[f"{name} / reference peak memory"] = round(one["peak_gpu_mib"] / best["peak_gpu_mib"], 3)
         for text, synth in (("c1-text", "c1"), ("cx-text", "cx")):
             if text in by and synth in by:
                 t = by[text].get("sustained_tokens_per_s", by[text]["tokens_per_s"])
@@ -811,6 +926,10 @@ def print_tables(out: dict) -> None:
                               f"{pl['workers']} workers (first batch after {pl['first_batch_s']:.1f} s)")
             if "sustained_tokens_per_s" in r and r["sustained_tokens_per_s"] < r["tokens_per_s"]:
                 console.print(f"  {r['config']}: sustained {r['sustained_tokens_per_s']:,.0f} tokens/s (pipeline-bound)")
+            if r.get("first_step_losses"):
+                fl = r["first_step_losses"]
+                console.print(f"  {r['config']}: first step (initial weights) KL·T² {fl['kl_t2']:.4f}, "
+                              f"MLM {fl['mlm']:.4f}, cos {fl['cos']:.4f}")
             if r["host_syncs_one_step"] and r["host_syncs_one_step"]["sites"]:
                 console.print(f"  {r['config']}: host syncs at {r['host_syncs_one_step']['sites']}")
 
@@ -855,6 +974,8 @@ def parse_args(argv):
                     help="seconds the input pipeline of each real-text configuration runs alone (default: %(default)s)")
     ap.add_argument("--pipeline-batch", type=int, default=None,
                     help="the batch size at which to measure it (default: the largest)")
+    ap.add_argument("--chunk-rows", type=int, default=4096,
+                    help="loss_chunk_rows of the -chunk configurations (default: %(default)s)")
     ap.add_argument("--synthetic-rows", type=int, default=None, help="synthetic corpus rows (default: enough)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
     ap.add_argument("--out", type=Path, help="folder for distill_speed.json")
@@ -904,6 +1025,15 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if any(CONFIGS[n].get("compile") for n in args.names):
+        from torch import _dynamo
+
+        # Every configuration compiles its own model instances in this one process: more
+        # recompilations than one training run makes, and none may fall back to eager code.
+        for knob in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                     "accumulated_cache_size_limit"):
+            if hasattr(_dynamo.config, knob):
+                setattr(_dynamo.config, knob, max(getattr(_dynamo.config, knob), 256))
     started = time.perf_counter()
     from rich.console import Console
 
@@ -918,8 +1048,12 @@ def main(argv: list[str] | None = None) -> dict:
             log(f"models and data ready in {time.perf_counter() - started:.1f} s")
             from compresso.strategies.distill.trainer import Trainer
 
-            original_hook = Trainer.on_step_end
+            from compresso.strategies.distill import trainer as trainer_module
+
+            original_hook, original_train, original_stream = Trainer.on_step_end, Trainer.train, trainer_module.BatchStream
             Trainer.on_step_end = _trainer_hook  # the gate, for the benchmark's threads only
+            Trainer.train = _train_with_mark(original_train)
+            trainer_module.BatchStream = _stream_with_mark(original_stream)
             try:
                 for i, b in enumerate(args.batches):
                     log(f"batch {b}: set-up, then {args.budget_s:.0f} s of warm-up and measurement")
@@ -931,7 +1065,8 @@ def main(argv: list[str] | None = None) -> dict:
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
             finally:
-                Trainer.on_step_end = original_hook
+                Trainer.on_step_end, Trainer.train = original_hook, original_train
+                trainer_module.BatchStream = original_stream
     finally:
         torch.set_num_threads(threads_before)
     out = summary(args, device, inputs, phases, gpu_before, started, complete=True)

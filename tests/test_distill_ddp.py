@@ -36,6 +36,12 @@ def _worker(rank: int, world: int, port: int, root: str, paths: dict) -> None:
     out = DistillStrategy(params).apply(load_bundle(paths["cased"]), make_ctx(root, teachers, rank, world, "a"))
     torch.save(out.model.state_dict(), root / f"a{rank}.pt")
 
+    # The same run with chunked head losses: gradients reach DDP through ChunkedHeadLoss's backward.
+    chunked = DistillStrategy.Params(**small_params(Path(paths["corpus"]), max_steps=5, checkpoint_every=2,
+                                                    loss_chunk_rows=7))
+    out = DistillStrategy(chunked).apply(load_bundle(paths["cased"]), make_ctx(root, teachers, rank, world, "c"))
+    torch.save(out.model.state_dict(), root / f"c{rank}.pt")
+
     # The same run killed after step 3 (last checkpoint: step 2), then started again.
     def die(self, step):
         if step == 3:
@@ -63,12 +69,15 @@ def test_two_gloo_processes_train_identical_weights_and_resume(tmp_path):
 
     a0, a1 = torch.load(tmp_path / "a0.pt"), torch.load(tmp_path / "a1.pt")
     b0, b1 = torch.load(tmp_path / "b0.pt"), torch.load(tmp_path / "b1.pt")
+    c0, c1 = torch.load(tmp_path / "c0.pt"), torch.load(tmp_path / "c1.pt")
     initial = load_bundle(paths["cased"]).model.state_dict()
     changed = False
     for k in a0:
         assert torch.equal(a0[k], a1[k]), f"ranks disagree on {k}"
         assert torch.equal(b0[k], b1[k]), f"ranks disagree on {k} after resuming"
         assert torch.equal(a0[k], b0[k]), f"resumed run differs from the uninterrupted one on {k}"
+        assert torch.equal(c0[k], c1[k]), f"ranks disagree on {k} with chunked losses"
+        torch.testing.assert_close(c0[k], a0[k], rtol=1e-4, atol=1e-5, msg=f"chunked losses trained {k} otherwise")
         changed |= k in initial and not torch.equal(a0[k], initial[k])
     assert changed  # it trained
 

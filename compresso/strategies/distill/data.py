@@ -384,8 +384,10 @@ def _trim(width: int) -> int:
 
 
 def make_batch(rows: dict[str, np.ndarray], views: list[ViewSpec], masking: MaskingConfig,
-               rng: np.random.Generator, need_words: bool, pin: bool = False) -> Batch:
-    """Mask a stack of rows (all views) and build index tensors for the losses."""
+               rng: np.random.Generator, need_words: bool, pin: bool = False, fixed_width: bool = False) -> Batch:
+    """Mask a stack of rows (all views) and build index tensors for the losses. Rows are cut to the
+    longest one (rounded up to a multiple of 8), or with ``fixed_width`` kept at each view's full
+    row length, so that every batch has one shape (a compiled model then never recompiles)."""
     B = len(rows["ids0"])
     L0 = views[0].max_len
     word_masked = np.zeros((B, L0), dtype=bool)
@@ -428,7 +430,7 @@ def make_batch(rows: dict[str, np.ndarray], views: list[ViewSpec], masking: Mask
         tok_action0 = rng.random(B * L0)[tok_masked0]
     ids0, masked0, labels0 = corrupt(0, views[0], tok_masked0, tok_action0)
     len0 = rows["len0"]
-    W0 = _trim(int(len0.max()))
+    W0 = L0 if fixed_width else _trim(int(len0.max()))
 
     def flat_to(pos: np.ndarray, L: int, W: int) -> np.ndarray:
         return (pos // L) * W + (pos % L)  # flat positions after trimming columns to W
@@ -450,7 +452,7 @@ def make_batch(rows: dict[str, np.ndarray], views: list[ViewSpec], masking: Mask
         tok_maskedv = np.zeros(B * Lv, dtype=bool)
         tok_maskedv[is_wordv.reshape(-1)] = wm_flat[gwordv[is_wordv.reshape(-1)]]
         idsv, maskedv, labelsv = corrupt(v, spec, tok_maskedv, act_flat[gwordv[tok_maskedv]])
-        Wv = _trim(int(rows[f"len{v}"].max()))
+        Wv = Lv if fixed_width else _trim(int(rows[f"len{v}"].max()))
         match = rows[f"match{v}"].reshape(-1).astype(np.int64)[masked0]
         sup = np.flatnonzero(match >= 0)
         sup_pos = (match[sup] + (masked0[sup] // L0) * Lv)  # flat in the untrimmed view
@@ -504,11 +506,13 @@ def _pin(batch: Batch) -> Batch:
     return replace(batch, views=[_tensors_as(vb, pin)[0] for vb in batch.views])
 
 
-def _batch_in_worker(rows: dict[str, np.ndarray], masking: MaskingConfig, seed_key: list[int], need_words: bool):
+def _batch_in_worker(rows: dict[str, np.ndarray], masking: MaskingConfig, seed_key: list[int], need_words: bool,
+                     fixed_width: bool = False):
     """``make_batch`` in a worker process. Tensors travel back as numpy arrays (plain pickles, no
     shared-memory handles), with the names of the fields to turn back into tensors."""
     assert _WORKER_ENCODER is not None
-    batch = make_batch(rows, _WORKER_ENCODER.views, masking, np.random.default_rng(seed_key), need_words)
+    batch = make_batch(rows, _WORKER_ENCODER.views, masking, np.random.default_rng(seed_key), need_words,
+                       fixed_width=fixed_width)
     batch, names = _tensors_as(batch, torch.Tensor.numpy)
     views = [_tensors_as(vb, torch.Tensor.numpy) for vb in batch.views]
     return replace(batch, views=[v for v, _ in views]), names, [n for _, n in views]
@@ -580,6 +584,7 @@ class StreamConfig:
     num_workers: int = 0
     need_words: bool = False
     pin: bool = False
+    fixed_width: bool = False  # every batch seq_len wide (see make_batch)
 
 
 class BatchStream:
@@ -685,11 +690,12 @@ class BatchStream:
         pool = self._chunks.pool
         if pool is None:
             batch = make_batch(rows, cfg.views, cfg.masking, np.random.default_rng(seed_key), cfg.need_words,
-                               pin=cfg.pin)
+                               pin=cfg.pin, fixed_width=cfg.fixed_width)
             batch.position = position
             self._put(batch)
             return
-        pending.append((pool.submit(_batch_in_worker, rows, cfg.masking, seed_key, cfg.need_words), position))
+        pending.append((pool.submit(_batch_in_worker, rows, cfg.masking, seed_key, cfg.need_words, cfg.fixed_width),
+                        position))
         self._deliver(pending, _BATCHES_IN_FLIGHT)
 
     def _deliver(self, pending: deque, keep: int) -> None:

@@ -49,6 +49,7 @@ class LossConfig:
     entropy_temperature: float = 1.0
     ce_scope: str = "all"  # "all" | "masked"
     unmapped_mass: str = "other"  # "other" | "renormalise"
+    chunk_rows: int | None = None  # head + soft-target + MLM losses this many rows at a time (ChunkedHeadLoss)
 
 
 @dataclass
@@ -114,12 +115,20 @@ class TeacherLink:
 
 @dataclass
 class TeacherTargets:
-    log_p: torch.Tensor  # (k, C) teacher log-probs at temperature T (full vocab or intersection)
-    sup_student: torch.Tensor  # (k,) index into the student's masked positions
+    log_p: torch.Tensor | None  # (k, C) teacher log-probs at temperature T (full vocab or intersection)
+    sup_student: torch.Tensor  # (k,) index into the student's soft-target rows
     entropy: torch.Tensor | None  # (k,) entropy at T=1 in the shared space (entropy weighting)
     hidden: torch.Tensor | None  # (m, H_t) last hidden: per token (fast) or per word (cross)
     layers: dict[int, torch.Tensor]  # student hidden index -> teacher target (same layout as hidden)
-    top1: torch.Tensor  # (k,) teacher's top-1 id (full vocabulary) at supervised positions
+    # Chunked losses: instead of ``log_p``, the teacher's last hidden states at its k positions;
+    # its head turns a chunk of them into log-probs when that chunk's loss is taken.
+    rows: torch.Tensor | None = None
+
+    def log_p_rows(self, link: TeacherLink, index: torch.Tensor | slice, cfg: LossConfig) -> torch.Tensor:
+        if self.rows is None:
+            return self.log_p[index]
+        with torch.no_grad():
+            return teacher_log_p(link, link.lm.head(self.rows[index]).float(), cfg)
 
 
 def pool_words(hidden: torch.Tensor, pos: torch.Tensor, index: torch.Tensor, n_words: int) -> torch.Tensor:
@@ -176,10 +185,18 @@ def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden:
         ids, att = batch.ids, batch.attention
     all_hidden = bool(link.layer_map)
     last, hidden_states, full = link.lm.encode(ids, att, all_hidden)
-    logits = link.lm.logits_at(last, pos, full).float()
-    top1 = logits.argmax(-1)
-    entropy = shared_entropy(link, logits) if cfg.weighting == "entropy" else None
-    log_p = teacher_log_p(link, logits, cfg)
+    rows = log_p = entropy = None
+    if cfg.chunk_rows and full is None:
+        # Chunked: keep the hidden states; the head runs chunk by chunk (twice with entropy weighting).
+        rows = last.reshape(-1, last.shape[-1]).index_select(0, pos)
+        if cfg.weighting == "entropy":
+            entropy = torch.cat([shared_entropy(link, link.lm.head(rows[a: a + cfg.chunk_rows]))
+                                 for a in range(0, rows.shape[0], cfg.chunk_rows)]) if rows.shape[0] else \
+                torch.zeros(0, device=rows.device)
+    else:
+        logits = link.lm.logits_at(last, pos, full).float()
+        entropy = shared_entropy(link, logits) if cfg.weighting == "entropy" else None
+        log_p = teacher_log_p(link, logits, cfg)
     hidden, layers = None, {}
     if need_hidden:
         if link.cross:
@@ -190,17 +207,18 @@ def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden:
         else:
             hidden = _gather(last, batch.token_pos)
             layers = {s: _gather(hidden_states[t], batch.token_pos) for s, t in link.layer_map.items()}
-    return log_p, sup_student, entropy, hidden, layers, top1
+    return log_p, sup_student, entropy, hidden, layers, rows
 
 
 def teacher_targets(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden: bool) -> TeacherTargets:
     """Run a teacher (inference mode, its own dtype) and keep only what the losses need."""
-    log_p, sup, entropy, hidden, layers, top1 = _teacher_pass(link, batch, cfg, need_hidden)
-    # Inference tensors cannot be saved for backward; these clones are small (masked rows, words).
-    return TeacherTargets(log_p=log_p.clone(), sup_student=sup.clone(),
-                          entropy=None if entropy is None else entropy.clone(),
-                          hidden=None if hidden is None else hidden.clone(),
-                          layers={k: v.clone() for k, v in layers.items()}, top1=top1.clone())
+    log_p, sup, entropy, hidden, layers, rows = _teacher_pass(link, batch, cfg, need_hidden)
+
+    def out(t):  # inference tensors cannot be saved for backward
+        return None if t is None else t.clone()
+
+    return TeacherTargets(log_p=out(log_p), sup_student=out(sup), entropy=out(entropy), hidden=out(hidden),
+                          layers={k: v.clone() for k, v in layers.items()}, rows=out(rows))
 
 
 def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float,
@@ -238,8 +256,46 @@ class StepLosses:
     total: torch.Tensor
     parts: torch.Tensor  # [ce, mlm, cos, mse] (unweighted by alpha)
     contributions: torch.Tensor  # per teacher, its weighted share of the teacher-dependent loss
-    student_logits: torch.Tensor
-    targets: list[TeacherTargets]
+    # Nothing of the batch's size is kept here: the trainer holds the last StepLosses while the
+    # next step runs, and logits or targets kept alive would add a whole step's worth to its peak.
+
+
+class ChunkedHeadLoss(torch.autograd.Function):
+    """A loss of the vocabulary logits of N rows, taken ``chunk`` rows at a time.
+
+    ``loss_fn(logits, start, stop)`` gives the summed loss of rows start..stop (a scalar) and its
+    detached parts. In the forward pass each chunk's logits are made, its loss and the gradient
+    of that loss with respect to the chunk's hidden states and the head's parameters are taken at
+    once, and the logits are freed; backward only scales the stored gradients. The loss is the same
+    sum as over all rows at once (to float rounding); memory holds one chunk's logits, not N's.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, head, loss_fn, chunk, n_parts, *params):
+        total = torch.zeros((), device=rows.device)
+        parts = torch.zeros(n_parts, device=rows.device)
+        grad_rows = torch.zeros_like(rows)
+        grad_params = [torch.zeros_like(p) for p in params]
+        for start in range(0, rows.shape[0], chunk):
+            stop = min(start + chunk, rows.shape[0])
+            with torch.enable_grad():
+                h = rows[start:stop].detach().requires_grad_()
+                loss, part = loss_fn(head(h).float(), start, stop)
+                grads = torch.autograd.grad(loss, [h, *params], allow_unused=True)
+            total += loss.detach()
+            parts += part
+            grad_rows[start:stop] = grads[0]
+            for acc, g in zip(grad_params, grads[1:]):
+                if g is not None:
+                    acc += g
+        ctx.save_for_backward(grad_rows, *grad_params)
+        return total, parts
+
+    @staticmethod
+    def backward(ctx, grad_total, grad_parts):
+        grad_rows, *grad_params = ctx.saved_tensors
+        return (grad_rows * grad_total.to(grad_rows.dtype), None, None, None, None,
+                *(g * grad_total for g in grad_params))
 
 
 def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Batch, cfg: LossConfig,
@@ -249,20 +305,22 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
     need_layers = cfg.alpha_mse > 0
     all_scope = cfg.ce_scope == "all"
     logit_pos = batch.token_pos if all_scope else batch.masked_pos
+    module: StudentModule = getattr(student, "module", student)
+    chunked = bool(cfg.chunk_rows)
+    if chunked and not module.lm.split:
+        raise ValueError(f"chunked losses need the student's MLM head apart from its encoder; "
+                         f"{type(module.model).__name__} has no known head")
     with autocast():
         targets = [teacher_targets(link, batch, cfg, need_hidden or need_layers) for link in links]
-        last, hidden_states, logits = student(batch.ids, batch.attention, logit_pos, need_layers)
-    module: StudentModule = getattr(student, "module", student)
-    device = logits.device
-    logits = logits.float()  # rows: logit_pos
+        # chunked: ``out`` is the last hidden state at the soft-target rows, else their logits
+        last, hidden_states, out = student(batch.ids, batch.attention, logit_pos, need_layers, head=not chunked)
+    device = out.device
     n_rows = logit_pos.shape[0]
     n = batch.n_masked
     zero = torch.zeros((), device=device)
-    # Masked positions are non-pad tokens, so with ce_scope "all" they are rows of ``logits``
-    # (both position lists are sorted).
-    masked_logits = logits.index_select(0, torch.searchsorted(batch.token_pos, batch.masked_pos)) \
-        if all_scope else logits
-    mlm = F.cross_entropy(masked_logits, batch.labels) if n else zero
+    # Masked positions are non-pad tokens, so with ce_scope "all" they are rows of the soft-target
+    # rows (both position lists are sorted).
+    masked_rows = torch.searchsorted(batch.token_pos, batch.masked_pos) if all_scope else None
 
     # Per-row teacher weights over the teachers supervising each soft-target row.
     raw = []
@@ -281,16 +339,29 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
         denom.index_add_(0, tgt.sup_student, w)
     # Rows supervised by at least one teacher (a device tensor: no host sync).
     n_any = (denom > 0).sum().clamp_min(1).float()
+    t2 = cfg.temperature ** 2
 
-    ce_parts, cos_parts, mse_parts = [], [], []
-    for link, tgt, w in zip(links, targets, raw):
-        if tgt.sup_student.numel() and n_rows:
-            z = logits if not link.cross else logits.index_select(0, tgt.sup_student)
-            kl = kl_per_position(tgt.log_p, student_log_q(z, link, cfg.temperature, cfg.unmapped_mass))
-            weight = w / denom.index_select(0, tgt.sup_student)
-            ce_parts.append((weight * kl).sum() / n_any)
-        else:
-            ce_parts.append(zero)
+    if chunked:
+        with autocast():  # the head's matmuls in the same precision as unchunked
+            head_total, ce_parts, mlm = _chunked_head_losses(module, links, targets, raw, denom, n_any, batch,
+                                                             masked_rows, out, cfg)
+    else:
+        logits = out.float()
+        masked_logits = logits.index_select(0, masked_rows) if all_scope else logits
+        mlm = F.cross_entropy(masked_logits, batch.labels) if n else zero
+        ce_parts = []
+        for link, tgt, w in zip(links, targets, raw):
+            if tgt.sup_student.numel() and n_rows:
+                z = logits if not link.cross else logits.index_select(0, tgt.sup_student)
+                kl = kl_per_position(tgt.log_p, student_log_q(z, link, cfg.temperature, cfg.unmapped_mass))
+                weight = w / denom.index_select(0, tgt.sup_student)
+                ce_parts.append((weight * kl).sum() / n_any)
+            else:
+                ce_parts.append(zero)
+        head_total = cfg.alpha_ce * t2 * torch.stack(ce_parts).sum() + cfg.alpha_mlm * mlm
+
+    cos_parts, mse_parts = [], []
+    for link, tgt in zip(links, targets):
         if need_hidden:
             cos_parts.append(_hidden_loss(module, link, batch, last, tgt.hidden, link.cos_projection, "cos"))
         else:
@@ -306,13 +377,56 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
     ce = torch.stack(ce_parts).sum()
     cos = (weights * torch.stack(cos_parts)).sum()
     mse = (weights * torch.stack(mse_parts)).sum()
-    t2 = cfg.temperature ** 2
     contributions = (cfg.alpha_ce * t2 * torch.stack(ce_parts) + cfg.alpha_cos * weights * torch.stack(cos_parts)
                      + cfg.alpha_mse * weights * torch.stack(mse_parts)).detach()
-    total = cfg.alpha_ce * t2 * ce + cfg.alpha_mlm * mlm + cfg.alpha_cos * cos + cfg.alpha_mse * mse
+    total = head_total + cfg.alpha_cos * cos + cfg.alpha_mse * mse
     parts = torch.stack([ce, mlm, cos, mse]).detach()
-    return StepLosses(total=total, parts=parts, contributions=contributions, student_logits=masked_logits.detach(),
-                      targets=targets)
+    return StepLosses(total=total, parts=parts, contributions=contributions)
+
+
+def _chunked_head_losses(module: StudentModule, links: list[TeacherLink], targets: list[TeacherTargets],
+                         raw: list[torch.Tensor], denom: torch.Tensor, n_any: torch.Tensor, batch: Batch,
+                         masked_rows: torch.Tensor | None, rows: torch.Tensor, cfg: LossConfig):
+    """The soft-target KL of every teacher and the masked-LM cross-entropy, through
+    ``ChunkedHeadLoss``: ``alpha_ce T^2 ce + alpha_mlm mlm`` (with gradient), the per-teacher ce
+    parts and mlm (detached). Per-row weights are laid out along the student's rows first, so a
+    chunk of rows needs no host-side lookup of which pairs it holds (no sync)."""
+    device = rows.device
+    n_rows = rows.shape[0]
+    n = batch.n_masked
+    labels = torch.full((n_rows,), -100, dtype=torch.long, device=device)
+    if n:
+        labels[masked_rows if masked_rows is not None else torch.arange(n, device=device)] = batch.labels
+    row_weight, pair_of_row = [], []
+    for tgt, w in zip(targets, raw):
+        sup = tgt.sup_student
+        rw = torch.zeros(n_rows, device=device)
+        if sup.numel():
+            rw.index_add_(0, sup, w / denom.index_select(0, sup) / n_any)
+        row_weight.append(rw)
+        # one pair per supervised row: each student token is matched to at most one teacher piece
+        pair_of_row.append(torch.full((n_rows,), -1, dtype=torch.long, device=device).index_copy_(
+            0, sup, torch.arange(sup.shape[0], device=device)))
+    k = len(links)
+    scale = cfg.alpha_ce * cfg.temperature ** 2
+
+    def loss_fn(z: torch.Tensor, start: int, stop: int):
+        ce = []
+        for link, tgt, rw, pr in zip(links, targets, row_weight, pair_of_row):
+            if link.cross:
+                index = pr[start:stop].clamp_min(0)  # unsupervised rows: any target, weight 0
+            else:
+                index = slice(start, stop)  # the fast path supervises every row, in order
+            log_p = tgt.log_p_rows(link, index, cfg)
+            kl = kl_per_position(log_p, student_log_q(z, link, cfg.temperature, cfg.unmapped_mass))
+            ce.append((rw[start:stop] * kl).sum())
+        mlm = F.cross_entropy(z, labels[start:stop], ignore_index=-100, reduction="sum") / max(n, 1)
+        ce_t = torch.stack(ce)
+        return scale * ce_t.sum() + cfg.alpha_mlm * mlm, torch.cat([ce_t, mlm.reshape(1)]).detach()
+
+    params = module.lm.head_parameters()
+    total, parts = ChunkedHeadLoss.apply(rows, module.lm.head, loss_fn, cfg.chunk_rows, k + 1, *params)
+    return total, list(parts[:k].unbind()), parts[k]
 
 
 def _hidden_loss(module: StudentModule, link: TeacherLink, batch: Batch, student_hidden: torch.Tensor,

@@ -34,17 +34,32 @@ def usable_positions(config) -> int | None:
     return int(limit)
 
 
-def _mlm_head(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
+def _mlm_head(model: nn.Module) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, list[nn.Module]]:
+    """The MLM head as a function of hidden states, and the modules that hold its parameters."""
     name = type(model).__name__
     if name == "DistilBertForMaskedLM":
-        return lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))
+        parts = [model.vocab_transform, model.vocab_layer_norm, model.vocab_projector]
+        return (lambda h: model.vocab_projector(model.vocab_layer_norm(model.activation(model.vocab_transform(h))))), parts
     if name == "ElectraForMaskedLM":
-        return lambda h: model.generator_lm_head(model.generator_predictions(h))
+        return (lambda h: model.generator_lm_head(model.generator_predictions(h))), \
+            [model.generator_predictions, model.generator_lm_head]
     for attr in ("cls", "lm_head", "predictions"):
         head = getattr(model, attr, None)
         if isinstance(head, nn.Module):
-            return head
-    return None
+            return head, [head]
+    return None, []
+
+
+def _allow_recompiles(limit: int) -> None:
+    """Modules compiled in place share one compiled function (``nn.Module._call_impl``), so every
+    layer and head of the student and the teachers, in training and evaluation, with the few batch
+    shapes of a run (training, held-out, a short last batch), counts against one recompilation
+    limit (8 by default); past it torch.compile silently runs eager code."""
+    from torch import _dynamo
+
+    for knob in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(_dynamo.config, knob):
+            setattr(_dynamo.config, knob, max(getattr(_dynamo.config, knob), limit))
 
 
 class MaskedLM:
@@ -54,8 +69,34 @@ class MaskedLM:
         self.model = model
         prefix = getattr(model, "base_model_prefix", "")
         self.base = getattr(model, prefix, None) if prefix else None
-        self._head = _mlm_head(model)
+        self._head, self._head_modules = _mlm_head(model)
         self.split = self.base is not None and self._head is not None
+
+    def compile(self) -> None:
+        """``torch.compile`` the model in place, region by region: each encoder layer (all layers of
+        a model share one compiled graph, so a 12-layer teacher compiles as fast as one layer and
+        the student's layers reuse the teachers' work where shapes and modes agree) and the MLM
+        head. Module names and state dicts do not change. The layers see one shape per run when
+        batches are fixed-width (``StreamConfig.fixed_width``); the head's row count (masked or
+        aligned positions) changes every batch, so it is compiled for dynamic shapes. A model whose
+        layer list is not found is compiled whole."""
+        _allow_recompiles(64)
+        try:
+            parent, attr = layer_list(self.model)
+        except StrategyError:
+            self.model.compile(dynamic=False)
+            return
+        for layer in getattr(parent, attr):
+            layer.compile(dynamic=False)
+        if self.split:
+            self._head = torch.compile(self._head, dynamic=True)
+
+    def uncompile(self) -> None:
+        """Back to plain modules (the trained student leaves the stage as an ordinary model; later
+        stages trace, quantize or prune it)."""
+        for module in self.model.modules():
+            module._compiled_call_impl = None
+        self._head, _ = _mlm_head(self.model)
 
     @property
     def hidden_size(self) -> int:
@@ -78,6 +119,16 @@ class MaskedLM:
             return out.last_hidden_state, (out.hidden_states if all_hidden else None), None
         out = self.model(input_ids=ids, attention_mask=attention, output_hidden_states=True, return_dict=True)
         return out.hidden_states[-1], out.hidden_states, out.logits
+
+    def head(self, rows: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of (N, H) hidden states (only when ``split``)."""
+        return self._head(rows)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The head's trainable parameters, each once (an output layer tied to the input embeddings
+        is one parameter)."""
+        params = {id(p): p for m in self._head_modules for p in m.parameters() if p.requires_grad}
+        return list(params.values())
 
     def logits_at(self, hidden: torch.Tensor, flat_pos: torch.Tensor, full_logits: torch.Tensor | None):
         """Vocabulary logits at flat positions of a (B, L, H) hidden-state tensor."""
@@ -182,9 +233,12 @@ class StudentModule(nn.Module):
         self.projections = nn.ModuleDict(projections)
         self.lm = MaskedLM(model)
 
-    def forward(self, ids, attention, logit_pos, all_hidden: bool = False):
-        """Encoder once; vocabulary logits only at the flat positions ``logit_pos``."""
+    def forward(self, ids, attention, logit_pos, all_hidden: bool = False, head: bool = True):
+        """Encoder once; vocabulary logits only at the flat positions ``logit_pos`` (``head=False``:
+        the last hidden states at those positions instead, for a loss that applies the head itself)."""
         last, hidden, full_logits = self.lm.encode(ids, attention, all_hidden)
+        if not head:
+            return last, hidden, last.reshape(-1, last.shape[-1]).index_select(0, logit_pos)
         logits = self.lm.logits_at(last, logit_pos, full_logits)
         return last, hidden, logits
 

@@ -104,6 +104,14 @@ class DistillParams(StrategyParams):
     # Runtime -------------------------------------------------------------------------------
     checkpoint_every: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
     log_every: int = Field(20, ge=1, description="Read losses back from the device every N steps.")
+    compile: bool = Field(False, description="torch.compile the student's and the teachers' encoders and MLM heads "
+                                             "(batches are then kept seq_len wide, so shapes never change). "
+                                             "The first steps take longer while it compiles.")
+    loss_chunk_rows: int | None = Field(
+        None, ge=1, description="Compute the student's vocabulary logits and the soft-target and masked-LM losses "
+                                "this many positions at a time, the gradient of each chunk taken at once, so the "
+                                "full (positions x vocabulary) logits never exist: far less memory with "
+                                "ce_scope: all. Same loss; null computes all positions at once.")
     num_workers: int | None = Field(None, ge=0, description="Tokenizer worker processes; default 0 on CPU; "
                                                             "on GPU the cores per process less 2, at most 12.")
 

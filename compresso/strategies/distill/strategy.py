@@ -185,6 +185,9 @@ class DistillStrategy(CompressionStrategy):
 
         student_model = build_student(bundle.model, layers)
         student_lm = MaskedLM(student_model)
+        if p.loss_chunk_rows and not student_lm.split:
+            raise StrategyError(f"distill: loss_chunk_rows needs the student's MLM head apart from its encoder; "
+                                f"{type(student_model).__name__} has none compresso knows (remove loss_chunk_rows)")
         projections = self._projections(links, teacher_info, student_lm, layers,
                                         bundle.model.config.num_hidden_layers)
         if p.teacher_weighting == "entropy":
@@ -196,7 +199,7 @@ class DistillStrategy(CompressionStrategy):
         loss_cfg = LossConfig(temperature=p.temperature, alpha_ce=p.alpha_ce, alpha_mlm=p.alpha_mlm,
                               alpha_cos=p.alpha_cos, alpha_mse=p.alpha_hidden_mse, weighting=p.teacher_weighting,
                               entropy_temperature=1.0 if p.entropy_temperature == "auto" else p.entropy_temperature,
-                              ce_scope=p.ce_scope, unmapped_mass=p.unmapped_mass)
+                              ce_scope=p.ce_scope, unmapped_mass=p.unmapped_mass, chunk_rows=p.loss_chunk_rows)
         token_weights = None
         if not p.whole_word_mask and p.mlm_smoothing > 0:
             token_weights = self._token_weights(corpus, student_tok, p)
@@ -206,7 +209,7 @@ class DistillStrategy(CompressionStrategy):
         stream_cfg = StreamConfig(
             corpus=corpus, views=views, batch_size=p.batch_size, seed=ctx.seed, heldout=p.heldout_documents,
             max_documents=p.max_documents, rank=ctx.rank, world_size=ctx.world_size, num_workers=workers,
-            need_words=need_words, pin=device.type == "cuda",
+            need_words=need_words, pin=device.type == "cuda", fixed_width=p.compile,
             masking=MaskingConfig(prob=p.mask_prob, replace=p.mask_replace_prob, random=p.mask_random_prob,
                                   whole_word=p.whole_word_mask, token_weights=token_weights))
 
@@ -218,10 +221,15 @@ class DistillStrategy(CompressionStrategy):
             model = copy.deepcopy(link.lm.model).to(device=device, dtype=dtype).eval().requires_grad_(False)
             link.lm = MaskedLM(model)
             link.to(device)
+            if p.compile:
+                link.lm.compile()
 
         student = StudentModule(student_model, projections)
+        if p.compile:
+            student.lm.compile()
         # What makes a checkpoint resumable: everything but settings that change no weights.
-        resumable = p.model_dump(mode="json", exclude={"num_workers", "log_every", "checkpoint_every"})
+        resumable = p.model_dump(mode="json", exclude={"num_workers", "log_every", "checkpoint_every", "compile",
+                                                       "loss_chunk_rows"})
         run_id = fingerprint({"params": resumable, "layers": layers, "seed": ctx.seed,
                               "teachers": {n: i["model"] for n, i in teacher_info.items()},
                               "views": [v.name for v in views]})
@@ -272,6 +280,8 @@ class DistillStrategy(CompressionStrategy):
                 cosine = heldout.cosine_check(student, links, heldout_batches, device)
         self._barrier(ctx)
 
+        if p.compile:
+            student.lm.uncompile()
         student_model.eval()
         student_model.to("cpu")
         for link in links:
