@@ -150,3 +150,14 @@ def test_strategy_with_compile_and_chunked_losses_trains_the_same_weights(tiny, 
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=k)
         moved |= k in initial and a[k].shape == initial[k].shape and not torch.equal(a[k], initial[k])
     assert moved  # it trained
+
+
+def test_compile_auto_means_cuda_only():
+    import torch
+
+    from compresso.strategies.distill import DistillStrategy
+    from compresso.strategies.distill.strategy import compiles_on
+
+    assert DistillStrategy.Params().compile == "auto"
+    assert compiles_on("auto", torch.device("cuda")) and not compiles_on("auto", torch.device("cpu"))
+    assert compiles_on(True, torch.device("cpu")) and not compiles_on(False, torch.device("cuda"))

@@ -104,9 +104,11 @@ class DistillParams(StrategyParams):
     # Runtime -------------------------------------------------------------------------------
     checkpoint_every: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
     log_every: int = Field(20, ge=1, description="Read losses back from the device every N steps.")
-    compile: bool = Field(False, description="torch.compile the student's and the teachers' encoders and MLM heads "
-                                             "(batches are then kept seq_len wide, so shapes never change). "
-                                             "The first steps take longer while it compiles.")
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the student's and the teachers' encoders and MLM heads (batches are then "
+                            "kept seq_len wide, so shapes never change); auto = on CUDA devices. The first steps "
+                            "take longer while it compiles (about 15 s); on the H200 a base-size step then ran "
+                            "0.82x as long (docs/performance.md).")
     loss_chunk_rows: int | None = Field(
         None, ge=1, description="Compute the student's vocabulary logits and the soft-target and masked-LM losses "
                                 "this many positions at a time, the gradient of each chunk taken at once, so the "

@@ -206,10 +206,11 @@ class DistillStrategy(CompressionStrategy):
         need_words = any(lk.cross for lk in links) and (p.alpha_cos > 0 or p.alpha_hidden_mse > 0)
         workers = p.num_workers if p.num_workers is not None else (
             0 if device.type == "cpu" else max(0, min(12, (os.cpu_count() or 1) // max(ctx.world_size, 1) - 2)))
+        compiled = compiles_on(p.compile, device)
         stream_cfg = StreamConfig(
             corpus=corpus, views=views, batch_size=p.batch_size, seed=ctx.seed, heldout=p.heldout_documents,
             max_documents=p.max_documents, rank=ctx.rank, world_size=ctx.world_size, num_workers=workers,
-            need_words=need_words, pin=device.type == "cuda", fixed_width=p.compile,
+            need_words=need_words, pin=device.type == "cuda", fixed_width=compiled,
             masking=MaskingConfig(prob=p.mask_prob, replace=p.mask_replace_prob, random=p.mask_random_prob,
                                   whole_word=p.whole_word_mask, token_weights=token_weights))
 
@@ -221,11 +222,11 @@ class DistillStrategy(CompressionStrategy):
             model = copy.deepcopy(link.lm.model).to(device=device, dtype=dtype).eval().requires_grad_(False)
             link.lm = MaskedLM(model)
             link.to(device)
-            if p.compile:
+            if compiled:
                 link.lm.compile()
 
         student = StudentModule(student_model, projections)
-        if p.compile:
+        if compiled:
             student.lm.compile()
         # What makes a checkpoint resumable: everything but settings that change no weights.
         resumable = p.model_dump(mode="json", exclude={"num_workers", "log_every", "checkpoint_every", "compile",
@@ -280,7 +281,7 @@ class DistillStrategy(CompressionStrategy):
                 cosine = heldout.cosine_check(student, links, heldout_batches, device)
         self._barrier(ctx)
 
-        if p.compile:
+        if compiled:
             student.lm.uncompile()
         student_model.eval()
         student_model.to("cpu")
@@ -421,3 +422,9 @@ class DistillStrategy(CompressionStrategy):
 
 
 __all__ = ["DistillStrategy", "DistillParams"]
+
+
+def compiles_on(setting: bool | str, device: torch.device) -> bool:
+    """``compile: auto`` means on CUDA devices: it paid there (docs/performance.md); on a CPU inductor's
+    compile time outweighs the gain for the short runs CPUs are used for."""
+    return setting is True or (setting == "auto" and device.type == "cuda")
