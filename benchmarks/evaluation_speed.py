@@ -3,9 +3,11 @@
 GPU (the issue's target: 2 teachers + 3 six-layer students x 7 tasks x 3 seeds in <= 10 minutes on
 one H200, SM utilisation >= 60% averaged over the run): runs ``evaluate_models`` with the default
 settings and the default number of workers, while ``nvidia-smi --query-gpu=utilization.gpu ...
--lms 500`` samples the GPU in a background process; then re-runs one job (the first teacher, STS,
-first seed) alone to compare its score with the concurrent run's. Writes the full evaluation
-(results.json, report.md, plots) under OUT/evaluation and the timing under OUT/speed.json.
+-lms 500`` samples the GPU in a background process; then re-runs three short jobs (UPOS, SAPN and
+STS of the model with the fewest layers, first seed) one at a time, and sets each score's
+difference from the concurrent run beside that model's spread over the seeds (``alone_check``).
+Writes the full evaluation (results.json, report.md, plots) under OUT/evaluation and the timing
+under OUT/speed.json.
 
     python benchmarks/evaluation_speed.py --shared /root/stage/shared \\
         --models s1=runs/a/00-distill s2=runs/b/00-distill s3=runs/c/00-distill --out bench-eval
@@ -30,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -183,16 +186,61 @@ def run_gpu(args, console: Console) -> dict:
     # written now as well: a time limit hitting the extra check below must not lose the measurement
     (out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
     if not args.no_alone_check and not results["errors"]:
-        # the same job alone (one worker, in-process): the run-to-run spread on GPU
-        first, seed = models[0], args.seed
-        task = "sts" if "sts" in results["tasks"] else next(iter(results["tasks"]))
-        alone_cfg = dict(cfg, tasks=[task], seeds=1, jobs=1, efficiency=False, models=[first.name])
-        alone, alone_wall = _evaluate([first], alone_cfg, out / "alone", device, seed, console)
-        concurrent_run = next(r for r in results["scores"][first.name][task]["runs"] if r["seed"] == seed)
-        report["alone_check"] = {"model": first.name, "task": task, "seed": seed,
-                                 "alone": alone["scores"][first.name][task]["runs"][0]["metrics"],
-                                 "concurrent": concurrent_run["metrics"], "alone_wall_seconds": round(alone_wall, 1)}
+        report["alone_check"] = alone_check(models, cfg, results, out, device, args.seed, console)
     return report
+
+
+def run_alone_only(args, console: Console) -> dict:
+    """The alone check on its own, for the evaluation an earlier invocation left in OUT (for a device
+    whose limit per command is shorter than the main run plus the check)."""
+    import torch
+
+    from compresso.evaluation import EvalModel
+
+    out = Path(args.out)
+    try:
+        report = json.loads((out / "speed.json").read_text())
+        results = json.loads((out / "evaluation" / "results.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--alone-only needs {out}/speed.json and {out}/evaluation/results.json from a finished "
+                         f"main run: {exc}") from None
+    models = [EvalModel(m["name"], m["path"], m["role"]) for m in results["models"]]
+    report["alone_check"] = alone_check(models, report["settings"], results, out, torch.device(args.device),
+                                        results["seed"], console)
+    return report
+
+
+ALONE_TASKS = ("upos", "sapn", "sts")
+
+
+def alone_check(models, cfg: dict, results: dict, out: Path, device, seed: int, console: Console) -> dict:
+    """The same jobs again, one at a time in this process: does a job's score depend on running
+    beside others? Three short jobs (UPOS, SAPN, STS, the model with the fewest layers, one seed),
+    each one's difference set beside the spread of that model's score over the seeds."""
+    from compresso.evaluation.runner import encoder_layers
+
+    model = min(models, key=encoder_layers)  # the cheapest to re-run; the first such in order
+    tasks = [t for t in ALONE_TASKS if t in results["tasks"]]
+    # the main run's thread count per job: on CPU it alone can change float summation order
+    alone_cfg = dict(cfg, tasks=tasks, seeds=1, jobs=1, efficiency=False, models=[model.name],
+                     threads_per_job=results["scheduler"]["threads_per_job"])
+    console.rule(f"alone check: {model.name} x {', '.join(tasks)}, seed {seed}, one job at a time")
+    alone, wall = _evaluate([model], alone_cfg, out / "alone", device, seed, console)
+    jobs = {}
+    for task in tasks:
+        head = results["tasks"][task]["headline"]
+        runs = results["scores"][model.name][task]["runs"]
+        together = next(r for r in runs if r["seed"] == seed)
+        by_itself = alone["scores"][model.name][task]["runs"][0]
+        seed_values = [r["metrics"][head] for r in runs]
+        jobs[task] = {"metric": head, "concurrent": together["metrics"][head], "alone": by_itself["metrics"][head],
+                      "difference": by_itself["metrics"][head] - together["metrics"][head],
+                      "identical": by_itself["metrics"] == together["metrics"],
+                      "best_epoch": {"concurrent": together["best_epoch"], "alone": by_itself["best_epoch"]},
+                      "seed_values": seed_values,
+                      "seed_std": float(np.std(seed_values, ddof=1)) if len(seed_values) > 1 else None,
+                      "train_seconds": {"concurrent": together["train_seconds"], "alone": by_itself["train_seconds"]}}
+    return {"model": model.name, "seed": seed, "tasks": jobs, "wall_seconds": round(wall, 1)}
 
 
 def print_table(report: dict, console: Console) -> None:
@@ -216,8 +264,14 @@ def print_table(report: dict, console: Console) -> None:
                       f"{report['gpu'].get('clocks.max.sm', '?')} MHz; targets: <= 600 s, >= 60% utilisation")
         if "alone_check" in report:
             a = report["alone_check"]
-            console.print(f"same job alone vs concurrent ({a['model']}, {a['task']}, seed {a['seed']}): "
-                          f"{a['alone']} vs {a['concurrent']}")
+            check = Table(title=f"same job alone vs concurrent ({a['model']}, seed {a['seed']}, {a['wall_seconds']:.0f} s)")
+            for col in ("task", "metric", "concurrent", "alone", "difference", "std over seeds"):
+                check.add_column(col)
+            for task, j in a["tasks"].items():
+                std = "–" if j["seed_std"] is None else f"{j['seed_std']:.2f}"
+                check.add_row(task, j["metric"], f"{j['concurrent']:.2f}", f"{j['alone']:.2f}",
+                              f"{j['difference']:+.2f}", std)
+            console.print(check)
     else:
         console.print(f"concurrent / sequential wall time: {report['concurrent_over_sequential']:.3f} "
                       f"(same scores: {report['same_scores']})")
@@ -234,7 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--jobs", type=int, help="workers (default: the scheduler's choice; --smoke: 2)")
     parser.add_argument("--efficiency", action="store_true", help="also measure size and speed (not timed by the target)")
-    parser.add_argument("--no-alone-check", action="store_true", help="skip re-running one job alone (GPU)")
+    parser.add_argument("--no-alone-check", action="store_true",
+                        help="skip re-running UPOS, SAPN and STS of the smallest model alone after the run (GPU)")
+    parser.add_argument("--alone-only", action="store_true",
+                        help="only the alone check, for the finished run in --out (updates its speed.json)")
     parser.add_argument("--smoke", action="store_true", help="CPU: one tiny model, sequential vs concurrent")
     parser.add_argument("--max-train-examples", type=int,
                         help="training examples per task, validation and test get half (--smoke: 200; default "
@@ -250,16 +307,23 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.shared) / "data").is_dir():
         console.print(f"[red]{args.shared}/data not found: pass --shared[/red]")
         return 2
-    if not args.smoke and not args.models:
+    if not args.smoke and not args.models and not args.alone_only:
         console.print("[red]--models NAME=PATH ... (the students) are needed for the GPU run; --smoke for CPU[/red]")
         return 2
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()) and not args.alone_only:
         shutil.rmtree(out / "sequential", ignore_errors=True)
         shutil.rmtree(out / "concurrent", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    report = run_smoke(args, console) if args.smoke else run_gpu(args, console)
-    report["command"] = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
+    if args.alone_only:
+        report = run_alone_only(args, console)
+    else:
+        report = run_smoke(args, console) if args.smoke else run_gpu(args, console)
+    command = " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:]))
+    if args.alone_only:
+        report["alone_check"]["command"] = command
+    else:
+        report["command"] = command
     (out / "speed.json").write_text(json.dumps(report, indent=2) + "\n")
     print_table(report, console)
     console.print(f"written: {out / 'speed.json'}")

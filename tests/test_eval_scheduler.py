@@ -260,3 +260,52 @@ def test_interrupted_evaluation_resumes_finished_jobs(tiny, shared_dir, tmp_path
     assert again["scheduler"]["resumed"] == 2 and again["errors"] == []
     assert [r["seed"] for r in again["scores"]["tinyA"]["sapn"]["runs"]] == [3, 4]
     assert not (tmp_path / "out" / ".partial-jobs").exists()
+
+
+@pytest.mark.shared
+def test_evaluation_speed_benchmark_alone_check(tiny, shared_dir, tmp_path):
+    """The device run's path on CPU at test size: the main run, then UPOS/SAPN/STS of the smaller
+    model again one job at a time, compared with the concurrent scores."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_evaluation_speed_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    assert bench.main(["--teachers", f"tinyA={tiny['tinyA']}", "--models", f"tinyB={tiny['tinyB']}", "--device", "cpu",
+                       "--shared", str(shared_dir), "--tasks", "upos,sapn,sts", "--seeds", "2", "--jobs", "2",
+                       "--max-train-examples", "16", "--out", str(out)]) == 0
+    report = json.loads((out / "speed.json").read_text())
+    check = report["alone_check"]
+    # both have one layer: the first of the fewest-layer models is re-run
+    assert check["model"] == "tinyA" and check["seed"] == 42 and sorted(check["tasks"]) == ["sapn", "sts", "upos"]
+    for task, job in check["tasks"].items():
+        assert job["concurrent"] in job["seed_values"] and len(job["seed_values"]) == 2
+        # on CPU, with the same thread count, a job scores the same alone as beside another
+        assert job["difference"] == 0.0 and job["identical"], (task, job)
+    assert report["scheduler"]["quantization_backends_hidden_in_workers"] is True
+    # the check alone, later, on the run left in the folder (a device with a shorter limit per command)
+    assert bench.main(["--alone-only", "--device", "cpu", "--shared", str(shared_dir), "--out", str(out)]) == 0
+    again = json.loads((out / "speed.json").read_text())
+    scores = {t: (j["concurrent"], j["alone"], j["difference"]) for t, j in check["tasks"].items()}
+    assert {t: (j["concurrent"], j["alone"], j["difference"]) for t, j in again["alone_check"]["tasks"].items()} \
+        == scores and "--alone-only" in again["alone_check"]["command"]
+    assert again["wall_seconds"] == report["wall_seconds"]
+
+
+def test_evaluation_workers_do_not_import_quantization_backends(tmp_path):
+    import importlib.util
+
+    from compresso.evaluation.config import EvaluateConfig
+    from compresso.evaluation.runner import _init_worker
+    from tests.worker_probe import quantization_backends_loaded
+
+    init_args = (EvaluateConfig().model_dump(mode="json"), {}, "cpu", str(tmp_path))
+    hidden = list(run_jobs([0], _init_worker, init_args + (True,), quantization_backends_loaded, workers=2,
+                           threads=1))
+    assert [e.kind for e in hidden] == ["start", "done"] and hidden[1].payload == []
+    if importlib.util.find_spec("torchao") is not None:  # the control: without hiding, transformers imports it
+        shown = list(run_jobs([0], _init_worker, init_args + (False,), quantization_backends_loaded, workers=2,
+                              threads=1))
+        assert "torchao" in shown[1].payload

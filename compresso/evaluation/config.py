@@ -41,6 +41,9 @@ class FinetuneOverrides(_Strict):
     max_grad_norm: float | None = Field(None, gt=0.0, description="Gradient clipping norm.")
     patience: PositiveInt | None = Field(None, description="Early stopping: epochs without a better validation "
                                                            "score before training stops.")
+    head: Literal["siamese", "cross"] | None = Field(
+        None, description="Sentence-pair regression (STS): `siamese` encodes each sentence alone and trains the "
+                          "cosine of their mean-pooled states; `cross` encodes the pair as one sequence.")
 
 
 class HubDataset(_Strict):

@@ -27,6 +27,7 @@ with the same fine-tuning, metrics and loyalty as the built-in tasks::
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -166,7 +167,10 @@ def task_spec(task: CustomTask, train_labels: list | None = None):
         headline, metrics = ("f1_macro", ("f1_macro", "f1_micro")) if entity else ("macro_f1", ("macro_f1", "accuracy"))
     else:
         headline, metrics = "macro_f1", ("macro_f1", "accuracy")
-    defaults = KIND_DEFAULTS[task.kind].with_overrides(task.finetune)
+    defaults = KIND_DEFAULTS[task.kind]
+    if task.kind == "regression" and not task.text_pair:
+        defaults = replace(defaults, head="cross")  # single texts: nothing to encode apart
+    defaults = defaults.with_overrides(task.finetune)
     dataset = Path(task.files["train"]).parent.name or Path(task.files["train"]).name
     return TaskSpec(task.name, task.title or task.name, task.kind, f"custom:{dataset}", headline, metrics, defaults,
                     value_range=value_range, entity_level=entity)

@@ -29,9 +29,17 @@ class Encoded:
     """Tagging: sub-token position of each word's first piece, -1 where the word has no token."""
     lengths: np.ndarray
     missing_words: int = 0
+    second: Encoded | None = None
+    """Sentence pairs encoded apart (siamese head): the second sentences, each tokenised alone;
+    ``input_ids`` then hold the first sentences alone."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def batch_lengths(self) -> np.ndarray:
+        """The length that batching sorts and groups by: the longer sentence of a pair encoded apart."""
+        return self.lengths if self.second is None else np.maximum(self.lengths, self.second.lengths)
 
     @property
     def n_words(self) -> np.ndarray:
@@ -42,14 +50,30 @@ def tokenizer_fingerprint(tokenizer) -> str:
     """Identity of a tokenizer's behaviour, so students sharing a teacher's tokenizer reuse its encodings."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        state = backend.to_str()
+        import json
+
+        # without the truncation/padding state, which the last call left there (not the vocabulary)
+        config = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+        state = json.dumps(config, sort_keys=True)
     else:
         state = repr(sorted(tokenizer.get_vocab().items())) + repr(type(tokenizer))
     return hashlib.sha256(state.encode()).hexdigest()[:16]
 
 
 def encode(spec: TaskSpec, examples: list[Example], tokenizer, max_length: int,
-           label_index: dict[str, int] | None, chunk: int = 2000) -> Encoded:
+           label_index: dict[str, int] | None, chunk: int = 2000, pairs_apart: bool = False) -> Encoded:
+    """Token ids (and labels) of ``examples``. ``pairs_apart``: sentence pairs are tokenised one
+    sentence at a time (the first sentences in the result, the second ones in ``.second``), for a
+    siamese head; otherwise a pair is one sequence ``[CLS] a [SEP] b [SEP]``."""
+    if pairs_apart:
+        if spec.kind == "tagging" or any(ex.text_pair is None for ex in examples):
+            raise ValueError(f"{spec.title}: encoding sentence pairs apart (the siamese head) needs sentence-pair "
+                             f"examples; this task has single texts")
+        first = encode(spec, [Example(ex.text, ex.label, id=ex.id) for ex in examples], tokenizer, max_length,
+                       label_index, chunk)
+        first.second = encode(spec, [Example(ex.text_pair, ex.label, id=ex.id) for ex in examples], tokenizer,
+                              max_length, label_index, chunk)
+        return first
     input_ids: list[np.ndarray] = []
     type_ids: list[np.ndarray] = []
     labels: list = []
@@ -125,7 +149,8 @@ def sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 def collate(enc: Encoded, idx: np.ndarray, pad_id: int, with_labels: bool,
             multiple: int = 8) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest member (rounded up to ``multiple`` for tensor cores)."""
+    """Pad a batch to its longest member (rounded up to ``multiple`` for tensor cores); for pairs
+    encoded apart, the second sentences come as ``pair_input_ids``, ``pair_attention_mask``, ..."""
     longest = int(enc.lengths[idx].max())
     width = -(-longest // multiple) * multiple
     n = len(idx)
@@ -149,6 +174,8 @@ def collate(enc: Encoded, idx: np.ndarray, pad_id: int, with_labels: bool,
             batch["labels"] = torch.from_numpy(token_labels)
         else:
             batch["labels"] = torch.from_numpy(np.ascontiguousarray(enc.labels[idx]))
+    if enc.second is not None:  # the second sentences, padded on their own, under "pair_" names
+        batch |= {"pair_" + k: v for k, v in collate(enc.second, idx, pad_id, with_labels=False, multiple=multiple).items()}
     if enc.word_pos is not None:
         # flat positions (row * width + column) of the words' first sub-tokens, for one gather
         flat = [row * width + enc.word_pos[i][enc.word_pos[i] >= 0] for row, i in enumerate(idx)]
@@ -169,10 +196,7 @@ def _split(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
-def save_encoded(path, enc: Encoded) -> None:
-    """Write ``enc`` as plain arrays (``np.savez``, no pickle), under a temporary name then renamed."""
-    from pathlib import Path
-
+def _arrays(enc: Encoded) -> dict[str, np.ndarray]:
     arrays = {"lengths": enc.lengths, "missing_words": np.array(enc.missing_words)}
     arrays["input_ids"], arrays["offsets"] = _flatten(enc.input_ids)
     if enc.token_type_ids is not None:
@@ -182,23 +206,39 @@ def save_encoded(path, enc: Encoded) -> None:
         arrays["word_pos"], arrays["word_offsets"] = _flatten(enc.word_pos)
     else:
         arrays["labels"] = np.asarray(enc.labels)
+    if enc.second is not None:
+        arrays |= {"second." + k: v for k, v in _arrays(enc.second).items()}
+    return arrays
+
+
+def save_encoded(path, enc: Encoded) -> None:
+    """Write ``enc`` as plain arrays (``np.savez``, no pickle), under a temporary name then renamed."""
+    from pathlib import Path
+
+    arrays = _arrays(enc)
     path = Path(path)
     tmp = path.with_name(path.name + ".partial.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
 
 
+def _from_arrays(z: dict[str, np.ndarray]) -> Encoded:
+    offsets = z["offsets"]
+    input_ids = _split(z["input_ids"], offsets)
+    types = _split(z["token_type_ids"], offsets) if "token_type_ids" in z else None
+    if "word_pos" in z:
+        labels = _split(z["labels"], offsets)
+        word_pos = _split(z["word_pos"], z["word_offsets"])
+    else:
+        labels, word_pos = z["labels"], None
+    second = {k[len("second."):]: v for k, v in z.items() if k.startswith("second.")}
+    return Encoded(input_ids, types, labels, word_pos, z["lengths"], int(z["missing_words"]),
+                   _from_arrays(second) if second else None)
+
+
 def load_encoded(path) -> Encoded:
     with np.load(path, allow_pickle=False) as z:
-        offsets = z["offsets"]
-        input_ids = _split(z["input_ids"], offsets)
-        types = _split(z["token_type_ids"], offsets) if "token_type_ids" in z else None
-        if "word_pos" in z:
-            labels = _split(z["labels"], offsets)
-            word_pos = _split(z["word_pos"], z["word_offsets"])
-        else:
-            labels, word_pos = z["labels"], None
-        return Encoded(input_ids, types, labels, word_pos, z["lengths"], int(z["missing_words"]))
+        return _from_arrays({k: z[k] for k in z.files})
 
 
 class EncodingCache:
@@ -214,10 +254,10 @@ class EncodingCache:
         self.memory: dict[str, dict[str, Encoded]] = {}
 
     def get(self, task: str, splits: dict[str, list[Example]], spec: TaskSpec, tokenizer, max_length: int,
-            label_index: dict[str, int] | None) -> tuple[dict[str, Encoded], str]:
+            label_index: dict[str, int] | None, pairs_apart: bool = False) -> tuple[dict[str, Encoded], str]:
         import fcntl
 
-        key = f"{task}-{tokenizer_fingerprint(tokenizer)}-{max_length}"
+        key = f"{task}-{tokenizer_fingerprint(tokenizer)}-{max_length}" + ("-apart" if pairs_apart else "")
         if key in self.memory:
             return self.memory[key], "memory"
         files = {name: self.folder / f"{key}.{name}.npz" for name in splits}
@@ -226,7 +266,7 @@ class EncodingCache:
             if all(f.is_file() for f in files.values()):
                 encoded, how = {name: load_encoded(f) for name, f in files.items()}, "loaded"
             else:
-                encoded = {name: encode(spec, examples, tokenizer, max_length, label_index)
+                encoded = {name: encode(spec, examples, tokenizer, max_length, label_index, pairs_apart=pairs_apart)
                            for name, examples in splits.items()}
                 for name, f in files.items():
                     save_encoded(f, encoded[name])

@@ -18,7 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compresso.evaluation.features import Encoded, collate, length_grouped_batches, sorted_batches
+from compresso.evaluation.features import (
+    Encoded,
+    collate,
+    length_grouped_batches,
+    sorted_batches,
+)
 from compresso.evaluation.tasks import FinetuneSettings, TaskSpec
 
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -58,8 +63,61 @@ def as_logits(output) -> torch.Tensor:
     raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
 
 
+def hidden_states(output) -> torch.Tensor:
+    """The last hidden states [batch, tokens, hidden] from what an encoder returns."""
+    if isinstance(output, torch.Tensor):
+        return output
+    states = getattr(output, "last_hidden_state", None)
+    if isinstance(states, torch.Tensor):
+        return states
+    if isinstance(output, dict) and "last_hidden_state" in output:
+        return output["last_hidden_state"]
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"cannot find hidden states in an encoder output of type {type(output).__name__}")
+
+
+def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over the non-padding tokens of each sequence, in float32."""
+    mask = attention_mask.unsqueeze(-1).to(torch.float32)
+    return (states.float() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class SiameseRegressor(torch.nn.Module):
+    """Sentence-pair similarity as Sentence-BERT's CosineSimilarityLoss trains it: each sentence
+    through the same encoder alone, mean-pooled over its tokens, and the cosine of the two vectors
+    as the prediction (trained towards the score scaled to [0, 1]). No parameters besides the
+    encoder's, so it starts from the pretrained encoder's sentence geometry."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder
+
+    def embed(self, inputs: dict) -> torch.Tensor:
+        """Mean-pooled sentence vectors [batch, hidden] of one padded batch of sentences."""
+        # the call is made here, not stored: a deep copy of this module must call its own encoder
+        return mean_pool(hidden_states(make_call(self.encoder)(inputs)), inputs["attention_mask"])
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Cosine similarity [batch] of the first sentences and the ``pair_``-prefixed second ones.
+
+        Both sides go through the encoder in one call (padded to the wider side; the extra
+        positions are masked, so each sentence's vector is the same as alone): on a GPU a small
+        encoder's step costs its kernel launches, which one call instead of two halves."""
+        first = {k: batch[k] for k in _INPUTS if k in batch}
+        second = {k: batch["pair_" + k] for k in first}
+        width = max(first["input_ids"].shape[1], second["input_ids"].shape[1])
+        both = {k: torch.cat([F.pad(first[k], (0, width - first[k].shape[1])),
+                              F.pad(second[k], (0, width - second[k].shape[1]))]) for k in first}
+        vectors = self.embed(both)
+        n = first["input_ids"].shape[0]
+        return F.cosine_similarity(vectors[:n], vectors[n:], dim=-1)
+
+
 def make_forward(model: torch.nn.Module) -> Callable[[dict], torch.Tensor]:
     """A call ``batch -> logits`` that fits the model's signature (see ``make_call``)."""
+    if isinstance(model, SiameseRegressor):
+        return model
     call = make_call(model)
 
     def forward(batch):
@@ -118,7 +176,7 @@ def predict(model: torch.nn.Module, enc: Encoded, spec: TaskSpec, device: torch.
     if device.type != "cuda":
         batch_size = min(batch_size, CPU_EVAL_BATCH)
     outputs, order = [], []
-    for idx in sorted_batches(enc.lengths, batch_size):
+    for idx in sorted_batches(enc.batch_lengths, batch_size):
         batch = _to(collate(enc, idx, pad_id, with_labels=False), device)
         with _autocast(device) if use_autocast else nullcontext():
             logits = forward(batch)
@@ -146,6 +204,8 @@ def predict(model: torch.nn.Module, enc: Encoded, spec: TaskSpec, device: torch.
         probs[idx_all] = gathered
         return Predictions("classification", probs=probs)
     low, high = spec.value_range
+    if isinstance(model, SiameseRegressor):
+        gathered = np.clip(gathered, 0.0, 1.0)  # a negative cosine (opposed sentences) is no similarity
     values = np.empty(len(enc), dtype=np.float64)
     values[idx_all] = gathered * (high - low) + low  # the head is trained on targets scaled to [0, 1]
     return Predictions("regression", values=values)
@@ -170,7 +230,9 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (tagging, classification) or MSE against the target scaled to [0, 1]
+    (regression: one output per example, or the siamese head's cosine)."""
     logits = logits.float()
     if spec.kind == "tagging":
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
@@ -206,11 +268,11 @@ def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings,
     for epoch in range(1, settings.epochs + 1):
         model.train()
         loss_sum = torch.zeros((), device=device)
-        for idx in length_grouped_batches(train.lengths, settings.batch_size, rng):
+        for idx in length_grouped_batches(train.batch_lengths, settings.batch_size, rng):
             batch = _to(collate(train, idx, pad_id, with_labels=True), device)
             with _autocast(device):
                 logits = forward(batch)
-            loss = _loss(spec, logits, batch["labels"])
+            loss = task_loss(spec, logits, batch["labels"])
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimizer.step()

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -29,14 +30,28 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from compresso import registry
 from compresso.evaluation import scoring, statistics
 from compresso.evaluation.config import EvaluateConfig, ReportConfig
 from compresso.evaluation.data import DataError
 from compresso.evaluation.features import Encoded, EncodingCache
-from compresso.evaluation.finetune import Predictions, TrainOutcome, finetune, make_forward, module_device, predict
+from compresso.evaluation.finetune import (
+    Predictions,
+    SiameseRegressor,
+    TrainOutcome,
+    finetune,
+    make_forward,
+    module_device,
+    predict,
+)
 from compresso.evaluation.scheduler import (
     default_workers,
     estimated_cost,
@@ -172,7 +187,12 @@ class _Job:
 
 
 def _settings(cfg: EvaluateConfig, data: TaskData) -> FinetuneSettings:
-    return data.spec.defaults.with_overrides(cfg.finetune, cfg.per_task.get(data.spec.name))
+    settings = data.spec.defaults.with_overrides(cfg.finetune, cfg.per_task.get(data.spec.name))
+    if settings.head == "siamese" and (data.spec.kind != "regression" or data.train[0].text_pair is None):
+        raise EvaluationError(f"{data.spec.name}: head: siamese is for sentence-pair regression; this task is "
+                              f"{'single-text ' if data.spec.kind == 'regression' else ''}{data.spec.kind} "
+                              f"(leave head out, or head: cross)")
+    return settings
 
 
 class _JobRunner:
@@ -185,12 +205,25 @@ class _JobRunner:
         self.cache = EncodingCache(cache_dir)
         self.console = Console(file=io.StringIO())  # strategies' own logs would garble the progress display
 
-    def _load(self, ref: str, data: TaskData):
-        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    def _load(self, ref: str, data: TaskData, settings: FinetuneSettings):
+        from transformers import (
+            AutoModel,
+            AutoModelForSequenceClassification,
+            AutoModelForTokenClassification,
+        )
 
         from compresso.models import load_bundle
 
         spec = data.spec
+        if settings.head == "siamese":  # the bare encoder: the head is a cosine, with no weights of its own
+            with quiet_transformers():
+                bundle = load_bundle(ref, model_class=AutoModel)
+            if getattr(bundle.model, "pooler", None) is not None:
+                # BERT's [CLS] pooler: unused by mean pooling (and freshly initialised for an MLM
+                # checkpoint); without it the encoder returns only the states that are used
+                bundle.model.pooler = None
+            bundle.model = SiameseRegressor(bundle.model)
+            return bundle
         if spec.kind == "tagging":
             cls, kwargs = AutoModelForTokenClassification, self._label_kwargs(data)
         elif spec.kind == "classification":
@@ -225,14 +258,16 @@ class _JobRunner:
     def _finetune(self, ref: str, data: TaskData, seed: int, report):
         settings = _settings(self.cfg, data)
         torch.manual_seed(seed)  # the task head's initialisation
-        bundle = self._load(ref, data)
+        bundle = self._load(ref, data, settings)
         if bundle.tokenizer is None:
             raise EvaluationError(f"{ref} holds no tokenizer; save one beside the model (tokenizer.save_pretrained)")
-        max_length = self._max_length(bundle.model, bundle.tokenizer, settings.max_length)
+        encoder = bundle.model.encoder if isinstance(bundle.model, SiameseRegressor) else bundle.model
+        max_length = self._max_length(encoder, bundle.tokenizer, settings.max_length)
         index = {label: i for i, label in enumerate(data.labels)} if data.labels else None
         enc, how = self.cache.get(data.spec.name, {"train": data.train, "validation": data.validation,
                                                    "test": data.test},
-                                  data.spec, bundle.tokenizer, max_length, index)
+                                  data.spec, bundle.tokenizer, max_length, index,
+                                  pairs_apart=settings.head == "siamese")
         pad_id = self._pad_id(bundle.tokenizer)
         outcome = finetune(
             bundle.model, data.spec, settings, enc["train"], enc["validation"],
@@ -273,6 +308,9 @@ class _JobRunner:
         strategy = cls(cls.Params.model_validate(m.params or {}))
         cpu = torch.device("cpu")
         task_model = copy.deepcopy(bundle.model).to(cpu).float().eval()
+        siamese = isinstance(task_model, SiameseRegressor)
+        if siamese:  # the strategy works on the encoder; the cosine head goes back around its result
+            task_model = task_model.encoder
         from compresso.strategy import ModelBundle, RunContext
 
         report("applying " + m.strategy)
@@ -287,7 +325,7 @@ class _JobRunner:
             # calibrates on the corpus of the distillation that made the model)
             out = strategy.apply(ModelBundle(task_model, bundle.tokenizer, list(bundle.lineage)), ctx)
         apply_seconds = time.time() - t0
-        model = out.model
+        model = SiameseRegressor(out.model) if siamese else out.model
         device = module_device(model) if isinstance(model, torch.nn.Module) else cpu
         t0 = time.time()
         pred = self._test(model, data, enc, self._pad_id(bundle.tokenizer), device, use_autocast=False)
@@ -310,7 +348,18 @@ class _JobRunner:
         return {"record": record, "predictions": pred, "counts": counts, "encoding": how}
 
 
-def _init_worker(cfg: dict, task_data: dict[str, TaskData], device: str, cache_dir: str) -> _JobRunner:
+QUANTIZATION_BACKENDS = ("torchao", "neural_compressor")
+
+
+def _init_worker(cfg: dict, task_data: dict[str, TaskData], device: str, cache_dir: str,
+                 hide_quantization_backends: bool = False) -> _JobRunner:
+    if hide_quantization_backends:
+        # transformers' model loading imports every installed quantization backend it integrates
+        # (modeling_utils -> quantizers -> torchao): seconds and a screen of warnings in each
+        # worker for nothing when no job re-applies a strategy. A None entry in sys.modules is
+        # Python's own mark for "not importable"; find_spec then reports the package absent.
+        for name in QUANTIZATION_BACKENDS:
+            sys.modules.setdefault(name, None)
     return _JobRunner(cfg, task_data, device, cache_dir)
 
 
@@ -318,10 +367,32 @@ def _run_job(state: _JobRunner, job: _Job, report) -> dict:
     return state.run(job, report)
 
 
-def _job_cost(cfg: EvaluateConfig, job: _Job, task_data: dict[str, TaskData]) -> float:
+def encoder_layers(model: EvalModel) -> int:
+    """Encoder layers of a model folder (config.json), 1 when it cannot be read (a hub id, a format of
+    its own): the job-cost estimate scales with depth."""
+    ref = model.input_path if model.strategy and model.input_path else model.path
+    try:
+        config = json.loads((Path(ref).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return 1
+    layers = config.get("num_hidden_layers", config.get("n_layers", 1))
+    return layers if isinstance(layers, int) and layers > 0 else 1
+
+
+def _tokens_per_sequence(data: TaskData, settings: FinetuneSettings) -> float:
+    """Rough sub-tokens per encoded sequence (4 characters each), capped at max_length."""
+    sample = data.train[:200]
+    chars = [len(" ".join(ex.text) if isinstance(ex.text, list) else ex.text)
+             + (0 if settings.head == "siamese" else len(ex.text_pair or "")) for ex in sample]
+    return min(settings.max_length, float(np.mean(chars)) / 4 + 2) if chars else settings.max_length
+
+
+def _job_cost(cfg: EvaluateConfig, job: _Job, task_data: dict[str, TaskData], layers: dict[str, int]) -> float:
     data = task_data[job.task]
     settings = _settings(cfg, data)
-    return estimated_cost(len(data.train), settings.epochs, settings.max_length)
+    steps = -(-len(data.train) // settings.batch_size) * settings.epochs
+    sequences = 2 if settings.head == "siamese" else 1  # a siamese step encodes both sentences (one call)
+    return estimated_cost(steps, _tokens_per_sequence(data, settings) * sequences, 1, layers[job.model.name])
 
 
 def _pairs(models: list[EvalModel]) -> list[tuple[EvalModel, EvalModel, str]]:
@@ -401,7 +472,11 @@ class _Evaluation:
 
     def run(self, task_data: dict[str, TaskData], store: _JobStore | None = None) -> None:
         jobs = [_Job(m, task, seed) for task in task_data for seed in self.seeds for m in self.models]
-        order = longest_first([_job_cost(self.cfg, j, task_data) for j in jobs])
+        # longest expected first (LPT), teachers before students at equal cost: the pool then ends
+        # on short jobs instead of waiting for a long one started last
+        layers = {m.name: encoder_layers(m) for m in self.models}
+        costs = [_job_cost(self.cfg, j, task_data, layers) for j in jobs]
+        order = longest_first(costs, [j.model.role != "teacher" for j in jobs])
         jobs = [jobs[i] for i in order]
         self.waiting = {(task, seed): len(self.models) for task in task_data for seed in self.seeds}
         self.preds: dict[tuple[str, int], dict[str, Predictions]] = {}
@@ -444,8 +519,10 @@ class _Evaluation:
                 else:
                     progress.update(rows[index], description=f"{label(jobs[index])} · {payload}")
 
+            hide = workers > 1 and all(r is None for r in self.reapply.values())
+            self.scheduler["quantization_backends_hidden_in_workers"] = hide
             events = run_jobs(jobs, _init_worker, (self.cfg.model_dump(mode="json"), task_data, str(self.device),
-                                                   cache_dir), _run_job, workers, threads, on_progress)
+                                                   cache_dir, hide), _run_job, workers, threads, on_progress)
             for event in events:
                 job = jobs[event.index]
                 if event.kind == "start":
