@@ -9,8 +9,8 @@ the fraction of samples at or above the threshold, clocks, and whether the targe
 >= 60 % mean utilisation) were met.
 
     python benchmarks/gpu_utilisation_summary.py \\
-        --samples docs/results/distilmulti_ro_fixtures_3seeds/nvidia-smi.csv \\
-        --evaluation docs/results/distilmulti_ro_fixtures_3seeds/results.json \\
+        --samples docs/results/fixtures_3seeds_h200/nvidia-smi.csv \\
+        --evaluation docs/results/fixtures_3seeds_h200/results.json \\
         --note "the same-job-alone check was cut by the time limit" --out speed.json
 """
 

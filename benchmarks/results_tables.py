@@ -5,7 +5,7 @@ columns), the paired-bootstrap differences as a pair × task matrix (bold = dist
 loyalty (label / probability; STS: regression). ``--names`` renames models for display
 (``cased=bert-cased (teacher)``), and its order is the row order.
 
-    python benchmarks/results_tables.py docs/results/distilmulti_ro_fixtures_3seeds/results.json \\
+    python benchmarks/results_tables.py docs/results/fixtures_3seeds_h200/results.json \\
         --names "cased=bert-cased (teacher)" "uncased=robert-uncased (teacher)" distil-bert=Distil-BERT
 """
 

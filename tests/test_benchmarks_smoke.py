@@ -237,7 +237,7 @@ def test_gpu_utilisation_summary_reads_the_samples_and_rejects_bad_lines(tmp_pat
 def test_results_tables_come_from_the_json():
     """docs/results.md's tables are generated: every cell traces back to results.json."""
     tables = load("results_tables")
-    path = BENCHMARKS.parent / "docs" / "results" / "distilmulti_ro_fixtures_3seeds" / "results.json"
+    path = BENCHMARKS.parent / "docs" / "results" / "fixtures_3seeds_h200" / "results.json"
     results = json.loads(path.read_text())
     text = tables.main([str(path), "--names", "cased=bert-cased", "distil-bert=Distil-BERT"])
     score_rows = [line for line in text.splitlines() if line.startswith("| Distil-BERT |")]
