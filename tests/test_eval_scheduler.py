@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -42,11 +43,12 @@ def _job(state, job, report):
     return {"name": name, "tag": state["tag"], "pid": state["pid"], "start": started, "end": time.time()}
 
 
-def test_scheduler_runs_jobs_concurrently_and_survives_failures():
+@pytest.mark.parametrize("start_method", ["spawn", "fork"])
+def test_scheduler_runs_jobs_concurrently_and_survives_failures(start_method):
     jobs = [("a", 1.0), ("boom", 0.0), ("b", 1.0), ("die", 0.0), ("c", 0.2)]
     progress = []
     events = list(run_jobs(jobs, _init, ("x",), _job, workers=2, threads=1,
-                           on_progress=lambda i, text: progress.append(text)))
+                           on_progress=lambda i, text: progress.append(text), start_method=start_method))
     ends = {e.index: e for e in events if e.kind in ("done", "failed")}
     assert sorted(ends) == [0, 1, 2, 3, 4]  # exactly one end per job
     assert [e.kind for e in events].count("done") == 3
@@ -292,6 +294,14 @@ def test_evaluation_speed_benchmark_alone_check(tiny, shared_dir, tmp_path):
     assert {t: (j["concurrent"], j["alone"], j["difference"]) for t, j in again["alone_check"]["tasks"].items()} \
         == scores and "--alone-only" in again["alone_check"]["command"]
     assert again["wall_seconds"] == report["wall_seconds"]
+
+
+def test_workers_fork_on_cpu_only():
+    """Forked workers skip re-importing torch (the 2-core CPU target); anything CUDA spawns."""
+    from compresso.evaluation.scheduler import worker_start_method
+
+    assert worker_start_method(torch.device("cuda")) == "spawn"
+    assert worker_start_method(torch.device("cpu")) == ("fork" if sys.platform == "linux" else "spawn")
 
 
 def test_evaluation_workers_do_not_import_quantization_backends(tmp_path):

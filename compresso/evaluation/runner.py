@@ -58,6 +58,7 @@ from compresso.evaluation.scheduler import (
     longest_first,
     run_jobs,
     threads_per_job,
+    worker_start_method,
 )
 from compresso.evaluation.tasks import DatasetCache, FinetuneSettings, TaskData
 
@@ -495,7 +496,8 @@ class _Evaluation:
         workers = max(1, min(workers, max(1, len(jobs))))
         threads = self.cfg.threads_per_job or threads_per_job(self.device, workers)
         self.scheduler = {"jobs": len(jobs) + len(resumed), "resumed": len(resumed), "workers": workers,
-                          "threads_per_job": threads, "mode": "in-process" if workers == 1 else "worker processes"}
+                          "threads_per_job": threads, "mode": "in-process" if workers == 1 else "worker processes",
+                          "start_method": None if workers == 1 else worker_start_method(self.device)}
         self.console.log(f"{len(jobs)} fine-tuning jobs, {workers} at a time "
                          f"({'in this process' if workers == 1 else 'worker processes'}, {threads} "
                          f"thread{'s' if threads > 1 else ''} each)")
@@ -522,7 +524,8 @@ class _Evaluation:
             hide = workers > 1 and all(r is None for r in self.reapply.values())
             self.scheduler["quantization_backends_hidden_in_workers"] = hide
             events = run_jobs(jobs, _init_worker, (self.cfg.model_dump(mode="json"), task_data, str(self.device),
-                                                   cache_dir, hide), _run_job, workers, threads, on_progress)
+                                                   cache_dir, hide), _run_job, workers, threads, on_progress,
+                             worker_start_method(self.device))
             for event in events:
                 job = jobs[event.index]
                 if event.kind == "start":

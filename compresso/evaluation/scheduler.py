@@ -86,17 +86,29 @@ def _worker(init: Callable, init_args: tuple, job_fn: Callable, threads: int, jo
             conn.send(JobEvent("done", index, result))
 
 
+def worker_start_method(device: torch.device) -> str:
+    """How worker processes start: forked on a CPU-only run under Linux, so each worker inherits the
+    imported torch/transformers and the task data instead of importing them again (seconds per
+    worker: more than a small job takes); spawned wherever CUDA may be used, since CUDA cannot be
+    used in a forked child once the parent has touched it."""
+    if device.type == "cpu" and "fork" in mp.get_all_start_methods() and not torch.cuda.is_initialized():
+        return "fork"
+    return "spawn"
+
+
 def run_jobs(jobs: list, init: Callable, init_args: tuple, job_fn: Callable, workers: int, threads: int,
-             on_progress: Callable[[int, Any], None] | None = None) -> Iterator[JobEvent]:
+             on_progress: Callable[[int, Any], None] | None = None, start_method: str = "spawn"
+             ) -> Iterator[JobEvent]:
     """Run ``job_fn(state, job, report)`` for every job, ``workers`` at a time; yield the "start",
     "done" and "failed" events as they come (every job ends with exactly one "done" or "failed");
     ``report(payload)`` calls reach ``on_progress(job index, payload)``. ``init``, ``job_fn`` and
-    the jobs must be picklable (top-level functions, plain data)."""
+    the jobs must be picklable (top-level functions, plain data). ``start_method``: see
+    ``worker_start_method``."""
     on_progress = on_progress or (lambda index, payload: None)
     if workers <= 1:
         yield from _run_here(jobs, init, init_args, job_fn, threads, on_progress)
         return
-    ctx = mp.get_context("spawn")  # CUDA cannot be used in forked children
+    ctx = mp.get_context(start_method)
     job_queue = ctx.Queue()
     for item in enumerate(jobs):
         job_queue.put(item)
