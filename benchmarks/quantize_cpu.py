@@ -27,6 +27,7 @@ such switch: under emulation the ort rows still use the machine's full ISA; the 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -61,6 +62,9 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int, default=5, help="blocks the repeats are split into (interleaved)")
     ap.add_argument("--emulate-avx2", action="store_true",
                     help="cap torch, oneDNN and MKL at AVX2 (set before torch loads; ONNX Runtime is not capped)")
+    ap.add_argument("--compare-python-wrapper", action="store_true",
+                    help="also time each torch INT8 graph (inc, torchao) compiled with inductor's Python wrapper instead "
+                         "of its C++ wrapper (the default), as a row of its own: what cpp_wrapper buys")
     ap.add_argument("--out", help="JSON file or folder (default: docs/results/benchmarks/, one file per CPU and "
                                   "capability class)")
     return ap.parse_args(argv)
@@ -127,6 +131,7 @@ def main(argv=None) -> int:
     from compresso.strategies.distill.modeling import build_student, default_layers
     from compresso.strategies.quantize import QuantizeParams, QuantizeStrategy, cpu
     from compresso.strategies.quantize.backends import BACKENDS
+    from compresso.strategies.quantize.modeling import GraphModel
     from compresso.strategies.quantize.saving import versions
     from compresso.strategy import ModelBundle, RunContext, StrategyError
 
@@ -191,7 +196,18 @@ def main(argv=None) -> int:
             models[name] = int8.model
             sizes[name] = weights_bytes(tmp / case / "saved")
             rows_extra[name] = {"backend": backend, "method": method, "quantize_seconds": round(time.perf_counter() - t0, 1),
-                                "check_vs_fp32_student": int8.model._check}
+                                "check_vs_fp32_student": int8.model._check,
+                                "inductor_options": getattr(int8.model, "inductor_options", None)}
+            if args.compare_python_wrapper and isinstance(int8.model, GraphModel):
+                variant = f"{name} (python wrapper)"
+                options = {**int8.model.inductor_options, "cpp_wrapper": False}
+                # a copy of the graph: compiled code is cached per graph, so the same graph would reuse the first's
+                models[variant] = GraphModel(copy.deepcopy(int8.model.graph), int8.model.config, int8.model.input_names,
+                                             int8.model.output_key, int8.model.output_class, method, backend,
+                                             inductor_options=options)
+                sizes[variant] = sizes[name]
+                rows_extra[variant] = {"backend": backend, "method": method, "variant": "python wrapper",
+                                       "inductor_options": options}
 
     docs = [d for _, d in zip(range(64), iter_documents(args.corpus, part="all"))]
     encs = {b: dict(tokenizer(docs[:b], truncation=True, max_length=args.seq_len, padding="max_length",
@@ -223,7 +239,7 @@ def main(argv=None) -> int:
             cells += [f"{t['median_ms']:.1f} [{t['q1_ms']:.1f}–{t['q3_ms']:.1f}]", f"{row['speedup_vs_teacher'][str(b)]:.2f}×"]
         table.add_row(name, *cells, f"{sizes[name] / 1e6:.2f}", f"{row['size_ratio_vs_teacher']:.1%}")
     console.print(table)
-    int8_rows = [r for r in rows if r["model"].startswith("int8")]
+    int8_rows = [r for r in rows if r["model"].startswith("int8") and "variant" not in r]
     fastest = {str(b): min(int8_rows, key=lambda r: r["latency"][str(b)]["median_ms"])["model"] if int8_rows else None
                for b in args.batch_sizes}
     auto = cpu.AUTO_CHOICE[cpu.capability_class()]
