@@ -105,15 +105,18 @@ class GraphModel(QuantizedModel):
 
     def __init__(self, graph: torch.nn.Module, config, input_names: list[str], output_key: str,
                  output_class: str, method: str, backend: str, compile: bool = True,
-                 inductor_options: dict | None = None):
+                 inductor_options: dict | None = None, compiled_graph: torch.nn.Module | None = None):
         super().__init__(config, input_names, output_key, output_class, method)
         self.graph = graph
         self.backend = backend
         self.compiled = compile
         self.inductor_options = dict(INDUCTOR_OPTIONS if inductor_options is None else inductor_options)
+        # What inductor compiles: the graph itself, or an equivalent form of it made for speed
+        # (``compiled_graph``: inc's with the query/key/value products merged); ``graph`` stays the reference.
         # dynamic=True: one graph for all shapes (batch 1 gets its own); without it every new
         # (batch, length) pair recompiles, which evaluation with length-sorted batches would pay for.
-        self._run = torch.compile(graph, dynamic=True) if compile else graph
+        self._run = torch.compile(graph if compiled_graph is None else compiled_graph, dynamic=True) if compile \
+            else graph
 
     def run(self, args: list[torch.Tensor]) -> torch.Tensor:
         # Patched per call (not set globally) because compilation happens lazily, at the first call of a shape.
