@@ -123,11 +123,16 @@ def timing(models: dict, encs: dict, args) -> dict:
     return result
 
 
-def lever_variants(model, backend) -> list[tuple[str, dict, bool]]:
-    """(row suffix, inductor options, merged q/k/v) for each default lever turned off alone."""
+def merges_qkv(backend) -> bool:
+    """Whether the backend compiles a form of its graph with the q/k/v products merged (inc; not torchao)."""
     from compresso.strategies.quantize.backends.torch_graph import TorchGraphBackend
 
-    merges = type(backend).compiled_form is not TorchGraphBackend.compiled_form  # inc merges q/k/v, torchao does not
+    return type(backend).compiled_form is not TorchGraphBackend.compiled_form
+
+
+def lever_variants(model, backend) -> list[tuple[str, dict, bool]]:
+    """(row suffix, inductor options, merged q/k/v) for each default lever turned off alone."""
+    merges = merges_qkv(backend)
     variants = [("python wrapper", {**model.inductor_options, "cpp_wrapper": False}, merges)]
     if merges:
         variants.append(("separate q/k/v products", dict(model.inductor_options), False))
@@ -233,7 +238,7 @@ def main(argv=None) -> int:
                                 "check_vs_fp32_student": int8.model._check,
                                 "inductor_options": getattr(int8.model, "inductor_options", None)}
             if isinstance(int8.model, GraphModel):
-                rows_extra[name]["merged_qkv"] = lever_variants(int8.model, get_backend(backend))[-1][0] != "python wrapper"
+                rows_extra[name]["merged_qkv"] = merges_qkv(get_backend(backend))
             if args.compare_levers and isinstance(int8.model, GraphModel):
                 for variant, options, merged in lever_variants(int8.model, get_backend(backend)):
                     models[f"{name} ({variant})"] = variant_model(int8.model, get_backend(backend), options, merged)
