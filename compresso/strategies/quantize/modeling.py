@@ -92,11 +92,11 @@ INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
 """How inductor compiles the torch INT8 graphs. ``freezing`` folds each quantize/dequantize pair
 around a Linear into one prepacked oneDNN int8 linear (with bias, GELU, residual add and the next
 quantize fused into it); without it the int8 arithmetic runs as fp32 ops. ``cpp_wrapper`` makes
-the generated graph call its kernels from C++ instead of Python: about 5% less CPU time per call at
-batch 1 × 128 tokens on the 6-layer student, no difference at batch 8 (benchmarks/quantize_cpu.py
-``--compare-python-wrapper`` measures it). ``max_autotune`` with the CPP GEMM template is not used:
-its AVX-512 VNNI int8 micro-kernel was faster at batch 1 but changed the student's logits by up to
-0.3 (0.005 without it) on torch 2.13."""
+the generated graph call its kernels from C++ instead of Python: about 5% less time per call at
+batch 1 × 128 tokens on the 6-layer student with AVX-512 VNNI, none at batch 8
+(``benchmarks/quantize_cpu.py --compare-levers`` measures it; docs/quantization.md). ``max_autotune``
+with the CPP GEMM template is not used: its AVX-512 VNNI int8 micro-kernel was faster at batch 1
+but changed the student's logits by up to 0.3 (0.005 without it) on torch 2.13."""
 
 
 class GraphModel(QuantizedModel):
