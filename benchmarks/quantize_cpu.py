@@ -18,6 +18,12 @@ layers, hidden 256, 16k vocabulary), calibration and inputs from the ``ro-corpus
     python benchmarks/quantize_cpu.py --emulate-avx2                   # torch/oneDNN/MKL capped at AVX2
     taskset -c 0,1 python benchmarks/quantize_cpu.py --threads 2 --teacher ... --corpus ...
 
+``--compare-levers`` adds, for each torch INT8 graph, a row per compile-time lever turned off (the
+Python wrapper instead of inductor's C++ wrapper; for inc, separate query/key/value products instead
+of one merged product), all interleaved with the rest. ``--clock cpu`` times the process's CPU time
+instead of elapsed time: with ``--threads 1`` a comparison of models that a busy machine disturbs far
+less (not a latency figure).
+
 ``--emulate-avx2`` sets ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2 and
 MKL_ENABLE_INSTRUCTIONS=AVX2 before torch loads, and checks that they took effect (torch's reported
 capability, oneDNN's verbose ISA line). ONNX Runtime's MLAS kernels dispatch on CPUID and have no
@@ -27,6 +33,7 @@ such switch: under emulation the ort rows still use the machine's full ISA; the 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -59,8 +66,16 @@ def parse_args(argv=None):
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=30, help="timed calls per model and batch size")
     ap.add_argument("--rounds", type=int, default=5, help="blocks the repeats are split into (interleaved)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: elapsed time (what a user waits; needs a quiet machine). cpu: CPU time of this process, "
+                         "with --threads 1 a comparison that other processes on a busy machine disturb far less "
+                         "(not a latency)")
     ap.add_argument("--emulate-avx2", action="store_true",
                     help="cap torch, oneDNN and MKL at AVX2 (set before torch loads; ONNX Runtime is not capped)")
+    ap.add_argument("--compare-levers", action="store_true",
+                    help="also time each torch INT8 graph (inc, torchao) without each of the compile-time levers that "
+                         "are on by default, as rows of their own: inductor's Python wrapper instead of its C++ wrapper; "
+                         "(inc) the query, key and value products kept separate instead of merged")
     ap.add_argument("--out", help="JSON file or folder (default: docs/results/benchmarks/, one file per CPU and "
                                   "capability class)")
     return ap.parse_args(argv)
@@ -84,6 +99,7 @@ def timing(models: dict, encs: dict, args) -> dict:
 
     result: dict = {name: {} for name in models}
     per_block = max(1, args.repeats // args.rounds)
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     with torch.inference_mode():
         for batch_size, enc in encs.items():
             for model in models.values():
@@ -97,14 +113,41 @@ def timing(models: dict, encs: dict, args) -> dict:
                 for name, model in models.items():
                     model(**enc)
                     for _ in range(per_block):
-                        t = time.perf_counter()
+                        t = clock()
                         model(**enc)
-                        times[name].append((time.perf_counter() - t) * 1000)
+                        times[name].append((clock() - t) * 1000)
             for name, ts in times.items():
                 q1, median, q3 = statistics.quantiles(ts, n=4)
                 result[name][batch_size] = {"median_ms": statistics.median(ts), "q1_ms": q1, "q3_ms": q3,
                                             "min_ms": min(ts), "calls": len(ts)}
     return result
+
+
+def merges_qkv(backend) -> bool:
+    """Whether the backend compiles a form of its graph with the q/k/v products merged (inc; not torchao)."""
+    from compresso.strategies.quantize.backends.torch_graph import TorchGraphBackend
+
+    return type(backend).compiled_form is not TorchGraphBackend.compiled_form
+
+
+def lever_variants(model, backend) -> list[tuple[str, dict, bool]]:
+    """(row suffix, inductor options, merged q/k/v) for each default lever turned off alone."""
+    merges = merges_qkv(backend)
+    variants = [("python wrapper", {**model.inductor_options, "cpp_wrapper": False}, merges)]
+    if merges:
+        variants.append(("separate q/k/v products", dict(model.inductor_options), False))
+    return variants
+
+
+def variant_model(model, backend, options: dict, merged: bool):
+    """The INT8 model compiled anew with other settings: a copy of its graph, since compiled code is
+    cached per graph (the same graph would reuse the first compilation)."""
+    from compresso.strategies.quantize.modeling import GraphModel
+
+    graph = copy.deepcopy(model.graph)
+    return GraphModel(graph, model.config, model.input_names, model.output_key, model.output_class, model.method,
+                      model.backend, inductor_options=options,
+                      compiled_graph=backend.compiled_form(graph) if merged else None)
 
 
 def weights_bytes(folder: Path) -> int:
@@ -126,7 +169,8 @@ def main(argv=None) -> int:
     from compresso.models import save_bundle
     from compresso.strategies.distill.modeling import build_student, default_layers
     from compresso.strategies.quantize import QuantizeParams, QuantizeStrategy, cpu
-    from compresso.strategies.quantize.backends import BACKENDS
+    from compresso.strategies.quantize.backends import BACKENDS, get_backend
+    from compresso.strategies.quantize.modeling import GraphModel
     from compresso.strategies.quantize.saving import versions
     from compresso.strategy import ModelBundle, RunContext, StrategyError
 
@@ -191,7 +235,16 @@ def main(argv=None) -> int:
             models[name] = int8.model
             sizes[name] = weights_bytes(tmp / case / "saved")
             rows_extra[name] = {"backend": backend, "method": method, "quantize_seconds": round(time.perf_counter() - t0, 1),
-                                "check_vs_fp32_student": int8.model._check}
+                                "check_vs_fp32_student": int8.model._check,
+                                "inductor_options": getattr(int8.model, "inductor_options", None)}
+            if isinstance(int8.model, GraphModel):
+                rows_extra[name]["merged_qkv"] = merges_qkv(get_backend(backend))
+            if args.compare_levers and isinstance(int8.model, GraphModel):
+                for variant, options, merged in lever_variants(int8.model, get_backend(backend)):
+                    models[f"{name} ({variant})"] = variant_model(int8.model, get_backend(backend), options, merged)
+                    sizes[f"{name} ({variant})"] = sizes[name]
+                    rows_extra[f"{name} ({variant})"] = {"backend": backend, "method": method, "variant": variant,
+                                                         "inductor_options": options, "merged_qkv": merged}
 
     docs = [d for _, d in zip(range(64), iter_documents(args.corpus, part="all"))]
     encs = {b: dict(tokenizer(docs[:b], truncation=True, max_length=args.seq_len, padding="max_length",
@@ -223,7 +276,7 @@ def main(argv=None) -> int:
             cells += [f"{t['median_ms']:.1f} [{t['q1_ms']:.1f}–{t['q3_ms']:.1f}]", f"{row['speedup_vs_teacher'][str(b)]:.2f}×"]
         table.add_row(name, *cells, f"{sizes[name] / 1e6:.2f}", f"{row['size_ratio_vs_teacher']:.1%}")
     console.print(table)
-    int8_rows = [r for r in rows if r["model"].startswith("int8")]
+    int8_rows = [r for r in rows if r["model"].startswith("int8") and "variant" not in r]
     fastest = {str(b): min(int8_rows, key=lambda r: r["latency"][str(b)]["median_ms"])["model"] if int8_rows else None
                for b in args.batch_sizes}
     auto = cpu.AUTO_CHOICE[cpu.capability_class()]
@@ -237,7 +290,7 @@ def main(argv=None) -> int:
         "benchmark": "quantize_cpu", "teacher": args.teacher, "corpus": args.corpus, "student_layers": layers,
         "seq_len": args.seq_len, "batch_sizes": args.batch_sizes, "threads": args.threads,
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds,
+        "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds, "clock": args.clock,
         "calibration_documents": args.num_samples, "rows": rows, "skipped": skipped, "fastest_int8": fastest,
         "auto_choice": {"capability_class": cpu.capability_class(), "backend": auto[0], "method": auto[1]},
         "cpu": cpu_info, "emulation": emulation,
@@ -266,7 +319,8 @@ def markdown(result: dict, json_name: str) -> str:
     lines = [
         f"**{cpu_info['model']}**, class `{cpu_info['capability_class']}` (flags {', '.join(cpu_info['flags'])})"
         f"{emulated}; {result['threads']} threads (CPUs {result['affinity']}), sequence {result['seq_len']}, "
-        f"median [interquartile range] of {result['repeats']} calls in {result['rounds']} interleaved rounds; "
+        f"median [interquartile range] of {result['repeats']} calls in {result['rounds']} interleaved rounds"
+        f"{' (**CPU time** of the process, not latency)' if result.get('clock') == 'cpu' else ''}; "
         f"load average {machine['load_average_before'][0]:.1f} → {machine['load_average_after'][0]:.1f}"
         f"{' (**busy machine: not a speed claim**)' if machine['busy'] else ''}; "
         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + f". Source: [{json_name}]({json_name}).",

@@ -255,6 +255,30 @@ def test_compiled_int8_kernels_match_the_reference_graph(tokenizer, corpus, tmp_
         torch.testing.assert_close(logits(reloaded, enc), logits(compiled.model, enc), rtol=0, atol=1e-5)
 
 
+def test_query_key_value_products_merge_into_one_with_the_same_numbers(tokenizer, corpus, tmp_path):
+    """What inductor compiles for inc: each layer's int8 q/k/v linears as one product and a split."""
+    from compresso.strategies.quantize.backends.fusion import concat_shared_input_linears
+
+    model = make(BertForSequenceClassification, tokenizer, num_labels=3)
+    # layer 1's value projection stays fp32: only its query and key merge
+    out, _ = quantize(model, tokenizer, tmp_path, calibration=cal(corpus),
+                      exclude=["classifier", "bert.encoder.layer.1.attention.self.value"])
+    graph = out.model.graph
+    fused, merged = concat_shared_input_linears(graph)
+    assert merged == 2
+
+    def count(g):
+        return sum(n.target == torch.ops.aten.linear.default for n in g.graph.nodes)
+
+    assert count(fused) == count(graph) - 3  # 3 → 1 in layer 0, 2 → 1 in layer 1
+    assert concat_shared_input_linears(graph)[1] == 2  # the original graph was left as it was
+    for texts in (sentences(1, seed=21), sentences(5, seed=22)):
+        enc = batch(tokenizer, texts)
+        args = [enc[n] for n in out.model.input_names]
+        with torch.no_grad():
+            torch.testing.assert_close(fused(*args), graph(*args), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("backend", ["inc", "ort"])
 def test_pruned_model_with_irregular_layers_round_trips(tokenizer, corpus, tmp_path, backend):
     from compresso.strategies.prune import PruneParams, PruneStrategy

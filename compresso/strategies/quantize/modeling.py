@@ -88,24 +88,39 @@ class QuantizedModel(torch.nn.Module):
         return self
 
 
+INDUCTOR_OPTIONS = {"freezing": True, "cpp_wrapper": True}
+"""How inductor compiles the torch INT8 graphs. ``freezing`` folds each quantize/dequantize pair
+around a Linear into one prepacked oneDNN int8 linear (with bias, GELU, residual add and the next
+quantize fused into it); without it the int8 arithmetic runs as fp32 ops. ``cpp_wrapper`` makes
+the generated graph call its kernels from C++ instead of Python: about 5% less time per call at
+batch 1 × 128 tokens on the 6-layer student with AVX-512 VNNI, none at batch 8
+(``benchmarks/quantize_cpu.py --compare-levers`` measures it; docs/quantization.md). ``max_autotune``
+with the CPP GEMM template is not used: its AVX-512 VNNI int8 micro-kernel was faster at batch 1
+but changed the student's logits by up to 0.3 (0.005 without it) on torch 2.13."""
+
+
 class GraphModel(QuantizedModel):
     """A torch INT8 graph (INC's converted PT2E graph, or the model with torchao int8 tensors),
     compiled by inductor with ``freezing`` so that oneDNN int8 kernels run."""
 
     def __init__(self, graph: torch.nn.Module, config, input_names: list[str], output_key: str,
-                 output_class: str, method: str, backend: str, compile: bool = True):
+                 output_class: str, method: str, backend: str, compile: bool = True,
+                 inductor_options: dict | None = None, compiled_graph: torch.nn.Module | None = None):
         super().__init__(config, input_names, output_key, output_class, method)
         self.graph = graph
         self.backend = backend
         self.compiled = compile
+        self.inductor_options = dict(INDUCTOR_OPTIONS if inductor_options is None else inductor_options)
+        # What inductor compiles: the graph itself, or an equivalent form of it made for speed
+        # (``compiled_graph``: inc's with the query/key/value products merged); ``graph`` stays the reference.
         # dynamic=True: one graph for all shapes (batch 1 gets its own); without it every new
         # (batch, length) pair recompiles, which evaluation with length-sorted batches would pay for.
-        self._run = torch.compile(graph, dynamic=True) if compile else graph
+        self._run = torch.compile(graph if compiled_graph is None else compiled_graph, dynamic=True) if compile \
+            else graph
 
     def run(self, args: list[torch.Tensor]) -> torch.Tensor:
-        # freezing lets inductor fold weight quantization into prepacked oneDNN int8 kernels; patched
-        # per call (not set globally) because compilation happens lazily, at the first call of a shape.
-        patch = torch._inductor.config.patch(freezing=True) if self.compiled else contextlib.nullcontext()
+        # Patched per call (not set globally) because compilation happens lazily, at the first call of a shape.
+        patch = torch._inductor.config.patch(**self.inductor_options) if self.compiled else contextlib.nullcontext()
         with torch.no_grad(), patch, warnings.catch_warnings():
             # compile-time chatter of inductor's oneDNN lowering and of dynamo about transformers' globals
             warnings.filterwarnings("ignore", message="To copy construct from a tensor")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from compresso.strategies.quantize.backends.base import Job, quiet_backends
+from compresso.strategies.quantize.backends.fusion import concat_shared_input_linears
 from compresso.strategies.quantize.backends.torch_graph import (
     OBSERVER_PREFIX,
     TorchGraphBackend,
@@ -61,6 +62,10 @@ class IncBackend(TorchGraphBackend):
         if unexpected:
             raise StrategyError(f"{path}: observer statistics {unexpected[:3]} do not fit the rebuilt graph")
         return convert(prepared), state
+
+    def compiled_form(self, graph):
+        # one int8 product for each layer's query, key and value projections (same numbers, fewer calls)
+        return concat_shared_input_linears(graph)[0]
 
     def weight_int8(self, qmodel: GraphModel):
         """Computed by the very quantize op and qparams of the converted graph, so that de-quantizing

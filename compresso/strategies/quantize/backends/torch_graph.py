@@ -39,6 +39,10 @@ class TorchGraphBackend(Backend):
     def weight_int8(self, qmodel: GraphModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Weight name → (int8 values, per-channel scales) as the graph computes with them."""
 
+    def compiled_form(self, graph: torch.nn.Module) -> torch.nn.Module:
+        """What inductor compiles for ``graph``: an equivalent graph that runs faster, or ``graph``."""
+        return graph
+
     def reloaded_later(self, meta: dict) -> set[str]:
         """Keys written into the model by ``rebuild`` rather than loaded as fp32 first."""
         return set()
@@ -46,7 +50,7 @@ class TorchGraphBackend(Backend):
     def quantize(self, job: Job, compile: bool) -> GraphModel:
         graph, observers, state = self.build(job)
         qmodel = GraphModel(graph, job.fp32.config, job.input_names, job.output_key, job.output_class, job.method,
-                            self.name, compile)
+                            self.name, compile, compiled_graph=self.compiled_form(graph) if compile else None)
         qmodel.saved.update(fp32=job.fp32, observers=observers, observer_state=state, quantized=job.quantized,
                             excluded=job.excluded)
         return qmodel
@@ -78,7 +82,7 @@ class TorchGraphBackend(Backend):
         _load_fp32_state(fp32, tensors, weights, self.reloaded_later(meta))
         graph, state = self.rebuild(fp32, tensors, meta, path)
         qmodel = GraphModel(graph, config, meta["input_names"], meta["output_key"], meta["output_class"],
-                            meta["method"], self.name, compile)
+                            meta["method"], self.name, compile, compiled_graph=self.compiled_form(graph) if compile else None)
         emb_name = meta.get("embedding_int8")
         qmodel.saved.update(fp32=fp32, observers=meta.get("observers") or {}, observer_state=state,
                             quantized=meta["quantized_linear"], excluded=meta["excluded_linear"],
