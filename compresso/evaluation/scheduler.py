@@ -207,6 +207,6 @@ def estimated_cost(steps: float, tokens_per_sequence: float, encoder_calls: int 
     A small encoder's training step is bound by kernel launches on a GPU, so its cost is about
     fixed per encoder call and layer, plus a part that grows with the tokens of a sequence (long
     documents, e.g. MOROCO's, fill the GPU for real). Measured on an H200 with 14 jobs at once
-    (docs/results/distilmulti_ro_fixtures_3seeds): ~0.075 s per step of a 12-layer teacher for
+    (docs/results/previous_3seeds_cross_encoder): ~0.075 s per step of a 12-layer teacher for
     every task but DI, and DI's 512-token steps about 2.5 times that."""
     return steps * layers * (encoder_calls + tokens_per_sequence / 256)
