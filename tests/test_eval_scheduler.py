@@ -1,6 +1,5 @@
 """The evaluation's job scheduler, tokenisation cache and paired bootstrap, on CPU."""
 
-import io
 import json
 import os
 import sys
@@ -10,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
 
 from compresso.evaluation import EvalModel, evaluate_models
 from compresso.evaluation.data import Example
@@ -23,7 +21,7 @@ from compresso.evaluation.statistics import (
     paired_bootstrap,
 )
 from compresso.evaluation.tasks import TASKS
-from tests.tiny import tiny_berts_with_tokenizer
+from tests.tiny import quiet, tiny_berts_with_tokenizer
 
 # --- the scheduler on its own -------------------------------------------------------------------
 
@@ -149,10 +147,6 @@ def test_bootstrap_hand_computed_cases():
 
 
 # --- the whole suite through the scheduler ------------------------------------------------------
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=120)
-
 
 @pytest.fixture(scope="module")
 def tiny(shared_dir, tmp_path_factory):

@@ -1,12 +1,10 @@
 """The siamese STS head (Sentence-BERT's cosine-similarity regression) on tiny models, on CPU."""
 
-import io
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from transformers import BertConfig, BertModel
 
 from compresso.evaluation import EvalModel, EvaluationError, evaluate_models
@@ -25,7 +23,7 @@ from compresso.evaluation.finetune import (
     task_loss,
 )
 from compresso.evaluation.tasks import TASKS
-from tests.tiny import tiny_berts_with_tokenizer, tiny_tokenizer
+from tests.tiny import quiet, tiny_berts_with_tokenizer, tiny_tokenizer
 
 PAIRS = [Example("casa mare", 4.0, "o casa mare"), Example("om", 1.0, "oameni la drum pe apa în bucurești ziua și noaptea"),
          Example("românia este frumos", 5.0, "românia este frumos"), Example("ziua", 0.0, "noaptea apa mare")]
@@ -111,10 +109,6 @@ def test_negative_cosines_are_clipped_to_zero():
     enc = encode(TASKS["sts"], PAIRS[:2], tok, max_length=64, label_index=None, pairs_apart=True)
     pred = predict(Opposed(_encoder(tok)), enc, TASKS["sts"], torch.device("cpu"), 8, 0, None)
     assert pred.values.tolist() == [0.0, 0.0]
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=120)
 
 
 @pytest.fixture(scope="module")

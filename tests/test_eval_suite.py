@@ -1,14 +1,12 @@
 """The evaluation suite end to end on small slices of the real data, with tiny models built here
 (the cased fixture teacher's tokenizer, random weights), on CPU."""
 
-import io
 import json
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from rich.console import Console
 
 from compresso import registry
 from compresso.evaluation import EvalModel, EvaluationError, evaluate_models
@@ -23,14 +21,10 @@ from compresso.strategy import (
     StrategyError,
     StrategyParams,
 )
-from tests.tiny import tiny_berts_with_tokenizer
+from tests.tiny import quiet, tiny_berts_with_tokenizer
 
 pytestmark = pytest.mark.shared
 
-
-
-def quiet() -> Console:
-    return Console(file=io.StringIO(), width=120)
 
 
 @pytest.fixture(scope="module")

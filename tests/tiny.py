@@ -112,3 +112,12 @@ def tiny_berts_with_tokenizer(tokenizer_dir: Path, root: Path, layers: dict[str,
         tok.save_pretrained(root / name)
         paths[name] = str(root / name)
     return paths
+
+
+def quiet():
+    """A rich console that prints nowhere (the suite's logs, kept out of the test output)."""
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), width=120)

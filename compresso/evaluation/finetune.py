@@ -49,32 +49,29 @@ class Predictions:
         return [rows[self.offsets[i]:self.offsets[i + 1]] for i in range(len(self.offsets) - 1)]
 
 
-def as_logits(output) -> torch.Tensor:
-    """Logits from whatever a model returns: a tensor, a ModelOutput, a dict or a tuple."""
+def _output_tensor(output, name: str) -> torch.Tensor:
+    """``output.name`` from whatever a model returns: a tensor (itself), a ModelOutput, a dict or a
+    tuple (its first tensor)."""
     if isinstance(output, torch.Tensor):
         return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, dict) and "logits" in output:
-        return output["logits"]
+    value = getattr(output, name, None)
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(output, dict) and name in output:
+        return output[name]
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
+    raise TypeError(f"cannot find {name} in a model output of type {type(output).__name__}")
+
+
+def as_logits(output) -> torch.Tensor:
+    """Logits from whatever a model returns."""
+    return _output_tensor(output, "logits")
 
 
 def hidden_states(output) -> torch.Tensor:
     """The last hidden states [batch, tokens, hidden] from what an encoder returns."""
-    if isinstance(output, torch.Tensor):
-        return output
-    states = getattr(output, "last_hidden_state", None)
-    if isinstance(states, torch.Tensor):
-        return states
-    if isinstance(output, dict) and "last_hidden_state" in output:
-        return output["last_hidden_state"]
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(f"cannot find hidden states in an encoder output of type {type(output).__name__}")
+    return _output_tensor(output, "last_hidden_state")
 
 
 def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
