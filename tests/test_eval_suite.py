@@ -202,16 +202,19 @@ def test_real_int8_quantization_is_scored_after_finetuning(tiny, shared_dir, tmp
     params = {"method": "dynamic", "compile": False}
     models = [EvalModel("tinyB", tiny["tinyB"], "student"),
               EvalModel("tinyB-int8", str(tmp_path / "not-saved"), "student", "quantize", tiny["tinyB"], params)]
-    results = evaluate_models(models, quick(shared_dir, tasks=["upos", "sapn"], efficiency=False,
+    # STS included: the siamese head is put back around the quantized bare encoder.
+    results = evaluate_models(models, quick(shared_dir, tasks=["upos", "sapn", "sts"], efficiency=False,
                                             models=["tinyB", "tinyB-int8"]),
                               {"plots": False}, tmp_path / "out", torch.device("cpu"), 1, quiet())
     assert results["errors"] == []
-    for task in ("upos", "sapn"):
+    for task in ("upos", "sapn", "sts"):
         entry = results["scores"]["tinyB-int8"][task]
         assert entry["runs"][0]["reapplied"] == "quantize"
         assert entry["input_metrics"] == results["scores"]["tinyB"][task]["metrics"]
     to_input = {e["task"]: e for e in results["loyalty"] if e["relation"] == "input"}
     assert to_input["upos"]["label"]["mean"] > 0.9 and to_input["sapn"]["probability"]["mean"] > 0.9
+    assert results["scores"]["tinyB-int8"]["sts"]["runs"][0]["settings"]["head"] == "siamese"
+    assert to_input["sts"]["regression"]["mean"] > 0.9
 
 
 def test_unknown_model_names_are_rejected(tiny, shared_dir, tmp_path):
@@ -258,3 +261,26 @@ def test_recipe_sections_are_validated_with_lines(tmp_path):
     assert "r.yaml:6: evaluate.tasks: unknown task(s) bogus; known: upos" in text
     assert "r.yaml:8: evaluate.finetune.lrr: unknown key" in text
     assert "r.yaml:10: report.plots" in text
+
+
+def test_static_int8_reapplied_around_the_siamese_sts_head(tiny, shared_dir, tmp_path):
+    """Static INT8 (neural-compressor, calibrated) on the bare encoder under the siamese STS head: BERT's
+    unused pooler must not reach the calibration (it once raised IndexError there)."""
+    try:
+        registry.get("quantize")
+    except (registry.UnknownStrategy, registry.StrategyImportError) as exc:
+        pytest.skip(f"quantize strategy unavailable: {exc}")
+    pytest.importorskip("neural_compressor")
+    corpus = sorted((shared_dir / "corpus").glob("*.txt*"))[:1]
+    params = {"method": "static", "backend": "inc", "compile": False,
+              "calibration": {"corpus": [str(c) for c in corpus], "num_samples": 8, "check_samples": 4,
+                              "scan_documents": 200}}
+    models = [EvalModel("tinyB", tiny["tinyB"], "student"),
+              EvalModel("tinyB-int8", str(tmp_path / "not-saved"), "student", "quantize", tiny["tinyB"], params)]
+    results = evaluate_models(models, quick(shared_dir, tasks=["sts"], efficiency=False,
+                                            models=["tinyB", "tinyB-int8"]),
+                              {"plots": False}, tmp_path / "out", torch.device("cpu"), 1, quiet())
+    assert results["errors"] == []
+    assert results["scores"]["tinyB-int8"]["sts"]["runs"][0]["reapplied"] == "quantize"
+    to_input = [e for e in results["loyalty"] if e["relation"] == "input" and e["task"] == "sts"]
+    assert to_input and to_input[0]["regression"]["mean"] > 0.9
