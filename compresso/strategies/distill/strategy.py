@@ -273,6 +273,14 @@ class DistillStrategy(CompressionStrategy):
             result = trainer.train()
         except CorpusError as exc:
             raise StrategyError(f"distill: {exc}") from None
+        except Exception as exc:
+            if compiled and is_compile_failure(exc):
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise StrategyError(
+                    f"distill: torch.compile failed on this machine ({type(exc).__name__}: {first}); "
+                    f"`compile` is {p.compile!r} — set `compile: false` in this stage's params to train "
+                    "without it (a rerun resumes from the last checkpoint, if there is one)") from exc
+            raise
 
         after = cosine = None
         if ctx.is_main and heldout_batches:
@@ -428,3 +436,11 @@ def compiles_on(setting: bool | str, device: torch.device) -> bool:
     """``compile: auto`` means on CUDA devices: it paid there (docs/performance.md); on a CPU inductor's
     compile time outweighs the gain for the short runs CPUs are used for."""
     return setting is True or (setting == "auto" and device.type == "cuda")
+
+
+def is_compile_failure(exc: BaseException) -> bool:
+    """An error raised by torch.compile itself (dynamo tracing, or the inductor backend: no C++ compiler,
+    no Triton for this GPU), not by the model's own code."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    return isinstance(exc, TorchDynamoException)
