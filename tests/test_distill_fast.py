@@ -163,7 +163,7 @@ def test_compile_auto_means_cuda_only():
     assert compiles_on(True, torch.device("cpu")) and not compiles_on(False, torch.device("cuda"))
 
 
-def test_a_machine_where_compile_fails_gets_a_clear_error(tiny, tmp_path, monkeypatch):
+def test_a_machine_where_compile_fails_gets_a_clear_error(tiny, tmp_path):
     """No working C++ compiler for inductor (a real case on slim images): the stage stops with a message
     that names `compile: false`, not a backend traceback."""
     import torch._dynamo
@@ -173,12 +173,12 @@ def test_a_machine_where_compile_fails_gets_a_clear_error(tiny, tmp_path, monkey
     from compresso.strategy import StrategyError
     from tests.test_distill import make_ctx, small_params
 
-    torch._dynamo.reset()
-    monkeypatch.setattr(inductor_config, "fx_graph_cache", False)
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("compresso-no-such-compiler",))
     params = DistillStrategy.Params(**small_params(tiny["corpus"], max_steps=2, checkpoint_every=2,
                                                    heldout_documents=0, compile=True))
-    with pytest.raises(StrategyError, match="set `compile: false`"):
-        DistillStrategy(params).apply(load_bundle(tiny["cased"]),
-                                      make_ctx(tmp_path, {"cased": tiny["cased"]}, name="nocxx"))
+    torch._dynamo.reset()
+    # inductor's own patch (restores its config exactly; pytest's monkeypatch would delete the keys)
+    with inductor_config.patch({"fx_graph_cache": False, "cpp.cxx": ("compresso-no-such-compiler",)}):
+        with pytest.raises(StrategyError, match="set `compile: false`"):
+            DistillStrategy(params).apply(load_bundle(tiny["cased"]),
+                                          make_ctx(tmp_path, {"cased": tiny["cased"]}, name="nocxx"))
     torch._dynamo.reset()
