@@ -20,25 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from compresso.evaluation.report import format_stat, loyalty_cell, markdown_table  # noqa: E402
 from compresso.evaluation.tasks import TASKS  # noqa: E402
-
-
-def headline(task: str) -> str:
-    return TASKS[task].headline if task in TASKS else None
-
-
-def score_table(results: dict, names: dict[str, str]) -> str:
-    tasks = results["tasks"]
-    lines = ["| model | " + " | ".join(t.upper() for t in tasks) + " | mean of " + str(len(tasks)) + " |",
-             "| :--- | " + " | ".join("---:" for _ in tasks) + " | ---: |"]
-    for model in names:
-        cells, means = [], []
-        for t in tasks:
-            m = results["scores"][model][t]["metrics"][results_headline(results, t)]
-            cells.append(f"{m['mean']:.2f} ± {m['std']:.2f}")
-            means.append(m["mean"])
-        lines.append(f"| {names[model]} | " + " | ".join(cells) + f" | {sum(means) / len(means):.2f} |")
-    return "\n".join(lines)
 
 
 def results_headline(results: dict, task: str) -> str:
@@ -46,54 +29,47 @@ def results_headline(results: dict, task: str) -> str:
     for c in results["comparisons"]:
         if c["task"] == task:
             return c["metric"]
-    return headline(task)
+    return TASKS[task].headline if task in TASKS else None
+
+
+def score_table(results: dict, names: dict[str, str]) -> str:
+    tasks = results["tasks"]
+    rows = []
+    for model in names:
+        stats = [results["scores"][model][t]["metrics"][results_headline(results, t)] for t in tasks]
+        mean = sum(m["mean"] for m in stats) / len(stats)
+        rows.append([names[model], *(format_stat(m) for m in stats), f"{mean:.2f}"])
+    return markdown_table(["model", *(t.upper() for t in tasks), f"mean of {len(tasks)}"], rows)
+
+
+def _by_pair(entries: list[dict], first: str, second: str, names: dict[str, str]) -> dict[tuple, dict[str, dict]]:
+    """Entries of the named models grouped by (first, second) model, then by task."""
+    pairs: dict[tuple, dict[str, dict]] = {}
+    for e in entries:
+        if e[first] in names and e[second] in names:
+            pairs.setdefault((e[first], e[second]), {})[e["task"]] = e
+    return pairs
+
+
+def _difference_cell(c: dict | None) -> str:
+    if c is None:
+        return "–"
+    text = f"{c['difference']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]".replace("-", "−")
+    return f"**{text}**" if c["distinguishable"] else text
 
 
 def difference_table(results: dict, names: dict[str, str]) -> str:
     tasks = results["tasks"]
-    pairs: dict[tuple[str, str], dict[str, dict]] = {}
-    for c in results["comparisons"]:
-        if c["a"] in names and c["b"] in names:
-            pairs.setdefault((c["a"], c["b"]), {})[c["task"]] = c
-    lines = ["| A − B | " + " | ".join(t.upper() for t in tasks) + " |",
-             "| :--- | " + " | ".join("---:" for _ in tasks) + " |"]
-    for (a, b), by_task in pairs.items():
-        cells = []
-        for t in tasks:
-            c = by_task.get(t)
-            if c is None:
-                cells.append("–")
-                continue
-            text = f"{c['difference']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]".replace("-", "−")
-            cells.append(f"**{text}**" if c["distinguishable"] else text)
-        lines.append(f"| {names[a]} − {names[b]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[f"{names[a]} − {names[b]}", *(_difference_cell(by_task.get(t)) for t in tasks)]
+            for (a, b), by_task in _by_pair(results["comparisons"], "a", "b", names).items()]
+    return markdown_table(["A − B", *(t.upper() for t in tasks)], rows)
 
 
 def loyalty_table(results: dict, names: dict[str, str]) -> str:
     tasks = results["tasks"]
-    rows: dict[tuple[str, str], dict[str, dict]] = {}
-    for entry in results["loyalty"]:
-        if entry["student"] in names and entry["reference"] in names:
-            rows.setdefault((entry["student"], entry["reference"]), {})[entry["task"]] = entry
-    lines = ["| student → reference | " + " | ".join(t.upper() for t in tasks) + " |",
-             "| :--- | " + " | ".join(":---:" for _ in tasks) + " |"]
-
-    def ms(x: dict) -> str:
-        return f"{x['mean']:.3f} ± {x['std']:.3f}"
-
-    for (s, r), by_task in rows.items():
-        cells = []
-        for t in tasks:
-            e = by_task.get(t)
-            if e is None:
-                cells.append("–")
-            elif "regression" in e:
-                cells.append(ms(e["regression"]))
-            else:
-                cells.append(f"{ms(e['label'])} / {ms(e['probability'])}")
-        lines.append(f"| {names[s]} → {names[r]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [[f"{names[s]} → {names[r]}", *(loyalty_cell(by_task.get(t), 3) for t in tasks)]
+            for (s, r), by_task in _by_pair(results["loyalty"], "student", "reference", names).items()]
+    return markdown_table(["student → reference", *(t.upper() for t in tasks)], rows, ["l"] + ["c"] * len(tasks))
 
 
 def main(argv=None) -> str:

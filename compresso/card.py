@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from compresso.evaluation.report import format_stat
+from compresso.evaluation.report import format_stat, loyalty_cell, markdown_table
 
 if TYPE_CHECKING:
     from compresso.engine import RunResult, StageOutcome
@@ -35,9 +35,9 @@ def _looks_like_hub_id(ref: str) -> bool:
 
 
 def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> list[str]:
-    align = [":---" if i < numeric_from else "---:" for i in range(len(header))]
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"] + \
-        ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    """The report's Markdown table as card lines (text columns left, numbers right), a blank line after."""
+    align = ["l" if i < numeric_from else "r" for i in range(len(header))]
+    return markdown_table(header, rows, align).split("\n") + [""]
 
 
 def _non_default_params(strategy: str, params: dict) -> dict:
@@ -177,8 +177,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
         if loyal:
             rows = []
             for e in loyal:
-                cells = [format_stat(e.get(k), 3) for k in ("label", "probability", "regression") if e.get(k)]
-                rows.append([tasks.get(e["task"], {}).get("title", e["task"]), e["reference"], " / ".join(cells)])
+                rows.append([tasks.get(e["task"], {}).get("title", e["task"]), e["reference"], loyalty_cell(e, 3)])
             body += ["Loyalty (1 = predicts exactly what the reference predicts; label / probability loyalty, "
                      "or regression loyalty):", ""] + _table(["task", "reference", "loyalty"], rows, numeric_from=2)
         eff = ((evaluation or {}).get("efficiency") or {}).get("models", {}).get(name)

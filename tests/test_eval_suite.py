@@ -192,20 +192,24 @@ def test_reapplied_strategy_is_scored_after_finetuning(tiny, shared_dir, tmp_pat
     assert "tinyB-broken · upos" in report
 
 
-def test_real_int8_quantization_is_scored_after_finetuning(tiny, shared_dir, tmp_path):
-    """The contract with the quantize strategy: fine-tune fp32, quantize the task model, score it."""
+def _evaluate_tiny_int8(tiny, shared_dir, tmp_path, params: dict, tasks: list[str], needs: str) -> dict:
+    """tinyB and tinyB re-applied through the quantize strategy (``params``) after fine-tuning."""
     try:
         registry.get("quantize")
     except (registry.UnknownStrategy, registry.StrategyImportError) as exc:
         pytest.skip(f"quantize strategy unavailable: {exc}")
-    pytest.importorskip("torchao")
-    params = {"method": "dynamic", "compile": False}
+    pytest.importorskip(needs)
     models = [EvalModel("tinyB", tiny["tinyB"], "student"),
               EvalModel("tinyB-int8", str(tmp_path / "not-saved"), "student", "quantize", tiny["tinyB"], params)]
+    return evaluate_models(models, quick(shared_dir, tasks=tasks, efficiency=False, models=["tinyB", "tinyB-int8"]),
+                           {"plots": False}, tmp_path / "out", torch.device("cpu"), 1, quiet())
+
+
+def test_real_int8_quantization_is_scored_after_finetuning(tiny, shared_dir, tmp_path):
+    """The contract with the quantize strategy: fine-tune fp32, quantize the task model, score it."""
     # STS included: the siamese head is put back around the quantized bare encoder.
-    results = evaluate_models(models, quick(shared_dir, tasks=["upos", "sapn", "sts"], efficiency=False,
-                                            models=["tinyB", "tinyB-int8"]),
-                              {"plots": False}, tmp_path / "out", torch.device("cpu"), 1, quiet())
+    results = _evaluate_tiny_int8(tiny, shared_dir, tmp_path, {"method": "dynamic", "compile": False},
+                                  ["upos", "sapn", "sts"], needs="torchao")
     assert results["errors"] == []
     for task in ("upos", "sapn", "sts"):
         entry = results["scores"]["tinyB-int8"][task]
@@ -266,20 +270,11 @@ def test_recipe_sections_are_validated_with_lines(tmp_path):
 def test_static_int8_reapplied_around_the_siamese_sts_head(tiny, shared_dir, tmp_path):
     """Static INT8 (neural-compressor, calibrated) on the bare encoder under the siamese STS head: BERT's
     unused pooler must not reach the calibration (it once raised IndexError there)."""
-    try:
-        registry.get("quantize")
-    except (registry.UnknownStrategy, registry.StrategyImportError) as exc:
-        pytest.skip(f"quantize strategy unavailable: {exc}")
-    pytest.importorskip("neural_compressor")
     corpus = sorted((shared_dir / "corpus").glob("*.txt*"))[:1]
     params = {"method": "static", "backend": "inc", "compile": False,
               "calibration": {"corpus": [str(c) for c in corpus], "num_samples": 8, "check_samples": 4,
                               "scan_documents": 200}}
-    models = [EvalModel("tinyB", tiny["tinyB"], "student"),
-              EvalModel("tinyB-int8", str(tmp_path / "not-saved"), "student", "quantize", tiny["tinyB"], params)]
-    results = evaluate_models(models, quick(shared_dir, tasks=["sts"], efficiency=False,
-                                            models=["tinyB", "tinyB-int8"]),
-                              {"plots": False}, tmp_path / "out", torch.device("cpu"), 1, quiet())
+    results = _evaluate_tiny_int8(tiny, shared_dir, tmp_path, params, ["sts"], needs="neural_compressor")
     assert results["errors"] == []
     assert results["scores"]["tinyB-int8"]["sts"]["runs"][0]["reapplied"] == "quantize"
     to_input = [e for e in results["loyalty"] if e["relation"] == "input" and e["task"] == "sts"]

@@ -37,9 +37,10 @@ def _regression_range(task: dict) -> str:
     return f"regression {low:g}–{high:g}"
 
 
-def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+def markdown_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
+    """A Markdown table; ``align`` per column: l, r or c (default: first column left, the rest right)."""
     align = align or ["l"] + ["r"] * (len(header) - 1)
-    sep = ["---:" if a == "r" else ":---" for a in align]
+    sep = [{"l": ":---", "r": "---:", "c": ":---:"}[a] for a in align]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
@@ -91,7 +92,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
                 cell = f"**{cell}**"
             row.append(cell)
         rows.append(row)
-    out += [_table(header, rows), ""]
+    out += [markdown_table(header, rows), ""]
 
     # Every metric.
     out += ["### All metrics", ""]
@@ -102,7 +103,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
             keys.append((task, metric))
     rows = [[m["name"]] + [format_stat(scores.get(m["name"], {}).get(task, {}).get("metrics", {}).get(metric), d)
                            for task, metric in keys] for m in models]
-    out += [_table(header, rows), ""]
+    out += [markdown_table(header, rows), ""]
 
     reapplied = [(m, task) for m in models for task in tasks
                  if "input_metrics" in scores.get(m["name"], {}).get(task, {})]
@@ -116,7 +117,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
             before, after = e["input_metrics"][t["headline"]], e["metrics"][t["headline"]]
             rows.append([m["name"], m["strategy"], f"{t['title']} {METRIC_TITLES[t['headline']]}",
                          format_stat(before, d), format_stat(after, d), f"{after['mean'] - before['mean']:+.{d}f}"])
-        out += [_table(["model", "strategy", "metric", "before", "after", "Δ"], rows, list("lllrrr")), ""]
+        out += [markdown_table(["model", "strategy", "metric", "before", "after", "Δ"], rows, list("lllrrr")), ""]
 
     # Paired bootstrap differences.
     comparisons = results.get("comparisons") or []
@@ -133,7 +134,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
             cell = f"{c['difference']:+.{d}f} [{c['low']:+.{d}f}, {c['high']:+.{d}f}]"
             rows.append([t["title"], c["a"], c["b"], c["relation"], f"**{cell}**" if c["distinguishable"] else cell,
                          "yes" if c["distinguishable"] else "no"])
-        out += [_table(["task", "A", "B", "pair", "A − B [95% interval]", "distinguishable"], rows,
+        out += [markdown_table(["task", "A", "B", "pair", "A − B [95% interval]", "distinguishable"], rows,
                        list("lllllr")), ""]
 
     # Loyalty.
@@ -150,9 +151,9 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
                 row = [s]
                 for task in tasks:
                     e = next((x for x in entries if x["student"] == s and x["task"] == task), None)
-                    row.append(_loyalty_cell(e, d + 1))
+                    row.append(loyalty_cell(e, d + 1))
                 rows.append(row)
-            out += [title, "", _table(["student"] + [t["title"] for t in tasks.values()], rows), ""]
+            out += [title, "", markdown_table(["student"] + [t["title"] for t in tasks.values()], rows), ""]
 
     # Efficiency.
     if results.get("efficiency"):
@@ -167,7 +168,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
         s = t["sizes"]
         rows.append([t["title"], t["dataset"], str(s["train"]), str(s["validation"]), str(s["test"]),
                      str(t["classes"] or _regression_range(t)), "; ".join(t["notes"]) or "–"])
-    out += [_table(["task", "dataset", "train", "validation", "test", "classes", "notes"], rows,
+    out += [markdown_table(["task", "dataset", "train", "validation", "test", "classes", "notes"], rows,
                    list("llrrrll")), ""]
     sources = sorted({f"`{v}`" for t in tasks.values() for v in t["sources"].values() if v})
     out += ["Files: " + ", ".join(sources), ""]
@@ -183,7 +184,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
         rows.append([t["title"], f"{st.get('lr', 0):g}", str(st.get("epochs", "")),
                      str(st.get("patience") or "–"), str(st.get("batch_size", "")),
                      str(st.get("max_length", "")), f"{st.get('warmup_ratio', 0):g}", epochs or "–"])
-    out += [_table(["task", "lr", "epochs (max)", "patience", "batch", "max length", "warm-up",
+    out += [markdown_table(["task", "lr", "epochs (max)", "patience", "batch", "max length", "warm-up",
                     "best epoch / epochs run, per model and seed"], rows, list("lrrrrrrl")), ""]
     sched = results.get("scheduler")
     if sched:
@@ -216,7 +217,8 @@ def _group_loyalty(entries: list[dict]) -> dict[tuple, list[dict]]:
     return groups
 
 
-def _loyalty_cell(e: dict | None, decimals: int) -> str:
+def loyalty_cell(e: dict | None, decimals: int) -> str:
+    """label / probability loyalty, or regression loyalty, each mean ± std (``–`` when missing)."""
     if e is None:
         return "–"
     if "regression" in e:
