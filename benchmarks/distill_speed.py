@@ -36,6 +36,11 @@ Method
   * Model FLOPs utilisation (MFU): model FLOPs per step (formula below and in
     docs/performance.md) / median step time / ``--peak-tflops`` (default: 790 TFLOP/s, the dense
     bf16 figure the project uses for the H200; recorded in the JSON).
+  * ``--profile-steps N``: after the sync census, one more turn of N steps per configuration under
+    ``torch.profiler`` (CPU + CUDA), started and stopped in the runner's own thread (``ProfileCapture``);
+    summarised per ``compresso.*`` range of the step (``record_function`` ranges in the distill
+    trainer and losses) and top kernels as each result's ``profile``; ``cx* - c1*`` range by range
+    as each phase's ``profile_diff``. Not part of the step-time statistics.
   * The GPU: ``nvidia-smi`` (name, SM/memory clocks, utilisation, memory, power) before, between
     and after the phases, and the GPU's compute processes other than this one (should be none).
 
@@ -98,6 +103,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -271,6 +277,112 @@ class SyncCensus:
         return {"count": sum(sites.values()), "sites": dict(sorted(sites.items(), key=lambda kv: -kv[1]))}
 
 
+PROFILE_PREFIX = "compresso."  # the ranges compresso's distillation step marks (losses.py, trainer.py)
+# the ranges that do not nest in one another; together they are the step
+TOP_LEVEL_RANGE = re.compile(r"compresso\.(teacher\d+\.(same|cross)|student\.forward|loss\.head|loss\.hidden"
+                             r"|backward|optimizer)")
+
+
+class ProfileCapture:
+    """``torch.profiler`` over one turn of a runner, started and stopped in the runner's own thread:
+    a profiler started in another thread does not see that thread's operators (nor its
+    ``record_function`` ranges). Autograd's backward threads inherit the profiler from it."""
+
+    def __init__(self, device: torch.device):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.device = device
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        self.profiler = profile(activities=activities)
+        self.pending, self.running = True, False
+
+    @staticmethod
+    def initialise(device: torch.device) -> None:
+        """Start and stop a profiler once in the main thread: the profiler's backend (kineto)
+        initialises in the thread that registered it, and refuses when a runner thread is first."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities):
+            torch.zeros(1, device=device).add_(1)
+
+    def start(self) -> None:
+        self.pending = False
+        self.profiler.start()
+        self.running = True
+
+    def stop(self) -> None:
+        sync(self.device)  # the turn's kernels are done before the profiler collects them
+        self.profiler.stop()
+        self.running = False
+
+
+def summarise_profile(profiler, steps: int, wall_s: float, device: torch.device, n_ops: int = 15) -> dict:
+    """Per step: device time in all, every ``compresso.*`` range (device and CPU time, inclusive), and
+    the kernels with the most device time. Without a CUDA device the times are CPU times, and the
+    operators with the most self CPU time stand for the kernels.
+
+    A range's device time is the span of its GPU-side annotation (first kernel start to last
+    kernel end, idle gaps included) where the profiler records one, else the kernels launched under
+    its CPU range in the runner's thread (which misses kernels launched by autograd's own threads:
+    ``compresso.backward``'s work)."""
+    from torch.autograd import DeviceType
+
+    on_device = device.type == "cuda"
+
+    def per_step(us: float) -> float:  # µs summed over the turn -> ms per step
+        return round(us / 1000 / steps, 4)
+
+    ranges: dict[str, dict] = {}
+    for e in profiler.events():
+        if not e.name.startswith(PROFILE_PREFIX):
+            continue
+        r = ranges.setdefault(e.name, {"calls": 0, "cpu_us": 0.0, "kernel_us": 0.0, "span_us": 0.0, "spans": 0})
+        if e.device_type == DeviceType.CPU:
+            r["calls"] += 1
+            r["cpu_us"] += e.cpu_time_total
+            r["kernel_us"] += e.device_time_total
+        else:  # the GPU-side annotation of the range
+            r["span_us"] += e.time_range.elapsed_us()
+            r["spans"] += 1
+    regions = {}
+    for name in sorted(ranges):
+        r = ranges[name]
+        device_ms = None
+        if on_device:
+            device_ms = per_step(r["span_us"] if r["spans"] else r["kernel_us"])
+        regions[name] = {
+            "ms": device_ms if on_device else per_step(r["cpu_us"]),
+            "device_ms": device_ms,
+            "device_source": None if not on_device else ("gpu_annotation" if r["spans"] else "kernels_in_cpu_range"),
+            "kernel_ms": per_step(r["kernel_us"]) if on_device else None,
+            "cpu_ms": per_step(r["cpu_us"]), "calls_per_step": round(r["calls"] / steps, 3)}
+    # The host's wall time outside the top-level ranges (next batch, the benchmark's hook, the
+    # turn's closing sync); and on a GPU the top-level ranges' device time summed, to hold against
+    # the kernels' total (the ranges' spans count idle gaps; kernels autograd launches from its own
+    # threads may fall outside ``compresso.backward``'s annotation).
+    top = [v for name, v in regions.items() if TOP_LEVEL_RANGE.fullmatch(name)]
+    host_outside = 1000 * wall_s / steps - sum(v["cpu_ms"] for v in top)
+    # On a GPU the kernels (and copies) themselves, as torch's own table totals them: an operator's
+    # self device time is its kernels' again. On the CPU the operators, by self CPU time.
+    ops = [a for a in profiler.key_averages()
+           if not a.key.startswith(PROFILE_PREFIX) and not getattr(a, "is_user_annotation", False)
+           and (a.device_type != DeviceType.CPU) == on_device]
+
+    def self_us(a) -> float:
+        return a.self_device_time_total if on_device else a.self_cpu_time_total
+
+    ops.sort(key=self_us, reverse=True)
+    total_us = sum(self_us(a) for a in ops)
+    return {"steps": steps, "basis": "device" if on_device else "cpu",
+            "wall_ms_per_step": round(1000 * wall_s / steps, 4),
+            "total_ms_per_step": per_step(total_us),
+            "ranges": regions, "host_outside_ranges_ms_per_step": round(host_outside, 4),
+            "top_level_device_ms_per_step": round(sum(v["device_ms"] for v in top), 4) if on_device else None,
+            "top_ops": [{"name": a.key[:80], "ms": per_step(self_us(a)),
+                         "calls_per_step": round(a.count / steps, 3)} for a in ops[:n_ops]]}
+
+
 class StopRun(Exception):
     """Raised inside a configuration's thread when the benchmark is done with it."""
 
@@ -297,6 +409,7 @@ class Runner:
         self.census: SyncCensus | None = None
         self.result: dict = {}
         self.stream_cfg = None  # compresso: the strategy's input pipeline settings, from its trainer
+        self.capture: ProfileCapture | None = None  # a profiled turn: started and stopped in this thread
 
     def _main(self) -> None:
         self.marks = {"start": time.perf_counter()}  # set-up milestones (wall clock), see setup_breakdown
@@ -327,7 +440,11 @@ class Runner:
             return
         if self.census is not None:
             self.census.stop()
+        if self.capture is not None and self.capture.running:
+            self.capture.stop()
         self.gate.turn_done(self)
+        if self.capture is not None and self.capture.pending:
+            self.capture.start()  # the turn the scheduler asked to profile begins with the next step
 
 
 class Gate:
@@ -702,6 +819,17 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
                 census.stop()
                 r.census = None
             state[r.name]["host_syncs_one_step"] = census.report()
+        # One more turn of each configuration under the profiler (not timed with the others).
+        if args.profile_steps:
+            ProfileCapture.initialise(device)
+            for r in runners:
+                capture = r.capture = ProfileCapture(device)
+                try:
+                    seconds = gate.run_turn(r, args.profile_steps)
+                finally:
+                    r.capture = None
+                state[r.name]["profile"] = summarise_profile(capture.profiler, args.profile_steps, seconds, device)
+                log(f"  batch {batch_size} · {r.name}: {args.profile_steps} steps profiled")
     finally:
         gate.stop_all(runners)
         _RUNNER_OF_THREAD.clear()
@@ -739,7 +867,8 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             "first_step_s": st["first_step_s"], "setup": st.get("setup"),
             "warmup": {"steady": st["steady"], "steps": st["warm_steps"],
                        "turn_ms": [round(1000 * s, 3) for s in st["warmup"]]},
-            "turn_steps": st["turn_steps"], "turns_measured": len(samples), **r.result})
+            "turn_steps": st["turn_steps"], "turns_measured": len(samples), "profile": st.get("profile"),
+            **r.result})
         if getattr(r, "amp", None) is not None:
             results[-1]["loss_scale"] = r.amp.scaler.get_scale()
     if batch_size == args.pipeline_batch:
@@ -834,6 +963,29 @@ def finish_phases(phases: list[dict]) -> None:
             ratios["cx-text / c1-text step time"] = round(by["cx-text"]["step_ms"]["median"]
                                                           / by["c1-text"]["step_ms"]["median"], 3)
         phase["ratios"], phase["best_reference"] = ratios, best_reference
+        phase["profile_diff"] = profile_diffs(by)
+
+
+# the second teacher with another tokenizer against one teacher, each pair in the same run
+PROFILE_PAIRS = (("c1", "cx"), ("c1c", "cxc"), ("c1-all-chunk", "cx-all-chunk"), ("c1-text", "cx-text"))
+
+
+def profile_diffs(by: dict) -> dict:
+    """``cx* - c1*``: what the cross-tokenizer teacher adds per step, range by range (ms per step)."""
+    diffs = {}
+    for one, cross in PROFILE_PAIRS:
+        a, b = (by.get(one) or {}).get("profile"), (by.get(cross) or {}).get("profile")
+        if not a or not b:
+            continue
+        rows = {}
+        for name in sorted(set(a["ranges"]) | set(b["ranges"])):
+            x, y = (a["ranges"].get(name) or {}).get("ms", 0.0), (b["ranges"].get(name) or {}).get("ms", 0.0)
+            rows[name] = {one: x, cross: y, "diff": round(y - x, 4)}
+        diffs[f"{cross} - {one}"] = {
+            "basis": b["basis"], "total_ms": {one: a["total_ms_per_step"], cross: b["total_ms_per_step"],
+                                              "diff": round(b["total_ms_per_step"] - a["total_ms_per_step"], 4)},
+            "ranges": rows}
+    return diffs
 
 
 def build_inputs(names: list[str], args, work: Path, max_batch: int) -> dict:
@@ -932,6 +1084,42 @@ def print_tables(out: dict) -> None:
                               f"MLM {fl['mlm']:.4f}, cos {fl['cos']:.4f}")
             if r["host_syncs_one_step"] and r["host_syncs_one_step"]["sites"]:
                 console.print(f"  {r['config']}: host syncs at {r['host_syncs_one_step']['sites']}")
+        for r in phase["runs"]:
+            if r.get("profile"):
+                print_profile(console, r["config"], phase["batch_size"], r["profile"])
+        for pair, d in (phase.get("profile_diff") or {}).items():
+            cross, one = pair.split(" - ")
+            table = Table(title=f"{pair} · batch {phase['batch_size']} · {d['basis']} ms per step")
+            for col in ("range", one, cross, "difference"):
+                table.add_column(col, justify="left" if col == "range" else "right")
+            table.add_row("all (self time summed)", *(f"{d['total_ms'][k]:.3f}" for k in (one, cross, "diff")))
+            for name, v in d["ranges"].items():
+                table.add_row(name, f"{v[one]:.3f}", f"{v[cross]:.3f}", f"{v['diff']:+.3f}")
+            console.print(table)
+
+
+def print_profile(console, config: str, batch_size: int, prof: dict) -> None:
+    from rich.table import Table
+
+    basis = prof["basis"]
+    table = Table(title=f"{config} · batch {batch_size} · {prof['steps']} steps profiled · {basis} "
+                        f"{prof['total_ms_per_step']:.3f} ms/step in all (wall {prof['wall_ms_per_step']:.3f})")
+    for col in ("range", "device ms", "CPU ms", "calls"):
+        table.add_column(col, justify="left" if col == "range" else "right")
+    for name, v in prof["ranges"].items():
+        table.add_row(name, "-" if v["device_ms"] is None else f"{v['device_ms']:.3f}", f"{v['cpu_ms']:.3f}",
+                      f"{v['calls_per_step']:g}")
+    top = prof["top_level_device_ms_per_step"]
+    table.add_row("top-level ranges, summed", "-" if top is None else f"{top:.3f}", "", "")
+    table.add_row("host: outside the top-level ranges", "", f"{prof['host_outside_ranges_ms_per_step']:.3f}", "")
+    console.print(table)
+    ops = Table(title=f"{config} · top {'kernels' if basis == 'device' else 'operators'} by self {basis} "
+                      f"time per step")
+    for col in ("operator / kernel", "ms", "calls"):
+        ops.add_column(col, justify="left" if col == "operator / kernel" else "right")
+    for op in prof["top_ops"]:
+        ops.add_row(op["name"], f"{op['ms']:.3f}", f"{op['calls_per_step']:g}")
+    console.print(ops)
 
 
 def parse_args(argv):
@@ -978,6 +1166,10 @@ def parse_args(argv):
                     help="loss_chunk_rows of the -chunk configurations (default: %(default)s)")
     ap.add_argument("--synthetic-rows", type=int, default=None, help="synthetic corpus rows (default: enough)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (CPU runs)")
+    ap.add_argument("--profile-steps", type=int, default=0,
+                    help="after each batch size's measurement, one more turn of this many steps per "
+                         "configuration under torch.profiler, summarised per compresso.* range and top "
+                         "kernels into its result's `profile` (default: 0, off)")
     ap.add_argument("--out", type=Path, help="folder for distill_speed.json")
     args = ap.parse_args(argv)
     names = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -999,6 +1191,8 @@ def parse_args(argv):
         ap.error(f"the -text configurations need --shared with corpus/ and teachers/ ({args.shared} has no corpus/)")
     if args.budget_s <= 0 or args.warmup_min_steps < 0:
         ap.error("--budget-s must be positive and --warmup-min-steps at least 0")
+    if args.profile_steps < 0:
+        ap.error("--profile-steps must be 0 (off) or a positive number of steps")
     if args.pipeline_batch is None:
         args.pipeline_batch = max(args.batches)
     args.sizes = TINY if args.tiny else BASE
@@ -1086,7 +1280,7 @@ def summary(args, device: torch.device, inputs: dict, phases: list[dict], gpu_be
            "configs": {n: CONFIGS[n] for n in args.names},
            "method": {k: getattr(args, k) for k in ("budget_s", "warmup_share", "warmup_min_steps", "steady_turns",
                                                     "steady_spread", "warmup_max_steps", "turn_s", "min_rounds",
-                                                    "pipeline_s")},
+                                                    "pipeline_s", "profile_steps")},
            "budget": "per batch size, warm-up and measurement, counted after set-up",
            "peak_tflops": args.peak_tflops, "workers": args.workers,
            "reference_dir": str(args.reference_dir) if args.reference_dir else None,

@@ -94,6 +94,42 @@ def test_distill_speed_tiny(tmp_path):
 
 
 @pytest.mark.shared
+def test_distill_speed_profile_tiny(tmp_path):
+    """--profile-steps: one more turn per configuration under torch.profiler, started in the runner's
+    own thread (a profiler started by the scheduler's thread would see none of the step's ranges),
+    summarised per compresso.* range, with the cross-tokenizer teacher's cost against one teacher."""
+    bench = load("distill_speed")
+    out = bench.main(_speed_argv(tmp_path, "c1,cx", "--warmup-min-steps", "2", "--warmup-max-steps", "2",
+                                 "--budget-s", "1", "--profile-steps", "2"))
+    (phase,) = out["phases"]
+    runs = {r["config"]: r["profile"] for r in phase["runs"]}
+    step = {"compresso.student.forward", "compresso.loss.head", "compresso.loss.hidden", "compresso.backward",
+            "compresso.optimizer", "compresso.teacher0.same", "compresso.teacher0.same.encoder",
+            "compresso.teacher0.same.teacher_log_p"}
+    cross = {"compresso.teacher1.cross", "compresso.teacher1.cross.encoder",
+             "compresso.teacher1.cross.teacher_log_p", "compresso.teacher1.cross.pool_words",
+             "compresso.loss.student_log_q.cross"}
+    assert step <= set(runs["c1"]["ranges"]) and not cross & set(runs["c1"]["ranges"])
+    assert step | cross <= set(runs["cx"]["ranges"])
+    for prof in runs.values():
+        assert prof["steps"] == 2 and prof["basis"] == "cpu" and prof["total_ms_per_step"] > 0
+        for name, r in prof["ranges"].items():
+            assert r["ms"] == r["cpu_ms"] >= 0 and r["device_ms"] is None, name
+            assert r["calls_per_step"] >= 1, name  # every range runs at least once a step
+        assert prof["ranges"]["compresso.teacher0.same"]["ms"] > 0
+        assert 0 < len(prof["top_ops"]) <= 15
+        assert all(op["ms"] >= 0 and len(op["name"]) <= 80 for op in prof["top_ops"])
+        # nested ranges lie inside their parent
+        assert prof["ranges"]["compresso.teacher0.same.encoder"]["ms"] <= prof["ranges"]["compresso.teacher0.same"]["ms"]
+    diff = phase["profile_diff"]["cx - c1"]
+    assert diff["basis"] == "cpu"
+    teacher = diff["ranges"]["compresso.teacher1.cross"]
+    assert teacher["c1"] == 0 and teacher["diff"] == teacher["cx"] > 0
+    assert diff["total_ms"]["diff"] == round(diff["total_ms"]["cx"] - diff["total_ms"]["c1"], 4)
+    assert out["method"]["profile_steps"] == 2
+    assert json.loads((tmp_path / "distill_speed.json").read_text()) == json.loads(json.dumps(out))
+
+
 def test_distill_speed_real_text_tiny(tmp_path, shared_dir):
     """The real-text configurations: the fixture tokenizers on the fixture corpus, the strategy's
     input pipeline measured alone too."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.profiler import record_function
 
 from compresso.strategies.distill.data import Batch
 from compresso.strategies.distill.modeling import MaskedLM, StudentModule
@@ -176,7 +177,7 @@ def teacher_log_p(link: TeacherLink, logits: torch.Tensor, cfg: LossConfig) -> t
 
 
 @torch.inference_mode()
-def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden: bool):
+def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden: bool, region: str):
     pos, sup_student = soft_target_pairs(link, batch, cfg.ce_scope)
     if link.cross:
         vb = batch.views[link.view - 1]
@@ -184,41 +185,51 @@ def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden:
     else:
         ids, att = batch.ids, batch.attention
     all_hidden = bool(link.layer_map)
-    last, hidden_states, full = link.lm.encode(ids, att, all_hidden)
+    with record_function(f"{region}.encoder"):
+        last, hidden_states, full = link.lm.encode(ids, att, all_hidden)
     rows = log_p = entropy = None
-    if cfg.chunk_rows and full is None:
-        # Chunked: keep the hidden states; the head runs chunk by chunk (twice with entropy weighting).
-        rows = last.reshape(-1, last.shape[-1]).index_select(0, pos)
-        if cfg.weighting == "entropy":
-            entropy = torch.cat([shared_entropy(link, link.lm.head(rows[a: a + cfg.chunk_rows]))
-                                 for a in range(0, rows.shape[0], cfg.chunk_rows)]) if rows.shape[0] else \
-                torch.zeros(0, device=rows.device)
-    else:
-        logits = link.lm.logits_at(last, pos, full).float()
-        entropy = shared_entropy(link, logits) if cfg.weighting == "entropy" else None
-        log_p = teacher_log_p(link, logits, cfg)
+    with record_function(f"{region}.teacher_log_p"):
+        if cfg.chunk_rows and full is None:
+            # Chunked: keep the hidden states; the head runs chunk by chunk (twice with entropy weighting).
+            rows = last.reshape(-1, last.shape[-1]).index_select(0, pos)
+            if cfg.weighting == "entropy":
+                entropy = torch.cat([shared_entropy(link, link.lm.head(rows[a: a + cfg.chunk_rows]))
+                                     for a in range(0, rows.shape[0], cfg.chunk_rows)]) if rows.shape[0] else \
+                    torch.zeros(0, device=rows.device)
+        else:
+            logits = link.lm.logits_at(last, pos, full).float()
+            entropy = shared_entropy(link, logits) if cfg.weighting == "entropy" else None
+            log_p = teacher_log_p(link, logits, cfg)
     hidden, layers = None, {}
     if need_hidden:
         if link.cross:
             vb = batch.views[link.view - 1]
-            hidden = pool_words(last, vb.word_pos, vb.word_index, batch.n_words)
-            layers = {s: pool_words(hidden_states[t], vb.word_pos, vb.word_index, batch.n_words)
-                      for s, t in link.layer_map.items()}
+            with record_function(f"{region}.pool_words"):
+                hidden = pool_words(last, vb.word_pos, vb.word_index, batch.n_words)
+                layers = {s: pool_words(hidden_states[t], vb.word_pos, vb.word_index, batch.n_words)
+                          for s, t in link.layer_map.items()}
         else:
             hidden = _gather(last, batch.token_pos)
             layers = {s: _gather(hidden_states[t], batch.token_pos) for s, t in link.layer_map.items()}
     return log_p, sup_student, entropy, hidden, layers, rows
 
 
-def teacher_targets(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden: bool) -> TeacherTargets:
-    """Run a teacher (inference mode, its own dtype) and keep only what the losses need."""
-    log_p, sup, entropy, hidden, layers, rows = _teacher_pass(link, batch, cfg, need_hidden)
+def teacher_region(index: int, link: TeacherLink) -> str:
+    """The profiler range of a teacher's pass: ``compresso.teacher<i>.same`` or ``.cross`` (another
+    tokenizer), so a profile tells the cross-tokenizer teacher's cost apart."""
+    return f"compresso.teacher{index}.{'cross' if link.cross else 'same'}"
 
+
+def teacher_targets(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden: bool,
+                    region: str = "compresso.teacher") -> TeacherTargets:
+    """Run a teacher (inference mode, its own dtype) and keep only what the losses need."""
     def out(t):  # inference tensors cannot be saved for backward
         return None if t is None else t.clone()
 
-    return TeacherTargets(log_p=out(log_p), sup_student=out(sup), entropy=out(entropy), hidden=out(hidden),
-                          layers={k: v.clone() for k, v in layers.items()}, rows=out(rows))
+    with record_function(region):
+        log_p, sup, entropy, hidden, layers, rows = _teacher_pass(link, batch, cfg, need_hidden, region)
+        return TeacherTargets(log_p=out(log_p), sup_student=out(sup), entropy=out(entropy), hidden=out(hidden),
+                              layers={k: v.clone() for k, v in layers.items()}, rows=out(rows))
 
 
 def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float,
@@ -311,9 +322,12 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
         raise ValueError(f"chunked losses need the student's MLM head apart from its encoder; "
                          f"{type(module.model).__name__} has no known head")
     with autocast():
-        targets = [teacher_targets(link, batch, cfg, need_hidden or need_layers) for link in links]
+        targets = [teacher_targets(link, batch, cfg, need_hidden or need_layers, teacher_region(i, link))
+                   for i, link in enumerate(links)]
         # chunked: ``out`` is the last hidden state at the soft-target rows, else their logits
-        last, hidden_states, out = student(batch.ids, batch.attention, logit_pos, need_layers, head=not chunked)
+        with record_function("compresso.student.forward"):
+            last, hidden_states, out = student(batch.ids, batch.attention, logit_pos, need_layers,
+                                               head=not chunked)
     device = out.device
     n_rows = logit_pos.shape[0]
     n = batch.n_masked
@@ -322,56 +336,63 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
     # rows (both position lists are sorted).
     masked_rows = torch.searchsorted(batch.token_pos, batch.masked_pos) if all_scope else None
 
-    # Per-row teacher weights over the teachers supervising each soft-target row.
-    raw = []
-    if cfg.weighting == "entropy":
-        # weight * exp(-H / tau), computed as exp(log weight - H / tau - row max): a small tau must
-        # not underflow every teacher of a row to 0.
-        logits_w = [math.log(link.weight) - tgt.entropy / cfg.entropy_temperature for link, tgt in zip(links, targets)]
-        row_max = torch.full((max(n_rows, 1),), float("-inf"), device=device)
-        for a, tgt in zip(logits_w, targets):
-            row_max.scatter_reduce_(0, tgt.sup_student, a, "amax")
-        raw = [(a - row_max.index_select(0, tgt.sup_student)).exp() for a, tgt in zip(logits_w, targets)]
-    else:
-        raw = [torch.full((tgt.sup_student.shape[0],), link.weight, device=device) for link, tgt in zip(links, targets)]
-    denom = torch.zeros(max(n_rows, 1), device=device)
-    for w, tgt in zip(raw, targets):
-        denom.index_add_(0, tgt.sup_student, w)
-    # Rows supervised by at least one teacher (a device tensor: no host sync).
-    n_any = (denom > 0).sum().clamp_min(1).float()
-    t2 = cfg.temperature ** 2
+    with record_function("compresso.loss.head"):  # soft-target KL of every teacher + masked-LM CE
+        # Per-row teacher weights over the teachers supervising each soft-target row.
+        raw = []
+        if cfg.weighting == "entropy":
+            # weight * exp(-H / tau), computed as exp(log weight - H / tau - row max): a small tau must
+            # not underflow every teacher of a row to 0.
+            logits_w = [math.log(link.weight) - tgt.entropy / cfg.entropy_temperature
+                        for link, tgt in zip(links, targets)]
+            row_max = torch.full((max(n_rows, 1),), float("-inf"), device=device)
+            for a, tgt in zip(logits_w, targets):
+                row_max.scatter_reduce_(0, tgt.sup_student, a, "amax")
+            raw = [(a - row_max.index_select(0, tgt.sup_student)).exp() for a, tgt in zip(logits_w, targets)]
+        else:
+            raw = [torch.full((tgt.sup_student.shape[0],), link.weight, device=device)
+                   for link, tgt in zip(links, targets)]
+        denom = torch.zeros(max(n_rows, 1), device=device)
+        for w, tgt in zip(raw, targets):
+            denom.index_add_(0, tgt.sup_student, w)
+        # Rows supervised by at least one teacher (a device tensor: no host sync).
+        n_any = (denom > 0).sum().clamp_min(1).float()
+        t2 = cfg.temperature ** 2
 
-    if chunked:
-        with autocast():  # the head's matmuls in the same precision as unchunked
-            head_total, ce_parts, mlm = _chunked_head_losses(module, links, targets, raw, denom, n_any, batch,
-                                                             masked_rows, out, cfg)
-    else:
-        logits = out.float()
-        masked_logits = logits.index_select(0, masked_rows) if all_scope else logits
-        mlm = F.cross_entropy(masked_logits, batch.labels) if n else zero
-        ce_parts = []
-        for link, tgt, w in zip(links, targets, raw):
-            if tgt.sup_student.numel() and n_rows:
-                z = logits if not link.cross else logits.index_select(0, tgt.sup_student)
-                kl = kl_per_position(tgt.log_p, student_log_q(z, link, cfg.temperature, cfg.unmapped_mass))
-                weight = w / denom.index_select(0, tgt.sup_student)
-                ce_parts.append((weight * kl).sum() / n_any)
+        if chunked:
+            with autocast():  # the head's matmuls in the same precision as unchunked
+                head_total, ce_parts, mlm = _chunked_head_losses(module, links, targets, raw, denom, n_any, batch,
+                                                                 masked_rows, out, cfg)
+        else:
+            logits = out.float()
+            masked_logits = logits.index_select(0, masked_rows) if all_scope else logits
+            mlm = F.cross_entropy(masked_logits, batch.labels) if n else zero
+            ce_parts = []
+            for link, tgt, w in zip(links, targets, raw):
+                if tgt.sup_student.numel() and n_rows:
+                    z = logits if not link.cross else logits.index_select(0, tgt.sup_student)
+                    with record_function("compresso.loss.student_log_q.cross" if link.cross
+                                         else "compresso.loss.student_log_q"):
+                        log_q = student_log_q(z, link, cfg.temperature, cfg.unmapped_mass)
+                    kl = kl_per_position(tgt.log_p, log_q)
+                    weight = w / denom.index_select(0, tgt.sup_student)
+                    ce_parts.append((weight * kl).sum() / n_any)
+                else:
+                    ce_parts.append(zero)
+            head_total = cfg.alpha_ce * t2 * torch.stack(ce_parts).sum() + cfg.alpha_mlm * mlm
+
+    with record_function("compresso.loss.hidden"):  # cosine (and MSE) of hidden states, every teacher
+        cos_parts, mse_parts = [], []
+        for link, tgt in zip(links, targets):
+            if need_hidden:
+                cos_parts.append(_hidden_loss(module, link, batch, last, tgt.hidden, link.cos_projection, "cos"))
             else:
-                ce_parts.append(zero)
-        head_total = cfg.alpha_ce * t2 * torch.stack(ce_parts).sum() + cfg.alpha_mlm * mlm
-
-    cos_parts, mse_parts = [], []
-    for link, tgt in zip(links, targets):
-        if need_hidden:
-            cos_parts.append(_hidden_loss(module, link, batch, last, tgt.hidden, link.cos_projection, "cos"))
-        else:
-            cos_parts.append(zero)
-        if need_layers:
-            per_layer = [_hidden_loss(module, link, batch, hidden_states[s], tgt.layers[s],
-                                      link.mse_projections.get(s), "mse") for s in link.layer_map]
-            mse_parts.append(torch.stack(per_layer).mean())
-        else:
-            mse_parts.append(zero)
+                cos_parts.append(zero)
+            if need_layers:
+                per_layer = [_hidden_loss(module, link, batch, hidden_states[s], tgt.layers[s],
+                                          link.mse_projections.get(s), "mse") for s in link.layer_map]
+                mse_parts.append(torch.stack(per_layer).mean())
+            else:
+                mse_parts.append(zero)
 
     weights = torch.stack([link.weight_t for link in links])
     ce = torch.stack(ce_parts).sum()
@@ -418,7 +439,10 @@ def _chunked_head_losses(module: StudentModule, links: list[TeacherLink], target
             else:
                 index = slice(start, stop)  # the fast path supervises every row, in order
             log_p = tgt.log_p_rows(link, index, cfg)
-            kl = kl_per_position(log_p, student_log_q(z, link, cfg.temperature, cfg.unmapped_mass))
+            with record_function("compresso.loss.student_log_q.cross" if link.cross
+                                 else "compresso.loss.student_log_q"):
+                log_q = student_log_q(z, link, cfg.temperature, cfg.unmapped_mass)
+            kl = kl_per_position(log_p, log_q)
             ce.append((rw[start:stop] * kl).sum())
         mlm = F.cross_entropy(z, labels[start:stop], ignore_index=-100, reduction="sum") / max(n, 1)
         ce_t = torch.stack(ce)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from rich.progress import TextColumn
+from torch.profiler import record_function
 
 from compresso.strategies.distill.data import BatchStream, StreamConfig
 from compresso.strategies.distill.losses import LossConfig, TeacherLink, compute_losses
@@ -167,8 +168,10 @@ class Trainer:
                         sync = nullcontext() if (self.world == 1 or micro == cfg.grad_accum_steps - 1) \
                             else model.no_sync()
                         with sync:
+                            # profiler ranges (no-ops unless a profiler runs; see benchmarks/distill_speed.py)
                             losses = compute_losses(model, self.links, batch, self.loss_cfg, self._autocast)
-                            (losses.total / cfg.grad_accum_steps).backward()
+                            with record_function("compresso.backward"):
+                                (losses.total / cfg.grad_accum_steps).backward()
                         acc += torch.cat([losses.total.detach().reshape(1), losses.parts, losses.contributions])
                         acc_n += 1
                         self.last_losses = losses
@@ -180,11 +183,12 @@ class Trainer:
                             sup_counts[link.name] += batch.n_masked if not link.cross else \
                                 batch.n_supervised_cross[link.view - 1]
                         position = batch.position
-                    if cfg.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    with record_function("compresso.optimizer"):  # clipping, AdamW, schedule
+                        if cfg.max_grad_norm:
+                            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+                        optimizer.step()
+                        scheduler.step()
+                        optimizer.zero_grad(set_to_none=True)
                     done = step + 1
                     if done % cfg.log_every == 0 or done == cfg.max_steps:
                         values = acc / max(acc_n, 1)
