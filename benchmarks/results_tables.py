@@ -36,9 +36,12 @@ def score_table(results: dict, names: dict[str, str]) -> str:
     tasks = results["tasks"]
     rows = []
     for model in names:
-        stats = [results["scores"][model][t]["metrics"][results_headline(results, t)] for t in tasks]
-        mean = sum(m["mean"] for m in stats) / len(stats)
-        rows.append([names[model], *(format_stat(m) for m in stats), f"{mean:.2f}"])
+        # A task whose every run failed has no entry: its cell is "–" and the model gets no mean
+        # (a mean over fewer tasks would not compare with the others').
+        stats = [results["scores"][model].get(t, {}).get("metrics", {}).get(results_headline(results, t))
+                 for t in tasks]
+        mean = f"{sum(m['mean'] for m in stats) / len(stats):.2f}" if all(stats) else "–"
+        rows.append([names[model], *(format_stat(m) if m else "–" for m in stats), mean])
     return markdown_table(["model", *(t.upper() for t in tasks), f"mean of {len(tasks)}"], rows)
 
 

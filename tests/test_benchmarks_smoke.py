@@ -207,7 +207,7 @@ def test_ensemble_study_tiny(tmp_path):
     out = study.main(["--shared", str(shared), "--out", str(tmp_path / "out"), "--device", "cpu",
                       "--heldout-docs", "30", "--mask-passes", "2", "--seq-len", "32", "--batch-size", "4",
                       "--train-steps", "2", "--bootstrap", "50", "--jobs", "2",
-                      "--variants", "distil-bert,distilmulti,distil-robert,distilmulti-init-uncased"])
+                      "--variants", "distil-bert,distilmulti,distil-robert,distilmulti-init-uncased,distilmulti-2x,distil-bert-2x"])
     assert json.loads((tmp_path / "out" / "ensemble_study.json").read_text()) == json.loads(json.dumps(out))
     ceil = out["ceiling"]
     models = ceil["models"]
@@ -220,15 +220,21 @@ def test_ensemble_study_tiny(tmp_path):
     assert d["low"] <= d["mean"] <= d["high"]
     assert 0 < ceil["out_of_map_mass"]["robert-uncased"] < 1
     students = out["students"]
-    assert set(students) == {"distil-bert", "distilmulti", "distil-robert", "distilmulti-init-uncased"}
+    assert set(students) == {"distil-bert", "distilmulti", "distil-robert", "distilmulti-init-uncased",
+                             "distilmulti-2x", "distil-bert-2x"}
     for s in students.values():
         assert 0 <= s["shared_accuracy"] <= 1 and 0 <= s["own_mlm_accuracy"] <= 1 and s["shared_nll"] > 0
         assert s["tokens"] > 0
     assert out["best_single_student"] in ("distil-bert", "distil-robert")
     assert "shared_accuracy_minus_best_single" in students["distilmulti"]
+    # Each student is compared with the best single-teacher student of its own token budget.
+    assert students["distilmulti"]["best_single"] == out["best_single_student"]
+    assert students["distilmulti-2x"]["best_single"] == "distil-bert-2x"
+    assert out["best_single_student_by_steps"] == {"2": out["best_single_student"], "4": "distil-bert-2x"}
+    assert "best_single" not in students["distil-bert-2x"]
     # Each variant was trained in its own process and saved as a plain folder that evaluate takes.
     for name, s in students.items():
-        assert s["steps"] == 2 and (tmp_path / "out" / "students" / name / "model.safetensors").exists()
+        assert s["steps"] == (4 if name.endswith("-2x") else 2) and (tmp_path / "out" / "students" / name / "model.safetensors").exists()
 
 def test_distill_speed_flop_formula_matches_the_docs():
     """docs/performance.md quotes 14.5 MFLOP per layer-token and ~452 MFLOP per token for the
@@ -283,3 +289,16 @@ def test_results_tables_come_from_the_json():
     pair = [c for c in results["comparisons"] if (c["a"], c["b"]) == ("distil-bert", "cased")]
     diff_row = next(line for line in text.splitlines() if line.startswith("| Distil-BERT − bert-cased |"))
     assert diff_row.count("**") == 2 * sum(c["distinguishable"] for c in pair)
+
+
+def test_results_tables_leave_failed_cells_empty():
+    """A model whose runs failed (the 2x-budget study lost one student's folder) gets "–" cells and
+    no mean, not a crash and not a mean over fewer tasks."""
+    tables = load("results_tables")
+    path = BENCHMARKS.parent / "docs" / "results" / "ensemble_study" / "budget2x_h200" / "evaluation_3seeds" / \
+        "results.json"
+    text = tables.main([str(path), "--names", "distilmulti-2x=multi", "distil-bert-2x=single"])
+    single = next(line for line in text.splitlines() if line.startswith("| single |"))
+    assert single == "| single |" + " – |" * 8
+    multi = next(line for line in text.splitlines() if line.startswith("| multi |"))
+    assert "–" not in multi
