@@ -383,6 +383,30 @@ def summarise_profile(profiler, steps: int, wall_s: float, device: torch.device,
                          "calls_per_step": round(a.count / steps, 3)} for a in ops[:n_ops]]}
 
 
+class GCPauses:
+    """Seconds the interpreter spent in garbage collection, by generation (``gc.callbacks``): a
+    full collection walks every Python object, and a process holding compiled graphs and several
+    models has millions, so a gen-2 pass inside a turn shows up in its step time."""
+
+    def __init__(self):
+        self.seconds = [0.0, 0.0, 0.0]
+        self.counts = [0, 0, 0]
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._t0
+            self.counts[info["generation"]] += 1
+
+    def snapshot(self) -> tuple[list[float], list[int]]:
+        return list(self.seconds), list(self.counts)
+
+
+GC_PAUSES = GCPauses()
+
+
 class StopRun(Exception):
     """Raised inside a configuration's thread when the benchmark is done with it."""
 
@@ -410,6 +434,7 @@ class Runner:
         self.result: dict = {}
         self.stream_cfg = None  # compresso: the strategy's input pipeline settings, from its trainer
         self.capture: ProfileCapture | None = None  # a profiled turn: started and stopped in this thread
+        self.input_wait_s = 0.0  # compresso: host seconds its trainer waited for the next batch, so far
 
     def _main(self) -> None:
         self.marks = {"start": time.perf_counter()}  # set-up milestones (wall clock), see setup_breakdown
@@ -551,6 +576,7 @@ def _trainer_hook(trainer, step: int) -> None:
         return
     if runner.stream_cfg is None:
         runner.stream_cfg = trainer.stream_cfg
+    runner.input_wait_s = trainer.input_wait_s
     losses = trainer.last_losses
     # [KL, MLM, cos] on the device (KL scaled by T² when read at the end): no host copy in the step
     parts = None if losses is None else losses.parts[:3].detach()
@@ -690,6 +716,30 @@ def flops_per_token(sizes: Sizes, system: str, vocabs: list[int], head_fraction:
 
 # --- the driver --------------------------------------------------------------------------------
 
+def host_per_turn(st: dict, timed_input: bool) -> dict:
+    """Every timed turn (warm-up, then measurement) with what the host spent per step waiting for
+    input and collecting garbage; the medians are over the measured turns. A turn far slower than
+    the median with neither explained points at something else (the GPU, other processes). The
+    input wait is compresso's trainer's own count (``timed_input``); the reference's loader has none."""
+    steps = st["warmup"] + st["samples"]
+    wait, gcms, full = st["turn_input_wait_ms"], st["turn_gc_ms"], st["turn_gc_full"]
+    if not timed_input:
+        wait = [None] * len(wait)
+    k = len(st["warmup"])
+    slowest = max(range(len(steps)), key=steps.__getitem__) if steps else None
+    def r3(x):
+        return None if x is None else round(x, 3)
+
+    return {"turns": [{"step_ms": round(1000 * t, 3), "input_wait_ms": r3(w), "gc_ms": round(g, 3),
+                       "full_collections": n} for t, w, g, n in zip(steps, wait, gcms, full)],
+            "measured_from_turn": k,
+            "input_wait_ms_median": r3(statistics.median(wait[k:])) if timed_input and wait[k:] else None,
+            "gc_ms_median": round(statistics.median(gcms[k:]), 3) if gcms[k:] else None,
+            "slowest_turn": None if slowest is None else {
+                "turn": slowest, "step_ms": round(1000 * steps[slowest], 3),
+                "input_wait_ms": r3(wait[slowest]), "gc_ms": round(gcms[slowest], 3)}}
+
+
 def quartiles(xs: list[float]) -> tuple[float, float]:
     if len(xs) < 2:
         return xs[0], xs[0]
@@ -725,7 +775,8 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
                                            batch_size=batch_size, sizes=args.sizes, device=device, work=work))
     phase_start = time.perf_counter()
     state = {r.name: {"resident_mib": None, "first_step_s": None, "warmup": [], "samples": [], "turn_steps": 2,
-                      "peak_growth": 0, "warm_steps": 0} for r in runners}
+                      "peak_growth": 0, "warm_steps": 0, "turn_input_wait_ms": [], "turn_gc_ms": [],
+                      "turn_gc_full": []} for r in runners}
 
     def allocated() -> int:
         return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
@@ -734,10 +785,18 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         base = allocated()
+        wait0, (gc0, gcn0) = r.input_wait_s, GC_PAUSES.snapshot()
         seconds = gate.run_turn(r, steps)
         if device.type == "cuda":
             state[r.name]["peak_growth"] = max(state[r.name]["peak_growth"],
                                                torch.cuda.max_memory_allocated(device) - base)
+        # Where a slow turn's time went on the host: waiting for the input pipeline (compresso), and
+        # garbage collection (any thread's, but only this runner's thread runs during its turn).
+        gc1, gcn1 = GC_PAUSES.snapshot()
+        st = state[r.name]
+        st["turn_input_wait_ms"].append(1000 * (r.input_wait_s - wait0) / steps)
+        st["turn_gc_ms"].append(1000 * (sum(gc1) - sum(gc0)) / steps)
+        st["turn_gc_full"].append(gcn1[2] - gcn0[2])
         return seconds / steps
 
     try:
@@ -868,6 +927,7 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
             "warmup": {"steady": st["steady"], "steps": st["warm_steps"],
                        "turn_ms": [round(1000 * s, 3) for s in st["warmup"]]},
             "turn_steps": st["turn_steps"], "turns_measured": len(samples), "profile": st.get("profile"),
+            "host": host_per_turn(st, timed_input=spec["system"] == "compresso"),
             **r.result})
         if getattr(r, "amp", None) is not None:
             results[-1]["loss_scale"] = r.amp.scaler.get_scale()
@@ -1084,6 +1144,13 @@ def print_tables(out: dict) -> None:
                               f"MLM {fl['mlm']:.4f}, cos {fl['cos']:.4f}")
             if r["host_syncs_one_step"] and r["host_syncs_one_step"]["sites"]:
                 console.print(f"  {r['config']}: host syncs at {r['host_syncs_one_step']['sites']}")
+            host = r.get("host") or {}
+            if host.get("slowest_turn"):
+                sl = host["slowest_turn"]
+                wait = "not timed" if sl["input_wait_ms"] is None else f"{sl['input_wait_ms']:.1f} ms"
+                console.print(f"  {r['config']}: per step, measured turns: input wait {host['input_wait_ms_median']} ms, "
+                              f"GC {host['gc_ms_median']} ms (medians); slowest turn {sl['step_ms']:.1f} ms/step, of "
+                              f"which input wait {wait} and GC {sl['gc_ms']:.1f} ms")
         for r in phase["runs"]:
             if r.get("profile"):
                 print_profile(console, r["config"], phase["batch_size"], r["profile"])
@@ -1203,6 +1270,8 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> dict:
     ap, args = parse_args(argv)
+    if GC_PAUSES not in gc.callbacks:
+        gc.callbacks.append(GC_PAUSES)
     spec = args.device
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if spec == "auto" else spec)
     if device.type == "cuda" and not torch.cuda.is_available():

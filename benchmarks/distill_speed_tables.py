@@ -6,13 +6,16 @@ vocabularies and configurations, and no batch size may appear twice.
 
 Prints the tables; with ``--write PAGE`` replaces the text between the markers
 ``<!-- distill-speed tables: begin -->`` and ``<!-- distill-speed tables: end -->`` in PAGE with
-them (the page must already have both markers). Every figure comes from the JSON; the tables name
+them (the page must already have both markers). ``--section NAME`` uses the markers
+``<!-- distill-speed tables NAME: begin -->`` / ``… NAME: end -->`` instead, so one page can hold
+the tables of several commands (runs with different configurations do not merge). Every figure comes from the JSON; the tables name
 the JSON path they were rendered from.
 
 Usage:
   python benchmarks/distill_speed_tables.py docs/results/benchmarks/distill_speed.json
   python benchmarks/distill_speed_tables.py docs/results/benchmarks/distill_speed.json --write docs/performance.md
   python benchmarks/distill_speed_tables.py b64/distill_speed.json b256/distill_speed.json --issue-note
+  python benchmarks/distill_speed_tables.py b64.json b512.json --write docs/performance.md --section b64-b512
 """
 
 from __future__ import annotations
@@ -217,6 +220,7 @@ def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", type=Path, nargs="+", help="distill_speed.json file(s); several are merged")
     ap.add_argument("--write", type=Path, help="page whose marked section is replaced by the tables")
+    ap.add_argument("--section", help="name of the marked section of --write's page (default: the unnamed one)")
     ap.add_argument("--issue-note", action="store_true",
                     help="print only issue 14's opening table with this run's figures (for its closing note)")
     args = ap.parse_args(argv)
@@ -243,12 +247,14 @@ def main(argv=None) -> str:
             except ValueError:
                 sources.append(path.as_posix())
         text = render(data, sources)
+        begin, end = (BEGIN, END) if not args.section else (
+            BEGIN.replace("tables:", f"tables {args.section}:"), END.replace("tables:", f"tables {args.section}:"))
         page = args.write.read_text()
-        if page.count(BEGIN) != 1 or page.count(END) != 1 or page.index(BEGIN) > page.index(END):
-            raise SystemExit(f"{args.write}: needs exactly one {BEGIN} line followed by one {END} line")
-        head, rest = page.split(BEGIN)
-        _, tail = rest.split(END)
-        args.write.write_text(f"{head}{BEGIN}\n{text}{END}{tail}")
+        if page.count(begin) != 1 or page.count(end) != 1 or page.index(begin) > page.index(end):
+            raise SystemExit(f"{args.write}: needs exactly one {begin} line followed by one {end} line")
+        head, rest = page.split(begin)
+        _, tail = rest.split(end)
+        args.write.write_text(f"{head}{begin}\n{text}{end}{tail}")
         print(f"wrote the tables into {args.write}", file=sys.stderr)
     else:
         text = render(data, [path.as_posix() for path in args.json])

@@ -57,6 +57,15 @@ def test_distill_speed_tiny(tmp_path):
         assert r["tokens_per_step"] == 4 * sizes.seq_len
         assert abs(r["tokens_per_s"] - r["tokens_per_step"] / (s["median"] / 1000)) < 1
         assert r["flop_per_token"] > 0 and r["mfu"] is None  # no peak on CPU
+        # every timed turn, with its host-side input wait and GC time per step (measured turns last)
+        host = r["host"]
+        turns = host["turns"]
+        assert [t["step_ms"] for t in turns[host["measured_from_turn"]:]] == s["samples"]
+        assert len(turns) == len(r["warmup"]["turn_ms"]) + 2
+        timed = r["system"] == "compresso"  # the reference's loader is not instrumented
+        assert all((t["input_wait_ms"] >= 0 if timed else t["input_wait_ms"] is None)
+                   and t["gc_ms"] >= 0 and t["full_collections"] >= 0 for t in turns)
+        assert host["slowest_turn"]["step_ms"] == max(t["step_ms"] for t in turns)
     # A second teacher adds its forward pass to the FLOPs; the reference runs its head everywhere.
     assert runs["c2"]["flop_per_token"] > runs["c1"]["flop_per_token"]
     losses = runs["c1"]["mean_losses"]
@@ -81,6 +90,13 @@ def test_distill_speed_tiny(tmp_path):
     text = page.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
     assert f"| compresso, 1 teacher | {runs['c1']['step_ms']['median']:.1f} |" in text
+    # a named section beside the unnamed one: each command's tables in its own place
+    named = ("<!-- distill-speed tables extra: begin -->", "<!-- distill-speed tables extra: end -->")
+    page.write_text(text + f"{named[0]}\nold\n{named[1]}\n")
+    tables.main([str(tmp_path / "distill_speed.json"), "--write", str(page), "--section", "extra"])
+    both = page.read_text()
+    assert both.startswith(text) and "\nold\n" not in both
+    assert both.count(f"| compresso, 1 teacher | {runs['c1']['step_ms']['median']:.1f} |") == 2
     note = tables.main([str(tmp_path / "distill_speed.json"), "--issue-note"])
     assert f"({runs['cx']['step_ms']['median']:.1f} ms)" in note
     # runs of other batch sizes (separate commands) merge into one table; a batch size twice is refused
@@ -302,3 +318,29 @@ def test_results_tables_leave_failed_cells_empty():
     assert single == "| single |" + " – |" * 8
     multi = next(line for line in text.splitlines() if line.startswith("| multi |"))
     assert "–" not in multi
+
+
+def test_stream_startup_compares_both_start_methods(tmp_path, shared_dir):
+    """benchmarks/stream_startup.py opens the real stream with spawned and with forkserver workers
+    and writes both, with the ratio the docs quote."""
+    bench = load("stream_startup")
+    out = bench.main(["--shared", str(shared_dir), "--workers", "1", "--repeats", "1", "--batches", "1",
+                      "--out", str(tmp_path / "s.json")])
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(out))
+    for method in ("spawn", "forkserver"):
+        assert len(out["runs"][method]) == 1 and out["first_batch"][f"{method}, stream 2"]["median"] > 0
+    assert out["ratios"]["forkserver / spawn, stream 1"] > 0
+
+
+def test_stream_workers_come_from_a_preloaded_forkserver():
+    """The pipeline's workers fork from a server that imported the pipeline once (Linux/macOS), not
+    a fresh interpreter each."""
+    import multiprocessing as mp
+
+    from compresso.strategies.distill import data
+
+    ctx = data._worker_context()
+    if "forkserver" in mp.get_all_start_methods():
+        assert ctx.get_start_method() == "forkserver"
+    else:
+        assert ctx.get_start_method() == "spawn"

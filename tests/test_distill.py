@@ -497,6 +497,33 @@ def test_short_run_lowers_loss_and_writes_outputs(tiny, tmp_path):
     assert isinstance(out.model, BertForMaskedLM) and not out.model.training
 
 
+def test_time_waiting_for_the_input_pipeline_is_reported(tiny, tmp_path, monkeypatch):
+    """A pipeline slower than the step shows up as input wait in distill.json and the loss curve
+    (how a user, or the speed benchmark, tells an input-bound run from a GPU-bound one)."""
+    import time
+
+    from compresso.strategies.distill import data
+
+    original = data.BatchStream.__iter__
+
+    def slow_iter(self):
+        for batch in original(self):
+            time.sleep(0.05)
+            yield batch
+
+    monkeypatch.setattr(data.BatchStream, "__iter__", slow_iter)
+    ctx = make_ctx(tmp_path, {"t": tiny["cased"]})
+    params = DistillStrategy.Params(**small_params(tiny["corpus"], max_steps=6, checkpoint_every=6, log_every=3,
+                                                   num_layers=2, batch_size=4))
+    DistillStrategy(params).apply(load_bundle(tiny["cased"]), ctx)
+    report = json.loads((ctx.stage_dir / "distill.json").read_text())
+    # the held-out evaluation also iterates a BatchStream, but outside the training loop's timer
+    assert 6 * 0.05 <= report["training"]["input_wait_seconds"] <= report["training"]["seconds"]
+    shares = [h["input_wait_share"] for h in report["loss_curve"]]
+    assert len(shares) == 2 and all(0.0 < x <= 1.0 for x in shares)
+    assert "waiting for input" in (ctx.stage_dir / "distill.md").read_text()
+
+
 def test_two_teachers_with_different_tokenizers_both_supervise(tiny, tmp_path):
     ctx = make_ctx(tmp_path, {"cased": tiny["cased"], "uncased": tiny["uncased"]})
     params = DistillStrategy.Params(**small_params(tiny["corpus"], max_steps=3, teachers={"cased": 1, "uncased": 3},

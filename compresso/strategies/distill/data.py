@@ -525,6 +525,23 @@ def _batch_from_worker(packed, pin: bool) -> Batch:
     return _pin(batch) if pin else batch
 
 
+def _worker_context():
+    """Where workers come from: forked from a *forkserver* that has imported this module once, where
+    the platform has one; else spawned. Not plain fork: the training process has threads (the
+    pinning thread, CUDA's) that a fork would copy mid-flight. Not spawn where avoidable: every
+    spawned worker imports torch anew, and a dozen doing so at once held the first batch of a GPU
+    run back by about 30 s (docs/performance.md); a forkserver pays one import per process, and
+    only once however many streams (stages, benchmark configurations) start workers."""
+    import multiprocessing as mp
+
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    # Takes effect when the server starts (the first pool); harmless afterwards.
+    ctx.set_forkserver_preload([__name__])
+    return ctx
+
+
 class _Chunks:
     """Encoded chunks of one rank's documents, in order, from a bounded pool of workers."""
 
@@ -534,10 +551,9 @@ class _Chunks:
         self.pool = None
         self.encoder = None
         if num_workers > 0:
-            import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(num_workers, mp_context=mp.get_context("spawn"),
+            self.pool = ProcessPoolExecutor(num_workers, mp_context=_worker_context(),
                                             initializer=_init_worker, initargs=(encoder_views,))
             # Start every worker now (the pool would start them one per submitted task) and let them
             # import and build their tokenizers before the first chunk: a training step that overlaps

@@ -38,6 +38,8 @@ def write_report(ctx: RunContext, params, *, layers, input_layers, student, teac
         "training": {"steps": result.steps, "resumed_from_step": result.resumed_from, "tokens": result.tokens,
                      "seconds": round(result.seconds, 2),
                      "tokens_per_second": round(result.tokens / max(result.seconds, 1e-9), 1),
+                     # waiting for the input pipeline (this process's run; a resumed run counts its own part)
+                     "input_wait_seconds": round(result.input_wait_seconds, 2),
                      "world_size": ctx.world_size, "device": str(ctx.device),
                      "final_losses": {k: _round(final.get(k)) for k in ("loss", "ce", "mlm", "cos", "mse")}},
         "heldout": {"documents": heldout_docs, "student_before": before, "student_after": after,
@@ -108,7 +110,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Distillation: {st['num_layers']}-layer student ({st['parameters'] / 1e6:.1f} M parameters)", "",
              f"Layers kept from the {st['input_layers']}-layer input: {st['layers_kept']}. "
              f"{tr['steps']} steps, {tr['tokens']:,} tokens in {tr['seconds']:.0f} s "
-             f"({tr['tokens_per_second']:,.0f} tokens/s, {tr['world_size']} process(es), {tr['device']})"
+             f"({tr['tokens_per_second']:,.0f} tokens/s, {tr['world_size']} process(es), {tr['device']}; "
+             f"{tr.get('input_wait_seconds', 0):.1f} s waiting for input)"
              + (f", resumed from step {tr['resumed_from_step']}" if tr["resumed_from_step"] else "") + ".", "",
              "| teacher | weight | tokenizer | vocabulary covered | supervised | loss share | held-out MLM acc. "
              "| agreement before → after |", "|---|---|---|---|---|---|---|---|"]

@@ -55,6 +55,9 @@ class TrainResult:
     supervised_fraction: dict[str, float]
     resumed_from: int
     extra: dict = field(default_factory=dict)
+    # Host seconds spent waiting for the input pipeline's next batch (this run, not resumed ones):
+    # near 0 when the pipeline keeps up; the share of ``seconds`` the GPU may have idled for input.
+    input_wait_seconds: float = 0.0
 
 
 def fingerprint(data) -> str:
@@ -110,6 +113,7 @@ class Trainer:
         self.last_losses = None
         self.tokens_seen = 0
         self.masked_seen = 0
+        self.input_wait_s = 0.0  # host time blocked on the input pipeline (benchmarks read it per turn)
 
     # Hook for tests: called after every optimizer step with the step number.
     def on_step_end(self, step: int) -> None:
@@ -153,7 +157,7 @@ class Trainer:
 
         acc = torch.zeros(5 + n_teachers, device=self.device)  # total, ce, mlm, cos, mse, per-teacher
         acc_n = 0
-        window_tokens, window_start = 0, time.perf_counter()
+        window_tokens, window_start, window_wait = 0, time.perf_counter(), 0.0
         run_start = time.perf_counter()
         stream = BatchStream(self.stream_cfg, "train", position)
         batches = iter(stream)
@@ -164,7 +168,12 @@ class Trainer:
                                          info="resumed" if start else "")
                 for step in range(start, cfg.max_steps):
                     for micro in range(cfg.grad_accum_steps):
-                        batch = next(batches).to(self.device)
+                        waited = time.perf_counter()
+                        batch = next(batches)
+                        waited = time.perf_counter() - waited
+                        self.input_wait_s += waited
+                        window_wait += waited
+                        batch = batch.to(self.device)
                         sync = nullcontext() if (self.world == 1 or micro == cfg.grad_accum_steps - 1) \
                             else model.no_sync()
                         with sync:
@@ -206,13 +215,16 @@ class Trainer:
                         rate = window.item() / max(now - window_start, 1e-9)
                         tokens += int(window.item())
                         record = {"step": done, "lr": scheduler.get_last_lr()[0], "loss": v[0],
-                                  **dict(zip(PART_NAMES, v[1:5])), "tokens_per_s": rate}
+                                  **dict(zip(PART_NAMES, v[1:5])), "tokens_per_s": rate,
+                                  "input_wait_share": window_wait / max(now - window_start, 1e-9)}
                         history.append(record)
                         progress.update(task, info=f"loss {v[0]:.3f} · ce {v[1]:.3f} · mlm {v[2]:.3f} · "
                                                    f"cos {v[3]:.3f}" + (f" · mse {v[4]:.3f}" if v[4] else "")
-                                                   + f" · {rate / 1000:.1f}k tok/s")
+                                                   + f" · {rate / 1000:.1f}k tok/s"
+                                                   + (f" · waiting for input {record['input_wait_share']:.0%}"
+                                                      if record["input_wait_share"] >= 0.05 else ""))
                         acc.zero_()
-                        acc_n, window_tokens, window_start = 0, 0, now
+                        acc_n, window_tokens, window_start, window_wait = 0, 0, now, 0.0
                     progress.update(task, completed=done)
                     if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
                         # Never overwrite a good checkpoint with a diverged model.
@@ -235,7 +247,7 @@ class Trainer:
             loss_share={lk.name: (share_sum[i].item() / share_total if share_total > 0 else 0.0)
                         for i, lk in enumerate(self.links)},
             supervised_fraction={lk.name: all_sup[lk.name] / max(all_sup["masked"], 1) for lk in self.links},
-            resumed_from=start)
+            resumed_from=start, input_wait_seconds=self.input_wait_s)
 
     def _diverged(self, step: int, loss: float, lr: float) -> None:
         kept = self.checkpoint_dir / "state.pt"
