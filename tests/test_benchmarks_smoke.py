@@ -344,3 +344,15 @@ def test_stream_workers_come_from_a_preloaded_forkserver():
         assert ctx.get_start_method() == "forkserver"
     else:
         assert ctx.get_start_method() == "spawn"
+
+
+def test_push_forward_benchmark_times_both_and_they_agree(tmp_path, shared_dir):
+    """benchmarks/push_forward.py: the gather-only push-forward against the scatter baseline, with
+    the fixture tokenizers' map; both give the same values and gradients."""
+    bench = load("push_forward")
+    out = bench.main(["--shared", str(shared_dir), "--rows", "16", "--device", "cpu", "--repeats", "2",
+                      "--iters", "1", "--out", str(tmp_path / "p.json")])
+    assert json.loads((tmp_path / "p.json").read_text()) == json.loads(json.dumps(out))
+    assert set(out["variants"]) == {"scatter (before)", "gather (now)"}
+    assert out["agreement"]["max_abs_value_diff"] < 1e-4 and out["agreement"]["max_abs_grad_diff"] < 1e-4
+    assert out["single_columns"] + sum(out["groups"].values()) == out["columns"]

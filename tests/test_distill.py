@@ -37,7 +37,7 @@ from compresso.strategies.distill.losses import (
     teacher_log_p,
 )
 from compresso.strategies.distill.modeling import MaskedLM, StudentModule, build_student, default_layers
-from compresso.strategies.distill.vocab import build_vocab_map, same_tokenization
+from compresso.strategies.distill.vocab import VocabMap, build_vocab_map, same_tokenization
 from compresso.corpus import Corpus
 from compresso.strategy import ModelBundle, RunContext, StrategyError, TeacherRef
 
@@ -345,6 +345,39 @@ def test_cross_vocab_push_forward_matches_explicit_sum():
         assert other[i].exp().sum().item() == pytest.approx(1.0, abs=1e-5)
     (renorm.sum() + other.sum()).backward()
     assert torch.isfinite(z.grad).all()
+
+
+@pytest.mark.parametrize("unmapped_mass", ["other", "renormalise"])
+def test_push_forward_values_and_gradients_equal_a_dense_reference(unmapped_mass):
+    """The gather-only push-forward against the textbook one: the student's probabilities times a
+    0/1 (student id x teacher column) matrix, in float64 -- values and gradients, with columns of
+    1 to 4 student ids in shuffled order and a student output layer wider than its vocabulary."""
+    rng = np.random.default_rng(3)
+    n_cols, vocab, width = 40, 80, 83
+    sizes = np.concatenate([np.ones(25, int), np.full(9, 2), np.full(4, 3), np.full(2, 4)])
+    rng.shuffle(sizes)
+    columns = np.repeat(np.arange(n_cols), sizes)
+    student_ids = rng.choice(np.arange(3, vocab), size=len(columns), replace=False)  # 0-2: specials
+    order = rng.permutation(len(columns))  # the map lists ids in no particular order
+    vmap = VocabMap(student_ids=student_ids[order], columns=columns[order], teacher_ids=np.arange(100, 100 + n_cols),
+                    student_to_teacher=np.full(vocab, -1), student_vocab_mapped=0.0, teacher_vocab_covered=0.0,
+                    case_folded=True, merged=int((sizes > 1).sum()))
+    link = TeacherLink("u", lm=None, weight=1.0, view=1, vocab=vmap).to(torch.device("cpu"))
+    z = torch.randn(6, width, dtype=torch.float64) * 6
+    probe = torch.randn(6, n_cols + (unmapped_mass == "other"), dtype=torch.float64)
+    z1 = z.clone().requires_grad_()
+    got = student_log_q(z1, link, 2.0, unmapped_mass)
+    (got * probe).sum().backward()
+    z2 = z.clone().requires_grad_()
+    dense = torch.zeros(width, n_cols + 1, dtype=torch.float64)
+    dense[student_ids, columns] = 1.0
+    dense[np.setdiff1d(np.arange(width), student_ids), n_cols] = 1.0  # everything else: "other"
+    mass = (z2 / 2.0).softmax(-1) @ dense
+    want = mass.log() if unmapped_mass == "other" else \
+        (mass[:, :n_cols] / mass[:, :n_cols].sum(-1, keepdim=True)).log()
+    (want * probe).sum().backward()
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-10, atol=1e-10)
 
 
 def test_teacher_other_bucket_normalisation():

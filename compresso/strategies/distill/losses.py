@@ -77,6 +77,11 @@ class TeacherLink:
     teacher_ids: torch.Tensor | None = None
     student_to_teacher: torch.Tensor | None = None
     weight_t: torch.Tensor | None = None
+    # The push-forward as gathers (``student_log_q``): student ids alone on their column, then one
+    # (columns, g) index block per group size g > 1, and where each column lands in that order.
+    single_ids: torch.Tensor | None = None
+    group_ids: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    column_order: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "TeacherLink":
         self.weight_t = torch.tensor(self.weight, device=device)  # made once: no host copy per step
@@ -85,10 +90,43 @@ class TeacherLink:
             self.columns = torch.as_tensor(self.vocab.columns, device=device)
             self.teacher_ids = torch.as_tensor(self.vocab.teacher_ids, device=device)
             self.student_to_teacher = torch.as_tensor(self.vocab.student_to_teacher, device=device)
+            self._group_columns(device)
         if self.shared_column is not None:
             self.shared_column = torch.as_tensor(self.shared_column, device=device)
         self._unmapped: dict[tuple[str, int], torch.Tensor] = {}
         return self
+
+    def _group_columns(self, device: torch.device) -> None:
+        """Lay the student ids out by how many share a teacher column. Most columns hold one id
+        (88 % for the fixture tokenizers; the rest are case variants, ``Casa``/``casa``), so their
+        log-mass is the student's log-prob itself, and a column of g ids is a log-sum-exp over a
+        row of a (columns, g) block: the push-forward needs gathers only, no scatter."""
+        columns, student_ids = np.asarray(self.vocab.columns), np.asarray(self.vocab.student_ids)
+        n_cols = len(self.vocab.teacher_ids)
+        by_column = np.argsort(columns, kind="stable")
+        sizes = np.bincount(columns, minlength=n_cols)
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        placed = []  # teacher columns in the order their log-mass is laid out
+        single = np.flatnonzero(sizes == 1)
+        self.single_ids = torch.as_tensor(student_ids[by_column[starts[single]]], device=device)
+        placed.append(single)
+        self.group_ids = []
+        for g in np.unique(sizes[sizes > 1]):
+            cols = np.flatnonzero(sizes == g)
+            block = by_column[starts[cols][:, None] + np.arange(g)]  # (columns, g) positions in student_ids
+            self.group_ids.append((int(g), torch.as_tensor(student_ids[block].reshape(-1), device=device)))
+            placed.append(cols)
+        order = np.empty(n_cols, dtype=np.int64)
+        order[np.concatenate(placed)] = np.arange(n_cols)
+        self.column_order = torch.as_tensor(order, device=device)
+
+    def unmapped_ids(self, side: str, width: int, device: torch.device) -> torch.Tensor:
+        """The ids of ``unmapped(side, width)``, for gathering them."""
+        cache = self.__dict__.setdefault("_unmapped_ids", {})
+        key = (side, width)
+        if key not in cache:
+            cache[key] = torch.nonzero(self.unmapped(side, width, device)).squeeze(1)
+        return cache[key]
 
     def unmapped(self, side: str, width: int, device: torch.device) -> torch.Tensor:
         """(width,) bool: ids of the student's (``side="student"``) or this teacher's logits
@@ -172,7 +210,7 @@ def teacher_log_p(link: TeacherLink, logits: torch.Tensor, cfg: LossConfig) -> t
     if cfg.unmapped_mass == "renormalise":
         return (logits.index_select(1, link.teacher_ids) / cfg.temperature).log_softmax(-1)
     log_p = (logits / cfg.temperature).log_softmax(-1)
-    other = log_p.masked_fill(~link.unmapped("teacher", log_p.shape[1], log_p.device), float("-inf"))
+    other = log_p.index_select(1, link.unmapped_ids("teacher", log_p.shape[1], log_p.device))
     return torch.cat([log_p.index_select(1, link.teacher_ids), other.logsumexp(-1, keepdim=True)], 1)
 
 
@@ -241,20 +279,17 @@ def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float,
             logits = logits[:, : link.shared_vocab]
         return (logits / temperature).log_softmax(-1)
     log_q = (logits / temperature).log_softmax(-1)
-    mapped = log_q.index_select(1, link.student_ids)  # (k, M)
-    k, n_cols = mapped.shape[0], link.teacher_ids.shape[0]
-    cols = link.columns.unsqueeze(0).expand(k, -1)
-    # Grouped log-sum-exp over the student ids that share a teacher id, shifted per column for
-    # exactness (a detached shift does not change the gradient).
-    col_max = torch.full((k, n_cols), float("-inf"), device=mapped.device, dtype=mapped.dtype)
-    col_max = col_max.scatter_reduce(1, cols, mapped.detach(), reduce="amax", include_self=True)
-    shifted = (mapped - col_max.gather(1, cols)).exp()
-    mass = torch.zeros(k, n_cols, device=mapped.device, dtype=mapped.dtype).scatter_add(1, cols, shifted)
-    log_mass = mass.log() + col_max
+    k = log_q.shape[0]
+    # A column's log-mass is the log-sum-exp of its student ids' log-probs (exact: logsumexp
+    # shifts by each group's own max); columns of one id take the log-prob as it is.
+    parts = [log_q.index_select(1, link.single_ids)]
+    for g, ids in link.group_ids:
+        parts.append(log_q.index_select(1, ids).view(k, -1, g).logsumexp(-1))
+    log_mass = torch.cat(parts, 1).index_select(1, link.column_order)  # back to teacher_ids order
     if unmapped_mass == "renormalise":
         return log_mass - log_mass.logsumexp(-1, keepdim=True)
     # Special tokens are never mapped, so "other" is never empty on either side.
-    other = log_q.masked_fill(~link.unmapped("student", log_q.shape[1], log_q.device), float("-inf"))
+    other = log_q.index_select(1, link.unmapped_ids("student", log_q.shape[1], log_q.device))
     return torch.cat([log_mass, other.logsumexp(-1, keepdim=True)], 1)
 
 
