@@ -93,6 +93,9 @@ def parse_args(argv):
                     help="tokenizer worker processes per variant (default: the strategy's)")
     ap.add_argument("--train-variant", default=None, help=argparse.SUPPRESS)  # internal: one variant's process
     ap.add_argument("--max-documents", type=int, default=None, help="cap the training documents (smoke runs)")
+    ap.add_argument("--fp16-copies", action="store_true",
+                    help="also write every trained student in float16 under OUT/students-fp16/NAME (half the "
+                         "bytes: what a device run brings back for `compresso evaluate`)")
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args(argv)
@@ -374,6 +377,24 @@ def train_one(args, refs: dict) -> None:
     tmp.replace(dest)  # a folder appears complete or not at all
 
 
+def save_fp16_copy(bundle, folder: Path, out: Path) -> Path:
+    """``OUT/students-fp16/NAME``: the student in float16 (a plain save_pretrained folder, with its
+    variant.json), written whole or not at all. Every trained student gets one, by the same name."""
+    from compresso.models import save_bundle
+
+    dest = out / "students-fp16" / folder.name
+    tmp = dest.with_name(dest.name + ".partial")
+    bundle.model.half()
+    save_bundle(bundle, tmp)
+    (tmp / "variant.json").write_text((folder / "variant.json").read_text())
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)
+    tmp.replace(dest)
+    return dest
+
+
 def train_variants(names: list[str], args, t0: float, console) -> tuple[list[str], dict]:
     """Run each variant's ``train_one`` in a process of its own, ``--jobs`` at a time, within
     ``--max-seconds``. Returns the variants that finished and {variant: why skipped}."""
@@ -475,6 +496,8 @@ def main(argv=None) -> dict | None:
                                                 space_cols, tops, device)
             evals[name] = per_pos
             result["students"][name] = {**info, **metrics, "saved": str(folder)}
+            if args.fp16_copies:
+                result["students"][name]["saved_fp16"] = str(save_fp16_copy(bundle, folder, args.out))
             del bundle
         # Paired intervals against the best single-teacher student trained on the same token budget
         # (a 2x DistilMulti is compared with a 2x Distil-BERT when the run has one, not with a 1x one).

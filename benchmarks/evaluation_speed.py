@@ -310,6 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.smoke and not args.models and not args.alone_only:
         console.print("[red]--models NAME=PATH ... (the students) are needed for the GPU run; --smoke for CPU[/red]")
         return 2
+    # Every model must be loadable before a job starts: a missing folder would otherwise fail each of
+    # its jobs one by one and leave a report with empty rows (as `compresso evaluate` does, exit 2).
+    from compresso.models import ModelLoadError, check_available
+
+    for given in [*args.models, *(args.teachers or [])]:
+        name, path = _named(given)
+        try:
+            check_available(path)
+        except ModelLoadError as exc:
+            console.print(f"[red]model {name}: {exc}[/red]")
+            return 2
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.alone_only:
         shutil.rmtree(out / "sequential", ignore_errors=True)

@@ -222,7 +222,7 @@ def test_ensemble_study_tiny(tmp_path):
     study = load("ensemble_study")
     out = study.main(["--shared", str(shared), "--out", str(tmp_path / "out"), "--device", "cpu",
                       "--heldout-docs", "30", "--mask-passes", "2", "--seq-len", "32", "--batch-size", "4",
-                      "--train-steps", "2", "--bootstrap", "50", "--jobs", "2",
+                      "--train-steps", "2", "--bootstrap", "50", "--jobs", "2", "--fp16-copies",
                       "--variants", "distil-bert,distilmulti,distil-robert,distilmulti-init-uncased,distilmulti-2x,distil-bert-2x"])
     assert json.loads((tmp_path / "out" / "ensemble_study.json").read_text()) == json.loads(json.dumps(out))
     ceil = out["ceiling"]
@@ -248,8 +248,16 @@ def test_ensemble_study_tiny(tmp_path):
     assert students["distilmulti-2x"]["best_single"] == "distil-bert-2x"
     assert out["best_single_student_by_steps"] == {"2": out["best_single_student"], "4": "distil-bert-2x"}
     assert "best_single" not in students["distil-bert-2x"]
-    # Each variant was trained in its own process and saved as a plain folder that evaluate takes.
+    # Each variant was trained in its own process and saved as a plain folder that evaluate takes,
+    # and (--fp16-copies) again in float16 under the same name, every one of them.
+    import torch
+    from safetensors import safe_open
+
     for name, s in students.items():
+        copy = tmp_path / "out" / "students-fp16" / name
+        assert s["saved_fp16"] == str(copy) and (copy / "variant.json").is_file()
+        with safe_open(str(copy / "model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
         assert s["steps"] == (4 if name.endswith("-2x") else 2) and (tmp_path / "out" / "students" / name / "model.safetensors").exists()
 
 def test_distill_speed_flop_formula_matches_the_docs():

@@ -237,6 +237,24 @@ def test_evaluation_speed_benchmark_smoke(shared_dir, tmp_path):
     assert (out / "concurrent" / "results.json").is_file()
 
 
+def test_evaluation_speed_benchmark_refuses_a_missing_model_before_any_job(shared_dir, tmp_path, capsys):
+    """A student folder that does not exist stops the benchmark at once (exit 2, the folder named,
+    nothing written), as `compresso evaluate` does -- not one failed job per task and seed."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation_speed.py"
+    spec = importlib.util.spec_from_file_location("bench_evaluation_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench"
+    missing = tmp_path / "students" / "distil-bert-2x"
+    assert bench.main(["--shared", str(shared_dir), "--models", f"distil-bert-2x={missing}", "--device", "cpu",
+                       "--out", str(out)]) == 2
+    printed = capsys.readouterr().out
+    assert "distil-bert-2x" in printed and "does not exist" in printed
+    assert not out.exists()
+
+
 @pytest.mark.shared
 def test_interrupted_evaluation_resumes_finished_jobs(tiny, shared_dir, tmp_path, monkeypatch):
     import compresso.evaluation.report as report_module
