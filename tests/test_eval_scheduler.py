@@ -219,13 +219,19 @@ def test_failing_job_is_reported_and_others_scored(tiny, shared_dir, tmp_path):
 
 
 @pytest.mark.shared
-def test_evaluation_speed_benchmark_smoke(shared_dir, tmp_path):
+def _evaluation_speed_benchmark():
+    """benchmarks/evaluation_speed.py as a module (benchmarks/ is no package)."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation_speed.py"
     spec = importlib.util.spec_from_file_location("bench_evaluation_speed", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_evaluation_speed_benchmark_smoke(shared_dir, tmp_path):
+    bench = _evaluation_speed_benchmark()
     out = tmp_path / "bench"
     assert bench.main(["--smoke", "--shared", str(shared_dir), "--tasks", "sapn,sts", "--seeds", "1",
                        "--max-train-examples", "24", "--out", str(out)]) == 0
@@ -240,12 +246,7 @@ def test_evaluation_speed_benchmark_smoke(shared_dir, tmp_path):
 def test_evaluation_speed_benchmark_refuses_a_missing_model_before_any_job(shared_dir, tmp_path, capsys):
     """A student folder that does not exist stops the benchmark at once (exit 2, the folder named,
     nothing written), as `compresso evaluate` does -- not one failed job per task and seed."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation_speed.py"
-    spec = importlib.util.spec_from_file_location("bench_evaluation_speed", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _evaluation_speed_benchmark()
     out = tmp_path / "bench"
     missing = tmp_path / "students" / "distil-bert-2x"
     assert bench.main(["--shared", str(shared_dir), "--models", f"distil-bert-2x={missing}", "--device", "cpu",
@@ -280,12 +281,7 @@ def test_interrupted_evaluation_resumes_finished_jobs(tiny, shared_dir, tmp_path
 def test_evaluation_speed_benchmark_alone_check(tiny, shared_dir, tmp_path):
     """The device run's path on CPU at test size: the main run, then UPOS/SAPN/STS of the smaller
     model again one job at a time, compared with the concurrent scores."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "evaluation_speed.py"
-    spec = importlib.util.spec_from_file_location("bench_evaluation_speed_gpu", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _evaluation_speed_benchmark()
     out = tmp_path / "bench"
     assert bench.main(["--teachers", f"tinyA={tiny['tinyA']}", "--models", f"tinyB={tiny['tinyB']}", "--device", "cpu",
                        "--shared", str(shared_dir), "--tasks", "upos,sapn,sts", "--seeds", "2", "--jobs", "2",
