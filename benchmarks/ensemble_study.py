@@ -49,7 +49,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from compresso.corpus import Corpus  # noqa: E402
-from compresso.models import load_bundle  # noqa: E402
 from compresso.strategies.distill.data import BatchStream, MaskingConfig, StreamConfig, ViewSpec  # noqa: E402
 from compresso.strategies.distill.modeling import MaskedLM, default_layers  # noqa: E402
 from compresso.strategies.distill.vocab import build_vocab_map  # noqa: E402

@@ -16,7 +16,6 @@ where nvidia-smi has them, and the load average.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -146,10 +145,10 @@ def main(argv=None) -> dict:
               "single_columns": int(link.single_ids.numel()), "repeats": args.repeats, "iters": args.iters,
               "variants": summary, "gather_over_scatter": ratio, "agreement": agreement}
     if args.out:
+        from compresso.strategy import write_json  # never a half-written file
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, result)
     return result
 
 

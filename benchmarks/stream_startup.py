@@ -120,10 +120,10 @@ def main(argv=None) -> dict | None:
                           "load_after": os.getloadavg()},
               "runs": runs, "first_batch": summary, "ratios": ratio}
     if args.out:
+        from compresso.strategy import write_json  # never a half-written file
+
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(args.out)
+        write_json(args.out, result)
     return result
 
 

@@ -180,20 +180,20 @@ def parameter_rows(params: type) -> list[tuple[str, str, str, str]]:
     from pydantic_core import PydanticUndefined
 
     rows = []
-    for name, field in params.model_fields.items():
-        annotation = field.annotation
+    for name, info in params.model_fields.items():
+        annotation = info.annotation
         kind = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
         kind = _readable_type(kind or str(annotation))
-        constraints = [_readable_constraint(m) for m in field.metadata]
+        constraints = [_readable_constraint(m) for m in info.metadata]
         if constraints:
             kind += f" ({', '.join(constraints)})"
-        if field.is_required():
+        if info.is_required():
             default = "(required)"
-        elif field.default is not PydanticUndefined:
-            default = repr(field.default)
+        elif info.default is not PydanticUndefined:
+            default = repr(info.default)
         else:
-            default = repr(field.get_default(call_default_factory=True))
-        rows.append((name, kind, default, field.description or ""))
+            default = repr(info.get_default(call_default_factory=True))
+        rows.append((name, kind, default, info.description or ""))
     return rows
 
 

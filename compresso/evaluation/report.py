@@ -109,8 +109,8 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
                  if "input_metrics" in scores.get(m["name"], {}).get(task, {})]
     if reapplied:
         out += ["### Before and after re-applying a strategy to the fine-tuned model", "",
-                f"The input model is fine-tuned on the task, the strategy (e.g. INT8 quantization) is applied to "
-                f"that fine-tuned model, and both are scored on the test set.", ""]
+                "The input model is fine-tuned on the task, the strategy (e.g. INT8 quantization) is applied to "
+                "that fine-tuned model, and both are scored on the test set.", ""]
         rows = []
         for m, task in reapplied:
             t, e = tasks[task], scores[m["name"]][task]
