@@ -363,35 +363,34 @@ def run_variant(name: str, args, refs: dict, work: Path, device) -> tuple[object
     return out, info
 
 
-def train_one(args, refs: dict) -> None:
-    """The body of one variant's process: distil, then save the student where the study reads it."""
+def save_student(bundle, dest: Path, variant_json: str) -> Path:
+    """``bundle`` as a plain save_pretrained folder ``dest`` with its ``variant.json``, written under
+    a temporary name and renamed: a folder appears complete or not at all."""
+    import shutil
+
     from compresso.models import save_bundle
 
-    name = args.train_variant
-    out, info = run_variant(name, args, refs, args.out / "work", torch.device(args.device))
-    dest = args.out / "students" / name
     tmp = dest.with_name(dest.name + ".partial")
-    save_bundle(out, tmp)
-    (tmp / "variant.json").write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(dest)  # a folder appears complete or not at all
-
-
-def save_fp16_copy(bundle, folder: Path, out: Path) -> Path:
-    """``OUT/students-fp16/NAME``: the student in float16 (a plain save_pretrained folder, with its
-    variant.json), written whole or not at all. Every trained student gets one, by the same name."""
-    from compresso.models import save_bundle
-
-    dest = out / "students-fp16" / folder.name
-    tmp = dest.with_name(dest.name + ".partial")
-    bundle.model.half()
     save_bundle(bundle, tmp)
-    (tmp / "variant.json").write_text((folder / "variant.json").read_text())
+    (tmp / "variant.json").write_text(variant_json)
     if dest.exists():
-        import shutil
-
         shutil.rmtree(dest)
     tmp.replace(dest)
     return dest
+
+
+def train_one(args, refs: dict) -> None:
+    """The body of one variant's process: distil, then save the student where the study reads it."""
+    name = args.train_variant
+    out, info = run_variant(name, args, refs, args.out / "work", torch.device(args.device))
+    save_student(out, args.out / "students" / name, json.dumps(info, indent=2) + "\n")
+
+
+def save_fp16_copy(bundle, folder: Path, out: Path) -> Path:
+    """``OUT/students-fp16/NAME``: the student in float16, with its variant.json. Every trained
+    student gets one, by the same name."""
+    bundle.model.half()
+    return save_student(bundle, out / "students-fp16" / folder.name, (folder / "variant.json").read_text())
 
 
 def train_variants(names: list[str], args, t0: float, console) -> tuple[list[str], dict]:

@@ -40,7 +40,7 @@ def scatter_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -
     log_q = (logits / temperature).log_softmax(-1)
     mapped = log_q.index_select(1, link.student_ids)
     k, n_cols = mapped.shape[0], link.teacher_ids.shape[0]
-    cols = link.columns.unsqueeze(0).expand(k, -1)
+    cols = torch.as_tensor(link.vocab.columns, device=mapped.device).unsqueeze(0).expand(k, -1)
     col_max = torch.full((k, n_cols), float("-inf"), device=mapped.device, dtype=mapped.dtype)
     col_max = col_max.scatter_reduce(1, cols, mapped.detach(), reduce="amax", include_self=True)
     shifted = (mapped - col_max.gather(1, cols)).exp()

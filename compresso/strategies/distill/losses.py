@@ -73,7 +73,6 @@ class TeacherLink:
     shared_size: int = 0
     # Device copies of the vocabulary map, set by ``to(device)``.
     student_ids: torch.Tensor | None = None
-    columns: torch.Tensor | None = None
     teacher_ids: torch.Tensor | None = None
     student_to_teacher: torch.Tensor | None = None
     weight_t: torch.Tensor | None = None
@@ -87,13 +86,14 @@ class TeacherLink:
         self.weight_t = torch.tensor(self.weight, device=device)  # made once: no host copy per step
         if self.vocab is not None:
             self.student_ids = torch.as_tensor(self.vocab.student_ids, device=device)
-            self.columns = torch.as_tensor(self.vocab.columns, device=device)
             self.teacher_ids = torch.as_tensor(self.vocab.teacher_ids, device=device)
             self.student_to_teacher = torch.as_tensor(self.vocab.student_to_teacher, device=device)
             self._group_columns(device)
         if self.shared_column is not None:
             self.shared_column = torch.as_tensor(self.shared_column, device=device)
+        # per (side, width): masks (``unmapped``) and their ids (``unmapped_ids``), on this device
         self._unmapped: dict[tuple[str, int], torch.Tensor] = {}
+        self._unmapped_ids: dict[tuple[str, int], torch.Tensor] = {}
         return self
 
     def _group_columns(self, device: torch.device) -> None:

@@ -157,7 +157,7 @@ class Trainer:
 
         acc = torch.zeros(5 + n_teachers, device=self.device)  # total, ce, mlm, cos, mse, per-teacher
         acc_n = 0
-        window_tokens, window_start, window_wait = 0, time.perf_counter(), 0.0
+        window_tokens, window_start, window_wait_start = 0, time.perf_counter(), self.input_wait_s
         run_start = time.perf_counter()
         stream = BatchStream(self.stream_cfg, "train", position)
         batches = iter(stream)
@@ -170,9 +170,7 @@ class Trainer:
                     for micro in range(cfg.grad_accum_steps):
                         waited = time.perf_counter()
                         batch = next(batches)
-                        waited = time.perf_counter() - waited
-                        self.input_wait_s += waited
-                        window_wait += waited
+                        self.input_wait_s += time.perf_counter() - waited
                         batch = batch.to(self.device)
                         sync = nullcontext() if (self.world == 1 or micro == cfg.grad_accum_steps - 1) \
                             else model.no_sync()
@@ -216,7 +214,8 @@ class Trainer:
                         tokens += int(window.item())
                         record = {"step": done, "lr": scheduler.get_last_lr()[0], "loss": v[0],
                                   **dict(zip(PART_NAMES, v[1:5])), "tokens_per_s": rate,
-                                  "input_wait_share": window_wait / max(now - window_start, 1e-9)}
+                                  "input_wait_share": (self.input_wait_s - window_wait_start)
+                                                      / max(now - window_start, 1e-9)}
                         history.append(record)
                         progress.update(task, info=f"loss {v[0]:.3f} · ce {v[1]:.3f} · mlm {v[2]:.3f} · "
                                                    f"cos {v[3]:.3f}" + (f" · mse {v[4]:.3f}" if v[4] else "")
@@ -224,7 +223,7 @@ class Trainer:
                                                    + (f" · waiting for input {record['input_wait_share']:.0%}"
                                                       if record["input_wait_share"] >= 0.05 else ""))
                         acc.zero_()
-                        acc_n, window_tokens, window_start, window_wait = 0, 0, now, 0.0
+                        acc_n, window_tokens, window_start, window_wait_start = 0, 0, now, self.input_wait_s
                     progress.update(task, completed=done)
                     if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
                         # Never overwrite a good checkpoint with a diverged model.
