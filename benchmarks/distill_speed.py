@@ -66,6 +66,7 @@ Configurations (``--configs``):
   ref-fp32   the reference in fp32 (how it runs on today's torch without apex)
   c1-text    compresso, 1 teacher, real text: ``--shared``/corpus with the cased fixture tokenizer
   cx-text    compresso, 2 teachers, real text: cased (student, A) and uncased (B) fixture tokenizers
+  c1c-text, cxc-text   c1-text, cx-text compiled (what ``compile: auto`` runs on a GPU)
   c1c, c2c, cxc          c1, c2, cx with ``compile: true`` (regional torch.compile, fixed-width batches)
   c1-all, c1-all-chunk   1 teacher, KL at every token (``ce_scope: all``), without / with chunked head
                          losses (``loss_chunk_rows: --chunk-rows``); c1c-all-chunk compiled too;
@@ -162,6 +163,10 @@ CONFIGS = {
     "c1-text": dict(system="compresso", teachers=("A",), data="text", label="compresso, 1 teacher, real text"),
     "cx-text": dict(system="compresso", teachers=("A", "B"), data="text",
                     label="compresso, 2 teachers, cross-tokenizer, real text"),
+    "c1c-text": dict(system="compresso", teachers=("A",), data="text", compile=True,
+                     label="compresso, 1 teacher, real text, compiled"),
+    "cxc-text": dict(system="compresso", teachers=("A", "B"), data="text", compile=True,
+                     label="compresso, 2 teachers, cross-tokenizer, real text, compiled"),
 }
 
 
@@ -1015,7 +1020,7 @@ def finish_phases(phases: list[dict]) -> None:
             ratios[f"{name} / reference tokens/s"] = round(one["tokens_per_s"] / best["tokens_per_s"], 3)
             if one["peak_gpu_mib"] and best["peak_gpu_mib"]:
                 ratios[f"{name} / reference peak memory"] = round(one["peak_gpu_mib"] / best["peak_gpu_mib"], 3)
-        for text, synth in (("c1-text", "c1"), ("cx-text", "cx")):
+        for text, synth in (("c1-text", "c1"), ("cx-text", "cx"), ("c1c-text", "c1c"), ("cxc-text", "cxc")):
             if text in by and synth in by:
                 t = by[text].get("sustained_tokens_per_s", by[text]["tokens_per_s"])
                 ratios[f"{text} / {synth} tokens/s"] = round(t / by[synth]["tokens_per_s"], 3)
@@ -1027,7 +1032,8 @@ def finish_phases(phases: list[dict]) -> None:
 
 
 # the second teacher with another tokenizer against one teacher, each pair in the same run
-PROFILE_PAIRS = (("c1", "cx"), ("c1c", "cxc"), ("c1-all-chunk", "cx-all-chunk"), ("c1-text", "cx-text"))
+PROFILE_PAIRS = (("c1", "cx"), ("c1c", "cxc"), ("c1-all-chunk", "cx-all-chunk"), ("c1-text", "cx-text"),
+                 ("c1c-text", "cxc-text"))
 
 
 def profile_diffs(by: dict) -> dict:

@@ -39,6 +39,8 @@ GOALS = [
     ("cxc / c1c step time", "<=", 1.45, "compiled: cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
     ("c1c / reference tokens/s", ">=", 2.0, "compiled: compresso ≥ 2 × the reference's tokens/s"),
     ("c1c / reference peak memory", "<=", 0.6, "compiled: compresso peak memory ≤ 0.6 × the reference's"),
+    ("c1c-text / c1c tokens/s", ">=", 0.90, "compiled: real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
+    ("cxc-text / cxc tokens/s", ">=", 0.90, "compiled: real text ≥ 90 % of synthetic tokens/s, cross-tokenizer"),
     # KL at every token (ce_scope all) against the reference without restrict_ce_to_mask
     ("c1-all-chunk / reference tokens/s", ">=", 2.0, "KL everywhere, chunked: ≥ 2 × the reference's tokens/s"),
     ("c1-all-chunk / reference peak memory", "<=", 0.6, "KL everywhere, chunked: peak memory ≤ 0.6 × the reference's"),
@@ -151,6 +153,8 @@ def issue_note(data: dict) -> str:
             ("compresso, 2 teachers, second with another tokenizer, compiled", "cxc", "median"),
             ("compresso, 1 teacher, real text (sustained)", "c1-text", "sustained"),
             ("compresso, 2 teachers, cross-tokenizer, real text (sustained)", "cx-text", "sustained"),
+            ("compresso, 1 teacher, real text, compiled (sustained)", "c1c-text", "sustained"),
+            ("compresso, 2 teachers, cross-tokenizer, real text, compiled (sustained)", "cxc-text", "sustained"),
             ("reference (HF DistilBERT, fp16 apex O1 emulated)", "ref", "median"),
             ("reference (HF DistilBERT, fp32)", "ref-fp32", "median")]
     lines = ["| run (base size, seq " + str(data["sizes"]["seq_len"]) + ") | "

@@ -1,14 +1,17 @@
-"""The cross-tokenizer push-forward alone: gathers (compresso's ``student_log_q``) against scatters.
+"""The cross-tokenizer soft-target KL alone: gathers (compresso's push-forward), eager and
+compiled, against scatters.
 
 Pushing the student's distribution onto a foreign teacher's vocabulary is the part of the
 cross-tokenizer step that grew most in the H200 profile of issue 14 (5.1 ms of device time per step
 forward at batch 256, plus its backward). ``student_log_q`` now lays student ids out by how many
 share a teacher column and needs only gathers; until then it took a scatter-based grouped
 log-sum-exp over every mapped id (kept below as ``scatter_log_q``, the baseline). Both give the
-same values and gradients (``tests/test_distill.py``). This times forward + backward of each on
-rows of random logits, with the fixture tokenizers' vocabulary map (cased 16k student, uncased 14k
-teacher), interleaved and repeated; prints a table and writes JSON with the device, its clocks
-where nvidia-smi has them, and the load average.
+same values and gradients (``tests/test_distill.py``). With ``compile`` (on by default on CUDA)
+the step computes the KL through ``soft_target_kl`` under torch.compile: log-softmax, gathers,
+log-sum-exps and KL fused. This times forward + backward of the per-row KL of each (push-forward,
+then KL against a teacher's log-probs) on rows of random logits, with the fixture tokenizers'
+vocabulary map (cased 16k student, uncased 14k teacher), interleaved and repeated; prints a table
+and writes JSON with the device, its clocks where nvidia-smi has them, and the load average.
 
     python benchmarks/push_forward.py --shared ../shared --rows 4915 --device cuda --out push_forward.json
 """
@@ -30,7 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from compresso.strategies.distill.losses import TeacherLink, student_log_q  # noqa: E402
+from compresso.strategies.distill.losses import (  # noqa: E402
+    LossConfig,
+    TeacherLink,
+    kl_per_position,
+    soft_target_kl,
+    student_log_q,
+)
 from compresso.strategies.distill.vocab import build_vocab_map  # noqa: E402
 
 
@@ -54,7 +63,19 @@ def gather_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) ->
     return student_log_q(logits, link, temperature, "other")
 
 
-VARIANTS = {"scatter (before)": scatter_log_q, "gather (now)": gather_log_q}
+def scatter_kl(logits, log_p, link, temperature):
+    return kl_per_position(log_p, scatter_log_q(logits, link, temperature))
+
+
+def gather_kl(logits, log_p, link, temperature):
+    return soft_target_kl(logits, log_p, link, LossConfig(temperature=temperature, compile=False))
+
+
+def compiled_kl(logits, log_p, link, temperature):
+    return soft_target_kl(logits, log_p, link, LossConfig(temperature=temperature, compile=True))
+
+
+VARIANTS = {"scatter (before)": scatter_kl, "gather, eager": gather_kl, "gather, compiled": compiled_kl}
 
 
 def sync(device: torch.device) -> None:
@@ -78,6 +99,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=7, help="timed rounds, variants interleaved")
     ap.add_argument("--iters", type=int, default=10, help="forward + backward passes per timing")
     ap.add_argument("--threads", type=int, help="torch CPU threads")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="time the compiled KL too (default: on CUDA)")
     ap.add_argument("--out", type=Path, help="JSON file")
     args = ap.parse_args(argv)
     from rich.console import Console
@@ -98,10 +121,14 @@ def main(argv=None) -> dict:
     gen = torch.Generator(device="cpu").manual_seed(0)
     logits = (torch.randn(args.rows, len(student), generator=gen) * 4).to(device)
     probe = torch.randn(args.rows, len(vmap.teacher_ids) + 1, generator=gen).to(device)
+    log_p = (torch.randn(args.rows, len(vmap.teacher_ids) + 1, generator=gen) * 4).log_softmax(-1).to(device)
+    row_probe = probe[:, 0].contiguous()
+    compiled = device.type == "cuda" if args.compile is None else args.compile
+    variants = {k: v for k, v in VARIANTS.items() if compiled or k != "gather, compiled"}
 
     def once(fn) -> None:
         z = logits.clone().requires_grad_()
-        (fn(z, link, 2.0) * probe).sum().backward()
+        (fn(z, log_p, link, 2.0) * row_probe).sum().backward()
 
     # the two agree (the tests check this in float64; here in the benchmark's own precision)
     z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
@@ -110,14 +137,23 @@ def main(argv=None) -> dict:
     (b * probe).sum().backward()
     agreement = {"max_abs_value_diff": float((a - b).detach().abs().max()),
                  "max_abs_grad_diff": float((z1.grad - z2.grad).abs().max())}
-    for fn in VARIANTS.values():  # warm-up: allocator, kernels' first launch
+    if compiled:  # the compiled KL against the eager one, values and gradients
+        z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        a, b = gather_kl(z1, log_p, link, 2.0), compiled_kl(z2, log_p, link, 2.0)
+        (a * row_probe).sum().backward()
+        (b * row_probe).sum().backward()
+        agreement["compiled_max_abs_kl_diff"] = float((a - b).detach().abs().max())
+        agreement["compiled_max_abs_grad_diff"] = float((z1.grad - z2.grad).abs().max())
+    t_warm = time.perf_counter()
+    for fn in variants.values():  # warm-up: allocator, kernels' first launch, compilation
         for _ in range(3):
             once(fn)
     sync(device)
+    warmup_s = time.perf_counter() - t_warm
     load_before = os.getloadavg()
-    times = {name: [] for name in VARIANTS}
+    times = {name: [] for name in variants}
     for _ in range(args.repeats):
-        for name, fn in VARIANTS.items():
+        for name, fn in variants.items():
             sync(device)
             t0 = time.perf_counter()
             for _ in range(args.iters):
@@ -126,16 +162,21 @@ def main(argv=None) -> dict:
             times[name].append(1000 * (time.perf_counter() - t0) / args.iters)
     summary = {name: {"median_ms": round(statistics.median(t), 3), "min_ms": round(min(t), 3),
                       "max_ms": round(max(t), 3), "samples_ms": [round(x, 3) for x in t]} for name, t in times.items()}
-    ratio = round(summary["gather (now)"]["median_ms"] / summary["scatter (before)"]["median_ms"], 3)
-    table = Table(title=f"push-forward, forward + backward · {args.rows} rows × {len(student):,} → "
-                        f"{len(vmap.teacher_ids):,} + other · {device}")
+    base = summary["scatter (before)"]["median_ms"]
+    ratios = {"gather_eager_over_scatter": round(summary["gather, eager"]["median_ms"] / base, 3)}
+    if compiled:
+        ratios["compiled_over_scatter"] = round(summary["gather, compiled"]["median_ms"] / base, 3)
+        ratios["compiled_over_gather_eager"] = round(summary["gather, compiled"]["median_ms"]
+                                                     / summary["gather, eager"]["median_ms"], 3)
+    table = Table(title=f"soft-target KL with push-forward, forward + backward · {args.rows} rows × "
+                        f"{len(student):,} → {len(vmap.teacher_ids):,} + other · {device}")
     for col in ("variant", "median ms", "min – max ms"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for name, s in summary.items():
         table.add_row(name, f"{s['median_ms']:.2f}", f"{s['min_ms']:.2f} – {s['max_ms']:.2f}")
     console = Console()
     console.print(table)
-    console.print(f"gather / scatter: [bold]{ratio}[/bold]; agreement {agreement}")
+    console.print(f"ratios {ratios}; agreement {agreement}")
     result = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
               "nvidia_smi": nvidia_smi() if device.type == "cuda" else None,
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
@@ -143,7 +184,7 @@ def main(argv=None) -> dict:
               "rows": args.rows, "student_vocab": len(student), "columns": int(len(vmap.teacher_ids)),
               "groups": {str(g): int(ids.numel() // g) for g, ids in link.group_ids},
               "single_columns": int(link.single_ids.numel()), "repeats": args.repeats, "iters": args.iters,
-              "variants": summary, "gather_over_scatter": ratio, "agreement": agreement}
+              "warmup_s": round(warmup_s, 2), "variants": summary, "ratios": ratios, "agreement": agreement}
     if args.out:
         from compresso.strategy import write_json  # never a half-written file
 

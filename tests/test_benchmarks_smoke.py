@@ -361,6 +361,7 @@ def test_push_forward_benchmark_times_both_and_they_agree(tmp_path, shared_dir):
     out = bench.main(["--shared", str(shared_dir), "--rows", "16", "--device", "cpu", "--repeats", "2",
                       "--iters", "1", "--out", str(tmp_path / "p.json")])
     assert json.loads((tmp_path / "p.json").read_text()) == json.loads(json.dumps(out))
-    assert set(out["variants"]) == {"scatter (before)", "gather (now)"}
+    assert set(out["variants"]) == {"scatter (before)", "gather, eager"}  # compiled: on CUDA only by default
     assert out["agreement"]["max_abs_value_diff"] < 1e-4 and out["agreement"]["max_abs_grad_diff"] < 1e-4
+    assert set(out["ratios"]) == {"gather_eager_over_scatter"}
     assert out["single_columns"] + sum(out["groups"].values()) == out["columns"]

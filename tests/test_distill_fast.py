@@ -182,3 +182,36 @@ def test_a_machine_where_compile_fails_gets_a_clear_error(tiny, tmp_path):
             DistillStrategy(params).apply(load_bundle(tiny["cased"]),
                                           make_ctx(tmp_path, {"cased": tiny["cased"]}, name="nocxx"))
     torch._dynamo.reset()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope,unmapped_mass,chunk", [("masked", "other", None), ("all", "renormalise", None),
+                                                       ("all", "other", 16)])
+def test_compiled_loss_pieces_give_the_unfused_loss_and_gradients(tiny, scope, unmapped_mass, chunk):
+    """``LossConfig.compile`` (the soft-target KL with the push-forward, the teachers' log-probs,
+    word pooling and the hidden-state losses under torch.compile) against the same losses unfused,
+    eager: the same values and gradients, a teacher on the student's tokenizer and one on another,
+    over batches of different row counts without one recompilation per batch."""
+    pytest.importorskip("torch._inductor")
+    from torch._dynamo.utils import counters
+
+    student, links, _ = _setup(tiny, fixed_width=True)
+    student.eval()  # no dropout: eager and compiled draw their random numbers differently
+    base = dict(alpha_cos=1.0, alpha_mse=0.5, ce_scope=scope, unmapped_mass=unmapped_mass, chunk_rows=chunk)
+    for link in links:  # an intermediate layer too: MSE of token states and of pooled states
+        link.layer_map = {1: 2}
+    torch._dynamo.reset()
+    counters.clear()
+    for rows in (6, 4, 5):
+        _, _, b = _setup(tiny, fixed_width=True, rows=rows)
+        ref, ref_grads = _loss_and_grads(student, links, b, LossConfig(**base))
+        got, got_grads = _loss_and_grads(student, links, b, LossConfig(**base, compile=True))
+        assert ref.parts[0] > 0.01 and ref.parts[3] > 0  # KL and MSE really present
+        torch.testing.assert_close(got.parts, ref.parts, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got.total, ref.total, rtol=1e-5, atol=1e-6)
+        assert set(got_grads) == set(ref_grads)
+        for name, g in ref_grads.items():
+            torch.testing.assert_close(got_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    assert counters["stats"]["unique_graphs"] >= 3 and not counters["graph_break"]
+    # compiled once per piece and grad mode, not once per batch size
+    assert counters["stats"]["unique_graphs"] <= 12, dict(counters["stats"])

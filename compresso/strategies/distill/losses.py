@@ -26,6 +26,7 @@ step runs without synchronising.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ class LossConfig:
     ce_scope: str = "all"  # "all" | "masked"
     unmapped_mass: str = "other"  # "other" | "renormalise"
     chunk_rows: int | None = None  # head + soft-target + MLM losses this many rows at a time (ChunkedHeadLoss)
+    compile: bool = False  # torch.compile the soft-target KL, the teachers' log-probs and word pooling (fused kernels)
 
 
 @dataclass
@@ -204,14 +206,42 @@ def shared_entropy(link: TeacherLink, logits: torch.Tensor) -> torch.Tensor:
 def teacher_log_p(link: TeacherLink, logits: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     """Teacher log-probs at T in the target space (full vocab; or intersection [+ other])."""
     if not link.cross:
-        if link.shared_vocab is not None:
-            logits = logits[:, : link.shared_vocab]
-        return (logits / cfg.temperature).log_softmax(-1)
-    if cfg.unmapped_mass == "renormalise":
-        return (logits.index_select(1, link.teacher_ids) / cfg.temperature).log_softmax(-1)
-    log_p = (logits / cfg.temperature).log_softmax(-1)
-    other = log_p.index_select(1, link.unmapped_ids("teacher", log_p.shape[1], log_p.device))
-    return torch.cat([log_p.index_select(1, link.teacher_ids), other.logsumexp(-1, keepdim=True)], 1)
+        fn = _compiled(_log_softmax_at) if cfg.compile else _log_softmax_at
+        return fn(_dynamic_rows(logits, cfg.compile), cfg.temperature, link.shared_vocab)
+    other_ids = None if cfg.unmapped_mass == "renormalise" else \
+        link.unmapped_ids("teacher", logits.shape[1], logits.device)
+    fn = _compiled(_teacher_cross_log_p) if cfg.compile else _teacher_cross_log_p
+    return fn(_dynamic_rows(logits, cfg.compile), cfg.temperature, link.teacher_ids, other_ids)
+
+
+def _log_softmax_at(logits: torch.Tensor, temperature: float, width: int | None) -> torch.Tensor:
+    if width is not None:  # output layers may be padded past the shared vocabulary
+        logits = logits[:, :width]
+    return (logits / temperature).log_softmax(-1)
+
+
+def _teacher_cross_log_p(logits: torch.Tensor, temperature: float, teacher_ids: torch.Tensor,
+                         other_ids: torch.Tensor | None) -> torch.Tensor:
+    if other_ids is None:  # renormalise: the intersection only
+        return (logits.index_select(1, teacher_ids) / temperature).log_softmax(-1)
+    log_p = (logits / temperature).log_softmax(-1)
+    other = log_p.index_select(1, other_ids).logsumexp(-1, keepdim=True)
+    return torch.cat([log_p.index_select(1, teacher_ids), other], 1)
+
+
+@functools.cache
+def _compiled(fn, dynamic: bool | None = None):
+    """``fn`` under torch.compile (one compiled function per loss piece, made on first use). Row
+    counts (masked or aligned positions) change every batch: ``_dynamic_rows`` marks them dynamic
+    before the first call, so a piece compiles once, not once per row count; word pooling, whose
+    word count is an argument too, is compiled with every size dynamic."""
+    return torch.compile(fn, dynamic=dynamic)
+
+
+def _dynamic_rows(t: torch.Tensor, compiled: bool) -> torch.Tensor:
+    if compiled:
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+    return t
 
 
 @torch.inference_mode()
@@ -243,8 +273,9 @@ def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden:
         if link.cross:
             vb = batch.views[link.view - 1]
             with record_function(f"{region}.pool_words"):
-                hidden = pool_words(last, vb.word_pos, vb.word_index, batch.n_words)
-                layers = {s: pool_words(hidden_states[t], vb.word_pos, vb.word_index, batch.n_words)
+                pool = _compiled(pool_words, True) if cfg.compile else pool_words
+                hidden = pool(last, vb.word_pos, vb.word_index, batch.n_words)
+                layers = {s: pool(hidden_states[t], vb.word_pos, vb.word_index, batch.n_words)
                           for s, t in link.layer_map.items()}
         else:
             hidden = _gather(last, batch.token_pos)
@@ -275,26 +306,61 @@ def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float,
     """Student log-probs at T in the teacher's target space (full vocab, or pushed onto the
     intersection, plus the "other" column unless ``unmapped_mass`` is ``renormalise``)."""
     if not link.cross:
-        if link.shared_vocab is not None:
-            logits = logits[:, : link.shared_vocab]
-        return (logits / temperature).log_softmax(-1)
+        return _log_softmax_at(logits, temperature, link.shared_vocab)
+    return _push_forward(logits, temperature, *_push_forward_index(link, logits, unmapped_mass))
+
+
+def _push_forward_index(link: TeacherLink, logits: torch.Tensor, unmapped_mass: str) -> tuple:
+    other_ids = None if unmapped_mass == "renormalise" else \
+        link.unmapped_ids("student", logits.shape[1], logits.device)
+    return link.single_ids, tuple(link.group_ids), link.column_order, other_ids
+
+
+def _push_forward(logits: torch.Tensor, temperature: float, single_ids: torch.Tensor,
+                  groups: tuple[tuple[int, torch.Tensor], ...], column_order: torch.Tensor,
+                  other_ids: torch.Tensor | None) -> torch.Tensor:
     log_q = (logits / temperature).log_softmax(-1)
     k = log_q.shape[0]
     # A column's log-mass is the log-sum-exp of its student ids' log-probs (exact: logsumexp
     # shifts by each group's own max); columns of one id take the log-prob as it is.
-    parts = [log_q.index_select(1, link.single_ids)]
-    for g, ids in link.group_ids:
+    parts = [log_q.index_select(1, single_ids)]
+    for g, ids in groups:
         parts.append(log_q.index_select(1, ids).view(k, -1, g).logsumexp(-1))
-    log_mass = torch.cat(parts, 1).index_select(1, link.column_order)  # back to teacher_ids order
-    if unmapped_mass == "renormalise":
+    log_mass = torch.cat(parts, 1).index_select(1, column_order)  # back to teacher_ids order
+    if other_ids is None:  # renormalise
         return log_mass - log_mass.logsumexp(-1, keepdim=True)
     # Special tokens are never mapped, so "other" is never empty on either side.
-    other = log_q.index_select(1, link.unmapped_ids("student", log_q.shape[1], log_q.device))
-    return torch.cat([log_mass, other.logsumexp(-1, keepdim=True)], 1)
+    other = log_q.index_select(1, other_ids).logsumexp(-1, keepdim=True)
+    return torch.cat([log_mass, other], 1)
 
 
 def kl_per_position(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def soft_target_kl(logits: torch.Tensor, log_p: torch.Tensor, link: TeacherLink, cfg: LossConfig) -> torch.Tensor:
+    """Per-row KL(teacher at T || student at T) of the student's logits (k, V) against the teacher's
+    log-probs in its target space: ``kl_per_position(log_p, student_log_q(...))``. With
+    ``cfg.compile`` the log-softmax, the push-forward's gathers and log-sum-exps and the KL are one
+    compiled function (a few fused kernels, forward and backward, instead of a dozen passes over a
+    rows x vocabulary tensor)."""
+    if link.cross:
+        fn, index = _cross_kl, _push_forward_index(link, logits, cfg.unmapped_mass)
+    else:
+        fn, index = _same_kl, (link.shared_vocab,)
+    if cfg.compile:
+        fn = _compiled(fn)
+        _dynamic_rows(logits, True)
+        _dynamic_rows(log_p, True)
+    return fn(logits, log_p, cfg.temperature, *index)
+
+
+def _same_kl(logits, log_p, temperature, width):
+    return kl_per_position(log_p, _log_softmax_at(logits, temperature, width))
+
+
+def _cross_kl(logits, log_p, temperature, single_ids, groups, column_order, other_ids):
+    return kl_per_position(log_p, _push_forward(logits, temperature, single_ids, groups, column_order, other_ids))
 
 
 @dataclass
@@ -407,8 +473,7 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
                     z = logits if not link.cross else logits.index_select(0, tgt.sup_student)
                     with record_function("compresso.loss.student_log_q.cross" if link.cross
                                          else "compresso.loss.student_log_q"):
-                        log_q = student_log_q(z, link, cfg.temperature, cfg.unmapped_mass)
-                    kl = kl_per_position(tgt.log_p, log_q)
+                        kl = soft_target_kl(z, tgt.log_p, link, cfg)
                     weight = w / denom.index_select(0, tgt.sup_student)
                     ce_parts.append((weight * kl).sum() / n_any)
                 else:
@@ -419,12 +484,13 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
         cos_parts, mse_parts = [], []
         for link, tgt in zip(links, targets):
             if need_hidden:
-                cos_parts.append(_hidden_loss(module, link, batch, last, tgt.hidden, link.cos_projection, "cos"))
+                cos_parts.append(_hidden_loss(module, link, batch, last, tgt.hidden, link.cos_projection, "cos",
+                                              cfg.compile))
             else:
                 cos_parts.append(zero)
             if need_layers:
                 per_layer = [_hidden_loss(module, link, batch, hidden_states[s], tgt.layers[s],
-                                          link.mse_projections.get(s), "mse") for s in link.layer_map]
+                                          link.mse_projections.get(s), "mse", cfg.compile) for s in link.layer_map]
                 mse_parts.append(torch.stack(per_layer).mean())
             else:
                 mse_parts.append(zero)
@@ -476,8 +542,7 @@ def _chunked_head_losses(module: StudentModule, links: list[TeacherLink], target
             log_p = tgt.log_p_rows(link, index, cfg)
             with record_function("compresso.loss.student_log_q.cross" if link.cross
                                  else "compresso.loss.student_log_q"):
-                log_q = student_log_q(z, link, cfg.temperature, cfg.unmapped_mass)
-            kl = kl_per_position(log_p, log_q)
+                kl = soft_target_kl(z, log_p, link, cfg)
             ce.append((rw[start:stop] * kl).sum())
         mlm = F.cross_entropy(z, labels[start:stop], ignore_index=-100, reduction="sum") / max(n, 1)
         ce_t = torch.stack(ce)
@@ -489,14 +554,31 @@ def _chunked_head_losses(module: StudentModule, links: list[TeacherLink], target
 
 
 def _hidden_loss(module: StudentModule, link: TeacherLink, batch: Batch, student_hidden: torch.Tensor,
-                 target: torch.Tensor, projection: str | None, kind: str) -> torch.Tensor:
-    if link.cross:
-        vb_student = pool_words(student_hidden, batch.word_pos, batch.word_index, batch.n_words)
-    else:
-        vb_student = _gather(student_hidden, batch.token_pos)
+                 target: torch.Tensor, projection: str | None, kind: str, compiled: bool = False) -> torch.Tensor:
+    weight = bias = None
     if projection is not None:
         proj = module.projections[projection]
-        vb_student = F.linear(vb_student, proj.weight.float(), None if proj.bias is None else proj.bias.float())
+        weight, bias = proj.weight, proj.bias
+    if link.cross:  # student states mean-pooled per word, as the teacher's are
+        fn = _compiled(_pooled_hidden_loss, True) if compiled else _pooled_hidden_loss
+        return fn(student_hidden, batch.word_pos, batch.word_index, batch.n_words, target, weight, bias, kind)
+    fn = _compiled(_token_hidden_loss) if compiled else _token_hidden_loss
+    return fn(student_hidden, _dynamic_rows(batch.token_pos, compiled), _dynamic_rows(target, compiled), weight, bias,
+              kind)
+
+
+def _pooled_hidden_loss(hidden, word_pos, word_index, n_words, target, weight, bias, kind):
+    return _hidden_distance(pool_words(hidden, word_pos, word_index, n_words), target, weight, bias, kind)
+
+
+def _token_hidden_loss(hidden, token_pos, target, weight, bias, kind):
+    return _hidden_distance(_gather(hidden, token_pos), target, weight, bias, kind)
+
+
+def _hidden_distance(student: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                     bias: torch.Tensor | None, kind: str) -> torch.Tensor:
+    if weight is not None:  # the student's projection to the teacher's width, in fp32
+        student = F.linear(student, weight.float(), None if bias is None else bias.float())
     if kind == "cos":
-        return (1 - F.cosine_similarity(vb_student, target, dim=-1)).mean()
-    return F.mse_loss(vb_student, target)
+        return (1 - F.cosine_similarity(student, target, dim=-1)).mean()
+    return F.mse_loss(student, target)

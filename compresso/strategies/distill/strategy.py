@@ -207,6 +207,7 @@ class DistillStrategy(CompressionStrategy):
         workers = p.num_workers if p.num_workers is not None else (
             0 if device.type == "cpu" else max(0, min(12, (os.cpu_count() or 1) // max(ctx.world_size, 1) - 2)))
         compiled = compiles_on(p.compile, device)
+        loss_cfg.compile = compiled
         stream_cfg = StreamConfig(
             corpus=corpus, views=views, batch_size=p.batch_size, seed=ctx.seed, heldout=p.heldout_documents,
             max_documents=p.max_documents, rank=ctx.rank, world_size=ctx.world_size, num_workers=workers,
