@@ -67,6 +67,8 @@ Configurations (``--configs``):
   c1-text    compresso, 1 teacher, real text: ``--shared``/corpus with the cased fixture tokenizer
   cx-text    compresso, 2 teachers, real text: cased (student, A) and uncased (B) fixture tokenizers
   c1c-text, cxc-text   c1-text, cx-text compiled (what ``compile: auto`` runs on a GPU)
+  c1g, cxg, c1g-text, cxg-text   c1c, cxc, c1c-text, cxc-text with the teachers' encoder passes
+                         replayed from CUDA graphs (``teacher_cuda_graphs``): what a GPU runs by default
   c1c, c2c, cxc          c1, c2, cx with ``compile: true`` (regional torch.compile, fixed-width batches)
   c1-all, c1-all-chunk   1 teacher, KL at every token (``ce_scope: all``), without / with chunked head
                          losses (``loss_chunk_rows: --chunk-rows``); c1c-all-chunk compiled too;
@@ -163,6 +165,15 @@ CONFIGS = {
     "c1-text": dict(system="compresso", teachers=("A",), data="text", label="compresso, 1 teacher, real text"),
     "cx-text": dict(system="compresso", teachers=("A", "B"), data="text",
                     label="compresso, 2 teachers, cross-tokenizer, real text"),
+    # compiled + the teachers' encoder passes replayed from CUDA graphs (teacher_cuda_graphs, on by default on CUDA)
+    "c1g": dict(system="compresso", teachers=("A",), data="synthetic", compile=True, graphs=True,
+                label="compresso, 1 teacher, compiled, teacher CUDA graphs"),
+    "cxg": dict(system="compresso", teachers=("A", "B"), data="synthetic", compile=True, graphs=True,
+                label="compresso, 2 teachers, cross-tokenizer, compiled, teacher CUDA graphs"),
+    "c1g-text": dict(system="compresso", teachers=("A",), data="text", compile=True, graphs=True,
+                     label="compresso, 1 teacher, real text, compiled, teacher CUDA graphs"),
+    "cxg-text": dict(system="compresso", teachers=("A", "B"), data="text", compile=True, graphs=True,
+                     label="compresso, 2 teachers, cross-tokenizer, real text, compiled, teacher CUDA graphs"),
     "c1c-text": dict(system="compresso", teachers=("A",), data="text", compile=True,
                      label="compresso, 1 teacher, real text, compiled"),
     "cxc-text": dict(system="compresso", teachers=("A", "B"), data="text", compile=True,
@@ -620,6 +631,7 @@ class CompressoRunner(Runner):
             warmup_ratio=OPTIM["warmup_ratio"], num_workers=self.workers,
             # the reference's restrict_ce_to_mask=True is ce_scope 'masked' (its False: 'all')
             ce_scope=self.spec.get("scope", "masked"), compile=self.spec.get("compile", False),
+            teacher_cuda_graphs=self.spec.get("graphs", False),
             loss_chunk_rows=self.chunk_rows if self.spec.get("chunk") else None, **LOSS)
         stage = self.work / f"{self.name}-b{self.batch_size}-stage"
         stage.mkdir(parents=True)
@@ -998,15 +1010,17 @@ def finish_phases(phases: list[dict]) -> None:
             if a in by and b in by:
                 ratios[f"{a} / {b} step time"] = round(by[a]["step_ms"]["median"] / by[b]["step_ms"]["median"], 3)
 
-        for one, many in (("c1", "c2"), ("c1", "cx"), ("c1c", "c2c"), ("c1c", "cxc")):
+        for one, many in (("c1", "c2"), ("c1", "cx"), ("c1c", "c2c"), ("c1c", "cxc"), ("c1g", "cxg"),
+                          ("c1g-text", "cxg-text")):
             step_ratio(many, one)
         # each lever against its eager / unchunked twin, same run
-        for lever, plain in (("c1c", "c1"), ("c2c", "c2"), ("cxc", "cx"), ("c1-all-chunk", "c1-all"),
+        for lever, plain in (("c1c", "c1"), ("c2c", "c2"), ("cxc", "cx"), ("c1g", "c1c"), ("cxg", "cxc"),
+                             ("c1-all-chunk", "c1-all"),
                              ("c1c-all-chunk", "c1-all"), ("c1c-all-chunk", "c1-all-chunk"), ("cx-all-chunk", "c1-all-chunk")):
             step_ratio(lever, plain)
             if lever in by and plain in by and by[lever]["peak_gpu_mib"] and by[plain]["peak_gpu_mib"]:
                 ratios[f"{lever} / {plain} peak memory"] = round(by[lever]["peak_gpu_mib"] / by[plain]["peak_gpu_mib"], 3)
-        for name in ("c1", "c1c", "c1-all", "c1-all-chunk", "c1c-all-chunk"):
+        for name in ("c1", "c1c", "c1g", "c1-all", "c1-all-chunk", "c1c-all-chunk"):
             if name not in by:
                 continue
             one = by[name]
@@ -1020,7 +1034,8 @@ def finish_phases(phases: list[dict]) -> None:
             ratios[f"{name} / reference tokens/s"] = round(one["tokens_per_s"] / best["tokens_per_s"], 3)
             if one["peak_gpu_mib"] and best["peak_gpu_mib"]:
                 ratios[f"{name} / reference peak memory"] = round(one["peak_gpu_mib"] / best["peak_gpu_mib"], 3)
-        for text, synth in (("c1-text", "c1"), ("cx-text", "cx"), ("c1c-text", "c1c"), ("cxc-text", "cxc")):
+        for text, synth in (("c1-text", "c1"), ("cx-text", "cx"), ("c1c-text", "c1c"), ("cxc-text", "cxc"),
+                            ("c1g-text", "c1g"), ("cxg-text", "cxg")):
             if text in by and synth in by:
                 t = by[text].get("sustained_tokens_per_s", by[text]["tokens_per_s"])
                 ratios[f"{text} / {synth} tokens/s"] = round(t / by[synth]["tokens_per_s"], 3)
@@ -1033,7 +1048,7 @@ def finish_phases(phases: list[dict]) -> None:
 
 # the second teacher with another tokenizer against one teacher, each pair in the same run
 PROFILE_PAIRS = (("c1", "cx"), ("c1c", "cxc"), ("c1-all-chunk", "cx-all-chunk"), ("c1-text", "cx-text"),
-                 ("c1c-text", "cxc-text"))
+                 ("c1c-text", "cxc-text"), ("c1g", "cxg"), ("c1g-text", "cxg-text"))
 
 
 def profile_diffs(by: dict) -> dict:

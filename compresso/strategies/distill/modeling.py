@@ -71,6 +71,7 @@ class MaskedLM:
         self.base = getattr(model, prefix, None) if prefix else None
         self._head, self._head_modules = _mlm_head(model)
         self.split = self.base is not None and self._head is not None
+        self._graphs: EncoderGraphs | None = None
 
     def compile(self) -> None:
         """``torch.compile`` the model in place, region by region: each encoder layer (all layers of
@@ -107,12 +108,24 @@ class MaskedLM:
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
+    def use_cuda_graphs(self, max_graphs: int = 4) -> None:
+        """Replay this (frozen, eval-mode) model's encoder pass from CUDA graphs under inference
+        mode: one graph per input shape, captured on first sight, at most ``max_graphs`` of them
+        (other shapes run as usual). A teacher's pass is then one launch for the host instead of a
+        Python call per layer and a launch per kernel (``EncoderGraphs``)."""
+        self._graphs = EncoderGraphs(self._encode, max_graphs)
+
     def encode(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool = False):
         """``(last_hidden (B, L, H), hidden_states tuple or None, full_logits or None)``."""
         if attention is not None and getattr(self.model.config, "_attn_implementation", None) == "sdpa":
             # A ready 4-D boolean mask goes to SDPA as is; a 2-D one would make transformers check
             # on the host whether it can be dropped, a device sync in every forward pass.
             attention = attention.bool()[:, None, None, :]
+        if self._graphs is not None and ids.is_cuda and torch.is_inference_mode_enabled():
+            return self._graphs(ids, attention, all_hidden)
+        return self._encode(ids, attention, all_hidden)
+
+    def _encode(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool):
         if self.split:
             out = self.base(input_ids=ids, attention_mask=attention, output_hidden_states=all_hidden,
                             return_dict=True)
@@ -135,6 +148,54 @@ class MaskedLM:
         if full_logits is not None:
             return full_logits.reshape(-1, full_logits.shape[-1]).index_select(0, flat_pos)
         return self._head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_pos))
+
+
+class EncoderGraphs:
+    """CUDA graphs of an inference-only encoder pass ``encode(ids, attention, all_hidden)``, keyed
+    by input shapes. A shape's first call warms the pass up on a side stream (lazy initialisation,
+    torch.compile's compilation and autotuning stay outside the graph), then captures it; every
+    later call copies its inputs into the graph's static inputs and replays. The outputs are the
+    graph's static tensors, overwritten by the next replay: callers take what they need from them
+    before the next pass (the teacher pass gathers its targets at once and clones them)."""
+
+    def __init__(self, encode: Callable, max_graphs: int):
+        self.encode = encode
+        self.max_graphs = max_graphs
+        self.graphs: dict[tuple, tuple] = {}
+
+    def __call__(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool):
+        key = (tuple(ids.shape), ids.dtype, None if attention is None else (tuple(attention.shape), attention.dtype),
+               all_hidden, ids.device)
+        entry = self.graphs.get(key)
+        if entry is None:
+            if len(self.graphs) >= self.max_graphs:
+                return self.encode(ids, attention, all_hidden)
+            entry = self.graphs[key] = self._capture(ids, attention, all_hidden)
+        graph, static_ids, static_attention, out = entry
+        static_ids.copy_(ids)
+        if attention is not None:
+            static_attention.copy_(attention)
+        graph.replay()
+        return out
+
+    def _capture(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool) -> tuple:
+        static_ids = ids.clone()
+        static_attention = None if attention is None else attention.clone()
+        side = torch.cuda.Stream(device=ids.device)
+        side.wait_stream(torch.cuda.current_stream(ids.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self.encode(static_ids, static_attention, all_hidden)
+        torch.cuda.current_stream(ids.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                out = self.encode(static_ids, static_attention, all_hidden)
+        except RuntimeError as exc:  # an operation that cannot be captured (a host sync, say)
+            raise StrategyError(f"distill: capturing a teacher's encoder pass in a CUDA graph failed "
+                                f"({str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}); "
+                                "set `teacher_cuda_graphs: false` in this stage's params") from exc
+        return graph, static_ids, static_attention, out
 
 
 def layer_list(model: nn.Module) -> tuple[nn.Module, str]:

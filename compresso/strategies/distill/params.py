@@ -109,6 +109,10 @@ class DistillParams(StrategyParams):
                             "kept seq_len wide, so shapes never change); auto = on CUDA devices. The first steps "
                             "take longer while it compiles (about 15 s); on the H200 a base-size step then ran "
                             "0.82x as long (docs/performance.md).")
+    teacher_cuda_graphs: bool | Literal["auto"] = Field(
+        "auto", description="Replay each teacher's encoder pass from a CUDA graph (one per batch shape; batches are "
+                            "then kept seq_len wide): the host issues one launch per teacher and step instead of "
+                            "hundreds, which is what limits small batches. auto = on CUDA devices.")
     loss_chunk_rows: int | None = Field(
         None, ge=1, description="Compute the student's vocabulary logits and the soft-target and masked-LM losses "
                                 "this many positions at a time, the gradient of each chunk taken at once, so the "

@@ -208,10 +208,11 @@ class DistillStrategy(CompressionStrategy):
             0 if device.type == "cpu" else max(0, min(12, (os.cpu_count() or 1) // max(ctx.world_size, 1) - 2)))
         compiled = compiles_on(p.compile, device)
         loss_cfg.compile = compiled
+        teacher_graphs = graphs_on(p.teacher_cuda_graphs, device)
         stream_cfg = StreamConfig(
             corpus=corpus, views=views, batch_size=p.batch_size, seed=ctx.seed, heldout=p.heldout_documents,
             max_documents=p.max_documents, rank=ctx.rank, world_size=ctx.world_size, num_workers=workers,
-            need_words=need_words, pin=device.type == "cuda", fixed_width=compiled,
+            need_words=need_words, pin=device.type == "cuda", fixed_width=compiled or teacher_graphs,
             masking=MaskingConfig(prob=p.mask_prob, replace=p.mask_replace_prob, random=p.mask_random_prob,
                                   whole_word=p.whole_word_mask, token_weights=token_weights))
 
@@ -225,13 +226,15 @@ class DistillStrategy(CompressionStrategy):
             link.to(device)
             if compiled:
                 link.lm.compile()
+            if teacher_graphs:
+                link.lm.use_cuda_graphs()
 
         student = StudentModule(student_model, projections)
         if compiled:
             student.lm.compile()
         # What makes a checkpoint resumable: everything but settings that change no weights.
         resumable = p.model_dump(mode="json", exclude={"num_workers", "log_every", "checkpoint_every", "compile",
-                                                       "loss_chunk_rows"})
+                                                       "loss_chunk_rows", "teacher_cuda_graphs"})
         run_id = fingerprint({"params": resumable, "layers": layers, "seed": ctx.seed,
                               "teachers": {n: i["model"] for n, i in teacher_info.items()},
                               "views": [v.name for v in views]})
@@ -437,6 +440,15 @@ def compiles_on(setting: bool | str, device: torch.device) -> bool:
     """``compile: auto`` means on CUDA devices: it paid there (docs/performance.md); on a CPU inductor's
     compile time outweighs the gain for the short runs CPUs are used for."""
     return setting is True or (setting == "auto" and device.type == "cuda")
+
+
+def graphs_on(setting: bool | str, device: torch.device) -> bool:
+    """``teacher_cuda_graphs: auto`` means on CUDA devices; CUDA graphs exist only there, so ``true``
+    on another device is refused rather than ignored."""
+    if setting is True and device.type != "cuda":
+        raise StrategyError(f"distill: teacher_cuda_graphs: true needs a CUDA device, this stage runs on {device}; "
+                            "set it to auto or false")
+    return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
 def is_compile_failure(exc: BaseException) -> bool:

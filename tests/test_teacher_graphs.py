@@ -1,0 +1,96 @@
+"""Teachers' encoder passes replayed from CUDA graphs (``teacher_cuda_graphs``): the same hidden
+states as the plain pass, batch after batch; on other devices the setting is off (auto) or refused
+(true). The CUDA tests run where a GPU is (the device runs them before its benchmarks); CI has none."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForMaskedLM
+
+from compresso.strategies.distill.modeling import MaskedLM
+from compresso.strategies.distill.strategy import graphs_on
+from compresso.strategy import StrategyError
+from tests.test_distill import tiny  # noqa: F401  (a fixture)
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+def test_auto_means_cuda_and_true_elsewhere_is_refused():
+    assert graphs_on("auto", torch.device("cuda")) and not graphs_on("auto", torch.device("cpu"))
+    assert not graphs_on(False, torch.device("cuda"))
+    with pytest.raises(StrategyError, match="teacher_cuda_graphs: true needs a CUDA device"):
+        graphs_on(True, torch.device("cpu"))
+
+
+def test_graphs_stay_out_of_the_way_off_cuda_and_outside_inference_mode(tiny):
+    model = AutoModelForMaskedLM.from_pretrained(tiny["cased"]).eval()
+    lm = MaskedLM(model)
+    lm.use_cuda_graphs()
+    ids = torch.randint(5, 100, (2, 16))
+    with torch.inference_mode():
+        last, _, _ = lm.encode(ids, None)
+    assert not lm._graphs.graphs  # CPU tensors: the plain pass
+    torch.testing.assert_close(last, MaskedLM(model)._encode(ids, None, False)[0])
+
+
+@cuda
+@pytest.mark.parametrize("all_hidden", [False, True])
+def test_replayed_pass_equals_the_plain_pass(tiny, all_hidden):
+    model = AutoModelForMaskedLM.from_pretrained(tiny["cased"]).cuda().eval().requires_grad_(False)
+    plain, graphed = MaskedLM(model), MaskedLM(model)
+    graphed.use_cuda_graphs(max_graphs=2)
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for step in range(4):
+            ids = torch.randint(5, 100, (3, 16), generator=gen).cuda()
+            attention = None
+            if step == 2:  # a padded batch: its own graph
+                attention = torch.ones(3, 16, dtype=torch.long, device="cuda")
+                attention[1, 10:] = 0
+            want = plain.encode(ids, attention, all_hidden)
+            got = graphed.encode(ids, attention, all_hidden)
+            torch.testing.assert_close(got[0], want[0])
+            if all_hidden:
+                for a, b in zip(got[1], want[1]):
+                    torch.testing.assert_close(a, b)
+        assert len(graphed._graphs.graphs) == 2
+        # past max_graphs a new shape runs the plain pass
+        ids = torch.randint(5, 100, (5, 16), generator=gen).cuda()
+        torch.testing.assert_close(graphed.encode(ids, None, all_hidden)[0], plain.encode(ids, None, all_hidden)[0])
+        assert len(graphed._graphs.graphs) == 2
+
+
+@cuda
+def test_losses_with_graphed_teachers_equal_the_plain_ones(tiny):
+    """A step's losses, a teacher on the student's tokenizer and one on another, with both
+    teachers' passes replayed from graphs, two batches in a row (the second replays)."""
+    from contextlib import nullcontext
+
+    from compresso.strategies.distill.losses import LossConfig, compute_losses
+    from compresso.strategies.distill.modeling import StudentModule
+    from tests.test_distill_fast import _setup
+
+    dev = torch.device("cuda")
+    student, links, _ = _setup(tiny, fixed_width=True)
+    student.to(dev).eval()
+    for link in links:
+        link.lm.model.to(dev).requires_grad_(False)
+        link.to(dev)
+    cfg = LossConfig(alpha_cos=1.0, ce_scope="all")
+    module = StudentModule(student, {})
+    graphs = []
+    for link in links:
+        link.lm.use_cuda_graphs()
+        graphs.append(link.lm._graphs)
+    for rows in (6, 6):
+        _, _, b = _setup(tiny, fixed_width=True, rows=rows)
+        b = b.to(dev)
+        for link in links:
+            link.lm._graphs = None
+        want = compute_losses(module, links, b, cfg, nullcontext).parts
+        for link, g in zip(links, graphs):
+            link.lm._graphs = g
+        got = compute_losses(module, links, b, cfg, nullcontext).parts
+        torch.testing.assert_close(got, want)
+    assert all(len(g.graphs) == 1 for g in graphs)  # captured once, replayed for the second batch
