@@ -68,7 +68,7 @@ Configurations (``--configs``):
   cx-text    compresso, 2 teachers, real text: cased (student, A) and uncased (B) fixture tokenizers
   c1c-text, cxc-text   c1-text, cx-text compiled (what ``compile: auto`` runs on a GPU)
   c1g, cxg, c1g-text, cxg-text   c1c, cxc, c1c-text, cxc-text with the teachers' encoder passes
-                         replayed from CUDA graphs (``teacher_cuda_graphs``): what a GPU runs by default
+                         replayed from CUDA graphs (``teacher_cuda_graphs: true``; teachers then not compiled)
   c1c, c2c, cxc          c1, c2, cx with ``compile: true`` (regional torch.compile, fixed-width batches)
   c1-all, c1-all-chunk   1 teacher, KL at every token (``ce_scope: all``), without / with chunked head
                          losses (``loss_chunk_rows: --chunk-rows``); c1c-all-chunk compiled too;
@@ -165,7 +165,7 @@ CONFIGS = {
     "c1-text": dict(system="compresso", teachers=("A",), data="text", label="compresso, 1 teacher, real text"),
     "cx-text": dict(system="compresso", teachers=("A", "B"), data="text",
                     label="compresso, 2 teachers, cross-tokenizer, real text"),
-    # compiled + the teachers' encoder passes replayed from CUDA graphs (teacher_cuda_graphs, on by default on CUDA)
+    # compiled student + the teachers' encoder passes replayed from CUDA graphs (teacher_cuda_graphs: true; teachers not compiled)
     "c1g": dict(system="compresso", teachers=("A",), data="synthetic", compile=True, graphs=True,
                 label="compresso, 1 teacher, compiled, teacher CUDA graphs"),
     "cxg": dict(system="compresso", teachers=("A", "B"), data="synthetic", compile=True, graphs=True,

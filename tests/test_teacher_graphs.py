@@ -1,6 +1,5 @@
 """Teachers' encoder passes replayed from CUDA graphs (``teacher_cuda_graphs``): the same hidden
-states as the plain pass, batch after batch; on other devices the setting is off (auto) or refused
-(true). The CUDA tests run where a GPU is (the device runs them before its benchmarks); CI has none."""
+states as the plain pass, batch after batch; off by default, refused off CUDA. The CUDA tests run where a GPU is (the device runs them before its benchmarks); CI has none."""
 
 from __future__ import annotations
 
@@ -16,9 +15,12 @@ from tests.test_distill import tiny  # noqa: F401  (a fixture)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
 
-def test_auto_means_cuda_and_true_elsewhere_is_refused():
-    assert graphs_on("auto", torch.device("cuda")) and not graphs_on("auto", torch.device("cpu"))
-    assert not graphs_on(False, torch.device("cuda"))
+def test_off_by_default_and_refused_off_cuda():
+    from compresso.strategies.distill import DistillStrategy
+
+    assert DistillStrategy.Params.model_fields["teacher_cuda_graphs"].default is False
+    assert graphs_on(True, torch.device("cuda")) and not graphs_on(False, torch.device("cuda"))
+    assert not graphs_on(False, torch.device("cpu"))
     with pytest.raises(StrategyError, match="teacher_cuda_graphs: true needs a CUDA device"):
         graphs_on(True, torch.device("cpu"))
 

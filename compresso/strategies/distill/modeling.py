@@ -189,7 +189,9 @@ class EncoderGraphs:
         torch.cuda.current_stream(ids.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # thread_local: only this thread's CUDA calls are held to capture rules; the input
+            # pipeline's thread keeps pinning and copying batches meanwhile.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = self.encode(static_ids, static_attention, all_hidden)
         except RuntimeError as exc:  # an operation that cannot be captured (a host sync, say)
             raise StrategyError(f"distill: capturing a teacher's encoder pass in a CUDA graph failed "

@@ -109,10 +109,12 @@ class DistillParams(StrategyParams):
                             "kept seq_len wide, so shapes never change); auto = on CUDA devices. The first steps "
                             "take longer while it compiles (about 15 s); on the H200 a base-size step then ran "
                             "0.82x as long (docs/performance.md).")
-    teacher_cuda_graphs: bool | Literal["auto"] = Field(
-        "auto", description="Replay each teacher's encoder pass from a CUDA graph (one per batch shape; batches are "
-                            "then kept seq_len wide): the host issues one launch per teacher and step instead of "
-                            "hundreds, which is what limits small batches. auto = on CUDA devices.")
+    teacher_cuda_graphs: bool = Field(
+        False, description="CUDA only: replay each teacher's encoder pass from a CUDA graph (one per batch shape; "
+                           "batches are then kept seq_len wide; the teachers are then not compiled). The host then "
+                           "issues one launch per teacher and step instead of hundreds: on the H200 a batch-64 step "
+                           "took 0.78x as long, but at batch 256 and 512 the replayed teachers ran slower "
+                           "(docs/performance.md), so it is off by default.")
     loss_chunk_rows: int | None = Field(
         None, ge=1, description="Compute the student's vocabulary logits and the soft-target and masked-LM losses "
                                 "this many positions at a time, the gradient of each chunk taken at once, so the "

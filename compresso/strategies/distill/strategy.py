@@ -224,10 +224,13 @@ class DistillStrategy(CompressionStrategy):
             model = copy.deepcopy(link.lm.model).to(device=device, dtype=dtype).eval().requires_grad_(False)
             link.lm = MaskedLM(model)
             link.to(device)
-            if compiled:
-                link.lm.compile()
             if teacher_graphs:
+                # Replayed, a teacher costs the host nothing per layer, and torch.compile's code
+                # cannot be captured here (it recompiled under capture on the H200): graphs replace
+                # compiling the teachers, the student is still compiled.
                 link.lm.use_cuda_graphs()
+            elif compiled:
+                link.lm.compile()
 
         student = StudentModule(student_model, projections)
         if compiled:
@@ -442,13 +445,13 @@ def compiles_on(setting: bool | str, device: torch.device) -> bool:
     return setting is True or (setting == "auto" and device.type == "cuda")
 
 
-def graphs_on(setting: bool | str, device: torch.device) -> bool:
-    """``teacher_cuda_graphs: auto`` means on CUDA devices; CUDA graphs exist only there, so ``true``
-    on another device is refused rather than ignored."""
-    if setting is True and device.type != "cuda":
+def graphs_on(setting: bool, device: torch.device) -> bool:
+    """CUDA graphs exist only on CUDA devices: ``teacher_cuda_graphs: true`` elsewhere is refused
+    rather than ignored."""
+    if setting and device.type != "cuda":
         raise StrategyError(f"distill: teacher_cuda_graphs: true needs a CUDA device, this stage runs on {device}; "
-                            "set it to auto or false")
-    return device.type == "cuda" if setting == "auto" else bool(setting)
+                            "set it to false")
+    return bool(setting)
 
 
 def is_compile_failure(exc: BaseException) -> bool:
