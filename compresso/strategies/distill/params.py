@@ -105,7 +105,8 @@ class DistillParams(StrategyParams):
     checkpoint_every: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
     log_every: int = Field(20, ge=1, description="Read losses back from the device every N steps.")
     compile: bool | Literal["auto"] = Field(
-        "auto", description="torch.compile the student's and the teachers' encoders and MLM heads (batches are then "
+        "auto", description="torch.compile the student's and the teachers' encoders and MLM heads, and the loss pieces "
+                            "(soft-target KL with the push-forward, teachers' log-probs, pooling; batches are then "
                             "kept seq_len wide, so shapes never change); auto = on CUDA devices. The first steps "
                             "take longer while it compiles (about 15 s); on the H200 a base-size step then ran "
                             "0.82x as long (docs/performance.md).")
