@@ -52,7 +52,7 @@ class LossConfig:
     ce_scope: str = "all"  # "all" | "masked"
     unmapped_mass: str = "other"  # "other" | "renormalise"
     chunk_rows: int | None = None  # head + soft-target + MLM losses this many rows at a time (ChunkedHeadLoss)
-    compile: bool = False  # torch.compile the soft-target KL, the teachers' log-probs and word pooling (fused kernels)
+    compile: bool = False  # torch.compile the soft-target KL, teachers' log-probs, pooling, hidden-state losses
 
 
 @dataclass
