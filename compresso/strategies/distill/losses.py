@@ -206,12 +206,12 @@ def shared_entropy(link: TeacherLink, logits: torch.Tensor) -> torch.Tensor:
 def teacher_log_p(link: TeacherLink, logits: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
     """Teacher log-probs at T in the target space (full vocab; or intersection [+ other])."""
     if not link.cross:
-        fn = _compiled(_log_softmax_at) if cfg.compile else _log_softmax_at
-        return fn(_dynamic_rows(logits, cfg.compile), cfg.temperature, link.shared_vocab)
+        return _piece(_log_softmax_at, cfg.compile)(_dynamic_rows(logits, cfg.compile), cfg.temperature,
+                                                    link.shared_vocab)
     other_ids = None if cfg.unmapped_mass == "renormalise" else \
         link.unmapped_ids("teacher", logits.shape[1], logits.device)
-    fn = _compiled(_teacher_cross_log_p) if cfg.compile else _teacher_cross_log_p
-    return fn(_dynamic_rows(logits, cfg.compile), cfg.temperature, link.teacher_ids, other_ids)
+    return _piece(_teacher_cross_log_p, cfg.compile)(_dynamic_rows(logits, cfg.compile), cfg.temperature,
+                                                     link.teacher_ids, other_ids)
 
 
 def _log_softmax_at(logits: torch.Tensor, temperature: float, width: int | None) -> torch.Tensor:
@@ -227,6 +227,11 @@ def _teacher_cross_log_p(logits: torch.Tensor, temperature: float, teacher_ids: 
     log_p = (logits / temperature).log_softmax(-1)
     other = log_p.index_select(1, other_ids).logsumexp(-1, keepdim=True)
     return torch.cat([log_p.index_select(1, teacher_ids), other], 1)
+
+
+def _piece(fn, compiled: bool, dynamic: bool | None = None):
+    """A loss piece as it runs: ``fn`` itself, or with ``compiled`` its compiled version."""
+    return _compiled(fn, dynamic) if compiled else fn
 
 
 @functools.cache
@@ -273,7 +278,7 @@ def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden:
         if link.cross:
             vb = batch.views[link.view - 1]
             with record_function(f"{region}.pool_words"):
-                pool = _compiled(pool_words, True) if cfg.compile else pool_words
+                pool = _piece(pool_words, cfg.compile, dynamic=True)
                 hidden = pool(last, vb.word_pos, vb.word_index, batch.n_words)
                 layers = {s: pool(hidden_states[t], vb.word_pos, vb.word_index, batch.n_words)
                           for s, t in link.layer_map.items()}
@@ -348,11 +353,8 @@ def soft_target_kl(logits: torch.Tensor, log_p: torch.Tensor, link: TeacherLink,
         fn, index = _cross_kl, _push_forward_index(link, logits, cfg.unmapped_mass)
     else:
         fn, index = _same_kl, (link.shared_vocab,)
-    if cfg.compile:
-        fn = _compiled(fn)
-        _dynamic_rows(logits, True)
-        _dynamic_rows(log_p, True)
-    return fn(logits, log_p, cfg.temperature, *index)
+    return _piece(fn, cfg.compile)(_dynamic_rows(logits, cfg.compile), _dynamic_rows(log_p, cfg.compile),
+                                   cfg.temperature, *index)
 
 
 def _same_kl(logits, log_p, temperature, width):
@@ -560,11 +562,10 @@ def _hidden_loss(module: StudentModule, link: TeacherLink, batch: Batch, student
         proj = module.projections[projection]
         weight, bias = proj.weight, proj.bias
     if link.cross:  # student states mean-pooled per word, as the teacher's are
-        fn = _compiled(_pooled_hidden_loss, True) if compiled else _pooled_hidden_loss
-        return fn(student_hidden, batch.word_pos, batch.word_index, batch.n_words, target, weight, bias, kind)
-    fn = _compiled(_token_hidden_loss) if compiled else _token_hidden_loss
-    return fn(student_hidden, _dynamic_rows(batch.token_pos, compiled), _dynamic_rows(target, compiled), weight, bias,
-              kind)
+        return _piece(_pooled_hidden_loss, compiled, dynamic=True)(
+            student_hidden, batch.word_pos, batch.word_index, batch.n_words, target, weight, bias, kind)
+    return _piece(_token_hidden_loss, compiled)(
+        student_hidden, _dynamic_rows(batch.token_pos, compiled), _dynamic_rows(target, compiled), weight, bias, kind)
 
 
 def _pooled_hidden_loss(hidden, word_pos, word_index, n_words, target, weight, bias, kind):

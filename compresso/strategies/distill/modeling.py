@@ -150,6 +150,12 @@ class MaskedLM:
         return self._head(hidden.reshape(-1, hidden.shape[-1]).index_select(0, flat_pos))
 
 
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters (for one-line errors
+    that wrap a library's long one)."""
+    return (str(exc).strip().splitlines() or [""])[0][:limit]
+
+
 class EncoderGraphs:
     """CUDA graphs of an inference-only encoder pass ``encode(ids, attention, all_hidden)``, keyed
     by input shapes. A shape's first call warms the pass up on a side stream (lazy initialisation,
@@ -195,7 +201,7 @@ class EncoderGraphs:
                 out = self.encode(static_ids, static_attention, all_hidden)
         except RuntimeError as exc:  # an operation that cannot be captured (a host sync, say)
             raise StrategyError(f"distill: capturing a teacher's encoder pass in a CUDA graph failed "
-                                f"({str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__}); "
+                                f"({type(exc).__name__}: {first_line(exc)}); "
                                 "set `teacher_cuda_graphs: false` in this stage's params") from exc
         return graph, static_ids, static_attention, out
 

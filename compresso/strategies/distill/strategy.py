@@ -35,6 +35,7 @@ from compresso.strategies.distill.modeling import (
     check_teacher,
     choose_layers,
     default_layer_map,
+    first_line,
     is_masked_lm,
     make_projection,
     usable_positions,
@@ -282,9 +283,8 @@ class DistillStrategy(CompressionStrategy):
             raise StrategyError(f"distill: {exc}") from None
         except Exception as exc:
             if compiled and is_compile_failure(exc):
-                first = (str(exc).strip().splitlines() or [""])[0][:300]
                 raise StrategyError(
-                    f"distill: torch.compile failed on this machine ({type(exc).__name__}: {first}); "
+                    f"distill: torch.compile failed on this machine ({type(exc).__name__}: {first_line(exc)}); "
                     f"`compile` is {p.compile!r} — set `compile: false` in this stage's params to train "
                     "without it (a rerun resumes from the last checkpoint, if there is one)") from exc
             raise
