@@ -69,6 +69,9 @@ Configurations (``--configs``):
   c1c-text, cxc-text   c1-text, cx-text compiled (what ``compile: auto`` runs on a GPU)
   c1g, cxg, c1g-text, cxg-text   c1c, cxc, c1c-text, cxc-text with the teachers' encoder passes
                          replayed from CUDA graphs (``teacher_cuda_graphs: true``; teachers then not compiled)
+  c1s, cxs               c1c, cxc with the student's encoder pass, forward and backward, replayed from CUDA
+                         graphs (``student_cuda_graphs: true``; its encoder then not compiled)
+  c1gs, cxgs, c1gs-text  c1g, cxg, c1g-text with the student's pass replayed too
   c1c, c2c, cxc          c1, c2, cx with ``compile: true`` (regional torch.compile, fixed-width batches)
   c1-all, c1-all-chunk   1 teacher, KL at every token (``ce_scope: all``), without / with chunked head
                          losses (``loss_chunk_rows: --chunk-rows``); c1c-all-chunk compiled too;
@@ -174,6 +177,18 @@ CONFIGS = {
                      label="compresso, 1 teacher, real text, compiled, teacher CUDA graphs"),
     "cxg-text": dict(system="compresso", teachers=("A", "B"), data="text", compile=True, graphs=True,
                      label="compresso, 2 teachers, cross-tokenizer, real text, compiled, teacher CUDA graphs"),
+    # the student's encoder pass, forward and backward, replayed from CUDA graphs (student_cuda_graphs: true;
+    # its encoder then not compiled): teachers compiled (s) or replayed too (gs)
+    "c1s": dict(system="compresso", teachers=("A",), data="synthetic", compile=True, student_graphs=True,
+                label="compresso, 1 teacher, compiled, student CUDA graphs"),
+    "cxs": dict(system="compresso", teachers=("A", "B"), data="synthetic", compile=True, student_graphs=True,
+                label="compresso, 2 teachers, cross-tokenizer, compiled, student CUDA graphs"),
+    "c1gs": dict(system="compresso", teachers=("A",), data="synthetic", compile=True, graphs=True,
+                 student_graphs=True, label="compresso, 1 teacher, teacher and student CUDA graphs"),
+    "cxgs": dict(system="compresso", teachers=("A", "B"), data="synthetic", compile=True, graphs=True,
+                 student_graphs=True, label="compresso, 2 teachers, cross-tokenizer, teacher and student CUDA graphs"),
+    "c1gs-text": dict(system="compresso", teachers=("A",), data="text", compile=True, graphs=True,
+                      student_graphs=True, label="compresso, 1 teacher, real text, teacher and student CUDA graphs"),
     "c1c-text": dict(system="compresso", teachers=("A",), data="text", compile=True,
                      label="compresso, 1 teacher, real text, compiled"),
     "cxc-text": dict(system="compresso", teachers=("A", "B"), data="text", compile=True,
@@ -632,6 +647,7 @@ class CompressoRunner(Runner):
             # the reference's restrict_ce_to_mask=True is ce_scope 'masked' (its False: 'all')
             ce_scope=self.spec.get("scope", "masked"), compile=self.spec.get("compile", False),
             teacher_cuda_graphs=self.spec.get("graphs", False),
+            student_cuda_graphs=self.spec.get("student_graphs", False),
             loss_chunk_rows=self.chunk_rows if self.spec.get("chunk") else None, **LOSS)
         stage = self.work / f"{self.name}-b{self.batch_size}-stage"
         stage.mkdir(parents=True)
@@ -1011,16 +1027,17 @@ def finish_phases(phases: list[dict]) -> None:
                 ratios[f"{a} / {b} step time"] = round(by[a]["step_ms"]["median"] / by[b]["step_ms"]["median"], 3)
 
         for one, many in (("c1", "c2"), ("c1", "cx"), ("c1c", "c2c"), ("c1c", "cxc"), ("c1g", "cxg"),
-                          ("c1g-text", "cxg-text")):
+                          ("c1g-text", "cxg-text"), ("c1s", "cxs"), ("c1gs", "cxgs")):
             step_ratio(many, one)
         # each lever against its eager / unchunked twin, same run
         for lever, plain in (("c1c", "c1"), ("c2c", "c2"), ("cxc", "cx"), ("c1g", "c1c"), ("cxg", "cxc"),
+                             ("c1s", "c1c"), ("cxs", "cxc"), ("c1gs", "c1g"), ("cxgs", "cxg"), ("c1gs", "c1c"),
                              ("c1-all-chunk", "c1-all"),
                              ("c1c-all-chunk", "c1-all"), ("c1c-all-chunk", "c1-all-chunk"), ("cx-all-chunk", "c1-all-chunk")):
             step_ratio(lever, plain)
             if lever in by and plain in by and by[lever]["peak_gpu_mib"] and by[plain]["peak_gpu_mib"]:
                 ratios[f"{lever} / {plain} peak memory"] = round(by[lever]["peak_gpu_mib"] / by[plain]["peak_gpu_mib"], 3)
-        for name in ("c1", "c1c", "c1g", "c1-all", "c1-all-chunk", "c1c-all-chunk"):
+        for name in ("c1", "c1c", "c1g", "c1s", "c1gs", "c1-all", "c1-all-chunk", "c1c-all-chunk"):
             if name not in by:
                 continue
             one = by[name]
@@ -1035,7 +1052,7 @@ def finish_phases(phases: list[dict]) -> None:
             if one["peak_gpu_mib"] and best["peak_gpu_mib"]:
                 ratios[f"{name} / reference peak memory"] = round(one["peak_gpu_mib"] / best["peak_gpu_mib"], 3)
         for text, synth in (("c1-text", "c1"), ("cx-text", "cx"), ("c1c-text", "c1c"), ("cxc-text", "cxc"),
-                            ("c1g-text", "c1g"), ("cxg-text", "cxg")):
+                            ("c1g-text", "c1g"), ("cxg-text", "cxg"), ("c1gs-text", "c1gs")):
             if text in by and synth in by:
                 t = by[text].get("sustained_tokens_per_s", by[text]["tokens_per_s"])
                 ratios[f"{text} / {synth} tokens/s"] = round(t / by[synth]["tokens_per_s"], 3)

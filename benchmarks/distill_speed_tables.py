@@ -44,6 +44,13 @@ GOALS = [
     ("c1g / reference peak memory", "<=", 0.6, "teacher CUDA graphs: compresso peak memory ≤ 0.6 × the reference's"),
     ("c1g-text / c1g tokens/s", ">=", 0.90, "teacher CUDA graphs: real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
     ("cxg-text / cxg tokens/s", ">=", 0.90, "teacher CUDA graphs: real text ≥ 90 % of synthetic tokens/s, cross-tokenizer"),
+    ("cxs / c1s step time", "<=", 1.45, "student CUDA graphs: cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
+    ("c1s / reference tokens/s", ">=", 2.0, "student CUDA graphs: compresso ≥ 2 × the reference's tokens/s"),
+    ("c1s / reference peak memory", "<=", 0.6, "student CUDA graphs: compresso peak memory ≤ 0.6 × the reference's"),
+    ("cxgs / c1gs step time", "<=", 1.45, "teacher and student CUDA graphs: cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
+    ("c1gs / reference tokens/s", ">=", 2.0, "teacher and student CUDA graphs: compresso ≥ 2 × the reference's tokens/s"),
+    ("c1gs / reference peak memory", "<=", 0.6, "teacher and student CUDA graphs: compresso peak memory ≤ 0.6 × the reference's"),
+    ("c1gs-text / c1gs tokens/s", ">=", 0.90, "teacher and student CUDA graphs: real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
     ("c1c-text / c1c tokens/s", ">=", 0.90, "compiled: real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
     ("cxc-text / cxc tokens/s", ">=", 0.90, "compiled: real text ≥ 90 % of synthetic tokens/s, cross-tokenizer"),
     # KL at every token (ce_scope all) against the reference without restrict_ce_to_mask
@@ -52,7 +59,10 @@ GOALS = [
 ]
 MFU_GOALS = [("c1", 0.45, "1 teacher ≥ 45 % MFU"), ("cx", 0.40, "cross-tokenizer ≥ 40 % MFU"),
              ("c1c", 0.45, "compiled: 1 teacher ≥ 45 % MFU"), ("cxc", 0.40, "compiled: cross-tokenizer ≥ 40 % MFU"),
-             ("c1g", 0.45, "teacher CUDA graphs: 1 teacher ≥ 45 % MFU"), ("cxg", 0.40, "teacher CUDA graphs: cross-tokenizer ≥ 40 % MFU")]
+             ("c1g", 0.45, "teacher CUDA graphs: 1 teacher ≥ 45 % MFU"), ("cxg", 0.40, "teacher CUDA graphs: cross-tokenizer ≥ 40 % MFU"),
+             ("c1s", 0.45, "student CUDA graphs: 1 teacher ≥ 45 % MFU"), ("cxs", 0.40, "student CUDA graphs: cross-tokenizer ≥ 40 % MFU"),
+             ("c1gs", 0.45, "teacher and student CUDA graphs: 1 teacher ≥ 45 % MFU"),
+             ("cxgs", 0.40, "teacher and student CUDA graphs: cross-tokenizer ≥ 40 % MFU")]
 
 
 def fmt_int(v) -> str:
@@ -159,6 +169,11 @@ def issue_note(data: dict) -> str:
             ("compresso, 2 teachers, second with another tokenizer, compiled", "cxc", "median"),
             ("compresso, 1 teacher, compiled, teacher CUDA graphs", "c1g", "median"),
             ("compresso, 2 teachers, another tokenizer, compiled, teacher CUDA graphs", "cxg", "median"),
+            ("compresso, 1 teacher, compiled, student CUDA graphs", "c1s", "median"),
+            ("compresso, 2 teachers, another tokenizer, compiled, student CUDA graphs", "cxs", "median"),
+            ("compresso, 1 teacher, teacher and student CUDA graphs", "c1gs", "median"),
+            ("compresso, 2 teachers, another tokenizer, teacher and student CUDA graphs", "cxgs", "median"),
+            ("compresso, 1 teacher, real text, teacher and student CUDA graphs (sustained)", "c1gs-text", "sustained"),
             ("compresso, 1 teacher, real text (sustained)", "c1-text", "sustained"),
             ("compresso, 2 teachers, cross-tokenizer, real text (sustained)", "cx-text", "sustained"),
             ("compresso, 1 teacher, real text, compiled (sustained)", "c1c-text", "sustained"),

@@ -72,9 +72,10 @@ class MaskedLM:
         self._head, self._head_modules = _mlm_head(model)
         self.split = self.base is not None and self._head is not None
         self._graphs: EncoderGraphs | None = None
+        self._train_graphs: TrainingGraphs | None = None
 
-    def compile(self) -> None:
-        """``torch.compile`` the model in place, region by region: each encoder layer (all layers of
+    def compile(self, encoder: bool = True) -> None:
+        """``torch.compile`` the model in place (``encoder=False``: only the MLM head), region by region: each encoder layer (all layers of
         a model share one compiled graph, so a 12-layer teacher compiles as fast as one layer and
         the student's layers reuse the teachers' work where shapes and modes agree) and the MLM
         head. Module names and state dicts do not change. The layers see one shape per run when
@@ -82,13 +83,14 @@ class MaskedLM:
         aligned positions) changes every batch, so it is compiled for dynamic shapes. A model whose
         layer list is not found is compiled whole."""
         _allow_recompiles(64)
-        try:
-            parent, attr = layer_list(self.model)
-        except StrategyError:
-            self.model.compile(dynamic=False)
-            return
-        for layer in getattr(parent, attr):
-            layer.compile(dynamic=False)
+        if encoder:
+            try:
+                parent, attr = layer_list(self.model)
+            except StrategyError:
+                self.model.compile(dynamic=False)
+                return
+            for layer in getattr(parent, attr):
+                layer.compile(dynamic=False)
         if self.split:
             self._head = torch.compile(self._head, dynamic=True)
 
@@ -115,6 +117,20 @@ class MaskedLM:
         Python call per layer and a launch per kernel (``EncoderGraphs``)."""
         self._graphs = EncoderGraphs(self._encode, max_graphs)
 
+    def use_training_graphs(self, max_graphs: int = 4) -> None:
+        """Replay this (trained) model's encoder pass, forward and backward, from CUDA graphs in
+        training mode with gradients on: one pair of graphs per input shape (``TrainingGraphs``).
+        Evaluation (eval mode or no gradients) runs the plain pass."""
+        if not self.split:
+            raise StrategyError(f"{type(self.model).__name__}: CUDA graphs of the student need its encoder "
+                                "and MLM head as separate modules (BERT, RoBERTa, DistilBERT, ELECTRA, ...)")
+        params = [p for p in self.base.parameters() if p.requires_grad]
+        self._train_graphs = TrainingGraphs(self._encode, params, max_graphs)
+
+    def drop_graphs(self) -> None:
+        """Forget captured graphs (their memory pools go with them)."""
+        self._graphs = self._train_graphs = None
+
     def encode(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool = False):
         """``(last_hidden (B, L, H), hidden_states tuple or None, full_logits or None)``."""
         if attention is not None and getattr(self.model.config, "_attn_implementation", None) == "sdpa":
@@ -123,6 +139,8 @@ class MaskedLM:
             attention = attention.bool()[:, None, None, :]
         if self._graphs is not None and ids.is_cuda and torch.is_inference_mode_enabled():
             return self._graphs(ids, attention, all_hidden)
+        if self._train_graphs is not None and ids.is_cuda and torch.is_grad_enabled() and self.model.training:
+            return self._train_graphs(ids, attention, all_hidden)
         return self._encode(ids, attention, all_hidden)
 
     def _encode(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool):
@@ -204,6 +222,96 @@ class EncoderGraphs:
                                 f"({type(exc).__name__}: {first_line(exc)}); "
                                 "set `teacher_cuda_graphs: false` in this stage's params") from exc
         return graph, static_ids, static_attention, out
+
+
+class TrainingGraphs:
+    """CUDA graphs of a trained encoder pass ``encode(ids, attention, all_hidden)``: its forward and
+    its backward to ``params``, keyed by input shapes (at most ``max_graphs``; other shapes run the
+    plain pass). For the host a training pass is then two launches instead of a Python call and a
+    kernel launch per operation, forward and backward.
+
+    A shape's first call warms the pass up on a side stream (three forward + backward rounds, so
+    lazy initialisation and library workspaces stay outside the graphs), then captures the forward
+    and, in the same memory pool, the backward. Replays copy the inputs (and later the incoming
+    gradients) into the graphs' static tensors. The graphs' gradients are handed to autograd as
+    clones, because autograd keeps a stealable gradient as ``.grad`` and the next replay would
+    overwrite it (with gradient accumulation, wrong sums; torch.compile's cudagraph trees and
+    ``make_graphed_callables`` both hand theirs over in place). The clone costs one copy of the
+    encoder's gradients per step. Dropout draws from the CUDA generator, which replays advance.
+    Capture runs in thread-local mode, so the input pipeline's thread may keep pinning."""
+
+    def __init__(self, encode: Callable, params: list[nn.Parameter], max_graphs: int):
+        self.encode = encode
+        self.params = params
+        self.max_graphs = max_graphs
+        self.graphs: dict[tuple, type[torch.autograd.Function]] = {}
+
+    def __call__(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool):
+        inputs = (ids,) if attention is None else (ids, attention)
+        key = (tuple((tuple(t.shape), t.dtype) for t in inputs), all_hidden, ids.device,
+               torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        replay = self.graphs.get(key)
+        if replay is None:
+            if len(self.graphs) >= self.max_graphs:
+                return self.encode(ids, attention, all_hidden)
+            replay = self.graphs[key] = self._capture(inputs, all_hidden)
+        outs = replay.apply(*inputs, *self.params)
+        if all_hidden:
+            return outs[-1], outs, None
+        return outs[0], None, None
+
+    def _flat(self, all_hidden: bool) -> Callable:
+        def run(*inputs):
+            last, hidden, _ = self.encode(inputs[0], inputs[1] if len(inputs) > 1 else None, all_hidden)
+            return tuple(hidden) if all_hidden else (last,)
+        return run
+
+    def _capture(self, inputs: tuple, all_hidden: bool) -> type[torch.autograd.Function]:
+        run, params = self._flat(all_hidden), self.params
+        device = inputs[0].device
+        static_in = tuple(t.clone() for t in inputs)
+        side = torch.cuda.Stream(device=device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                outs = run(*static_in)
+                torch.autograd.grad(outs, params, grad_outputs=[torch.ones_like(o) for o in outs],
+                                    allow_unused=True)
+            del outs
+        torch.cuda.current_stream(device).wait_stream(side)
+        forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(forward, capture_error_mode="thread_local"):
+                static_out = run(*static_in)
+            static_grad_out = tuple(torch.empty_like(o) for o in static_out)
+            with torch.cuda.graph(backward, pool=forward.pool(), capture_error_mode="thread_local"):
+                static_grads = torch.autograd.grad(static_out, params, grad_outputs=static_grad_out,
+                                                   allow_unused=True)
+        except RuntimeError as exc:  # an operation that cannot be captured (a host sync, say)
+            raise StrategyError(f"distill: capturing the student's training pass in CUDA graphs failed "
+                                f"({type(exc).__name__}: {first_line(exc)}); "
+                                "set `student_cuda_graphs: false` in this stage's params") from exc
+        n_in = len(inputs)
+
+        class Replay(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, *args):
+                for static, given in zip(static_in, args[:n_in]):
+                    if static.data_ptr() != given.data_ptr():
+                        static.copy_(given)
+                forward.replay()
+                return tuple(o.detach() for o in static_out)
+
+            @staticmethod
+            @torch.autograd.function.once_differentiable
+            def backward(ctx, *grads):
+                for static, given in zip(static_grad_out, grads):
+                    if static.data_ptr() != given.data_ptr():
+                        static.copy_(given)
+                backward.replay()
+                return (None,) * n_in + tuple(None if g is None else g.clone() for g in static_grads)
+
+        return Replay
 
 
 def layer_list(model: nn.Module) -> tuple[nn.Module, str]:

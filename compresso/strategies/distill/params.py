@@ -116,6 +116,11 @@ class DistillParams(StrategyParams):
                            "issues one launch per teacher and step instead of hundreds: on the H200 a batch-64 step "
                            "took 0.78x as long, but at batch 256 and 512 the replayed teachers ran slower "
                            "(docs/performance.md), so it is off by default.")
+    student_cuda_graphs: bool = Field(
+        False, description="CUDA only, one process: replay the student's encoder pass, forward and backward, from "
+                           "CUDA graphs in training (one pair per batch shape; batches are then kept seq_len wide; "
+                           "the student's encoder is then not compiled, its MLM head still is). For small batches, "
+                           "where the host's per-kernel work sets the pace (docs/performance.md).")
     loss_chunk_rows: int | None = Field(
         None, ge=1, description="Compute the student's vocabulary logits and the soft-target and masked-LM losses "
                                 "this many positions at a time, the gradient of each chunk taken at once, so the "

@@ -210,10 +210,11 @@ class DistillStrategy(CompressionStrategy):
         compiled = compiles_on(p.compile, device)
         loss_cfg.compile = compiled
         teacher_graphs = graphs_on(p.teacher_cuda_graphs, device)
+        student_graphs = student_graphs_on(p.student_cuda_graphs, device, ctx.world_size)
         stream_cfg = StreamConfig(
             corpus=corpus, views=views, batch_size=p.batch_size, seed=ctx.seed, heldout=p.heldout_documents,
             max_documents=p.max_documents, rank=ctx.rank, world_size=ctx.world_size, num_workers=workers,
-            need_words=need_words, pin=device.type == "cuda", fixed_width=compiled or teacher_graphs,
+            need_words=need_words, pin=device.type == "cuda", fixed_width=compiled or teacher_graphs or student_graphs,
             masking=MaskingConfig(prob=p.mask_prob, replace=p.mask_replace_prob, random=p.mask_random_prob,
                                   whole_word=p.whole_word_mask, token_weights=token_weights))
 
@@ -234,11 +235,14 @@ class DistillStrategy(CompressionStrategy):
                 link.lm.compile()
 
         student = StudentModule(student_model, projections)
+        if student_graphs:
+            student.lm.use_training_graphs()
         if compiled:
-            student.lm.compile()
+            student.lm.compile(encoder=not student_graphs)
         # What makes a checkpoint resumable: everything but settings that change no weights.
         resumable = p.model_dump(mode="json", exclude={"num_workers", "log_every", "checkpoint_every", "compile",
-                                                       "loss_chunk_rows", "teacher_cuda_graphs"})
+                                                       "loss_chunk_rows", "teacher_cuda_graphs",
+                                                       "student_cuda_graphs"})
         run_id = fingerprint({"params": resumable, "layers": layers, "seed": ctx.seed,
                               "teachers": {n: i["model"] for n, i in teacher_info.items()},
                               "views": [v.name for v in views]})
@@ -296,6 +300,7 @@ class DistillStrategy(CompressionStrategy):
                 cosine = heldout.cosine_check(student, links, heldout_batches, device)
         self._barrier(ctx)
 
+        student.lm.drop_graphs()
         if compiled:
             student.lm.uncompile()
         student_model.eval()
@@ -445,13 +450,22 @@ def compiles_on(setting: bool | str, device: torch.device) -> bool:
     return setting is True or (setting == "auto" and device.type == "cuda")
 
 
-def graphs_on(setting: bool, device: torch.device) -> bool:
-    """CUDA graphs exist only on CUDA devices: ``teacher_cuda_graphs: true`` elsewhere is refused
-    rather than ignored."""
+def graphs_on(setting: bool, device: torch.device, key: str = "teacher_cuda_graphs") -> bool:
+    """CUDA graphs exist only on CUDA devices: ``teacher_cuda_graphs: true`` (or ``key``) elsewhere
+    is refused rather than ignored."""
     if setting and device.type != "cuda":
-        raise StrategyError(f"distill: teacher_cuda_graphs: true needs a CUDA device, this stage runs on {device}; "
+        raise StrategyError(f"distill: {key}: true needs a CUDA device, this stage runs on {device}; "
                             "set it to false")
     return bool(setting)
+
+
+def student_graphs_on(setting: bool, device: torch.device, world_size: int) -> bool:
+    """``student_cuda_graphs``: CUDA only, and one process (data-parallel gradient hooks would fire
+    only after the whole replayed backward; not supported)."""
+    if setting and world_size > 1:
+        raise StrategyError(f"distill: student_cuda_graphs: true runs in one process, this stage has {world_size} "
+                            "data-parallel processes; set it to false")
+    return graphs_on(setting, device, "student_cuda_graphs")
 
 
 def is_compile_failure(exc: BaseException) -> bool:

@@ -121,7 +121,9 @@ class Trainer:
 
     def _autocast(self):
         if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            # no weight-cast cache: a CUDA graph captured inside the region (student_cuda_graphs)
+            # would keep a cached cast from the capture instead of casting the updated weights.
+            return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
         return nullcontext()
 
     # ------------------------------------------------------------------------------------------
