@@ -124,8 +124,7 @@ class MaskedLM:
         if not self.split:
             raise StrategyError(f"{type(self.model).__name__}: CUDA graphs of the student need its encoder "
                                 "and MLM head as separate modules (BERT, RoBERTa, DistilBERT, ELECTRA, ...)")
-        params = [p for p in self.base.parameters() if p.requires_grad]
-        self._train_graphs = TrainingGraphs(self._encode, params, max_graphs)
+        self._train_graphs = TrainingGraphs(self.base, max_graphs)
 
     def drop_graphs(self) -> None:
         """Forget captured graphs (their memory pools go with them)."""
@@ -225,8 +224,9 @@ class EncoderGraphs:
 
 
 class TrainingGraphs:
-    """CUDA graphs of a trained encoder pass ``encode(ids, attention, all_hidden)``: its forward and
-    its backward to ``params``, keyed by input shapes (at most ``max_graphs``; other shapes run the
+    """CUDA graphs of a trained encoder's pass (``encoder(input_ids=, attention_mask=,
+    output_hidden_states=)``, a transformers base model): its forward and its backward to the
+    encoder's trainable parameters, keyed by input shapes (at most ``max_graphs``; other shapes run the
     plain pass). For the host a training pass is then two launches instead of a Python call and a
     kernel launch per operation, forward and backward.
 
@@ -238,11 +238,16 @@ class TrainingGraphs:
     overwrite it (with gradient accumulation, wrong sums; torch.compile's cudagraph trees and
     ``make_graphed_callables`` both hand theirs over in place). The clone costs one copy of the
     encoder's gradients per step. Dropout draws from the CUDA generator, which replays advance.
-    Capture runs in thread-local mode, so the input pipeline's thread may keep pinning."""
+    Capture runs in thread-local mode, so the input pipeline's thread may keep pinning. The
+    captured pass runs on stand-ins of the parameters (``functional_call`` with detached tensors
+    sharing their storage): autograd ties a parameter's gradient to the stream its accumulator was
+    made on, and an accumulator made before the capture (a plain pass whose graph is still alive)
+    would tie the captured backward to the default stream, which CUDA refuses."""
 
-    def __init__(self, encode: Callable, params: list[nn.Parameter], max_graphs: int):
-        self.encode = encode
-        self.params = params
+    def __init__(self, encoder: nn.Module, max_graphs: int):
+        self.encoder = encoder
+        self.names = [n for n, p in encoder.named_parameters() if p.requires_grad]
+        self.params = [encoder.get_parameter(n) for n in self.names]
         self.max_graphs = max_graphs
         self.graphs: dict[tuple, type[torch.autograd.Function]] = {}
 
@@ -253,21 +258,29 @@ class TrainingGraphs:
         replay = self.graphs.get(key)
         if replay is None:
             if len(self.graphs) >= self.max_graphs:
-                return self.encode(ids, attention, all_hidden)
+                return self._plain(self.encoder, ids, attention, all_hidden)
             replay = self.graphs[key] = self._capture(inputs, all_hidden)
         outs = replay.apply(*inputs, *self.params)
         if all_hidden:
             return outs[-1], outs, None
         return outs[0], None, None
 
-    def _flat(self, all_hidden: bool) -> Callable:
-        def run(*inputs):
-            last, hidden, _ = self.encode(inputs[0], inputs[1] if len(inputs) > 1 else None, all_hidden)
-            return tuple(hidden) if all_hidden else (last,)
-        return run
+    @staticmethod
+    def _plain(encoder, ids, attention, all_hidden):
+        out = encoder(input_ids=ids, attention_mask=attention, output_hidden_states=all_hidden, return_dict=True)
+        return out.last_hidden_state, (out.hidden_states if all_hidden else None), None
 
     def _capture(self, inputs: tuple, all_hidden: bool) -> type[torch.autograd.Function]:
-        run, params = self._flat(all_hidden), self.params
+        params = [p.detach().requires_grad_() for p in self.params]  # stand-ins, same storage
+        stand_ins = dict(zip(self.names, params))
+
+        def run(*args):
+            out = torch.func.functional_call(
+                self.encoder, stand_ins, (),
+                {"input_ids": args[0], "attention_mask": args[1] if len(args) > 1 else None,
+                 "output_hidden_states": all_hidden, "return_dict": True})
+            return tuple(out.hidden_states) if all_hidden else (out.last_hidden_state,)
+
         device = inputs[0].device
         static_in = tuple(t.clone() for t in inputs)
         side = torch.cuda.Stream(device=device)
@@ -283,8 +296,10 @@ class TrainingGraphs:
         try:
             with torch.cuda.graph(forward, capture_error_mode="thread_local"):
                 static_out = run(*static_in)
-            static_grad_out = tuple(torch.empty_like(o) for o in static_out)
             with torch.cuda.graph(backward, pool=forward.pool(), capture_error_mode="thread_local"):
+                # made on the capture stream (made outside, autograd would sync the legacy stream
+                # with the capture at the end of the backward pass, which CUDA refuses)
+                static_grad_out = tuple(torch.empty_like(o) for o in static_out)
                 static_grads = torch.autograd.grad(static_out, params, grad_outputs=static_grad_out,
                                                    allow_unused=True)
         except RuntimeError as exc:  # an operation that cannot be captured (a host sync, say)
