@@ -154,8 +154,8 @@ def test_replayed_training_pass_gives_the_plain_outputs_and_gradients(tiny):
         torch.testing.assert_close(got_last, want_last)
         for a, b in zip(got_hidden, want_hidden):
             torch.testing.assert_close(a, b)
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b)
+        for a, b in zip(got, want):  # the embedding's backward adds atomically: order varies
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     assert len(graphed._train_graphs.graphs) == 2
     with torch.no_grad():  # evaluation runs the plain pass
         torch.testing.assert_close(graphed.encode(ids, None)[0], plain.encode(ids, None)[0])
@@ -183,7 +183,7 @@ def test_gradients_accumulate_across_replays(tiny):
     for _ in range(2):  # the first round captures, the second replays
         got = accumulated(graphed)
         for a, b in zip(got, want):
-            torch.testing.assert_close(a, b)
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 @cuda
