@@ -196,3 +196,24 @@ def test_dropout_draws_afresh_on_every_replay(tiny):
     second = lm.encode(ids, None)[0].detach().clone()
     third = lm.encode(ids, None)[0].detach().clone()
     assert not torch.equal(first, second) and not torch.equal(second, third)
+
+
+@cuda
+def test_captured_passes_use_a_fused_attention_kernel(tiny):
+    """Rows without padding (no mask given): the captured teacher and student passes must not need
+    SDPA's math kernel (transformers builds a stride-0 all-ones mask under capture, which only the
+    math kernel takes; ``encode`` gives a real mask instead)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    fused = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
+    ids = torch.randint(5, 100, (4, 32)).cuda()
+    teacher = MaskedLM(AutoModelForMaskedLM.from_pretrained(tiny["cased"]).cuda().eval().requires_grad_(False))
+    teacher.use_cuda_graphs()
+    student = MaskedLM(_dropout_free(tiny))
+    student.use_training_graphs()
+    with sdpa_kernel(fused), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+        for _ in range(2):  # capture, then replay
+            with torch.inference_mode():
+                teacher.encode(ids, None)
+            student.encode(ids, None)[0].float().sum().backward()
+    assert len(teacher._graphs.graphs) == 1 and len(student._train_graphs.graphs) == 1

@@ -132,15 +132,26 @@ class MaskedLM:
 
     def encode(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool = False):
         """``(last_hidden (B, L, H), hidden_states tuple or None, full_logits or None)``."""
-        if attention is not None and getattr(self.model.config, "_attn_implementation", None) == "sdpa":
+        sdpa = getattr(self.model.config, "_attn_implementation", None) == "sdpa"
+        if attention is not None and sdpa:
             # A ready 4-D boolean mask goes to SDPA as is; a 2-D one would make transformers check
             # on the host whether it can be dropped, a device sync in every forward pass.
             attention = attention.bool()[:, None, None, :]
-        if self._graphs is not None and ids.is_cuda and torch.is_inference_mode_enabled():
-            return self._graphs(ids, attention, all_hidden)
-        if self._train_graphs is not None and ids.is_cuda and torch.is_grad_enabled() and self.model.training:
-            return self._train_graphs(ids, attention, all_hidden)
-        return self._encode(ids, attention, all_hidden)
+        graphs = None
+        if ids.is_cuda:
+            if self._graphs is not None and torch.is_inference_mode_enabled():
+                graphs = self._graphs
+            elif self._train_graphs is not None and torch.is_grad_enabled() and self.model.training:
+                graphs = self._train_graphs
+        if graphs is None:
+            return self._encode(ids, attention, all_hidden)
+        if attention is None and sdpa:
+            # Under capture transformers cannot look at a mask to drop it: some versions then build
+            # an all-ones mask whose last dimension has stride 0, which no fused SDPA kernel takes,
+            # so attention ran in the fp32 math kernel (H200, docs/performance.md). A real
+            # (B, 1, 1, L) mask keeps the fused kernels.
+            attention = torch.ones((ids.shape[0], 1, 1, ids.shape[1]), dtype=torch.bool, device=ids.device)
+        return graphs(ids, attention, all_hidden)
 
     def _encode(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool):
         if self.split:
