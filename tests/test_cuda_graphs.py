@@ -50,7 +50,7 @@ def test_replayed_pass_equals_the_plain_pass(tiny, all_hidden):
         for step in range(4):
             ids = torch.randint(5, 100, (3, 16), generator=gen).cuda()
             attention = None
-            if step == 2:  # a padded batch: its own graph
+            if step == 2:  # a padded batch: the same graph (unpadded rows get an all-true mask)
                 attention = torch.ones(3, 16, dtype=torch.long, device="cuda")
                 attention[1, 10:] = 0
             want = plain.encode(ids, attention, all_hidden)
@@ -59,9 +59,12 @@ def test_replayed_pass_equals_the_plain_pass(tiny, all_hidden):
             if all_hidden:
                 for a, b in zip(got[1], want[1]):
                     torch.testing.assert_close(a, b)
+        assert len(graphed._graphs.graphs) == 1
+        ids = torch.randint(5, 100, (5, 16), generator=gen).cuda()  # another shape: another graph
+        torch.testing.assert_close(graphed.encode(ids, None, all_hidden)[0], plain.encode(ids, None, all_hidden)[0])
         assert len(graphed._graphs.graphs) == 2
         # past max_graphs a new shape runs the plain pass
-        ids = torch.randint(5, 100, (5, 16), generator=gen).cuda()
+        ids = torch.randint(5, 100, (6, 16), generator=gen).cuda()
         torch.testing.assert_close(graphed.encode(ids, None, all_hidden)[0], plain.encode(ids, None, all_hidden)[0])
         assert len(graphed._graphs.graphs) == 2
 
@@ -142,7 +145,7 @@ def test_replayed_training_pass_gives_the_plain_outputs_and_gradients(tiny):
     for step in range(4):
         ids = torch.randint(5, 100, (3, 16), generator=gen).cuda()
         attention = None
-        if step >= 2:  # padded batches: their own pair of graphs
+        if step >= 2:  # padded batches: the same pair of graphs (unpadded rows get an all-true mask)
             attention = torch.ones(3, 16, dtype=torch.long, device="cuda")
             attention[1, 10 + step:] = 0
         weights = [torch.randn(3, 16, model.config.hidden_size, generator=gen).cuda()
@@ -156,7 +159,7 @@ def test_replayed_training_pass_gives_the_plain_outputs_and_gradients(tiny):
             torch.testing.assert_close(a, b)
         for a, b in zip(got, want):  # the embedding's backward adds atomically: order varies
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    assert len(graphed._train_graphs.graphs) == 2
+    assert len(graphed._train_graphs.graphs) == 1
     with torch.no_grad():  # evaluation runs the plain pass
         torch.testing.assert_close(graphed.encode(ids, None)[0], plain.encode(ids, None)[0])
     assert len(graphed._train_graphs.graphs) == 2
