@@ -114,13 +114,14 @@ class DistillParams(StrategyParams):
         False, description="CUDA only: replay each teacher's encoder pass from a CUDA graph (one per batch shape; "
                            "batches are then kept seq_len wide; the teachers are then not compiled). The host then "
                            "issues one launch per teacher and step instead of hundreds: on the H200 a batch-64 step "
-                           "took 0.78x as long, but at batch 256 and 512 the replayed teachers ran slower "
+                           "took 0.82x as long; at batch 256 on par with compiled teachers, at 512 1.09x "
                            "(docs/performance.md), so it is off by default.")
     student_cuda_graphs: bool = Field(
         False, description="CUDA only, one process: replay the student's encoder pass, forward and backward, from "
                            "CUDA graphs in training (one pair per batch shape; batches are then kept seq_len wide; "
                            "the student's encoder is then not compiled, its MLM head still is). For small batches, "
-                           "where the host's per-kernel work sets the pace (docs/performance.md).")
+                           "where the host's per-kernel work sets the pace: with teacher_cuda_graphs too, a batch-64 "
+                           "step on the H200 took 0.47x the compiled one, at batch 256 1.13x (docs/performance.md).")
     loss_chunk_rows: int | None = Field(
         None, ge=1, description="Compute the student's vocabulary logits and the soft-target and masked-LM losses "
                                 "this many positions at a time, the gradient of each chunk taken at once, so the "
