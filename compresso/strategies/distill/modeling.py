@@ -308,8 +308,7 @@ class TrainingGraphs:
             with torch.cuda.graph(forward, capture_error_mode="thread_local"):
                 static_out = run(*static_in)
             with torch.cuda.graph(backward, pool=forward.pool(), capture_error_mode="thread_local"):
-                # made on the capture stream (made outside, autograd would sync the legacy stream
-                # with the capture at the end of the backward pass, which CUDA refuses)
+                # the incoming-gradient buffers live in the graphs' pool (as make_graphed_callables has them)
                 static_grad_out = tuple(torch.empty_like(o) for o in static_out)
                 static_grads = torch.autograd.grad(static_out, params, grad_outputs=static_grad_out,
                                                    allow_unused=True)
