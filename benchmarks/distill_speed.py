@@ -105,7 +105,6 @@ import argparse
 import copy
 import gc
 import io
-import json
 import math
 import os
 import platform
@@ -1403,11 +1402,10 @@ def summary(args, device: torch.device, inputs: dict, phases: list[dict], gpu_be
 def write_json(out: dict, args) -> Path | None:
     if not args.out:
         return None
-    args.out.mkdir(parents=True, exist_ok=True)
+    from compresso.strategy import write_json as write_whole  # never a half-written file
+
     path = args.out / "distill_speed.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.replace(path)  # never a half-written file
+    write_whole(path, out)
     return path
 
 

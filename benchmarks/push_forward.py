@@ -188,7 +188,6 @@ def main(argv=None) -> dict:
     if args.out:
         from compresso.strategy import write_json  # never a half-written file
 
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.out, result)
     return result
 

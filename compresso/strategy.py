@@ -215,7 +215,9 @@ class CompressionStrategy(ABC):
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON via a temporary file so that a reader never sees half a file."""
+    """Write JSON via a temporary file so that a reader never sees half a file (its folder is made
+    if missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
     tmp.replace(path)

@@ -9,7 +9,8 @@ the common encoder families are listed here; anything else falls back to a full 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -184,6 +185,38 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return (str(exc).strip().splitlines() or [""])[0][:limit]
 
 
+def _graph_key(inputs: tuple, all_hidden: bool) -> tuple:
+    """What a captured pass depends on besides the inputs' contents: their shapes and dtypes, the
+    outputs asked for, the device, and autocast (the captured kernels' precision)."""
+    return (tuple((tuple(t.shape), t.dtype) for t in inputs), all_hidden, inputs[0].device,
+            torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+
+
+@contextmanager
+def _aside(device: torch.device) -> Iterator[None]:
+    """Run on a side stream: warm-up before a capture, so lazy initialisation, library workspaces
+    and torch.compile's compilation and autotuning stay outside the graph."""
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        yield
+    torch.cuda.current_stream(device).wait_stream(side)
+
+
+@contextmanager
+def _recording(graph: torch.cuda.CUDAGraph, what: str, switch: str, pool=None) -> Iterator[None]:
+    """Capture into ``graph``; an operation that cannot be captured (a host sync, say) stops the
+    stage with an error naming the switch that turns capture off. Thread-local mode: only this
+    thread's CUDA calls are held to capture rules, the input pipeline's thread keeps pinning and
+    copying batches meanwhile."""
+    try:
+        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+            yield
+    except RuntimeError as exc:
+        raise StrategyError(f"distill: capturing {what} failed ({type(exc).__name__}: {first_line(exc)}); "
+                            f"set `{switch}: false` in this stage's params") from exc
+
+
 class EncoderGraphs:
     """CUDA graphs of an inference-only encoder pass ``encode(ids, attention, all_hidden)``, keyed
     by input shapes. A shape's first call warms the pass up on a side stream (lazy initialisation,
@@ -198,8 +231,7 @@ class EncoderGraphs:
         self.graphs: dict[tuple, tuple] = {}
 
     def __call__(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool):
-        key = (tuple(ids.shape), ids.dtype, None if attention is None else (tuple(attention.shape), attention.dtype),
-               all_hidden, ids.device)
+        key = _graph_key((ids,) if attention is None else (ids, attention), all_hidden)
         entry = self.graphs.get(key)
         if entry is None:
             if len(self.graphs) >= self.max_graphs:
@@ -215,22 +247,12 @@ class EncoderGraphs:
     def _capture(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool) -> tuple:
         static_ids = ids.clone()
         static_attention = None if attention is None else attention.clone()
-        side = torch.cuda.Stream(device=ids.device)
-        side.wait_stream(torch.cuda.current_stream(ids.device))
-        with torch.cuda.stream(side):
+        with _aside(ids.device):
             for _ in range(2):
                 self.encode(static_ids, static_attention, all_hidden)
-        torch.cuda.current_stream(ids.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        try:
-            # thread_local: only this thread's CUDA calls are held to capture rules; the input
-            # pipeline's thread keeps pinning and copying batches meanwhile.
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                out = self.encode(static_ids, static_attention, all_hidden)
-        except RuntimeError as exc:  # an operation that cannot be captured (a host sync, say)
-            raise StrategyError(f"distill: capturing a teacher's encoder pass in a CUDA graph failed "
-                                f"({type(exc).__name__}: {first_line(exc)}); "
-                                "set `teacher_cuda_graphs: false` in this stage's params") from exc
+        with _recording(graph, "a teacher's encoder pass in a CUDA graph", "teacher_cuda_graphs"):
+            out = self.encode(static_ids, static_attention, all_hidden)
         return graph, static_ids, static_attention, out
 
 
@@ -264,8 +286,7 @@ class TrainingGraphs:
 
     def __call__(self, ids: torch.Tensor, attention: torch.Tensor | None, all_hidden: bool):
         inputs = (ids,) if attention is None else (ids, attention)
-        key = (tuple((tuple(t.shape), t.dtype) for t in inputs), all_hidden, ids.device,
-               torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        key = _graph_key(inputs, all_hidden)
         replay = self.graphs.get(key)
         if replay is None:
             if len(self.graphs) >= self.max_graphs:
@@ -292,30 +313,22 @@ class TrainingGraphs:
                  "output_hidden_states": all_hidden, "return_dict": True})
             return tuple(out.hidden_states) if all_hidden else (out.last_hidden_state,)
 
-        device = inputs[0].device
         static_in = tuple(t.clone() for t in inputs)
-        side = torch.cuda.Stream(device=device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
+        with _aside(inputs[0].device):
             for _ in range(3):
                 outs = run(*static_in)
                 torch.autograd.grad(outs, params, grad_outputs=[torch.ones_like(o) for o in outs],
                                     allow_unused=True)
             del outs
-        torch.cuda.current_stream(device).wait_stream(side)
         forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(forward, capture_error_mode="thread_local"):
-                static_out = run(*static_in)
-            with torch.cuda.graph(backward, pool=forward.pool(), capture_error_mode="thread_local"):
-                # the incoming-gradient buffers live in the graphs' pool (as make_graphed_callables has them)
-                static_grad_out = tuple(torch.empty_like(o) for o in static_out)
-                static_grads = torch.autograd.grad(static_out, params, grad_outputs=static_grad_out,
-                                                   allow_unused=True)
-        except RuntimeError as exc:  # an operation that cannot be captured (a host sync, say)
-            raise StrategyError(f"distill: capturing the student's training pass in CUDA graphs failed "
-                                f"({type(exc).__name__}: {first_line(exc)}); "
-                                "set `student_cuda_graphs: false` in this stage's params") from exc
+        what, switch = "the student's training pass in CUDA graphs", "student_cuda_graphs"
+        with _recording(forward, what, switch):
+            static_out = run(*static_in)
+        with _recording(backward, what, switch, pool=forward.pool()):
+            # the incoming-gradient buffers live in the graphs' pool (as make_graphed_callables has them)
+            static_grad_out = tuple(torch.empty_like(o) for o in static_out)
+            static_grads = torch.autograd.grad(static_out, params, grad_outputs=static_grad_out,
+                                               allow_unused=True)
         n_in = len(inputs)
 
         class Replay(torch.autograd.Function):

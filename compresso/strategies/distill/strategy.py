@@ -229,7 +229,7 @@ class DistillStrategy(CompressionStrategy):
             if teacher_graphs:
                 # Replayed, a teacher costs the host nothing per layer, and torch.compile's code
                 # cannot be captured here (it recompiled under capture on the H200): graphs replace
-                # compiling the teachers, the student is still compiled.
+                # compiling the teachers (and, with student_cuda_graphs, the student's encoder).
                 link.lm.use_cuda_graphs()
             elif compiled:
                 link.lm.compile()
