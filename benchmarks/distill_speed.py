@@ -188,6 +188,11 @@ CONFIGS = {
                  student_graphs=True, label="compresso, 2 teachers, cross-tokenizer, teacher and student CUDA graphs"),
     "c1gs-text": dict(system="compresso", teachers=("A",), data="text", compile=True, graphs=True,
                       student_graphs=True, label="compresso, 1 teacher, real text, teacher and student CUDA graphs"),
+    # compiled, the teachers' encoder layers in float8 (teacher_float8: true; GPUs of compute capability 8.9+)
+    "c1c8": dict(system="compresso", teachers=("A",), data="synthetic", compile=True, float8=True,
+                 label="compresso, 1 teacher, compiled, float8 teachers"),
+    "cxc8": dict(system="compresso", teachers=("A", "B"), data="synthetic", compile=True, float8=True,
+                 label="compresso, 2 teachers, cross-tokenizer, compiled, float8 teachers"),
     "c1c-text": dict(system="compresso", teachers=("A",), data="text", compile=True,
                      label="compresso, 1 teacher, real text, compiled"),
     "cxc-text": dict(system="compresso", teachers=("A", "B"), data="text", compile=True,
@@ -647,6 +652,7 @@ class CompressoRunner(Runner):
             ce_scope=self.spec.get("scope", "masked"), compile=self.spec.get("compile", False),
             teacher_cuda_graphs=self.spec.get("graphs", False),
             student_cuda_graphs=self.spec.get("student_graphs", False),
+            teacher_float8=self.spec.get("float8", False),
             loss_chunk_rows=self.chunk_rows if self.spec.get("chunk") else None, **LOSS)
         stage = self.work / f"{self.name}-b{self.batch_size}-stage"
         stage.mkdir(parents=True)
@@ -1026,17 +1032,19 @@ def finish_phases(phases: list[dict]) -> None:
                 ratios[f"{a} / {b} step time"] = round(by[a]["step_ms"]["median"] / by[b]["step_ms"]["median"], 3)
 
         for one, many in (("c1", "c2"), ("c1", "cx"), ("c1c", "c2c"), ("c1c", "cxc"), ("c1g", "cxg"),
-                          ("c1g-text", "cxg-text"), ("c1s", "cxs"), ("c1gs", "cxgs")):
+                          ("c1g-text", "cxg-text"), ("c1s", "cxs"), ("c1gs", "cxgs"),
+                          ("c1c8", "cxc8")):
             step_ratio(many, one)
         # each lever against its eager / unchunked twin, same run
         for lever, plain in (("c1c", "c1"), ("c2c", "c2"), ("cxc", "cx"), ("c1g", "c1c"), ("cxg", "cxc"),
                              ("c1s", "c1c"), ("cxs", "cxc"), ("c1gs", "c1g"), ("cxgs", "cxg"), ("c1gs", "c1c"),
+                             ("c1c8", "c1c"), ("cxc8", "cxc"),
                              ("c1-all-chunk", "c1-all"),
                              ("c1c-all-chunk", "c1-all"), ("c1c-all-chunk", "c1-all-chunk"), ("cx-all-chunk", "c1-all-chunk")):
             step_ratio(lever, plain)
             if lever in by and plain in by and by[lever]["peak_gpu_mib"] and by[plain]["peak_gpu_mib"]:
                 ratios[f"{lever} / {plain} peak memory"] = round(by[lever]["peak_gpu_mib"] / by[plain]["peak_gpu_mib"], 3)
-        for name in ("c1", "c1c", "c1g", "c1s", "c1gs", "c1-all", "c1-all-chunk", "c1c-all-chunk"):
+        for name in ("c1", "c1c", "c1g", "c1s", "c1gs", "c1c8", "c1-all", "c1-all-chunk", "c1c-all-chunk"):
             if name not in by:
                 continue
             one = by[name]

@@ -51,6 +51,9 @@ GOALS = [
     ("c1gs / reference tokens/s", ">=", 2.0, "teacher and student CUDA graphs: compresso ≥ 2 × the reference's tokens/s"),
     ("c1gs / reference peak memory", "<=", 0.6, "teacher and student CUDA graphs: compresso peak memory ≤ 0.6 × the reference's"),
     ("c1gs-text / c1gs tokens/s", ">=", 0.90, "teacher and student CUDA graphs: real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
+    ("cxc8 / c1c8 step time", "<=", 1.45, "compiled, float8 teachers: cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
+    ("c1c8 / reference tokens/s", ">=", 2.0, "compiled, float8 teachers: compresso ≥ 2 × the reference's tokens/s"),
+    ("c1c8 / reference peak memory", "<=", 0.6, "compiled, float8 teachers: compresso peak memory ≤ 0.6 × the reference's"),
     ("c1c-text / c1c tokens/s", ">=", 0.90, "compiled: real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
     ("cxc-text / cxc tokens/s", ">=", 0.90, "compiled: real text ≥ 90 % of synthetic tokens/s, cross-tokenizer"),
     # KL at every token (ce_scope all) against the reference without restrict_ce_to_mask
@@ -62,7 +65,10 @@ MFU_GOALS = [("c1", 0.45, "1 teacher ≥ 45 % MFU"), ("cx", 0.40, "cross-tokeniz
              ("c1g", 0.45, "teacher CUDA graphs: 1 teacher ≥ 45 % MFU"), ("cxg", 0.40, "teacher CUDA graphs: cross-tokenizer ≥ 40 % MFU"),
              ("c1s", 0.45, "student CUDA graphs: 1 teacher ≥ 45 % MFU"), ("cxs", 0.40, "student CUDA graphs: cross-tokenizer ≥ 40 % MFU"),
              ("c1gs", 0.45, "teacher and student CUDA graphs: 1 teacher ≥ 45 % MFU"),
-             ("cxgs", 0.40, "teacher and student CUDA graphs: cross-tokenizer ≥ 40 % MFU")]
+             ("cxgs", 0.40, "teacher and student CUDA graphs: cross-tokenizer ≥ 40 % MFU"),
+             # float8 teachers do the same FLOPs; MFU is still against the bf16 dense peak
+             ("c1c8", 0.45, "compiled, float8 teachers: 1 teacher ≥ 45 % MFU (bf16 peak)"),
+             ("cxc8", 0.40, "compiled, float8 teachers: cross-tokenizer ≥ 40 % MFU (bf16 peak)")]
 
 
 def fmt_int(v) -> str:
@@ -174,6 +180,8 @@ def issue_note(data: dict) -> str:
             ("compresso, 1 teacher, teacher and student CUDA graphs", "c1gs", "median"),
             ("compresso, 2 teachers, another tokenizer, teacher and student CUDA graphs", "cxgs", "median"),
             ("compresso, 1 teacher, real text, teacher and student CUDA graphs (sustained)", "c1gs-text", "sustained"),
+            ("compresso, 1 teacher, compiled, float8 teachers", "c1c8", "median"),
+            ("compresso, 2 teachers, another tokenizer, compiled, float8 teachers", "cxc8", "median"),
             ("compresso, 1 teacher, real text (sustained)", "c1-text", "sustained"),
             ("compresso, 2 teachers, cross-tokenizer, real text (sustained)", "cx-text", "sustained"),
             ("compresso, 1 teacher, real text, compiled (sustained)", "c1c-text", "sustained"),

@@ -1,17 +1,25 @@
-"""The cross-tokenizer soft-target KL alone: gathers (compresso's push-forward), eager and
-compiled, against scatters.
+"""The cross-tokenizer soft-target KL alone: compresso's push-forward (one permutation, then
+slices), eager and compiled, against the two layouts it replaced.
 
 Pushing the student's distribution onto a foreign teacher's vocabulary is the part of the
 cross-tokenizer step that grew most in the H200 profile of issue 14 (5.1 ms of device time per step
-forward at batch 256, plus its backward). ``student_log_q`` now lays student ids out by how many
-share a teacher column and needs only gathers; until then it took a scatter-based grouped
-log-sum-exp over every mapped id (kept below as ``scatter_log_q``, the baseline). Both give the
-same values and gradients (``tests/test_distill.py``). With ``compile`` (on by default on CUDA)
-the step computes the KL through ``soft_target_kl`` under torch.compile: log-softmax, gathers,
-log-sum-exps and KL fused. This times forward + backward of the per-row KL of each (push-forward,
-then KL against a teacher's log-probs) on rows of random logits, with the fixture tokenizers'
-vocabulary map (cased 16k student, uncased 14k teacher), interleaved and repeated; prints a table
-and writes JSON with the device, its clocks where nvidia-smi has them, and the load average.
+forward at batch 256, plus its backward). Three layouts of the same sum, each giving the same
+values and gradients (``tests/test_distill.py``, and the agreement figures below):
+
+* ``scatter``: a scatter-based grouped log-sum-exp over every mapped id (compresso before issue 14's
+  profile);
+* ``gathers``: student ids laid out by how many share a teacher column, one index gather per group
+  size and one to put the columns back in the teacher's order (compresso until stop 23); backward,
+  each gather scatter-adds;
+* ``permuted``: one permutation of the student's logits puts every group in a contiguous slice and
+  the target space takes the columns in that order (``student_log_q`` now); backward, the
+  permutation's inverse is a gather.
+
+With ``compile`` (on by default on CUDA) the step computes the KL under torch.compile. This times
+forward + backward of the per-row KL of each (push-forward, then KL against a teacher's log-probs)
+on rows of random logits, with the fixture tokenizers' vocabulary map (cased 16k student, uncased
+14k teacher), interleaved and repeated; prints a table and writes JSON with the device, its clocks
+where nvidia-smi has them, and the load average.
 
     python benchmarks/push_forward.py --shared ../shared --rows 4915 --device cuda --out push_forward.json
 """
@@ -60,7 +68,34 @@ def scatter_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -
 
 
 def gather_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -> torch.Tensor:
+    """The push-forward as compresso computed it until stop 23 (teacher_ids order): one gather per
+    group size, then one to put the columns back in the teacher's order."""
+    log_q = (logits / temperature).log_softmax(-1)
+    k = log_q.shape[0]
+    parts, start = [log_q.index_select(1, link.mapped_order[:link.n_single])], link.n_single
+    for g, n_cols in link.groups:
+        ids = link.mapped_order[start:start + g * n_cols]
+        parts.append(log_q.index_select(1, ids).view(k, -1, g).logsumexp(-1))
+        start += g * n_cols
+    column_order = torch.empty_like(link.target_teacher_ids)
+    column_order[torch.as_tensor(link.target_columns, device=logits.device)] = torch.arange(
+        len(link.target_columns), device=logits.device)
+    log_mass = torch.cat(parts, 1).index_select(1, column_order)
+    other = log_q.index_select(1, link.unmapped_ids("student", log_q.shape[1], log_q.device))
+    return torch.cat([log_mass, other.logsumexp(-1, keepdim=True)], 1)
+
+
+def permuted_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -> torch.Tensor:
     return student_log_q(logits, link, temperature, "other")
+
+
+def in_teacher_order(log_q: torch.Tensor, link: TeacherLink) -> torch.Tensor:
+    """``permuted_log_q``'s columns (the link's layout order) back in teacher_ids order, "other" last."""
+    order = torch.as_tensor(link.target_columns, device=log_q.device)
+    out = torch.empty_like(log_q)
+    out[:, order] = log_q[:, :-1]
+    out[:, -1] = log_q[:, -1]
+    return out
 
 
 def scatter_kl(logits, log_p, link, temperature):
@@ -68,14 +103,26 @@ def scatter_kl(logits, log_p, link, temperature):
 
 
 def gather_kl(logits, log_p, link, temperature):
+    return kl_per_position(log_p, gather_log_q(logits, link, temperature))
+
+
+_gather_kl_compiled = torch.compile(gather_kl, dynamic=False)
+
+
+def gather_kl_compiled(logits, log_p, link, temperature):
+    return _gather_kl_compiled(logits, log_p, link, temperature)
+
+
+def permuted_kl(logits, log_p, link, temperature):
     return soft_target_kl(logits, log_p, link, LossConfig(temperature=temperature, compile=False))
 
 
-def compiled_kl(logits, log_p, link, temperature):
+def permuted_kl_compiled(logits, log_p, link, temperature):
     return soft_target_kl(logits, log_p, link, LossConfig(temperature=temperature, compile=True))
 
 
-VARIANTS = {"scatter (before)": scatter_kl, "gather, eager": gather_kl, "gather, compiled": compiled_kl}
+VARIANTS = {"scatter": scatter_kl, "gathers": gather_kl, "gathers, compiled": gather_kl_compiled,
+            "permuted": permuted_kl, "permuted, compiled": permuted_kl_compiled}
 
 
 def sync(device: torch.device) -> None:
@@ -124,22 +171,27 @@ def main(argv=None) -> dict:
     log_p = (torch.randn(args.rows, len(vmap.teacher_ids) + 1, generator=gen) * 4).log_softmax(-1).to(device)
     row_probe = probe[:, 0].contiguous()
     compiled = device.type == "cuda" if args.compile is None else args.compile
-    variants = {k: v for k, v in VARIANTS.items() if compiled or k != "gather, compiled"}
+    variants = {k: v for k, v in VARIANTS.items() if compiled or not k.endswith("compiled")}
 
     def once(fn) -> None:
         z = logits.clone().requires_grad_()
         (fn(z, log_p, link, 2.0) * row_probe).sum().backward()
 
-    # the two agree (the tests check this in float64; here in the benchmark's own precision)
-    z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-    a, b = scatter_log_q(z1, link, 2.0), gather_log_q(z2, link, 2.0)
-    (a * probe).sum().backward()
-    (b * probe).sum().backward()
-    agreement = {"max_abs_value_diff": float((a - b).detach().abs().max()),
-                 "max_abs_grad_diff": float((z1.grad - z2.grad).abs().max())}
+    # the layouts agree (the tests check this in float64; here in the benchmark's own precision)
+    agreement = {}
+    z0 = logits.clone().requires_grad_()
+    base = scatter_log_q(z0, link, 2.0)
+    (base * probe).sum().backward()
+    for name, fn in (("gathers", gather_log_q), ("permuted", permuted_log_q)):
+        z = logits.clone().requires_grad_()
+        out = fn(z, link, 2.0)
+        out = in_teacher_order(out, link) if name == "permuted" else out
+        (out * probe).sum().backward()
+        agreement[f"{name}_max_abs_value_diff"] = float((out - base).detach().abs().max())
+        agreement[f"{name}_max_abs_grad_diff"] = float((z.grad - z0.grad).abs().max())
     if compiled:  # the compiled KL against the eager one, values and gradients
         z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-        a, b = gather_kl(z1, log_p, link, 2.0), compiled_kl(z2, log_p, link, 2.0)
+        a, b = permuted_kl(z1, log_p, link, 2.0), permuted_kl_compiled(z2, log_p, link, 2.0)
         (a * row_probe).sum().backward()
         (b * row_probe).sum().backward()
         agreement["compiled_max_abs_kl_diff"] = float((a - b).detach().abs().max())
@@ -162,12 +214,9 @@ def main(argv=None) -> dict:
             times[name].append(1000 * (time.perf_counter() - t0) / args.iters)
     summary = {name: {"median_ms": round(statistics.median(t), 3), "min_ms": round(min(t), 3),
                       "max_ms": round(max(t), 3), "samples_ms": [round(x, 3) for x in t]} for name, t in times.items()}
-    base = summary["scatter (before)"]["median_ms"]
-    ratios = {"gather_eager_over_scatter": round(summary["gather, eager"]["median_ms"] / base, 3)}
-    if compiled:
-        ratios["compiled_over_scatter"] = round(summary["gather, compiled"]["median_ms"] / base, 3)
-        ratios["compiled_over_gather_eager"] = round(summary["gather, compiled"]["median_ms"]
-                                                     / summary["gather, eager"]["median_ms"], 3)
+    ratios = {f"{a} / {b}": round(summary[a]["median_ms"] / summary[b]["median_ms"], 3)
+              for a, b in (("gathers", "scatter"), ("permuted", "gathers"), ("permuted, compiled", "gathers, compiled"),
+                           ("permuted, compiled", "scatter")) if a in summary and b in summary}
     table = Table(title=f"soft-target KL with push-forward, forward + backward · {args.rows} rows × "
                         f"{len(student):,} → {len(vmap.teacher_ids):,} + other · {device}")
     for col in ("variant", "median ms", "min – max ms"):
@@ -182,8 +231,7 @@ def main(argv=None) -> dict:
               "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "torch": torch.__version__, "load_before": load_before, "load_after": os.getloadavg(),
               "rows": args.rows, "student_vocab": len(student), "columns": int(len(vmap.teacher_ids)),
-              "groups": {str(g): int(ids.numel() // g) for g, ids in link.group_ids},
-              "single_columns": int(link.single_ids.numel()), "repeats": args.repeats, "iters": args.iters,
+              "groups": {str(g): n for g, n in link.groups}, "single_columns": link.n_single, "repeats": args.repeats, "iters": args.iters,
               "warmup_s": round(warmup_s, 2), "variants": summary, "ratios": ratios, "agreement": agreement}
     if args.out:
         from compresso.strategy import write_json  # never a half-written file

@@ -337,6 +337,7 @@ def test_cross_vocab_push_forward_matches_explicit_sum():
         mass = np.zeros(len(vmap.teacher_ids))
         for sid, col in zip(vmap.student_ids, vmap.columns):
             mass[col] += p[i, sid]
+        mass = mass[link.target_columns]  # the target space lists columns in the link's layout order
         np.testing.assert_allclose(renorm[i].exp().detach().numpy(), mass / mass.sum(), rtol=1e-4, atol=1e-7)
         # "other": no renormalisation; the last column holds the mass of every unmapped student id.
         unmapped = np.setdiff1d(np.arange(len(cased)), vmap.student_ids)
@@ -370,7 +371,9 @@ def test_push_forward_values_and_gradients_equal_a_dense_reference(unmapped_mass
     (got * probe).sum().backward()
     z2 = z.clone().requires_grad_()
     dense = torch.zeros(width, n_cols + 1, dtype=torch.float64)
-    dense[student_ids, columns] = 1.0
+    position = np.empty(n_cols, int)
+    position[link.target_columns] = np.arange(n_cols)  # where each teacher column sits in the target space
+    dense[student_ids, position[columns]] = 1.0
     dense[np.setdiff1d(np.arange(width), student_ids), n_cols] = 1.0  # everything else: "other"
     mass = (z2 / 2.0).softmax(-1) @ dense
     want = mass.log() if unmapped_mass == "other" else \
@@ -390,7 +393,7 @@ def test_teacher_other_bucket_normalisation():
     logits = torch.randn(4, width) * 5
     log_p = teacher_log_p(link, logits, LossConfig(temperature=2.0, unmapped_mass="other"))
     p = (logits / 2.0).softmax(-1).numpy()
-    inside = p[:, vmap.teacher_ids]
+    inside = p[:, vmap.teacher_ids[link.target_columns]]  # in the target space's column order
     outside = np.delete(p, vmap.teacher_ids, axis=1).sum(1)
     np.testing.assert_allclose(log_p.exp().numpy(), np.concatenate([inside, outside[:, None]], 1), rtol=1e-5,
                                atol=1e-8)

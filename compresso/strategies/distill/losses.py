@@ -78,11 +78,15 @@ class TeacherLink:
     teacher_ids: torch.Tensor | None = None
     student_to_teacher: torch.Tensor | None = None
     weight_t: torch.Tensor | None = None
-    # The push-forward as gathers (``student_log_q``): student ids alone on their column, then one
-    # (columns, g) index block per group size g > 1, and where each column lands in that order.
-    single_ids: torch.Tensor | None = None
-    group_ids: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    column_order: torch.Tensor | None = None
+    # The push-forward (``student_log_q``) on one permutation of the student's ids: first the ids
+    # alone on their column, then per group size g > 1 its columns' ids, g after g, then the
+    # unmapped ids. The target space's columns follow that layout: ``target_columns`` (indices into
+    # ``vocab.teacher_ids``) and ``target_teacher_ids`` are the teacher's side of it.
+    mapped_order: torch.Tensor | None = None  # the mapped student ids, laid out as above
+    n_single: int = 0
+    groups: tuple[tuple[int, int], ...] = ()  # (g, columns of g ids), in layout order
+    target_columns: "np.ndarray | None" = None
+    target_teacher_ids: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "TeacherLink":
         self.weight_t = torch.tensor(self.weight, device=device)  # made once: no host copy per step
@@ -90,7 +94,7 @@ class TeacherLink:
             self.student_ids = torch.as_tensor(self.vocab.student_ids, device=device)
             self.teacher_ids = torch.as_tensor(self.vocab.teacher_ids, device=device)
             self.student_to_teacher = torch.as_tensor(self.vocab.student_to_teacher, device=device)
-            self._group_columns(device)
+            self._lay_out_columns(device)
         if self.shared_column is not None:
             self.shared_column = torch.as_tensor(self.shared_column, device=device)
         # per (side, width): masks (``unmapped``) and their ids (``unmapped_ids``), on this device
@@ -98,29 +102,39 @@ class TeacherLink:
         self._unmapped_ids: dict[tuple[str, int], torch.Tensor] = {}
         return self
 
-    def _group_columns(self, device: torch.device) -> None:
+    def _lay_out_columns(self, device: torch.device) -> None:
         """Lay the student ids out by how many share a teacher column. Most columns hold one id
         (88 % for the fixture tokenizers; the rest are case variants, ``Casa``/``casa``), so their
         log-mass is the student's log-prob itself, and a column of g ids is a log-sum-exp over a
-        row of a (columns, g) block: the push-forward needs gathers only, no scatter."""
+        row of a (columns, g) block. After one permutation of the student's logits every piece is
+        a contiguous slice: no scatter forward, and backward the permutation's inverse, a gather."""
         columns, student_ids = np.asarray(self.vocab.columns), np.asarray(self.vocab.student_ids)
         n_cols = len(self.vocab.teacher_ids)
         by_column = np.argsort(columns, kind="stable")
         sizes = np.bincount(columns, minlength=n_cols)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        placed = []  # teacher columns in the order their log-mass is laid out
         single = np.flatnonzero(sizes == 1)
-        self.single_ids = torch.as_tensor(student_ids[by_column[starts[single]]], device=device)
-        placed.append(single)
-        self.group_ids = []
+        placed, ids, groups = [single], [student_ids[by_column[starts[single]]]], []
         for g in np.unique(sizes[sizes > 1]):
             cols = np.flatnonzero(sizes == g)
             block = by_column[starts[cols][:, None] + np.arange(g)]  # (columns, g) positions in student_ids
-            self.group_ids.append((int(g), torch.as_tensor(student_ids[block].reshape(-1), device=device)))
+            ids.append(student_ids[block].reshape(-1))
             placed.append(cols)
-        order = np.empty(n_cols, dtype=np.int64)
-        order[np.concatenate(placed)] = np.arange(n_cols)
-        self.column_order = torch.as_tensor(order, device=device)
+            groups.append((int(g), len(cols)))
+        self.mapped_order = torch.as_tensor(np.concatenate(ids), device=device)
+        self.n_single, self.groups = len(single), tuple(groups)
+        self.target_columns = np.concatenate(placed)
+        self.target_teacher_ids = torch.as_tensor(np.asarray(self.vocab.teacher_ids)[self.target_columns],
+                                                  device=device)
+
+    def permutation(self, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(order, inverse) of a student logit row of ``width``: the mapped ids in layout order,
+        then the unmapped ones (special tokens and padded output rows included)."""
+        cache = self.__dict__.setdefault("_permutation", {})
+        if width not in cache:
+            order = torch.cat([self.mapped_order.to(device), self.unmapped_ids("student", width, device)])
+            cache[width] = (order, torch.argsort(order))
+        return cache[width]
 
     def unmapped_ids(self, side: str, width: int, device: torch.device) -> torch.Tensor:
         """The ids of ``unmapped(side, width)``, for gathering them."""
@@ -211,7 +225,7 @@ def teacher_log_p(link: TeacherLink, logits: torch.Tensor, cfg: LossConfig) -> t
     other_ids = None if cfg.unmapped_mass == "renormalise" else \
         link.unmapped_ids("teacher", logits.shape[1], logits.device)
     return _piece(_teacher_cross_log_p, cfg.compile)(_dynamic_rows(logits, cfg.compile), cfg.temperature,
-                                                     link.teacher_ids, other_ids)
+                                                     link.target_teacher_ids, other_ids)
 
 
 def _log_softmax_at(logits: torch.Tensor, temperature: float, width: int | None) -> torch.Tensor:
@@ -309,34 +323,49 @@ def teacher_targets(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidde
 def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float,
                   unmapped_mass: str = "other") -> torch.Tensor:
     """Student log-probs at T in the teacher's target space (full vocab, or pushed onto the
-    intersection, plus the "other" column unless ``unmapped_mass`` is ``renormalise``)."""
+    intersection -- columns in ``link.target_columns`` order -- plus the "other" column unless
+    ``unmapped_mass`` is ``renormalise``)."""
     if not link.cross:
         return _log_softmax_at(logits, temperature, link.shared_vocab)
     return _push_forward(logits, temperature, *_push_forward_index(link, logits, unmapped_mass))
 
 
 def _push_forward_index(link: TeacherLink, logits: torch.Tensor, unmapped_mass: str) -> tuple:
-    other_ids = None if unmapped_mass == "renormalise" else \
-        link.unmapped_ids("student", logits.shape[1], logits.device)
-    return link.single_ids, tuple(link.group_ids), link.column_order, other_ids
+    order, inverse = link.permutation(logits.shape[1], logits.device)
+    return order, inverse, link.n_single, link.groups, unmapped_mass == "renormalise"
 
 
-def _push_forward(logits: torch.Tensor, temperature: float, single_ids: torch.Tensor,
-                  groups: tuple[tuple[int, torch.Tensor], ...], column_order: torch.Tensor,
-                  other_ids: torch.Tensor | None) -> torch.Tensor:
-    log_q = (logits / temperature).log_softmax(-1)
-    k = log_q.shape[0]
-    # A column's log-mass is the log-sum-exp of its student ids' log-probs (exact: logsumexp
-    # shifts by each group's own max); columns of one id take the log-prob as it is.
-    parts = [log_q.index_select(1, single_ids)]
-    for g, ids in groups:
-        parts.append(log_q.index_select(1, ids).view(k, -1, g).logsumexp(-1))
-    log_mass = torch.cat(parts, 1).index_select(1, column_order)  # back to teacher_ids order
-    if other_ids is None:  # renormalise
+class _Permute(torch.autograd.Function):
+    """The columns of (k, V) logits in another order; the gradient goes back by the inverse order
+    (a gather: index_select's own backward would scatter-add)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(1, order)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(1, inverse), None, None
+
+
+def _push_forward(logits: torch.Tensor, temperature: float, order: torch.Tensor, inverse: torch.Tensor,
+                  n_single: int, groups: tuple[tuple[int, int], ...], renormalise: bool) -> torch.Tensor:
+    z = _Permute.apply(logits, order, inverse) / temperature
+    k = z.shape[0]
+    # A column's log-mass is the log-sum-exp of its student ids' logits (exact: logsumexp shifts by
+    # each group's own max); columns of one id take the logit as it is. Normalised at the end.
+    parts, start = [z[:, :n_single]], n_single
+    for g, n_cols in groups:
+        parts.append(z[:, start:start + g * n_cols].reshape(k, n_cols, g).logsumexp(-1))
+        start += g * n_cols
+    if renormalise:
+        log_mass = torch.cat(parts, 1)
         return log_mass - log_mass.logsumexp(-1, keepdim=True)
-    # Special tokens are never mapped, so "other" is never empty on either side.
-    other = log_q.index_select(1, other_ids).logsumexp(-1, keepdim=True)
-    return torch.cat([log_mass, other], 1)
+    # Special tokens are never mapped, so "other" (the ids after the mapped ones) is never empty.
+    parts.append(z[:, start:].logsumexp(-1, keepdim=True))
+    return torch.cat(parts, 1) - z.logsumexp(-1, keepdim=True)
 
 
 def kl_per_position(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -361,8 +390,8 @@ def _same_kl(logits, log_p, temperature, width):
     return kl_per_position(log_p, _log_softmax_at(logits, temperature, width))
 
 
-def _cross_kl(logits, log_p, temperature, single_ids, groups, column_order, other_ids):
-    return kl_per_position(log_p, _push_forward(logits, temperature, single_ids, groups, column_order, other_ids))
+def _cross_kl(logits, log_p, temperature, order, inverse, n_single, groups, renormalise):
+    return kl_per_position(log_p, _push_forward(logits, temperature, order, inverse, n_single, groups, renormalise))
 
 
 @dataclass

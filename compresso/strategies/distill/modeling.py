@@ -111,6 +111,31 @@ class MaskedLM:
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)
 
+    def to_float8(self) -> tuple[int, int]:
+        """Run the linear layers of the encoder's transformer layers in float8, in place (torchao:
+        each weight scaled per output row once, each activation per row on the fly; products
+        accumulate in fp32 and come out in the model's dtype). For a frozen teacher: its matmuls
+        then run at float8 speed (on Hopper about twice bf16's peak). Embeddings and the MLM head
+        stay as they are, so the soft targets keep the head's precision. A linear layer whose
+        widths are not multiples of 16 (float8 matmuls need that) stays as it is. Returns (linear
+        layers converted, linear layers in the transformer layers)."""
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        try:
+            parent, attr = layer_list(self.model)
+        except StrategyError:
+            raise StrategyError(f"{type(self.model).__name__}: float8 teachers need the encoder's layer list, "
+                                "which was not found; set teacher_float8: false") from None
+        layers = getattr(parent, attr)
+
+        def fits(module: nn.Module, fqn: str = "") -> bool:
+            return isinstance(module, nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+
+        linears = [m for m in layers.modules() if isinstance(m, nn.Linear)]
+        converted = sum(fits(m) for m in linears)
+        quantize_(layers, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()), filter_fn=fits)
+        return converted, len(linears)
+
     def use_cuda_graphs(self, max_graphs: int = 4) -> None:
         """Replay this (frozen, eval-mode) model's encoder pass from CUDA graphs under inference
         mode: one graph per input shape, captured on first sight, at most ``max_graphs`` of them

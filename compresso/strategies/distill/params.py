@@ -122,6 +122,13 @@ class DistillParams(StrategyParams):
                            "the student's encoder is then not compiled, its MLM head still is). For small batches, "
                            "where the host's per-kernel work sets the pace: with teacher_cuda_graphs too, a batch-64 "
                            "step on the H200 took 0.47x the compiled one, at batch 256 1.13x (docs/performance.md).")
+    teacher_float8: bool = Field(
+        False, description="CUDA GPUs of compute capability 8.9+ (Ada, Hopper, Blackwell) only: the linear layers of "
+                           "the teachers' encoder layers run in float8 (torchao; weights scaled per row once, "
+                           "activations per row on the fly), their embeddings and MLM heads stay bf16. The teachers' "
+                           "passes, the largest cost of a multi-teacher step, get cheaper; their outputs change "
+                           "slightly (docs/performance.md measures both). Off by default: the soft targets are then "
+                           "the bf16 teachers' own.")
     loss_chunk_rows: int | None = Field(
         None, ge=1, description="Compute the student's vocabulary logits and the soft-target and masked-LM losses "
                                 "this many positions at a time, the gradient of each chunk taken at once, so the "

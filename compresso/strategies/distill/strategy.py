@@ -211,6 +211,7 @@ class DistillStrategy(CompressionStrategy):
         loss_cfg.compile = compiled
         teacher_graphs = graphs_on(p.teacher_cuda_graphs, device)
         student_graphs = student_graphs_on(p.student_cuda_graphs, device, ctx.world_size)
+        float8 = float8_on(p.teacher_float8, device)
         stream_cfg = StreamConfig(
             corpus=corpus, views=views, batch_size=p.batch_size, seed=ctx.seed, heldout=p.heldout_documents,
             max_documents=p.max_documents, rank=ctx.rank, world_size=ctx.world_size, num_workers=workers,
@@ -226,6 +227,11 @@ class DistillStrategy(CompressionStrategy):
             model = copy.deepcopy(link.lm.model).to(device=device, dtype=dtype).eval().requires_grad_(False)
             link.lm = MaskedLM(model)
             link.to(device)
+            if float8:  # before graphs or compiling: both then see the float8 layers
+                converted, linears = link.lm.to_float8()
+                ctx.log(f"teacher {link.name}: {converted} of {linears} linear layers of its encoder layers "
+                        "run in float8" + ("" if converted == linears else
+                                           " (the others' widths are not multiples of 16: bf16)"))
             if teacher_graphs:
                 # Replayed, a teacher costs the host nothing per layer, and torch.compile's code
                 # cannot be captured here (it recompiled under capture on the H200): graphs replace
@@ -239,11 +245,7 @@ class DistillStrategy(CompressionStrategy):
             student.lm.use_training_graphs()
         if compiled:
             student.lm.compile(encoder=not student_graphs)
-        # What makes a checkpoint resumable: everything but settings that change no weights.
-        resumable = p.model_dump(mode="json", exclude={"num_workers", "log_every", "checkpoint_every", "compile",
-                                                       "loss_chunk_rows", "teacher_cuda_graphs",
-                                                       "student_cuda_graphs"})
-        run_id = fingerprint({"params": resumable, "layers": layers, "seed": ctx.seed,
+        run_id = fingerprint({"params": resumable_params(p), "layers": layers, "seed": ctx.seed,
                               "teachers": {n: i["model"] for n, i in teacher_info.items()},
                               "views": [v.name for v in views]})
         train_cfg = TrainConfig(max_steps=p.max_steps, grad_accum_steps=p.grad_accum_steps, lr=p.lr,
@@ -444,6 +446,17 @@ class DistillStrategy(CompressionStrategy):
 __all__ = ["DistillStrategy", "DistillParams"]
 
 
+# Settings that change how fast a run goes, not the weights it trains: a checkpoint made with other
+# values of these resumes (``teacher_float8`` is not among them: it changes the soft targets).
+SPEED_ONLY = frozenset({"num_workers", "log_every", "checkpoint_every", "compile", "loss_chunk_rows",
+                        "teacher_cuda_graphs", "student_cuda_graphs"})
+
+
+def resumable_params(p: DistillParams) -> dict:
+    """What of the parameters makes a checkpoint resumable: everything but ``SPEED_ONLY``."""
+    return p.model_dump(mode="json", exclude=set(SPEED_ONLY))
+
+
 def compiles_on(setting: bool | str, device: torch.device) -> bool:
     """``compile: auto`` means on CUDA devices: it paid there (docs/performance.md); on a CPU inductor's
     compile time outweighs the gain for the short runs CPUs are used for."""
@@ -457,6 +470,26 @@ def graphs_on(setting: bool, device: torch.device, key: str = "teacher_cuda_grap
         raise StrategyError(f"distill: {key}: true needs a CUDA device, this stage runs on {device}; "
                             "set it to false")
     return bool(setting)
+
+
+def float8_on(setting: bool, device: torch.device) -> bool:
+    """``teacher_float8``: float8 matmuls exist on CUDA GPUs of compute capability 8.9 and newer (Ada,
+    Hopper, Blackwell), through torchao; anywhere else the setting is refused rather than ignored."""
+    if not setting:
+        return False
+    fix = "; set teacher_float8 to false"
+    if device.type != "cuda":
+        raise StrategyError(f"distill: teacher_float8: true needs a CUDA GPU of compute capability 8.9 or newer "
+                            f"(Ada, Hopper, Blackwell), this stage runs on {device}{fix}")
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise StrategyError(f"distill: teacher_float8: true needs compute capability 8.9 or newer, "
+                            f"{torch.cuda.get_device_name(device)} has {major}.{minor}{fix}")
+    try:
+        import torchao  # noqa: F401
+    except ImportError as exc:
+        raise StrategyError(f"distill: teacher_float8: true needs torchao ({exc}); pip install torchao{fix}") from None
+    return True
 
 
 def student_graphs_on(setting: bool, device: torch.device, world_size: int) -> bool:

@@ -1,0 +1,123 @@
+"""Float8 teachers (``teacher_float8``): refused where float8 matmuls do not exist; where they do,
+the teachers' encoder layers run through torchao's float8 linear layers, their heads stay bf16,
+and their outputs stay close to the bf16 teacher's, plain, compiled and replayed from CUDA graphs.
+The CUDA tests need a GPU of compute capability 8.9+ (the device runs them before its
+benchmarks); CI has none."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForMaskedLM
+
+from compresso.models import load_bundle
+from compresso.strategies.distill import DistillStrategy
+from compresso.strategies.distill.modeling import MaskedLM
+from compresso.strategies.distill.strategy import float8_on
+from compresso.strategy import StrategyError
+from tests.test_distill import make_ctx, small_params, tiny  # noqa: F401  (tiny is a fixture)
+
+float8_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)),
+    reason="float8 matmuls need a CUDA GPU of compute capability 8.9+")
+
+
+def test_off_by_default_and_refused_off_cuda(tiny, tmp_path):
+    assert DistillStrategy.Params.model_fields["teacher_float8"].default is False
+    assert not float8_on(False, torch.device("cpu"))
+    with pytest.raises(StrategyError, match="teacher_float8: true needs a CUDA GPU of compute capability 8.9"):
+        float8_on(True, torch.device("cpu"))
+    # the strategy refuses before it trains or writes anything
+    ctx = make_ctx(tmp_path, {"t": tiny["cased"]})
+    params = DistillStrategy.Params(**small_params(tiny["corpus"], teacher_float8=True))
+    with pytest.raises(StrategyError, match="set teacher_float8 to false"):
+        DistillStrategy(params).apply(load_bundle(tiny["cased"]), ctx)
+    assert not any(ctx.stage_dir.iterdir())
+
+
+def test_float8_is_part_of_the_run_fingerprint(tiny):
+    """Float8 teachers give other soft targets: a checkpoint made with them must not resume a bf16
+    run (speed-only settings such as compile may differ)."""
+    from compresso.strategies.distill.strategy import resumable_params
+
+    def params(**kw):
+        return resumable_params(DistillStrategy.Params(corpus=[str(tiny["corpus"])], **kw))
+
+    assert params(teacher_float8=True) != params()
+    assert params(compile=False, teacher_cuda_graphs=True) == params()
+
+
+def _teacher(tiny) -> nn.Module:
+    return AutoModelForMaskedLM.from_pretrained(tiny["cased"]).cuda().to(torch.bfloat16).eval().requires_grad_(False)
+
+
+@float8_gpu
+def test_encoder_layers_run_in_float8_and_stay_close(tiny):
+    from torchao.quantization import Float8Tensor
+
+    bf16, f8 = MaskedLM(_teacher(tiny)), MaskedLM(_teacher(tiny))
+    assert f8.to_float8() == (6 * 4, 6 * 4)  # q, k, v, attention output, intermediate, output: 4 layers
+    layer = f8.model.bert.encoder.layer[0]
+    assert isinstance(layer.intermediate.dense.weight, Float8Tensor)
+    assert not isinstance(f8.model.cls.predictions.decoder.weight, Float8Tensor)  # the head stays bf16
+    ids = torch.randint(5, 100, (8, 32), generator=torch.Generator().manual_seed(0)).cuda()
+    with torch.inference_mode():
+        want = bf16.encode(ids, None)[0].float()
+        got = f8.encode(ids, None)[0].float()
+        cos = torch.nn.functional.cosine_similarity(got, want, dim=-1)
+        assert cos.min() > 0.98, cos.min()
+        assert not torch.equal(got, want)  # it did run another kernel
+        # compiled and replayed from CUDA graphs: the same float8 pass
+        f8.compile()
+        torch.testing.assert_close(f8.encode(ids, None)[0].float(), got, atol=0.05, rtol=0.05)
+        f8.uncompile()
+        f8.use_cuda_graphs()
+        for _ in range(2):  # capture, then replay
+            torch.testing.assert_close(f8.encode(ids, None)[0].float(), got, atol=0.05, rtol=0.05)
+        assert len(f8._graphs.graphs) == 1
+
+
+@float8_gpu
+def test_a_distill_run_with_float8_teachers_on_cuda(tiny, tmp_path):
+    """Both tokenizers, compiled, end to end: the run logs the converted layers and trains."""
+    ctx = make_ctx(tmp_path, {"a": tiny["cased"], "b": tiny["uncased"]})
+    ctx.device = torch.device("cuda")
+    logged = []
+    ctx.log = logged.append
+    params = DistillStrategy.Params(**small_params(tiny["corpus"], teacher_float8=True, max_steps=4, num_layers=2))
+    out = DistillStrategy(params).apply(load_bundle(tiny["cased"]), ctx)
+    assert any("teacher a: 24 of 24 linear layers" in m and "float8" in m for m in logged), logged
+    report = json.loads((ctx.stage_dir / "distill.json").read_text())
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in report["loss_curve"])
+    assert out.model.config.num_hidden_layers == 2
+
+
+@float8_gpu
+@pytest.mark.parametrize("name", ["ro-bert-small-cased", "ro-robert-small-uncased"])
+def test_float8_romanian_teacher_keeps_its_predictions(shared_dir, name):
+    """A real teacher on real Romanian sentences: float8 keeps its top-1 prediction at nearly every
+    masked position."""
+    from transformers import AutoTokenizer
+
+    path = shared_dir / "teachers" / name
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForMaskedLM.from_pretrained(path).cuda().to(torch.bfloat16).eval().requires_grad_(False)
+    sentences = ["Guvernul a aprobat ieri un nou proiect de lege privind educația.",
+                 "Echipa națională de fotbal a câștigat meciul cu Franța la București.",
+                 "Prețul energiei electrice a crescut în ultimele luni în toată Europa."]
+    enc = tok(sentences, padding=True, return_tensors="pt").to("cuda")
+    ids = enc["input_ids"].clone()
+    special = torch.tensor([tok.pad_token_id, tok.cls_token_id, tok.sep_token_id], device="cuda")
+    maskable = ~torch.isin(ids, special)
+    ids[maskable & (torch.arange(ids.shape[1], device="cuda") % 3 == 1)] = tok.mask_token_id
+    positions = ids == tok.mask_token_id
+    bf16 = MaskedLM(model)
+    with torch.inference_mode():
+        want = bf16.model(input_ids=ids, attention_mask=enc["attention_mask"]).logits[positions].float()
+        bf16.to_float8()
+        got = bf16.model(input_ids=ids, attention_mask=enc["attention_mask"]).logits[positions].float()
+    agree = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+    assert agree >= 0.9, agree
