@@ -73,6 +73,7 @@ Configurations (``--configs``):
                          graphs (``student_cuda_graphs: true``; its encoder then not compiled)
   c1gs, cxgs, c1gs-text  c1g, cxg, c1g-text with the student's pass replayed too
   c1c, c2c, cxc          c1, c2, cx with ``compile: true`` (regional torch.compile, fixed-width batches)
+  c1c8, cxc8             c1c, cxc with float8 teachers (``teacher_float8: true``; compute capability 8.9+)
   c1-all, c1-all-chunk   1 teacher, KL at every token (``ce_scope: all``), without / with chunked head
                          losses (``loss_chunk_rows: --chunk-rows``); c1c-all-chunk compiled too;
                          cx-all-chunk the cross-tokenizer pair, chunked

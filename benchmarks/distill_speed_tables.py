@@ -131,7 +131,7 @@ def render(data: dict, sources: list[str]) -> str:
             lines.append("")
     pipes = [(p["batch_size"], r) for p in data["phases"] for r in p["runs"] if r.get("pipeline")]
     if pipes:
-        lines.append("Input pipeline alone (the strategy's `BatchStream`, its default workers, no GPU work):")
+        lines.append("Input pipeline alone (the strategy's `BatchStream` with the workers below, no GPU work):")
         lines.append("")
         lines.append("| run | batch | workers | tokens/s | first batch after (s) |")
         lines.append("|---|---:|---:|---:|---:|")

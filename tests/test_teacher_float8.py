@@ -98,26 +98,29 @@ def test_a_distill_run_with_float8_teachers_on_cuda(tiny, tmp_path):
 @float8_gpu
 @pytest.mark.parametrize("name", ["ro-bert-small-cased", "ro-robert-small-uncased"])
 def test_float8_romanian_teacher_keeps_its_predictions(shared_dir, name):
-    """A real teacher on real Romanian sentences: float8 keeps its top-1 prediction at nearly every
-    masked position."""
+    """A real teacher on real Romanian text (the corpus's first 256 documents, 15 % of the tokens
+    masked, about 1,500 positions): float8 keeps its top-1 prediction at nearly every masked
+    position (benchmarks/teacher_float8.py measured 0.965 and 0.969 on 8,000 positions; three
+    hand-written sentences, about 25 positions, were too few to test a rate)."""
+    import lzma
+
     from transformers import AutoTokenizer
 
     path = shared_dir / "teachers" / name
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForMaskedLM.from_pretrained(path).cuda().to(torch.bfloat16).eval().requires_grad_(False)
-    sentences = ["Guvernul a aprobat ieri un nou proiect de lege privind educația.",
-                 "Echipa națională de fotbal a câștigat meciul cu Franța la București.",
-                 "Prețul energiei electrice a crescut în ultimele luni în toată Europa."]
-    enc = tok(sentences, padding=True, return_tensors="pt").to("cuda")
-    ids = enc["input_ids"].clone()
-    special = torch.tensor([tok.pad_token_id, tok.cls_token_id, tok.sep_token_id], device="cuda")
-    maskable = ~torch.isin(ids, special)
-    ids[maskable & (torch.arange(ids.shape[1], device="cuda") % 3 == 1)] = tok.mask_token_id
-    positions = ids == tok.mask_token_id
-    bf16 = MaskedLM(model)
+    with lzma.open(shared_dir / "corpus" / "ro-corpus-00.txt.xz", "rt", encoding="utf-8") as f:
+        lines = [line.strip() for _, line in zip(range(256), f) if line.strip()]
+    enc = tok(lines, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    ids, att = enc["input_ids"], enc["attention_mask"]
+    pick = (torch.rand(ids.shape, generator=torch.Generator().manual_seed(0)) < 0.15) & att.bool() \
+        & ~torch.isin(ids, torch.tensor(tok.all_special_ids))
+    ids, att, pick = ids.masked_fill(pick, tok.mask_token_id).cuda(), att.cuda(), pick.cuda()
+    lm = MaskedLM(model)
     with torch.inference_mode():
-        want = bf16.model(input_ids=ids, attention_mask=enc["attention_mask"]).logits[positions].float()
-        bf16.to_float8()
-        got = bf16.model(input_ids=ids, attention_mask=enc["attention_mask"]).logits[positions].float()
+        want = lm.model(input_ids=ids, attention_mask=att).logits[pick].float()
+        lm.to_float8()
+        got = lm.model(input_ids=ids, attention_mask=att).logits[pick].float()
+    assert pick.sum() > 1000
     agree = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
-    assert agree >= 0.9, agree
+    assert agree >= 0.93, agree
