@@ -115,7 +115,8 @@ class MaskedLM:
         """Run the linear layers of the encoder's transformer layers in float8, in place (torchao:
         each weight scaled per output row once, each activation per row on the fly; products
         accumulate in fp32 and come out in the model's dtype). For a frozen teacher: its matmuls
-        then run at float8 speed (on Hopper about twice bf16's peak). Embeddings and the MLM head
+        then run at float8 speed (on Hopper about twice bf16's peak), but each activation's scaling
+        costs a pass over it, so only wide layers gain (docs/performance.md). Embeddings and the MLM head
         stay as they are, so the soft targets keep the head's precision. A linear layer whose
         widths are not multiples of 16 (float8 matmuls need that) stays as it is. Returns (linear
         layers converted, linear layers in the transformer layers)."""
