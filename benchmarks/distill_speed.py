@@ -471,8 +471,13 @@ class Runner:
         self.stream_cfg = None  # compresso: the strategy's input pipeline settings, from its trainer
         self.capture: ProfileCapture | None = None  # a profiled turn: started and stopped in this thread
         self.input_wait_s = 0.0  # compresso: host seconds its trainer waited for the next batch, so far
+        # CPU seconds of this thread during its turns, so far (up to each turn's closing sync): the host's
+        # own work per step. Near the step time, the host sets the pace; well under it, the GPU does.
+        self.cpu_s = 0.0
+        self.cpu_mark = time.thread_time()
 
     def _main(self) -> None:
+        self.cpu_mark = time.thread_time()  # thread CPU time counts per thread: mark it in this one
         self.marks = {"start": time.perf_counter()}  # set-up milestones (wall clock), see setup_breakdown
         try:
             self.run()
@@ -521,6 +526,7 @@ class Gate:
 
     # runner side
     def turn_done(self, runner: Runner) -> None:
+        runner.cpu_s += time.thread_time() - runner.cpu_mark  # before the sync, whose wait is not host work
         sync(self.device)
         with self.cond:
             self.turn_end = time.perf_counter()
@@ -530,6 +536,7 @@ class Gate:
                 self.cond.wait()
             if self.stopping:
                 raise StopRun
+        runner.cpu_mark = time.thread_time()
 
     def release(self, runner: Runner) -> None:
         with self.cond:
@@ -761,7 +768,7 @@ def host_per_turn(st: dict, timed_input: bool) -> dict:
     the median with neither explained points at something else (the GPU, other processes). The
     input wait is compresso's trainer's own count (``timed_input``); the reference's loader has none."""
     steps = st["warmup"] + st["samples"]
-    wait, gcms, full = st["turn_input_wait_ms"], st["turn_gc_ms"], st["turn_gc_full"]
+    wait, gcms, full, cpu = st["turn_input_wait_ms"], st["turn_gc_ms"], st["turn_gc_full"], st["turn_cpu_ms"]
     if not timed_input:
         wait = [None] * len(wait)
     k = len(st["warmup"])
@@ -770,13 +777,17 @@ def host_per_turn(st: dict, timed_input: bool) -> dict:
         return None if x is None else round(x, 3)
 
     return {"turns": [{"step_ms": round(1000 * t, 3), "input_wait_ms": r3(w), "gc_ms": round(g, 3),
-                       "full_collections": n} for t, w, g, n in zip(steps, wait, gcms, full)],
+                       "full_collections": n, "thread_cpu_ms": r3(c)}
+                      for t, w, g, n, c in zip(steps, wait, gcms, full, cpu)],
             "measured_from_turn": k,
+            # the training thread's CPU time per step (its own host work, not time spent waiting)
+            "thread_cpu_ms_median": r3(statistics.median(cpu[k:])) if cpu[k:] else None,
             "input_wait_ms_median": r3(statistics.median(wait[k:])) if timed_input and wait[k:] else None,
             "gc_ms_median": round(statistics.median(gcms[k:]), 3) if gcms[k:] else None,
             "slowest_turn": None if slowest is None else {
                 "turn": slowest, "step_ms": round(1000 * steps[slowest], 3),
-                "input_wait_ms": r3(wait[slowest]), "gc_ms": round(gcms[slowest], 3)}}
+                "input_wait_ms": r3(wait[slowest]), "gc_ms": round(gcms[slowest], 3),
+                "thread_cpu_ms": r3(cpu[slowest])}}
 
 
 def quartiles(xs: list[float]) -> tuple[float, float]:
@@ -815,7 +826,7 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
     phase_start = time.perf_counter()
     state = {r.name: {"resident_mib": None, "first_step_s": None, "warmup": [], "samples": [], "turn_steps": 2,
                       "peak_growth": 0, "warm_steps": 0, "turn_input_wait_ms": [], "turn_gc_ms": [],
-                      "turn_gc_full": []} for r in runners}
+                      "turn_gc_full": [], "turn_cpu_ms": []} for r in runners}
 
     def allocated() -> int:
         return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
@@ -824,7 +835,7 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         base = allocated()
-        wait0, (gc0, gcn0) = r.input_wait_s, GC_PAUSES.snapshot()
+        wait0, cpu0, (gc0, gcn0) = r.input_wait_s, r.cpu_s, GC_PAUSES.snapshot()
         seconds = gate.run_turn(r, steps)
         if device.type == "cuda":
             state[r.name]["peak_growth"] = max(state[r.name]["peak_growth"],
@@ -836,6 +847,7 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
         st["turn_input_wait_ms"].append(1000 * (r.input_wait_s - wait0) / steps)
         st["turn_gc_ms"].append(1000 * (sum(gc1) - sum(gc0)) / steps)
         st["turn_gc_full"].append(gcn1[2] - gcn0[2])
+        st["turn_cpu_ms"].append(1000 * (r.cpu_s - cpu0) / steps)
         return seconds / steps
 
     try:
@@ -1195,8 +1207,9 @@ def print_tables(out: dict) -> None:
                 sl = host["slowest_turn"]
                 wait = "not timed" if sl["input_wait_ms"] is None else f"{sl['input_wait_ms']:.1f} ms"
                 console.print(f"  {r['config']}: per step, measured turns: input wait {host['input_wait_ms_median']} ms, "
-                              f"GC {host['gc_ms_median']} ms (medians); slowest turn {sl['step_ms']:.1f} ms/step, of "
-                              f"which input wait {wait} and GC {sl['gc_ms']:.1f} ms")
+                              f"GC {host['gc_ms_median']} ms, training thread's CPU {host['thread_cpu_ms_median']} ms "
+                              f"(medians); slowest turn {sl['step_ms']:.1f} ms/step, of which input wait {wait}, GC "
+                              f"{sl['gc_ms']:.1f} ms, thread CPU {sl['thread_cpu_ms']:.1f} ms")
         for r in phase["runs"]:
             if r.get("profile"):
                 print_profile(console, r["config"], phase["batch_size"], r["profile"])

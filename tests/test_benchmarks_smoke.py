@@ -66,6 +66,9 @@ def test_distill_speed_tiny(tmp_path):
         assert all((t["input_wait_ms"] >= 0 if timed else t["input_wait_ms"] is None)
                    and t["gc_ms"] >= 0 and t["full_collections"] >= 0 for t in turns)
         assert host["slowest_turn"]["step_ms"] == max(t["step_ms"] for t in turns)
+        # the training thread's own CPU time per step: some, and never more than the step's wall time
+        assert all(0 < t["thread_cpu_ms"] <= t["step_ms"] * 1.01 + 0.5 for t in turns)
+        assert host["thread_cpu_ms_median"] > 0
     # A second teacher adds its forward pass to the FLOPs; the reference runs its head everywhere.
     assert runs["c2"]["flop_per_token"] > runs["c1"]["flop_per_token"]
     losses = runs["c1"]["mean_losses"]
