@@ -475,6 +475,9 @@ class Runner:
         # own work per step. Near the step time, the host sets the pace; well under it, the GPU does.
         self.cpu_s = 0.0
         self.cpu_mark = time.thread_time()
+        # How long each turn's closing synchronisation waited: the GPU work the host had queued
+        # ahead. Near zero, the GPU was waiting for the host; a few ms, the host ran ahead.
+        self.closing_sync_s = 0.0
 
     def _main(self) -> None:
         self.cpu_mark = time.thread_time()  # thread CPU time counts per thread: mark it in this one
@@ -527,7 +530,9 @@ class Gate:
     # runner side
     def turn_done(self, runner: Runner) -> None:
         runner.cpu_s += time.thread_time() - runner.cpu_mark  # before the sync, whose wait is not host work
+        t_sync = time.perf_counter()
         sync(self.device)
+        runner.closing_sync_s = time.perf_counter() - t_sync
         with self.cond:
             self.turn_end = time.perf_counter()
             self.holder = None
@@ -769,6 +774,7 @@ def host_per_turn(st: dict, timed_input: bool) -> dict:
     input wait is compresso's trainer's own count (``timed_input``); the reference's loader has none."""
     steps = st["warmup"] + st["samples"]
     wait, gcms, full, cpu = st["turn_input_wait_ms"], st["turn_gc_ms"], st["turn_gc_full"], st["turn_cpu_ms"]
+    ahead = st["turn_closing_sync_ms"]
     if not timed_input:
         wait = [None] * len(wait)
     k = len(st["warmup"])
@@ -777,11 +783,13 @@ def host_per_turn(st: dict, timed_input: bool) -> dict:
         return None if x is None else round(x, 3)
 
     return {"turns": [{"step_ms": round(1000 * t, 3), "input_wait_ms": r3(w), "gc_ms": round(g, 3),
-                       "full_collections": n, "thread_cpu_ms": r3(c)}
-                      for t, w, g, n, c in zip(steps, wait, gcms, full, cpu)],
+                       "full_collections": n, "thread_cpu_ms": r3(c), "closing_sync_ms": r3(a)}
+                      for t, w, g, n, c, a in zip(steps, wait, gcms, full, cpu, ahead)],
             "measured_from_turn": k,
             # the training thread's CPU time per step (its own host work, not time spent waiting)
             "thread_cpu_ms_median": r3(statistics.median(cpu[k:])) if cpu[k:] else None,
+            # the GPU work still queued when each turn ended (its closing sync's wait)
+            "closing_sync_ms_median": r3(statistics.median(ahead[k:])) if ahead[k:] else None,
             "input_wait_ms_median": r3(statistics.median(wait[k:])) if timed_input and wait[k:] else None,
             "gc_ms_median": round(statistics.median(gcms[k:]), 3) if gcms[k:] else None,
             "slowest_turn": None if slowest is None else {
@@ -826,7 +834,7 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
     phase_start = time.perf_counter()
     state = {r.name: {"resident_mib": None, "first_step_s": None, "warmup": [], "samples": [], "turn_steps": 2,
                       "peak_growth": 0, "warm_steps": 0, "turn_input_wait_ms": [], "turn_gc_ms": [],
-                      "turn_gc_full": [], "turn_cpu_ms": []} for r in runners}
+                      "turn_gc_full": [], "turn_cpu_ms": [], "turn_closing_sync_ms": []} for r in runners}
 
     def allocated() -> int:
         return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
@@ -848,6 +856,7 @@ def run_batch_size(batch_size: int, names: list[str], inputs: dict, args, device
         st["turn_gc_ms"].append(1000 * (sum(gc1) - sum(gc0)) / steps)
         st["turn_gc_full"].append(gcn1[2] - gcn0[2])
         st["turn_cpu_ms"].append(1000 * (r.cpu_s - cpu0) / steps)
+        st["turn_closing_sync_ms"].append(1000 * r.closing_sync_s)
         return seconds / steps
 
     try:
@@ -1207,8 +1216,8 @@ def print_tables(out: dict) -> None:
                 sl = host["slowest_turn"]
                 wait = "not timed" if sl["input_wait_ms"] is None else f"{sl['input_wait_ms']:.1f} ms"
                 console.print(f"  {r['config']}: per step, measured turns: input wait {host['input_wait_ms_median']} ms, "
-                              f"GC {host['gc_ms_median']} ms, training thread's CPU {host['thread_cpu_ms_median']} ms "
-                              f"(medians); slowest turn {sl['step_ms']:.1f} ms/step, of which input wait {wait}, GC "
+                              f"GC {host['gc_ms_median']} ms, training thread's CPU {host['thread_cpu_ms_median']} ms, "
+                              f"closing sync {host['closing_sync_ms_median']} ms per turn (medians); slowest turn {sl['step_ms']:.1f} ms/step, of which input wait {wait}, GC "
                               f"{sl['gc_ms']:.1f} ms, thread CPU {sl['thread_cpu_ms']:.1f} ms")
         for r in phase["runs"]:
             if r.get("profile"):

@@ -69,6 +69,7 @@ def test_distill_speed_tiny(tmp_path):
         # the training thread's own CPU time per step: some, and never more than the step's wall time
         assert all(0 < t["thread_cpu_ms"] <= t["step_ms"] * 1.01 + 0.5 for t in turns)
         assert host["thread_cpu_ms_median"] > 0
+        assert all(t["closing_sync_ms"] >= 0 for t in turns) and host["closing_sync_ms_median"] >= 0
     # A second teacher adds its forward pass to the FLOPs; the reference runs its head everywhere.
     assert runs["c2"]["flop_per_token"] > runs["c1"]["flop_per_token"]
     losses = runs["c1"]["mean_losses"]
