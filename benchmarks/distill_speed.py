@@ -474,13 +474,13 @@ class Runner:
         # CPU seconds of this thread during its turns, so far (up to each turn's closing sync): the host's
         # own work per step. Near the step time, the host sets the pace; well under it, the GPU does.
         self.cpu_s = 0.0
-        self.cpu_mark = time.thread_time()
+        self.cpu_mark = 0.0  # set in the runner's own thread (_main, turn_done): CPU time counts per thread
         # How long each turn's closing synchronisation waited: the GPU work the host had queued
         # ahead. Near zero, the GPU was waiting for the host; a few ms, the host ran ahead.
         self.closing_sync_s = 0.0
 
     def _main(self) -> None:
-        self.cpu_mark = time.thread_time()  # thread CPU time counts per thread: mark it in this one
+        self.cpu_mark = time.thread_time()
         self.marks = {"start": time.perf_counter()}  # set-up milestones (wall clock), see setup_breakdown
         try:
             self.run()

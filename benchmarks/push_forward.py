@@ -27,6 +27,7 @@ where nvidia-smi has them, and the load average.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -127,6 +128,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_interleaved(variants: dict, device: torch.device, repeats: int, iters: int) -> dict:
+    """Milliseconds of one call of each variant (a callable without arguments): ``repeats`` rounds,
+    the variants interleaved within each, ``iters`` calls timed between two device syncs; median,
+    min, max and every round's figure per variant."""
+    times = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(iters):
+                fn()
+            sync(device)
+            times[name].append(1000 * (time.perf_counter() - t0) / iters)
+    return {name: {"median_ms": round(statistics.median(t), 3), "min_ms": round(min(t), 3),
+                   "max_ms": round(max(t), 3), "samples_ms": [round(x, 3) for x in t]} for name, t in times.items()}
+
+
 def nvidia_smi() -> str | None:
     try:
         return subprocess.run(["nvidia-smi", "--query-gpu=name,clocks.sm,clocks.max.sm,utilization.gpu",
@@ -203,17 +221,8 @@ def main(argv=None) -> dict:
     sync(device)
     warmup_s = time.perf_counter() - t_warm
     load_before = os.getloadavg()
-    times = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, fn in variants.items():
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(args.iters):
-                once(fn)
-            sync(device)
-            times[name].append(1000 * (time.perf_counter() - t0) / args.iters)
-    summary = {name: {"median_ms": round(statistics.median(t), 3), "min_ms": round(min(t), 3),
-                      "max_ms": round(max(t), 3), "samples_ms": [round(x, 3) for x in t]} for name, t in times.items()}
+    summary = time_interleaved({name: functools.partial(once, fn) for name, fn in variants.items()}, device,
+                               args.repeats, args.iters)
     ratios = {f"{a} / {b}": round(summary[a]["median_ms"] / summary[b]["median_ms"], 3)
               for a, b in (("gathers", "scatter"), ("permuted", "gathers"), ("permuted, compiled", "gathers, compiled"),
                            ("permuted, compiled", "scatter")) if a in summary and b in summary}

@@ -16,10 +16,9 @@ agreement between them, and KL(bf16 || float8) of the soft targets at the distil
 from __future__ import annotations
 
 import argparse
+import functools
 import lzma
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.push_forward import nvidia_smi, sync  # noqa: E402
+from benchmarks.push_forward import nvidia_smi, sync, time_interleaved  # noqa: E402
 from compresso.strategies.distill.modeling import MaskedLM  # noqa: E402
 
 TEACHERS = ("ro-bert-small-cased", "ro-robert-small-uncased")
@@ -66,18 +65,8 @@ def time_passes(args, size: str) -> dict:
                 for _ in range(args.warmup):
                     lm.encode(ids, None)
             sync(ids.device)
-            times = {name: [] for name in variants}
-            for _ in range(args.repeats):
-                for name, lm in variants.items():
-                    sync(ids.device)
-                    t0 = time.perf_counter()
-                    for _ in range(args.iters):
-                        lm.encode(ids, None)
-                    sync(ids.device)
-                    times[name].append(1000 * (time.perf_counter() - t0) / args.iters)
-        summary = {name: {"median_ms": round(statistics.median(t), 3), "min_ms": round(min(t), 3),
-                          "max_ms": round(max(t), 3), "samples_ms": [round(x, 3) for x in t]}
-                   for name, t in times.items()}
+            summary = time_interleaved({name: functools.partial(lm.encode, ids, None) for name, lm in variants.items()},
+                                       ids.device, args.repeats, args.iters)
         summary["float8 / bf16 time"] = round(summary["float8"]["median_ms"] / summary["bf16"]["median_ms"], 3)
         out["batches"][str(batch)] = summary
     return out
