@@ -1,5 +1,5 @@
 """The cross-tokenizer soft-target KL alone: compresso's push-forward (one permutation, then
-slices), eager and compiled, against the two layouts it replaced.
+slices; its gradient in closed form), eager and compiled, against the layouts it replaced.
 
 Pushing the student's distribution onto a foreign teacher's vocabulary is the part of the
 cross-tokenizer step that grew most in the H200 profile of issue 14 (5.1 ms of device time per step
@@ -12,8 +12,10 @@ values and gradients (``tests/test_distill.py``, and the agreement figures below
   size and one to put the columns back in the teacher's order (compresso until stop 23); backward,
   each gather scatter-adds;
 * ``permuted``: one permutation of the student's logits puts every group in a contiguous slice and
-  the target space takes the columns in that order (``student_log_q`` now); backward, the
-  permutation's inverse is a gather.
+  the target space takes the columns in that order (``student_log_q``); backward, the
+  permutation's inverse is a gather, and autograd goes back through every step (stop 23);
+* ``closed form``: the same forward, the gradient written out (``losses._PushForwardKL``, what
+  the step computes now): one rows x vocabulary tensor backward instead of one per step.
 
 With ``compile`` (on by default on CUDA) the step computes the KL under torch.compile. This times
 forward + backward of the per-row KL of each (push-forward, then KL against a teacher's log-probs)
@@ -111,16 +113,30 @@ def gather_kl_compiled(logits, log_p, link, temperature):
     return _gather_kl_compiled(logits, log_p, link, temperature)
 
 
-def permuted_kl(logits, log_p, link, temperature):
+def autograd_kl(logits, log_p, link, temperature):
+    """The permuted push-forward with autograd's backward through each of its steps (stop 23)."""
+    return kl_per_position(log_p, student_log_q(logits, link, temperature, "other"))
+
+
+_autograd_kl_compiled = torch.compile(autograd_kl, dynamic=False)
+
+
+def autograd_kl_compiled(logits, log_p, link, temperature):
+    return _autograd_kl_compiled(logits, log_p, link, temperature)
+
+
+def closed_form_kl(logits, log_p, link, temperature):
+    """compresso's soft-target KL now: the permuted push-forward, its gradient written out."""
     return soft_target_kl(logits, log_p, link, LossConfig(temperature=temperature, compile=False))
 
 
-def permuted_kl_compiled(logits, log_p, link, temperature):
+def closed_form_kl_compiled(logits, log_p, link, temperature):
     return soft_target_kl(logits, log_p, link, LossConfig(temperature=temperature, compile=True))
 
 
 VARIANTS = {"scatter": scatter_kl, "gathers": gather_kl, "gathers, compiled": gather_kl_compiled,
-            "permuted": permuted_kl, "permuted, compiled": permuted_kl_compiled}
+            "permuted": autograd_kl, "permuted, compiled": autograd_kl_compiled,
+            "closed form": closed_form_kl, "closed form, compiled": closed_form_kl_compiled}
 
 
 def sync(device: torch.device) -> None:
@@ -207,13 +223,17 @@ def main(argv=None) -> dict:
         (out * probe).sum().backward()
         agreement[f"{name}_max_abs_value_diff"] = float((out - base).detach().abs().max())
         agreement[f"{name}_max_abs_grad_diff"] = float((z.grad - z0.grad).abs().max())
-    if compiled:  # the compiled KL against the eager one, values and gradients
-        z1, z2 = logits.clone().requires_grad_(), logits.clone().requires_grad_()
-        a, b = permuted_kl(z1, log_p, link, 2.0), permuted_kl_compiled(z2, log_p, link, 2.0)
-        (a * row_probe).sum().backward()
-        (b * row_probe).sum().backward()
-        agreement["compiled_max_abs_kl_diff"] = float((a - b).detach().abs().max())
-        agreement["compiled_max_abs_grad_diff"] = float((z1.grad - z2.grad).abs().max())
+    # the closed-form gradient against autograd's (eager), and compiled against eager
+    pairs = [("closed_form", closed_form_kl)] + ([("compiled", closed_form_kl_compiled)] if compiled else [])
+    z0 = logits.clone().requires_grad_()
+    want = autograd_kl(z0, log_p, link, 2.0)
+    (want * row_probe).sum().backward()
+    for name, fn in pairs:
+        z = logits.clone().requires_grad_()
+        got = fn(z, log_p, link, 2.0)
+        (got * row_probe).sum().backward()
+        agreement[f"{name}_max_abs_kl_diff"] = float((got - want).detach().abs().max())
+        agreement[f"{name}_max_abs_grad_diff"] = float((z.grad - z0.grad).abs().max())
     t_warm = time.perf_counter()
     for fn in variants.values():  # warm-up: allocator, kernels' first launch, compilation
         for _ in range(3):
@@ -225,7 +245,8 @@ def main(argv=None) -> dict:
                                args.repeats, args.iters)
     ratios = {f"{a} / {b}": round(summary[a]["median_ms"] / summary[b]["median_ms"], 3)
               for a, b in (("gathers", "scatter"), ("permuted", "gathers"), ("permuted, compiled", "gathers, compiled"),
-                           ("permuted, compiled", "scatter")) if a in summary and b in summary}
+                           ("closed form", "permuted"), ("closed form, compiled", "permuted, compiled"),
+                           ("closed form, compiled", "scatter")) if a in summary and b in summary}
     table = Table(title=f"soft-target KL with push-forward, forward + backward · {args.rows} rows × "
                         f"{len(student):,} → {len(vmap.teacher_ids):,} + other · {device}")
     for col in ("variant", "median ms", "min – max ms"):

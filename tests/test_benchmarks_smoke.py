@@ -359,13 +359,14 @@ def test_stream_workers_come_from_a_preloaded_forkserver():
 
 
 def test_push_forward_benchmark_times_both_and_they_agree(tmp_path, shared_dir):
-    """benchmarks/push_forward.py: the permuted push-forward against the two layouts it replaced,
-    with the fixture tokenizers' map; all give the same values and gradients."""
+    """benchmarks/push_forward.py: the closed-form KL against the layouts it replaced, with the
+    fixture tokenizers' map; all give the same values and gradients."""
     bench = load("push_forward")
     out = bench.main(["--shared", str(shared_dir), "--rows", "16", "--device", "cpu", "--repeats", "2",
                       "--iters", "1", "--out", str(tmp_path / "p.json")])
     assert json.loads((tmp_path / "p.json").read_text()) == json.loads(json.dumps(out))
-    assert set(out["variants"]) == {"scatter", "gathers", "permuted"}  # compiled: on CUDA only by default
-    assert all(v < 1e-4 for v in out["agreement"].values()) and len(out["agreement"]) == 4
-    assert set(out["ratios"]) == {"gathers / scatter", "permuted / gathers"}
+    # compiled: on CUDA only by default
+    assert set(out["variants"]) == {"scatter", "gathers", "permuted", "closed form"}
+    assert all(v < 1e-4 for v in out["agreement"].values()) and len(out["agreement"]) == 6
+    assert set(out["ratios"]) == {"gathers / scatter", "permuted / gathers", "closed form / permuted"}
     assert out["single_columns"] + sum(out["groups"].values()) == out["columns"]

@@ -33,6 +33,9 @@ from compresso.strategies.distill.losses import (
     LossConfig,
     TeacherLink,
     compute_losses,
+    kl_per_position,
+    pool_words,
+    soft_target_kl,
     student_log_q,
     teacher_log_p,
 )
@@ -381,6 +384,64 @@ def test_push_forward_values_and_gradients_equal_a_dense_reference(unmapped_mass
     (want * probe).sum().backward()
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("unmapped_mass", ["other", "renormalise"])
+def test_cross_kl_closed_form_gradient_equals_autograd(unmapped_mass):
+    """The soft-target KL on a foreign vocabulary (``soft_target_kl``, whose backward is written
+    out) against autograd through ``student_log_q`` and ``kl_per_position``, in float64: values and
+    gradients, with columns of 1 to 4 student ids, a padded student output layer, per-row upstream
+    gradients, and a teacher that puts mass everywhere."""
+    rng = np.random.default_rng(5)
+    n_cols, vocab, width = 40, 80, 83
+    sizes = np.concatenate([np.ones(25, int), np.full(9, 2), np.full(4, 3), np.full(2, 4)])
+    rng.shuffle(sizes)
+    columns = np.repeat(np.arange(n_cols), sizes)
+    student_ids = rng.choice(np.arange(3, vocab), size=len(columns), replace=False)
+    vmap = VocabMap(student_ids=student_ids, columns=columns, teacher_ids=np.arange(100, 100 + n_cols),
+                    student_to_teacher=np.full(vocab, -1), student_vocab_mapped=0.0, teacher_vocab_covered=0.0,
+                    case_folded=True, merged=int((sizes > 1).sum()))
+    link = TeacherLink("u", lm=None, weight=1.0, view=1, vocab=vmap).to(torch.device("cpu"))
+    z = torch.randn(7, width, dtype=torch.float64) * 5
+    log_p = (torch.randn(7, n_cols + (unmapped_mass == "other"), dtype=torch.float64) * 3).log_softmax(-1)
+    upstream = torch.rand(7, dtype=torch.float64) + 0.5
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    got = soft_target_kl(z1, log_p, link, LossConfig(temperature=2.0, unmapped_mass=unmapped_mass))
+    want = kl_per_position(log_p, student_log_q(z2, link, 2.0, unmapped_mass))
+    (got * upstream).sum().backward()
+    (want * upstream).sum().backward()
+    assert (want > 0.05).all()
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(z1.grad, z2.grad, rtol=1e-9, atol=1e-12)
+    if unmapped_mass == "renormalise":  # ids outside the intersection get nothing
+        unmapped = np.setdiff1d(np.arange(width), student_ids)
+        assert torch.count_nonzero(z1.grad[:, unmapped]) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_pool_words_gradient_equals_autograd(dtype):
+    """Word pooling (mean of each word's token states, its gradient written out) against the
+    same mean taken with plain autograd: values and gradients, words of 1 to 3 tokens, positions
+    that are in no word (CLS, SEP, padding) getting no gradient."""
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 7, 5, dtype=torch.float64)
+    pos = torch.tensor([1, 2, 3, 4, 5, 8, 9, 10, 15, 16, 17, 18])
+    index = torch.tensor([0, 0, 1, 2, 2, 3, 4, 4, 5, 6, 6, 6])
+    n_words = 7
+    h1 = hidden.to(dtype).requires_grad_()
+    h2 = hidden.to(dtype).requires_grad_()
+    got = pool_words(h1, pos, index, n_words)
+    flat = h2.reshape(-1, 5).index_select(0, pos).double()
+    want = torch.zeros(n_words, 5, dtype=torch.float64).index_add(0, index, flat) / \
+        torch.bincount(index, minlength=n_words).clamp_min(1).double().unsqueeze(1)
+    probe = torch.randn(n_words, 5, dtype=torch.float64)
+    (got.double() * probe).sum().backward()
+    (want * probe).sum().backward()
+    assert got.dtype == torch.float32  # pooled states are compared in fp32
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h1.grad, h2.grad)
+    outside = torch.ones(21, dtype=torch.bool).index_fill_(0, pos, False)
+    assert torch.count_nonzero(h1.grad.reshape(-1, 5)[outside]) == 0
 
 
 def test_teacher_other_bucket_normalisation():

@@ -178,21 +178,45 @@ class TeacherTargets:
     # Chunked losses: instead of ``log_p``, the teacher's last hidden states at its k positions;
     # its head turns a chunk of them into log-probs when that chunk's loss is taken.
     rows: torch.Tensor | None = None
+    # A teacher with another tokenizer has a target row for every soft-target row of the student
+    # (``sup_student`` is 0..k-1), and ``supervised`` says which rows its pieces really match.
+    supervised: torch.Tensor | None = None
 
     def log_p_rows(self, link: TeacherLink, index: torch.Tensor | slice, cfg: LossConfig) -> torch.Tensor:
         if self.rows is None:
             return self.log_p[index]
         with torch.no_grad():
-            return teacher_log_p(link, link.lm.head(self.rows[index]).float(), cfg)
+            return teacher_log_p(link, link.lm.head(self.rows[index]), cfg)
 
 
 def pool_words(hidden: torch.Tensor, pos: torch.Tensor, index: torch.Tensor, n_words: int) -> torch.Tensor:
-    """Mean of token states per word: (B, L, H) -> (n_words, H)."""
-    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pos).float()
-    sums = torch.zeros(n_words, flat.shape[1], device=flat.device, dtype=flat.dtype).index_add_(0, index, flat)
-    counts = torch.zeros(n_words, device=flat.device, dtype=flat.dtype).index_add_(
-        0, index, torch.ones_like(index, dtype=flat.dtype))
-    return sums / counts.clamp_min(1).unsqueeze(1)
+    """Mean of token states per word, in fp32: (B, L, H) -> (n_words, H)."""
+    return _PoolWords.apply(hidden, pos, index, n_words)
+
+
+class _PoolWords(torch.autograd.Function):
+    """``pool_words`` with its gradient written out: a token's gradient is its word's divided by
+    the word's token count, copied to the token's position (each position once). Autograd's own
+    backward of the position gather would add into a zero (B*L, H) tensor in the hidden states'
+    dtype, by atomic adds of bf16 on a GPU."""
+
+    @staticmethod
+    def forward(ctx, hidden, pos, index, n_words):
+        flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, pos).float()
+        sums = torch.zeros(n_words, flat.shape[1], device=flat.device, dtype=flat.dtype).index_add_(0, index, flat)
+        counts = torch.zeros(n_words, device=flat.device, dtype=flat.dtype).index_add_(
+            0, index, torch.ones_like(index, dtype=flat.dtype))
+        inverse_counts = 1 / counts.clamp_min(1).unsqueeze(1)
+        ctx.save_for_backward(hidden, pos, index, inverse_counts)
+        return sums * inverse_counts
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, pos, index, inverse_counts = ctx.saved_tensors
+        per_token = (grad * inverse_counts).index_select(0, index).to(hidden.dtype)
+        flat = torch.zeros(hidden.shape[0] * hidden.shape[1], hidden.shape[2], device=hidden.device,
+                           dtype=hidden.dtype).index_copy_(0, pos, per_token)
+        return flat.view(hidden.shape), None, None, None
 
 
 def _gather(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -206,6 +230,16 @@ def soft_target_pairs(link: TeacherLink, batch: Batch, scope: str) -> tuple[torc
         return (vb.aligned_pos, vb.aligned_token) if scope == "all" else (vb.sup_pos, vb.sup_student)
     pos = batch.token_pos if scope == "all" else batch.masked_pos
     return pos, torch.arange(pos.shape[0], device=pos.device)
+
+
+def per_student_row(pos: torch.Tensor, sup_student: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cross teacher's pairs spread over all ``n_rows`` soft-target rows of the student: per row
+    the teacher position (a row it does not supervise points at position 0 and is weighted 0) and
+    whether it supervises the row. The KL then takes the student's logits as they are: picking
+    the supervised rows would copy them, and backward add into a zero tensor of their size."""
+    row_pos = torch.zeros(n_rows, dtype=pos.dtype, device=pos.device).index_copy_(0, sup_student, pos)
+    supervised = torch.zeros(n_rows, dtype=torch.bool, device=pos.device).index_fill_(0, sup_student, True)
+    return row_pos, supervised
 
 
 def shared_entropy(link: TeacherLink, logits: torch.Tensor) -> torch.Tensor:
@@ -231,11 +265,12 @@ def teacher_log_p(link: TeacherLink, logits: torch.Tensor, cfg: LossConfig) -> t
 def _log_softmax_at(logits: torch.Tensor, temperature: float, width: int | None) -> torch.Tensor:
     if width is not None:  # output layers may be padded past the shared vocabulary
         logits = logits[:, :width]
-    return (logits / temperature).log_softmax(-1)
+    return (logits.float() / temperature).log_softmax(-1)
 
 
 def _teacher_cross_log_p(logits: torch.Tensor, temperature: float, teacher_ids: torch.Tensor,
                          other_ids: torch.Tensor | None) -> torch.Tensor:
+    logits = logits.float()
     if other_ids is None:  # renormalise: the intersection only
         return (logits.index_select(1, teacher_ids) / temperature).log_softmax(-1)
     log_p = (logits / temperature).log_softmax(-1)
@@ -266,9 +301,13 @@ def _dynamic_rows(t: torch.Tensor, compiled: bool) -> torch.Tensor:
 @torch.inference_mode()
 def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden: bool, region: str):
     pos, sup_student = soft_target_pairs(link, batch, cfg.ce_scope)
+    supervised = None
     if link.cross:
         vb = batch.views[link.view - 1]
         ids, att = vb.ids, vb.attention
+        n_rows = (batch.token_pos if cfg.ce_scope == "all" else batch.masked_pos).shape[0]
+        pos, supervised = per_student_row(pos, sup_student, n_rows)
+        sup_student = torch.arange(n_rows, device=pos.device)
     else:
         ids, att = batch.ids, batch.attention
     all_hidden = bool(link.layer_map)
@@ -284,7 +323,7 @@ def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden:
                                      for a in range(0, rows.shape[0], cfg.chunk_rows)]) if rows.shape[0] else \
                     torch.zeros(0, device=rows.device)
         else:
-            logits = link.lm.logits_at(last, pos, full).float()
+            logits = link.lm.logits_at(last, pos, full)  # in the teacher's dtype: the log-probs go to fp32
             entropy = shared_entropy(link, logits) if cfg.weighting == "entropy" else None
             log_p = teacher_log_p(link, logits, cfg)
     hidden, layers = None, {}
@@ -299,7 +338,7 @@ def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden:
         else:
             hidden = _gather(last, batch.token_pos)
             layers = {s: _gather(hidden_states[t], batch.token_pos) for s, t in link.layer_map.items()}
-    return log_p, sup_student, entropy, hidden, layers, rows
+    return log_p, sup_student, entropy, hidden, layers, rows, supervised
 
 
 def teacher_region(index: int, link: TeacherLink) -> str:
@@ -315,9 +354,10 @@ def teacher_targets(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidde
         return None if t is None else t.clone()
 
     with record_function(region):
-        log_p, sup, entropy, hidden, layers, rows = _teacher_pass(link, batch, cfg, need_hidden, region)
+        log_p, sup, entropy, hidden, layers, rows, supervised = _teacher_pass(link, batch, cfg, need_hidden, region)
         return TeacherTargets(log_p=out(log_p), sup_student=out(sup), entropy=out(entropy), hidden=out(hidden),
-                              layers={k: v.clone() for k, v in layers.items()}, rows=out(rows))
+                              layers={k: v.clone() for k, v in layers.items()}, rows=out(rows),
+                              supervised=out(supervised))
 
 
 def student_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float,
@@ -353,19 +393,10 @@ class _Permute(torch.autograd.Function):
 def _push_forward(logits: torch.Tensor, temperature: float, order: torch.Tensor, inverse: torch.Tensor,
                   n_single: int, groups: tuple[tuple[int, int], ...], renormalise: bool) -> torch.Tensor:
     z = _Permute.apply(logits, order, inverse) / temperature
-    k = z.shape[0]
     # A column's log-mass is the log-sum-exp of its student ids' logits (exact: logsumexp shifts by
     # each group's own max); columns of one id take the logit as it is. Normalised at the end.
-    parts, start = [z[:, :n_single]], n_single
-    for g, n_cols in groups:
-        parts.append(z[:, start:start + g * n_cols].reshape(k, n_cols, g).logsumexp(-1))
-        start += g * n_cols
-    if renormalise:
-        log_mass = torch.cat(parts, 1)
-        return log_mass - log_mass.logsumexp(-1, keepdim=True)
-    # Special tokens are never mapped, so "other" (the ids after the mapped ones) is never empty.
-    parts.append(z[:, start:].logsumexp(-1, keepdim=True))
-    return torch.cat(parts, 1) - z.logsumexp(-1, keepdim=True)
+    log_mass = _column_log_mass(z, n_single, groups, renormalise)
+    return log_mass - (log_mass if renormalise else z).logsumexp(-1, keepdim=True)
 
 
 def kl_per_position(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -391,7 +422,68 @@ def _same_kl(logits, log_p, temperature, width):
 
 
 def _cross_kl(logits, log_p, temperature, order, inverse, n_single, groups, renormalise):
-    return kl_per_position(log_p, _push_forward(logits, temperature, order, inverse, n_single, groups, renormalise))
+    return _PushForwardKL.apply(logits, log_p, temperature, order, inverse, n_single, groups, renormalise)
+
+
+class _PushForwardKL(torch.autograd.Function):
+    """``kl_per_position(log_p, _push_forward(...))`` with its gradient written out: autograd's
+    chain through the permutation, the column log-sum-exps, the concatenation and the normaliser
+    makes a rows x vocabulary tensor at every link, forward and back; the closed form needs one.
+
+    With z = permuted logits / T, a column's log-mass M_c = logsumexp of its ids' z, the normaliser
+    N (logsumexp of all z; with ``renormalise`` of the mapped columns' M) and s = sum of the
+    teacher's probabilities p_c (1 up to rounding): d KL / d z_j = s exp(z_j - N) - p_c(j)
+    exp(z_j - M_c(j)), where exp(z_j - M) is 1 for an id alone on its column; unmapped ids are
+    column "other", or with ``renormalise`` get no gradient. ``tests/test_distill.py`` holds it
+    against autograd through ``student_log_q`` in float64."""
+
+    @staticmethod
+    def forward(ctx, logits, log_p, temperature, order, inverse, n_single, groups, renormalise):
+        z = logits.index_select(1, order) / temperature
+        log_mass = _column_log_mass(z, n_single, groups, renormalise)
+        norm = (log_mass if renormalise else z).logsumexp(-1, keepdim=True)
+        log_q = log_mass - norm
+        ctx.save_for_backward(logits, log_p, log_q, norm, order, inverse)
+        ctx.layout = (temperature, n_single, groups, renormalise)
+        return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, log_p, log_q, norm, order, inverse = ctx.saved_tensors
+        temperature, n_single, groups, renormalise = ctx.layout
+        z = logits.index_select(1, order) / temperature
+        p = log_p.exp()
+        s = p.sum(-1, keepdim=True)
+        mass = log_q + norm  # M per target column
+        k = z.shape[0]
+        pieces, start, col = [s * (z[:, :n_single] - norm).exp() - p[:, :n_single]], n_single, n_single
+        for g, n_cols in groups:
+            zg = z[:, start:start + g * n_cols].reshape(k, n_cols, g)
+            mg, pg = mass[:, col:col + n_cols, None], p[:, col:col + n_cols, None]
+            pieces.append((s[:, :, None] * (zg - norm[:, :, None]).exp() - pg * (zg - mg).exp()).reshape(k, -1))
+            start, col = start + g * n_cols, col + n_cols
+        rest = z[:, start:]
+        if renormalise:  # unmapped ids are in no column
+            pieces.append(torch.zeros_like(rest))
+        else:
+            pieces.append(s * (rest - norm).exp() - p[:, col:] * (rest - mass[:, col:]).exp())
+        grad_z = torch.cat(pieces, 1) * (grad[:, None] / temperature)
+        return grad_z.index_select(1, inverse), None, None, None, None, None, None, None
+
+
+def _column_log_mass(z: torch.Tensor, n_single: int, groups: tuple[tuple[int, int], ...],
+                     renormalise: bool) -> torch.Tensor:
+    """Per target column the log-sum-exp of its ids' z (in layout order: single ids, each group
+    size, then "other" unless ``renormalise``)."""
+    k = z.shape[0]
+    parts, start = [z[:, :n_single]], n_single
+    for g, n_cols in groups:
+        parts.append(z[:, start:start + g * n_cols].reshape(k, n_cols, g).logsumexp(-1))
+        start += g * n_cols
+    if not renormalise:
+        # Special tokens are never mapped, so "other" (the ids after the mapped ones) is never empty.
+        parts.append(z[:, start:].logsumexp(-1, keepdim=True))
+    return torch.cat(parts, 1)
 
 
 @dataclass
@@ -474,25 +566,28 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
         if cfg.weighting == "entropy":
             # weight * exp(-H / tau), computed as exp(log weight - H / tau - row max): a small tau must
             # not underflow every teacher of a row to 0.
-            logits_w = [math.log(link.weight) - tgt.entropy / cfg.entropy_temperature
-                        for link, tgt in zip(links, targets)]
+            logits_w = [_where_supervised(tgt, math.log(link.weight) - tgt.entropy / cfg.entropy_temperature,
+                                          float("-inf")) for link, tgt in zip(links, targets)]
             row_max = torch.full((max(n_rows, 1),), float("-inf"), device=device)
             for a, tgt in zip(logits_w, targets):
                 row_max.scatter_reduce_(0, tgt.sup_student, a, "amax")
-            raw = [(a - row_max.index_select(0, tgt.sup_student)).exp() for a, tgt in zip(logits_w, targets)]
+            raw = [_where_supervised(tgt, (a - row_max.index_select(0, tgt.sup_student)).exp(), 0.0)
+                   for a, tgt in zip(logits_w, targets)]
         else:
-            raw = [torch.full((tgt.sup_student.shape[0],), link.weight, device=device)
+            raw = [_where_supervised(tgt, torch.full((tgt.sup_student.shape[0],), link.weight, device=device), 0.0)
                    for link, tgt in zip(links, targets)]
         denom = torch.zeros(max(n_rows, 1), device=device)
         for w, tgt in zip(raw, targets):
             denom.index_add_(0, tgt.sup_student, w)
+        # a row no teacher supervises has weight 0 everywhere: divide it by 1, not 0
+        denom_safe = torch.where(denom > 0, denom, 1.0)
         # Rows supervised by at least one teacher (a device tensor: no host sync).
         n_any = (denom > 0).sum().clamp_min(1).float()
         t2 = cfg.temperature ** 2
 
         if chunked:
             with autocast():  # the head's matmuls in the same precision as unchunked
-                head_total, ce_parts, mlm = _chunked_head_losses(module, links, targets, raw, denom, n_any, batch,
+                head_total, ce_parts, mlm = _chunked_head_losses(module, links, targets, raw, denom_safe, n_any, batch,
                                                                  masked_rows, out, cfg)
         else:
             logits = out.float()
@@ -501,11 +596,11 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
             ce_parts = []
             for link, tgt, w in zip(links, targets, raw):
                 if tgt.sup_student.numel() and n_rows:
-                    z = logits if not link.cross else logits.index_select(0, tgt.sup_student)
+                    z = logits  # every teacher has a target row per soft-target row
                     with record_function("compresso.loss.student_log_q.cross" if link.cross
                                          else "compresso.loss.student_log_q"):
                         kl = soft_target_kl(z, tgt.log_p, link, cfg)
-                    weight = w / denom.index_select(0, tgt.sup_student)
+                    weight = w / denom_safe.index_select(0, tgt.sup_student)
                     ce_parts.append((weight * kl).sum() / n_any)
                 else:
                     ce_parts.append(zero)
@@ -535,6 +630,11 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
     total = head_total + cfg.alpha_cos * cos + cfg.alpha_mse * mse
     parts = torch.stack([ce, mlm, cos, mse]).detach()
     return StepLosses(total=total, parts=parts, contributions=contributions)
+
+
+def _where_supervised(tgt: TeacherTargets, value: torch.Tensor, otherwise: float) -> torch.Tensor:
+    """``value`` at the rows the teacher supervises, ``otherwise`` at the rest."""
+    return value if tgt.supervised is None else torch.where(tgt.supervised, value, otherwise)
 
 
 def _chunked_head_losses(module: StudentModule, links: list[TeacherLink], targets: list[TeacherTargets],
