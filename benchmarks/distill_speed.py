@@ -353,7 +353,7 @@ class ProfileCapture:
         self.running = False
 
 
-def summarise_profile(profiler, steps: int, wall_s: float, device: torch.device, n_ops: int = 15) -> dict:
+def summarise_profile(profiler, steps: int, wall_s: float, device: torch.device, n_ops: int = 40) -> dict:
     """Per step: device time in all, every ``compresso.*`` range (device and CPU time, inclusive), and
     the kernels with the most device time. Without a CUDA device the times are CPU times, and the
     operators with the most self CPU time stand for the kernels.

@@ -137,7 +137,7 @@ def test_distill_speed_profile_tiny(tmp_path):
             assert r["ms"] == r["cpu_ms"] >= 0 and r["device_ms"] is None, name
             assert r["calls_per_step"] >= 1, name  # every range runs at least once a step
         assert prof["ranges"]["compresso.teacher0.same"]["ms"] > 0
-        assert 0 < len(prof["top_ops"]) <= 15
+        assert 0 < len(prof["top_ops"]) <= 40
         assert all(op["ms"] >= 0 and len(op["name"]) <= 80 for op in prof["top_ops"])
         # nested ranges lie inside their parent
         assert prof["ranges"]["compresso.teacher0.same.encoder"]["ms"] <= prof["ranges"]["compresso.teacher0.same"]["ms"]

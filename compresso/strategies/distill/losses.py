@@ -113,13 +113,19 @@ class TeacherLink:
         by_column = np.argsort(columns, kind="stable")
         sizes = np.bincount(columns, minlength=n_cols)
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        # Columns go in the order of their student ids, not the teacher's: the permutation then
+        # reads each logit row nearly in order (coalesced loads on a GPU), forward and back; the
+        # random order moves to the teacher's side, gathered once, forward only.
         single = np.flatnonzero(sizes == 1)
-        placed, ids, groups = [single], [student_ids[by_column[starts[single]]]], []
+        single_ids = student_ids[by_column[starts[single]]]
+        in_order = np.argsort(single_ids, kind="stable")
+        placed, ids, groups = [single[in_order]], [single_ids[in_order]], []
         for g in np.unique(sizes[sizes > 1]):
             cols = np.flatnonzero(sizes == g)
-            block = by_column[starts[cols][:, None] + np.arange(g)]  # (columns, g) positions in student_ids
-            ids.append(student_ids[block].reshape(-1))
-            placed.append(cols)
+            block = np.sort(student_ids[by_column[starts[cols][:, None] + np.arange(g)]], axis=1)  # (columns, g) ids
+            in_order = np.argsort(block[:, 0], kind="stable")
+            ids.append(block[in_order].reshape(-1))
+            placed.append(cols[in_order])
             groups.append((int(g), len(cols)))
         self.mapped_order = torch.as_tensor(np.concatenate(ids), device=device)
         self.n_single, self.groups = len(single), tuple(groups)
