@@ -176,19 +176,18 @@ class TeacherLink:
 
 @dataclass
 class TeacherTargets:
+    # Row i of every per-row tensor goes with the student's soft-target row i (k rows).
     log_p: torch.Tensor | None  # (k, C) teacher log-probs at temperature T (full vocab or intersection)
-    sup_student: torch.Tensor  # (k,) index into the student's soft-target rows
     entropy: torch.Tensor | None  # (k,) entropy at T=1 in the shared space (entropy weighting)
     hidden: torch.Tensor | None  # (m, H_t) last hidden: per token (fast) or per word (cross)
     layers: dict[int, torch.Tensor]  # student hidden index -> teacher target (same layout as hidden)
     # Chunked losses: instead of ``log_p``, the teacher's last hidden states at its k positions;
     # its head turns a chunk of them into log-probs when that chunk's loss is taken.
     rows: torch.Tensor | None = None
-    # A teacher with another tokenizer has a target row for every soft-target row of the student
-    # (``sup_student`` is 0..k-1), and ``supervised`` says which rows its pieces really match.
+    # (k,) bool: the rows a teacher with another tokenizer really supervises (None: every row)
     supervised: torch.Tensor | None = None
 
-    def log_p_rows(self, link: TeacherLink, index: torch.Tensor | slice, cfg: LossConfig) -> torch.Tensor:
+    def log_p_rows(self, link: TeacherLink, index: slice, cfg: LossConfig) -> torch.Tensor:
         if self.rows is None:
             return self.log_p[index]
         with torch.no_grad():
@@ -229,22 +228,20 @@ def _gather(hidden: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, pos).float()
 
 
-def soft_target_pairs(link: TeacherLink, batch: Batch, scope: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(positions in the teacher's view, rows of the student's soft-target logits they supervise)."""
-    if link.cross:
-        vb = batch.views[link.view - 1]
-        return (vb.aligned_pos, vb.aligned_token) if scope == "all" else (vb.sup_pos, vb.sup_student)
-    pos = batch.token_pos if scope == "all" else batch.masked_pos
-    return pos, torch.arange(pos.shape[0], device=pos.device)
-
-
-def per_student_row(pos: torch.Tensor, sup_student: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A cross teacher's pairs spread over all ``n_rows`` soft-target rows of the student: per row
-    the teacher position (a row it does not supervise points at position 0 and is weighted 0) and
-    whether it supervises the row. The KL then takes the student's logits as they are: picking
-    the supervised rows would copy them, and backward add into a zero tensor of their size."""
-    row_pos = torch.zeros(n_rows, dtype=pos.dtype, device=pos.device).index_copy_(0, sup_student, pos)
-    supervised = torch.zeros(n_rows, dtype=torch.bool, device=pos.device).index_fill_(0, sup_student, True)
+def soft_target_positions(link: TeacherLink, batch: Batch, scope: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per soft-target row of the student, the position in the teacher's view that supervises it,
+    and (a teacher with another tokenizer) which rows it supervises at all: its pairs are spread
+    over every row, a row it does not supervise pointing at position 0 and weighted 0. The KL then
+    takes the student's logits as they are: picking the supervised rows would copy them, and
+    backward add into a zero tensor of their size."""
+    student_pos = batch.token_pos if scope == "all" else batch.masked_pos
+    if not link.cross:
+        return student_pos, None
+    vb = batch.views[link.view - 1]
+    pos, rows = (vb.aligned_pos, vb.aligned_token) if scope == "all" else (vb.sup_pos, vb.sup_student)
+    n_rows = student_pos.shape[0]
+    row_pos = torch.zeros(n_rows, dtype=pos.dtype, device=pos.device).index_copy_(0, rows, pos)
+    supervised = torch.zeros(n_rows, dtype=torch.bool, device=pos.device).index_fill_(0, rows, True)
     return row_pos, supervised
 
 
@@ -306,14 +303,10 @@ def _dynamic_rows(t: torch.Tensor, compiled: bool) -> torch.Tensor:
 
 @torch.inference_mode()
 def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden: bool, region: str):
-    pos, sup_student = soft_target_pairs(link, batch, cfg.ce_scope)
-    supervised = None
+    pos, supervised = soft_target_positions(link, batch, cfg.ce_scope)
     if link.cross:
         vb = batch.views[link.view - 1]
         ids, att = vb.ids, vb.attention
-        n_rows = (batch.token_pos if cfg.ce_scope == "all" else batch.masked_pos).shape[0]
-        pos, supervised = per_student_row(pos, sup_student, n_rows)
-        sup_student = torch.arange(n_rows, device=pos.device)
     else:
         ids, att = batch.ids, batch.attention
     all_hidden = bool(link.layer_map)
@@ -344,7 +337,7 @@ def _teacher_pass(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidden:
         else:
             hidden = _gather(last, batch.token_pos)
             layers = {s: _gather(hidden_states[t], batch.token_pos) for s, t in link.layer_map.items()}
-    return log_p, sup_student, entropy, hidden, layers, rows, supervised
+    return log_p, entropy, hidden, layers, rows, supervised
 
 
 def teacher_region(index: int, link: TeacherLink) -> str:
@@ -360,8 +353,8 @@ def teacher_targets(link: TeacherLink, batch: Batch, cfg: LossConfig, need_hidde
         return None if t is None else t.clone()
 
     with record_function(region):
-        log_p, sup, entropy, hidden, layers, rows, supervised = _teacher_pass(link, batch, cfg, need_hidden, region)
-        return TeacherTargets(log_p=out(log_p), sup_student=out(sup), entropy=out(entropy), hidden=out(hidden),
+        log_p, entropy, hidden, layers, rows, supervised = _teacher_pass(link, batch, cfg, need_hidden, region)
+        return TeacherTargets(log_p=out(log_p), entropy=out(entropy), hidden=out(hidden),
                               layers={k: v.clone() for k, v in layers.items()}, rows=out(rows),
                               supervised=out(supervised))
 
@@ -448,19 +441,17 @@ class _PushForwardKL(torch.autograd.Function):
         z = logits.index_select(1, order) / temperature
         log_mass = _column_log_mass(z, n_single, groups, renormalise)
         norm = (log_mass if renormalise else z).logsumexp(-1, keepdim=True)
-        log_q = log_mass - norm
-        ctx.save_for_backward(logits, log_p, log_q, norm, order, inverse)
+        ctx.save_for_backward(logits, log_p, log_mass, norm, order, inverse)
         ctx.layout = (temperature, n_single, groups, renormalise)
-        return (log_p.exp() * (log_p - log_q)).sum(-1)
+        return (log_p.exp() * (log_p - (log_mass - norm))).sum(-1)
 
     @staticmethod
     def backward(ctx, grad):
-        logits, log_p, log_q, norm, order, inverse = ctx.saved_tensors
+        logits, log_p, mass, norm, order, inverse = ctx.saved_tensors  # mass: M per target column
         temperature, n_single, groups, renormalise = ctx.layout
         z = logits.index_select(1, order) / temperature
         p = log_p.exp()
         s = p.sum(-1, keepdim=True)
-        mass = log_q + norm  # M per target column
         k = z.shape[0]
         pieces, start, col = [s * (z[:, :n_single] - norm).exp() - p[:, :n_single]], n_single, n_single
         for g, n_cols in groups:
@@ -568,23 +559,17 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
 
     with record_function("compresso.loss.head"):  # soft-target KL of every teacher + masked-LM CE
         # Per-row teacher weights over the teachers supervising each soft-target row.
-        raw = []
         if cfg.weighting == "entropy":
             # weight * exp(-H / tau), computed as exp(log weight - H / tau - row max): a small tau must
             # not underflow every teacher of a row to 0.
             logits_w = [_where_supervised(tgt, math.log(link.weight) - tgt.entropy / cfg.entropy_temperature,
                                           float("-inf")) for link, tgt in zip(links, targets)]
-            row_max = torch.full((max(n_rows, 1),), float("-inf"), device=device)
-            for a, tgt in zip(logits_w, targets):
-                row_max.scatter_reduce_(0, tgt.sup_student, a, "amax")
-            raw = [_where_supervised(tgt, (a - row_max.index_select(0, tgt.sup_student)).exp(), 0.0)
-                   for a, tgt in zip(logits_w, targets)]
+            row_max = torch.stack(logits_w).amax(0)
+            raw = [_where_supervised(tgt, (a - row_max).exp(), 0.0) for a, tgt in zip(logits_w, targets)]
         else:
-            raw = [_where_supervised(tgt, torch.full((tgt.sup_student.shape[0],), link.weight, device=device), 0.0)
+            raw = [_where_supervised(tgt, torch.full((n_rows,), link.weight, device=device), 0.0)
                    for link, tgt in zip(links, targets)]
-        denom = torch.zeros(max(n_rows, 1), device=device)
-        for w, tgt in zip(raw, targets):
-            denom.index_add_(0, tgt.sup_student, w)
+        denom = torch.stack(raw).sum(0)
         # a row no teacher supervises has weight 0 everywhere: divide it by 1, not 0
         denom_safe = torch.where(denom > 0, denom, 1.0)
         # Rows supervised by at least one teacher (a device tensor: no host sync).
@@ -601,13 +586,11 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
             mlm = F.cross_entropy(masked_logits, batch.labels) if n else zero
             ce_parts = []
             for link, tgt, w in zip(links, targets, raw):
-                if tgt.sup_student.numel() and n_rows:
-                    z = logits  # every teacher has a target row per soft-target row
+                if n_rows:
                     with record_function("compresso.loss.student_log_q.cross" if link.cross
                                          else "compresso.loss.student_log_q"):
-                        kl = soft_target_kl(z, tgt.log_p, link, cfg)
-                    weight = w / denom_safe.index_select(0, tgt.sup_student)
-                    ce_parts.append((weight * kl).sum() / n_any)
+                        kl = soft_target_kl(logits, tgt.log_p, link, cfg)
+                    ce_parts.append((w / denom_safe * kl).sum() / n_any)
                 else:
                     ce_parts.append(zero)
             head_total = cfg.alpha_ce * t2 * torch.stack(ce_parts).sum() + cfg.alpha_mlm * mlm
@@ -652,35 +635,22 @@ def _chunked_head_losses(module: StudentModule, links: list[TeacherLink], target
                          masked_rows: torch.Tensor | None, rows: torch.Tensor, cfg: LossConfig):
     """The soft-target KL of every teacher and the masked-LM cross-entropy, through
     ``ChunkedHeadLoss``: ``alpha_ce T^2 ce + alpha_mlm mlm`` (with gradient), the per-teacher ce
-    parts and mlm (detached). Per-row weights are laid out along the student's rows first, so a
-    chunk of rows needs no host-side lookup of which pairs it holds (no sync)."""
+    parts and mlm (detached). Every teacher's targets and weights go row for row with the student's
+    rows, so a chunk of rows is the same slice of each."""
     device = rows.device
     n_rows = rows.shape[0]
     n = batch.n_masked
     labels = torch.full((n_rows,), -100, dtype=torch.long, device=device)
     if n:
         labels[masked_rows if masked_rows is not None else torch.arange(n, device=device)] = batch.labels
-    row_weight, pair_of_row = [], []
-    for tgt, w in zip(targets, raw):
-        sup = tgt.sup_student
-        rw = torch.zeros(n_rows, device=device)
-        if sup.numel():
-            rw.index_add_(0, sup, w / denom.index_select(0, sup) / n_any)
-        row_weight.append(rw)
-        # one pair per supervised row: each student token is matched to at most one teacher piece
-        pair_of_row.append(torch.full((n_rows,), -1, dtype=torch.long, device=device).index_copy_(
-            0, sup, torch.arange(sup.shape[0], device=device)))
+    row_weight = [w / denom / n_any for w in raw]
     k = len(links)
     scale = cfg.alpha_ce * cfg.temperature ** 2
 
     def loss_fn(z: torch.Tensor, start: int, stop: int):
         ce = []
-        for link, tgt, rw, pr in zip(links, targets, row_weight, pair_of_row):
-            if link.cross:
-                index = pr[start:stop].clamp_min(0)  # unsupervised rows: any target, weight 0
-            else:
-                index = slice(start, stop)  # the fast path supervises every row, in order
-            log_p = tgt.log_p_rows(link, index, cfg)
+        for link, tgt, rw in zip(links, targets, row_weight):
+            log_p = tgt.log_p_rows(link, slice(start, stop), cfg)
             with record_function("compresso.loss.student_log_q.cross" if link.cross
                                  else "compresso.loss.student_log_q"):
                 kl = soft_target_kl(z, log_p, link, cfg)
