@@ -159,7 +159,9 @@ def test_siamese_head_on_a_task_without_sentence_pairs_is_refused(tiny, shared_d
 
 def test_custom_regression_tasks_start_siamese_with_pairs_and_cross_without():
     from compresso.evaluation.config import CustomTask
+    from compresso.evaluation.config import EvaluateConfig
     from compresso.evaluation.custom_tasks import task_spec
+    from compresso.evaluation.tasks import effective_settings
 
     files = {"train": "sim/train.jsonl", "test": "sim/test.jsonl"}
     pairs = CustomTask(name="sim", kind="regression", files=files, text="a", text_pair="b", label="y")
@@ -168,4 +170,7 @@ def test_custom_regression_tasks_start_siamese_with_pairs_and_cross_without():
                         finetune={"head": "cross", "epochs": 9})
     assert task_spec(pairs, [0.0, 5.0]).defaults == TASKS["sts"].defaults
     assert task_spec(single, [0.0, 5.0]).defaults.head == "cross"
-    assert (task_spec(forced, [0.0, 5.0]).defaults.head, task_spec(forced, [0.0, 5.0]).defaults.epochs) == ("cross", 9)
+    # the task's own finetune wins over its defaults (and over evaluate.finetune)
+    settings, sources = effective_settings(task_spec(forced, [0.0, 5.0]), EvaluateConfig(finetune={"epochs": 2}))
+    assert (settings.head, settings.epochs) == ("cross", 9)
+    assert sources["head"] == sources["epochs"] == "the task's finetune"

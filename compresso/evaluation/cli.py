@@ -63,11 +63,13 @@ def _validation_message(section: str, err) -> str:
 @click.command("evaluate", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("models", nargs=-1, required=True, metavar="MODEL [MODEL...]")
 @click.option("--tasks", default=None, metavar="LIST",
-              help="Comma-separated tasks among upos, xpos, ner, sapn, sar, sts, di and the custom tasks' names "
-                   "(default: all built-in tasks, plus every custom task).")
-@click.option("--task-file", "custom_task_files", multiple=True, type=click.Path(dir_okay=False, exists=True),
-              metavar="YAML", help="Custom tasks on your own files (CSV/JSON/CoNLL), declared in a YAML file as in a "
-                                   "recipe's evaluate.custom_tasks (docs/evaluation.md). Repeatable.")
+              help="Comma-separated tasks among upos, xpos, ner, sapn, sar, sts, di and the custom tasks' names. "
+                   "Default: every built-in task; with --task-file, only the custom tasks (list built-in tasks "
+                   "here to run them too).")
+@click.option("--task-file", "custom_task_files", multiple=True, metavar="YAML",
+              help="Custom tasks on your own files (CSV, JSON, CoNLL-U or CoNLL), declared in a YAML file as in a "
+                   "recipe's evaluate.custom_tasks (docs/evaluation.md); relative paths in it start from its "
+                   "folder. Repeatable.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False),
               help="Folder with ro_rrt/, ronec/, laroseda/, ro_sts/, moroco/ (default ../shared/data).")
 @click.option("--out", "out_dir", default="runs/evaluation", show_default=True, type=click.Path(file_okay=False),

@@ -24,6 +24,11 @@ TaskName = Literal["upos", "xpos", "ner", "sapn", "sar", "di", "sts"]
 ALL_TASKS: tuple[str, ...] = ("upos", "xpos", "ner", "sapn", "sar", "di", "sts")  # the paper's column order
 
 
+MAX_SCORE = 1e12
+"""Largest regression score magnitude a custom task may hold: training scales scores in float32,
+and a value past this is a unit or parsing error far more often than a real score."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
@@ -70,6 +75,14 @@ class EfficiencyConfig(_Strict):
     min_seconds: PositiveFloat = Field(1.0, description="Time each measurement for at least this long.")
 
 
+CONLLU_TAGS = ("upos", "xpos", "feats", "deprel")
+"""The CoNLL-U columns a ``format: conllu`` task can tag with (besides ``misc:<key>``)."""
+
+FORMAT_BY_SUFFIX = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".conllu": "conllu"}
+ACCEPTED_FORMATS = ("csv (.csv, .tsv), json (.json, .jsonl), conllu (.conllu); tagging tasks also read plain "
+                    "conll files (any other suffix)")
+
+
 class CustomTask(_Strict):
     """A task on the user's own files (``evaluate.custom_tasks``; read by
     ``compresso.evaluation.custom_tasks``)."""
@@ -77,25 +90,54 @@ class CustomTask(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Name in `tasks:`, reports and results.")
     title: str | None = Field(None, description="Column title in the report (default: the name).")
     kind: Literal["classification", "regression", "tagging"]
-    format: Literal["csv", "json", "conll"] | None = Field(
+    format: Literal["csv", "json", "conll", "conllu"] | None = Field(
         None, description="File format; default from the suffix (.csv/.tsv → csv, .json/.jsonl → json, "
-                          "else conll for tagging).")
+                          ".conllu → conllu, any other suffix → conll for tagging).")
     files: dict[Literal["train", "validation", "test"], str] = Field(
-        description="train and test files (validation optional: carved from train when missing).")
+        description="train and test files (validation optional: carved from train when missing). Relative "
+                    "paths start from the task file's folder (--task-file), or from the current directory "
+                    "(a recipe's evaluate.custom_tasks, the Python API).")
     delimiter: str | None = Field(None, description="CSV column separator (default: tab for .tsv, else comma).")
     text: str = Field("text", description="Column with the text (the first sentence of a pair).")
     text_pair: str | None = Field(None, description="Column with the second sentence of a pair.")
     label: str = Field("label", description="Column with the class (classification) or score (regression).")
     labels: list[str] | None = Field(None, description="Class names in this order (default: sorted as found).")
     value_range: tuple[float, float] | None = Field(
-        None, description="Regression: lowest and highest score (default: the training scores' range).")
-    token_column: int = Field(0, description="CoNLL: column of the word.")
-    tag_column: int = Field(-1, description="CoNLL: column of the tag (default: the last).")
+        None, description="Regression: lowest and highest score; scores outside it are refused (default: the "
+                          "training scores' range).")
+    tag: str | None = Field(
+        None, description="CoNLL-U: the column that holds the tags: upos, xpos, feats, deprel, or misc:KEY for "
+                          "the value of KEY in the MISC column (e.g. misc:NER). Required with format: conllu.")
+    token_column: int = Field(1, description="Plain CoNLL: column of the word, counting from 1 as the CoNLL-U "
+                                             "specification does.")
+    tag_column: int | None = Field(None, description="Plain CoNLL: column of the tag, counting from 1 (default: "
+                                                     "the last column).")
     entity_scoring: bool | None = Field(
         None, description="Tagging: score entities (seqeval, BIO tags) instead of tags; default: yes when every "
                           "tag is O or starts with B-/I-.")
     finetune: FinetuneOverrides = Field(default_factory=FinetuneOverrides,
-                                        description="Fine-tuning settings for this task (over the kind's defaults).")
+                                        description="Fine-tuning settings for this task: win over the defaults "
+                                                    "and evaluate.finetune; evaluate.per_task wins over them.")
+
+    @field_validator("token_column", "tag_column")
+    @classmethod
+    def _one_based(cls, v, info: ValidationInfo):
+        if v is not None and v < 1:
+            hint = " (leave tag_column out for the last column)" if info.field_name == "tag_column" else ""
+            raise ValueError(f"columns count from 1, as in the CoNLL-U specification (FORM is column 2, UPOS "
+                             f"column 4); {v} is not a column{hint}")
+        return v
+
+    @field_validator("tag")
+    @classmethod
+    def _tag(cls, v):
+        if v is None:
+            return v
+        if v.lower() in CONLLU_TAGS:
+            return v.lower()
+        if v.lower().startswith("misc:") and v[5:].strip():
+            return "misc:" + v[5:].strip()
+        raise ValueError(f"expected upos, xpos, feats, deprel or misc:KEY (a key of the MISC column); got {v!r}")
 
     @model_validator(mode="after")
     def _check(self):
@@ -103,29 +145,64 @@ class CustomTask(_Strict):
             raise ValueError("files needs at least train and test")
         if self.kind == "tagging" and self.text_pair:
             raise ValueError("text_pair is for classification and regression tasks")
-        if self.value_range is not None and self.value_range[0] >= self.value_range[1]:
-            raise ValueError("value_range: the lowest score must be below the highest")
+        if self.value_range is not None:
+            low, high = self.value_range
+            if low >= high:
+                raise ValueError("value_range: the lowest score must be below the highest")
+            if max(abs(low), abs(high)) > MAX_SCORE:
+                raise ValueError(f"value_range: scores beyond ±{MAX_SCORE:g} are not supported")
         if self.labels is not None and len(set(self.labels)) < 2:
             raise ValueError("labels: a task needs at least two classes")
+        formats = {}
+        for split, path in self.files.items():
+            fmt = self.file_format(path)
+            if self.kind == "tagging" and fmt not in ("conll", "conllu"):
+                raise ValueError(f"files.{split}: tagging tasks read CoNLL-U or plain CoNLL files (one word per "
+                                 f"line), not {fmt} ({path})")
+            if self.kind != "tagging" and fmt in ("conll", "conllu"):
+                raise ValueError(f"files.{split}: {fmt} files are for tagging tasks; a {self.kind} task reads "
+                                 f"csv or json ({path})")
+            formats[split] = fmt
+        conllu = "conllu" in formats.values()
+        if conllu and self.tag is None:
+            raise ValueError("CoNLL-U files need tag: upos, xpos, feats, deprel or misc:KEY (the column that "
+                             "holds the tags)")
+        if self.tag is not None and not conllu:
+            raise ValueError("tag: is for CoNLL-U files (format: conllu); plain CoNLL files take token_column "
+                             "and tag_column")
+        given = {"token_column", "tag_column"} & self.model_fields_set
+        if conllu and given:
+            raise ValueError(f"{' and '.join(sorted(given))}: CoNLL-U files are read by column name (tag: "
+                             f"{self.tag}); leave the column numbers out")
         return self
 
     def file_format(self, path: str) -> str:
+        """The format of one of the task's files: ``format``, else from the suffix."""
         if self.format:
             return self.format
         suffix = Path(path).suffix.lower()
-        if suffix in (".csv", ".tsv"):
-            return "csv"
-        if suffix in (".json", ".jsonl"):
-            return "json"
+        if suffix in FORMAT_BY_SUFFIX:
+            return FORMAT_BY_SUFFIX[suffix]
         if self.kind == "tagging":
             return "conll"
-        raise ValueError(f"{path}: cannot tell the format from the suffix; set format: csv, json or conll")
+        raise ValueError(f"cannot tell the format of {path} from its suffix {suffix or '(none)'!r}; accepted: "
+                         f"{ACCEPTED_FORMATS}; or set format: csv or json")
+
+    def columns_read(self) -> str:
+        """What the task reads from its files, in words (for the report)."""
+        if self.kind == "tagging":
+            if self.tag is not None:
+                return f"CoNLL-U FORM → {self.tag.upper() if self.tag in CONLLU_TAGS else self.tag}"
+            return (f"CoNLL column {self.token_column} (word) → "
+                    f"{'the last column' if self.tag_column is None else f'column {self.tag_column}'} (tag)")
+        text = f"text {self.text!r}" + (f", text_pair {self.text_pair!r}" if self.text_pair else "")
+        return f"{text} → {'score' if self.kind == 'regression' else 'label'} {self.label!r}"
 
 
 class EvaluateConfig(_Strict):
     # custom_tasks comes first: the checks of `tasks` and `per_task` read it
     custom_tasks: list[CustomTask] = Field(default_factory=list,
-                                           description="Tasks on your own CSV/JSON/CoNLL files (docs/evaluation.md).")
+                                           description="Tasks on your own CSV/JSON/CoNLL-U/CoNLL files (docs/evaluation.md).")
     tasks: list[str] = Field(default_factory=list,
                              description="Tasks to run, in this order (a list or 'upos,sapn'; 'all' = the built-in "
                                          "ones): built-in task names and custom tasks' names. Default: every "
@@ -155,9 +232,11 @@ class EvaluateConfig(_Strict):
                                                                   "carving (at most 25% of train; files of "
                                                                   "fewer than twice as many keep the fraction).")
     finetune: FinetuneOverrides = Field(default_factory=FinetuneOverrides,
-                                        description="Settings applied to every task.")
+                                        description="Settings applied to every task (over the defaults; a custom "
+                                                    "task's own `finetune` and `per_task` win over them).")
     per_task: dict[str, FinetuneOverrides] = Field(default_factory=dict,
-                                                        description="Settings for one task (win over `finetune`).")
+                                                   description="Settings for one task (win over `finetune` and over a "
+                                                               "custom task's own `finetune`).")
     loyalty: bool = Field(True, description="Loyalty of every student to every teacher.")
     efficiency: EfficiencyConfig = Field(default_factory=EfficiencyConfig)
 

@@ -11,9 +11,12 @@ deterministically, and the task's notes say so.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,34 +113,71 @@ def conll_blocks(lines: Iterable[tuple[int, str]]):
         yield sent_id, rows
 
 
-def read_conllu(path: Path) -> list[ConlluSentence]:
-    """CoNLL-U (Universal Dependencies): 10 tab-separated columns per word; multiword-token
-    ranges (``1-2``) and empty nodes (``1.1``) are skipped, as UD's own evaluation does."""
-    sentences: list[ConlluSentence] = []
+CONLLU_SKIPPED_ID = re.compile(r"\d+-\d+|\d+\.\d+")
+"""IDs of CoNLL-U lines that are not syntactic words: multiword-token ranges (``1-2``: the surface
+form ``Dă-mi-l`` over its words) and empty nodes (``1.1``); UD's own evaluation skips both."""
+
+
+def is_multiword_or_empty_node(cols: list[str]) -> bool:
+    """A CoNLL-U multiword-token range or empty-node line (10 tab-separated columns, such an ID)."""
+    return len(cols) == 10 and CONLLU_SKIPPED_ID.fullmatch(cols[0]) is not None
+
+
+def conllu_words(path: Path) -> Iterator[tuple[str | None, list[tuple[int, list[str]]]]]:
+    """The sentences of a CoNLL-U file as ``(sent_id, [(line number, its 10 columns), ...])``,
+    syntactic words only: multiword-token ranges and empty nodes are skipped. The one CoNLL-U
+    reader, for the built-in tasks and for custom ``format: conllu`` tasks alike."""
     for sent_id, rows in conll_blocks(text_lines(path)):
-        words: list[str] = []
-        upos: list[str] = []
-        xpos: list[str] = []
+        words: list[tuple[int, list[str]]] = []
         for lineno, line in rows:
             cols = line.split("\t")
             if len(cols) != 10:
                 raise DataError(f"{path}:{lineno}: expected 10 tab-separated CoNLL-U columns, found {len(cols)}")
-            token_id = cols[0]
-            if re.fullmatch(r"\d+-\d+", token_id) or re.fullmatch(r"\d+\.\d+", token_id):
+            if is_multiword_or_empty_node(cols):
                 continue
-            if not token_id.isdigit():
+            if not cols[0].isdigit():
                 raise DataError(f"{path}:{lineno}: column 1 (ID) must be a word index, a range N-M or a "
-                                f"decimal N.M; found {token_id!r}")
-            if not cols[1] or not cols[3] or cols[3] == "_":
-                raise DataError(f"{path}:{lineno}: word {token_id} has an empty FORM or UPOS")
-            words.append(cols[1])
-            upos.append(cols[3])
-            xpos.append(cols[4])
+                                f"decimal N.M; found {cols[0]!r}")
+            if not cols[1]:
+                raise DataError(f"{path}:{lineno}: word {cols[0]} has an empty FORM (column 2)")
+            words.append((lineno, cols))
         if words:
-            sentences.append(ConlluSentence(words, upos, xpos, sent_id))
+            yield sent_id, words
+
+
+def read_conllu(path: Path) -> list[ConlluSentence]:
+    """CoNLL-U (Universal Dependencies): 10 tab-separated columns per word; multiword-token
+    ranges (``1-2``) and empty nodes (``1.1``) are skipped, as UD's own evaluation does."""
+    sentences: list[ConlluSentence] = []
+    for sent_id, words in conllu_words(path):
+        for lineno, cols in words:
+            if not cols[3] or cols[3] == "_":
+                raise DataError(f"{path}:{lineno}: word {cols[0]} has an empty UPOS (column 4)")
+        sentences.append(ConlluSentence([c[1] for _, c in words], [c[3] for _, c in words],
+                                        [c[4] for _, c in words], sent_id))
     if not sentences:
         raise DataError(f"{path}: no sentences found (expected CoNLL-U)")
     return sentences
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read as a data file (it does not exist, is a folder, a symlink loop,
+    not a regular file), or None when it can."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a symlink to a file that does not exist" if os.path.islink(path) else "does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symlink loop (a link that points back at itself)"
+        return f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:  # e.g. a NUL byte in the name
+        return f"is not a usable path ({exc})"
+    if stat.S_ISDIR(mode):
+        return "is a folder; expected a file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a device, a pipe or a socket)"
+    return None
 
 
 def _line_counter(text: str):

@@ -170,8 +170,17 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
                      str(t["classes"] or _regression_range(t)), "; ".join(t["notes"]) or "–"])
     out += [markdown_table(["task", "dataset", "train", "validation", "test", "classes", "notes"], rows,
                    list("llrrrll")), ""]
-    sources = sorted({f"`{v}`" for t in tasks.values() for v in t["sources"].values() if v})
-    out += ["Files: " + ", ".join(sources), ""]
+    # the built-in tasks' files on one line; each custom task's files with what was read from them
+    builtin = sorted({f"`{v}`" for t in tasks.values() if not t.get("columns_read") for v in t["sources"].values()
+                      if v})
+    if builtin:
+        out += ["Files: " + ", ".join(builtin), ""]
+    for t in tasks.values():
+        if t.get("columns_read"):
+            files = ", ".join(f"{split} `{v}`" for split, v in t["sources"].items() if v)
+            out += [f"- {t['title']}: {files}; read: {t['columns_read']}"]
+    if any(t.get("columns_read") for t in tasks.values()):
+        out.append("")
 
     out += ["## Fine-tuning", "",
             "AdamW, linear warm-up then linear decay, gradient clipping, best epoch on validation "
@@ -186,6 +195,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
                      str(st.get("max_length", "")), f"{st.get('warmup_ratio', 0):g}", epochs or "–"])
     out += [markdown_table(["task", "lr", "epochs (max)", "patience", "batch", "max length", "warm-up",
                     "best epoch / epochs run, per model and seed"], rows, list("lrrrrrrl")), ""]
+    out += _settings_sources(tasks)
     sched = results.get("scheduler")
     if sched:
         tok = results.get("tokenisation") or {}
@@ -196,6 +206,27 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     if plots:
         out += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     return "\n".join(out)
+
+
+def _settings_sources(tasks: dict) -> list[str]:
+    """Where each task's settings came from: its defaults (and why), then every setting given
+    elsewhere (evaluate.finetune, the task's own finetune, evaluate.per_task)."""
+    lines = []
+    for t in tasks.values():
+        sources = t.get("settings_from")
+        if not sources:
+            continue
+        settings = t.get("settings") or {}
+        default = next((v for v in sources.values() if v.startswith("default")), "default")
+        given: dict[str, list[str]] = {}
+        for key, source in sources.items():
+            if not source.startswith("default"):
+                given.setdefault(source, []).append(f"{key} {settings.get(key)}")
+        parts = [default.replace("default: ", "defaults: ") if default != "default" else "the task's defaults"]
+        parts += [f"{', '.join(keys)} from {source}" for source, keys in given.items()]
+        lines.append(f"- {t['title']}: " + "; ".join(parts))
+    return (["Where the settings come from (the more specific wins: defaults < evaluate.finetune < a custom "
+             "task's own finetune < evaluate.per_task):", ""] + lines + [""]) if lines else []
 
 
 def _epoch_cell(run: dict) -> str:
@@ -235,33 +266,61 @@ def _save(fig, path: Path, dpi: int) -> None:
     os.replace(tmp, path)
 
 
+def _tick_label(title: str, metric: str, width: int) -> str:
+    """A task's x label: its title wrapped at ``width`` characters (long words broken), the metric below."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width, break_long_words=True) or [title]) + f"\n({metric})"
+
+
 def plot_scores(results: dict, path: Path, dpi: int) -> bool:
+    import matplotlib.pyplot as plt
+
+    fig = scores_figure(results)
+    if fig is None:
+        return False
+    _save(fig, path, dpi)
+    plt.close(fig)
+    return True
+
+
+def scores_figure(results: dict):
+    """Grouped bars, one group per task (None when nothing was scored): the figure widens with
+    tasks × models, long task titles wrap (and tilt when many tasks share the axis), and the
+    legend sits to the right of the axes, never over a bar."""
     import matplotlib.pyplot as plt
 
     tasks, models, scores = results["tasks"], results["models"], results["scores"]
     if not any(scores.get(m["name"]) for m in models):
-        return False
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(tasks) * max(1, len(models)) / 3, 4.2))
-    width = 0.8 / max(1, len(models))
-    x = np.arange(len(tasks))
+        return None
+    n_tasks, n_models = len(tasks), max(1, len(models))
+    group = max(1.0, 0.5 + 0.3 * n_models)  # inches per task: room for its bars and its label
+    fig, ax = plt.subplots(figsize=(min(2.0 + group * n_tasks, 30.0), 4.6))
+    width = 0.8 / n_models
+    x = np.arange(n_tasks)
     for i, m in enumerate(models):
         means, stds = [], []
         for task, t in tasks.items():
             stat = scores.get(m["name"], {}).get(task, {}).get("metrics", {}).get(t["headline"])
             means.append(stat["mean"] if stat else np.nan)
             stds.append(stat["std"] or 0.0 if stat else 0.0)
-        ax.bar(x + (i - (len(models) - 1) / 2) * width, means, width, yerr=stds if any(stds) else None,
+        ax.bar(x + (i - (n_models - 1) / 2) * width, means, width, yerr=stds if any(stds) else None,
                label=m["name"], capsize=2)
-    ax.set_xticks(x, [f"{t['title']}\n{METRIC_TITLES[t['headline']]}" for t in tasks.values()], fontsize=8)
+    tilt = n_tasks > 6  # many groups: tilted labels may use the room of their neighbours
+    wrap = 22 if tilt else max(10, int(group * 9))  # ~9 characters per inch at 8 pt
+    labels = [_tick_label(t["title"], METRIC_TITLES[t["headline"]], wrap) for t in tasks.values()]
+    ax.set_xticks(x, labels, fontsize=8, rotation=30 if tilt else 0, ha="right" if tilt else "center",
+                  rotation_mode="anchor" if tilt else "default")
+    ax.set_xlim(-0.6, n_tasks - 0.4)
     ax.set_ylabel("test score (0–100)")
     lowest = np.nanmin([b.get_height() for b in ax.patches] + [0.0])
     ax.set_ylim(min(0.0, lowest - 5), 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncol=min(len(models), 3), loc="lower right")
-    ax.set_title("Headline metric per task")
-    _save(fig, path, dpi)
-    plt.close(fig)
-    return True
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title="model",
+              title_fontsize=8)
+    ax.set_title("Headline metric per task (mean ± std over seeds)" if len(results.get("seeds", [])) > 1
+                 else "Headline metric per task")
+    return fig
 
 
 def _pm(stat: dict) -> str:

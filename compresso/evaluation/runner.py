@@ -60,7 +60,7 @@ from compresso.evaluation.scheduler import (
     threads_per_job,
     worker_start_method,
 )
-from compresso.evaluation.tasks import DatasetCache, FinetuneSettings, TaskData
+from compresso.evaluation.tasks import DatasetCache, FinetuneSettings, TaskData, effective_settings
 
 _ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
 
@@ -188,7 +188,7 @@ class _Job:
 
 
 def _settings(cfg: EvaluateConfig, data: TaskData) -> FinetuneSettings:
-    settings = data.spec.defaults.with_overrides(cfg.finetune, cfg.per_task.get(data.spec.name))
+    settings, _ = effective_settings(data.spec, cfg)
     if settings.head == "siamese" and (data.spec.kind != "regression" or data.train[0].text_pair is None):
         raise EvaluationError(f"{data.spec.name}: head: siamese is for sentence-pair regression; this task is "
                               f"{'single-text ' if data.spec.kind == 'regression' else ''}{data.spec.kind} "
@@ -511,6 +511,8 @@ class _Evaluation:
             def label(job: _Job) -> str:
                 return f"{task_data[job.task].spec.title} · {job.model.name} · seed {job.seed}"
 
+            plain = not self.console.is_terminal  # no live bars in a file: a line per epoch and per job
+
             def on_progress(index: int, payload) -> None:
                 if index not in rows:
                     return
@@ -518,6 +520,9 @@ class _Evaluation:
                     epoch, epochs, score = payload
                     progress.update(rows[index], completed=epoch, total=epochs,
                                     description=f"{label(jobs[index])} · validation {score:.2f}")
+                    if plain:
+                        self.console.log(f"{label(jobs[index])}: epoch {epoch}/{epochs}, validation {score:.2f}",
+                                         highlight=False)
                 else:
                     progress.update(rows[index], description=f"{label(jobs[index])} · {payload}")
 
@@ -530,6 +535,8 @@ class _Evaluation:
                 job = jobs[event.index]
                 if event.kind == "start":
                     rows[event.index] = progress.add_task(label(job), total=None)
+                    if plain:
+                        self.console.log(f"job {event.index + 1}/{len(jobs)} started: {label(job)}", highlight=False)
                     continue
                 if event.index in rows:
                     progress.remove_task(rows.pop(event.index))
@@ -733,7 +740,8 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
                          "headline": d.spec.headline, "metrics": list(d.spec.metrics),
                          "classes": len(d.labels) if d.labels else None, "sizes": d.sizes(),
                          "value_range": d.spec.value_range,
-                         "sources": d.sources, "notes": d.notes, "settings": asdict(_settings(cfg, d))}
+                         "sources": d.sources, "columns_read": d.spec.columns_read, "notes": d.notes,
+                         "settings": asdict(_settings(cfg, d)), "settings_from": effective_settings(d.spec, cfg)[1]}
                   for task, d in task_data.items()},
         "scheduler": ev.scheduler,
         "tokenisation": {"encoded": ev.encodings["encoded"], "reused": ev.encodings["loaded"] + ev.encodings["memory"],

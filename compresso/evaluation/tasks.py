@@ -8,7 +8,7 @@ tagging sets; the best epoch on validation is kept, so generous epoch counts cos
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +65,12 @@ class TaskSpec:
     defaults: FinetuneSettings
     value_range: tuple[float, float] | None = None  # regression targets
     entity_level: bool = False  # tagging scored on BIO entities (seqeval), not on tags
+    own_finetune: FinetuneOverrides | None = None
+    """A custom task's own ``finetune:`` (wins over ``evaluate.finetune``)."""
+    defaults_from: str | None = None
+    """Why ``defaults`` are what they are (custom tasks: chosen by the task's shape)."""
+    columns_read: str | None = None
+    """What the task reads from its files, in words (custom tasks)."""
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -88,14 +94,48 @@ TASKS: dict[str, TaskSpec] = {
                    FinetuneSettings(lr=1e-4, epochs=5, batch_size=32, max_length=512, patience=2)),
 }
 
-# Starting settings for a custom task of each kind (evaluation.custom_tasks), from the built-in tasks'.
-# A user's own task starts from the settings of the built-in tasks of its kind (UPOS, SAR, STS):
-# early stopping ends the run once validation stops improving, so the maxima are generous.
-KIND_DEFAULTS: dict[str, FinetuneSettings] = {
-    "tagging": TASKS["upos"].defaults,
-    "classification": TASKS["sar"].defaults,
-    "regression": TASKS["sts"].defaults,
-}
+MANY_TAGS = 40
+"""A tagging task with more tags than this is XPOS-like (RRT: 17 UPOS tags, hundreds of XPOS ones)."""
+
+
+def shape_defaults(kind: Kind, n_labels: int | None, entity: bool, pairs: bool) -> tuple[FinetuneSettings, str]:
+    """Starting settings for a custom task, from the built-in task of the same shape, and the reason
+    in words: entity tagging (BIO tags) from NER, tagging with more than ``MANY_TAGS`` tags from XPOS,
+    other tagging from UPOS; two classes from SAPN, more from SAR; sentence-pair regression from
+    STS (siamese head), single-text regression from STS with the cross head. Early stopping ends
+    a run once validation stops improving, so the epoch maxima are generous."""
+    n = n_labels or 0
+    if kind == "tagging":
+        if entity:
+            return TASKS["ner"].defaults, f"NER's settings (entity tagging, {n} BIO tags)"
+        if n > MANY_TAGS:
+            return TASKS["xpos"].defaults, f"XPOS's settings (tagging with {n} tags, more than {MANY_TAGS})"
+        return TASKS["upos"].defaults, f"UPOS's settings (tagging with {n} tags, at most {MANY_TAGS})"
+    if kind == "classification":
+        if n <= 2:
+            return TASKS["sapn"].defaults, f"SAPN's settings (classification, {n} classes)"
+        return TASKS["sar"].defaults, f"SAR's settings (classification, {n} classes)"
+    if pairs:
+        return TASKS["sts"].defaults, "STS's settings (sentence-pair regression)"
+    # single texts: nothing to encode apart
+    return replace(TASKS["sts"].defaults, head="cross"), "STS's settings with head: cross (single-text regression)"
+
+
+def effective_settings(spec: TaskSpec, cfg: EvaluateConfig) -> tuple[FinetuneSettings, dict[str, str]]:
+    """A task's fine-tuning settings and where each came from. The more specific setting wins:
+    the task's defaults < ``evaluate.finetune`` (and ``--set finetune.*``) < a custom task's own
+    ``finetune:`` < ``evaluate.per_task.<task>``."""
+    settings = spec.defaults
+    default = f"default: {spec.defaults_from}" if spec.defaults_from else "default"
+    sources = {f.name: default for f in fields(FinetuneSettings)}
+    for source, overrides in (("evaluate.finetune", cfg.finetune), ("the task's finetune", spec.own_finetune),
+                              (f"evaluate.per_task.{spec.name}", cfg.per_task.get(spec.name))):
+        if overrides is not None:
+            given = overrides.model_dump(exclude_none=True)
+            settings = replace(settings, **given)
+            sources.update(dict.fromkeys(given, source))
+    return settings, sources
+
 
 METRIC_TITLES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "f1_macro": "entity F1 macro",
                  "f1_micro": "entity F1 micro", "pearson": "Pearson", "spearman": "Spearman"}
