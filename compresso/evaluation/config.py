@@ -170,7 +170,9 @@ class CustomTask(_Strict):
         if self.tag is not None and not conllu:
             raise ValueError("tag: is for CoNLL-U files (format: conllu); plain CoNLL files take token_column "
                              "and tag_column")
-        given = {"token_column", "tag_column"} & self.model_fields_set
+        # values, not model_fields_set: a dumped and re-read config (worker processes) names every key
+        given = {"token_column"} if self.token_column != 1 else set()
+        given |= {"tag_column"} if self.tag_column is not None else set()
         if conllu and given:
             raise ValueError(f"{' and '.join(sorted(given))}: CoNLL-U files are read by column name (tag: "
                              f"{self.tag}); leave the column numbers out")

@@ -234,8 +234,11 @@ def _table_rows(task: CustomTask, path: Path, fmt: str) -> list[tuple[int, dict]
     names = list(dict.fromkeys(k for _, row in rows for k in row))
     missing = [c for c in columns if c not in names]
     if missing:
+        hint = ""
+        if fmt == "csv" and len(names) == 1 and any(d in names[0] for d in ";\t|,"):
+            hint = "; is the delimiter right? (set delimiter:)"
         raise DataError(f"custom task {task.name}: {path} has no column {', '.join(map(repr, missing))} "
-                        f"(columns: {', '.join(map(str, names)) or 'none'})")
+                        f"(columns: {', '.join(map(str, names)) or 'none'}){hint}")
     return rows
 
 

@@ -270,7 +270,12 @@ def _tick_label(title: str, metric: str, width: int) -> str:
     """A task's x label: its title wrapped at ``width`` characters (long words broken), the metric below."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(title, width, break_long_words=True) or [title]) + f"\n({metric})"
+    return "\n".join((textwrap.wrap(title, width, break_long_words=True) or [title])
+                     + textwrap.wrap(f"({metric})", width, break_long_words=True))
+
+
+MAX_PLOT_WIDTH = 30.0
+"""Inches; a wider scores plot would not fit a screen or a page."""
 
 
 def plot_scores(results: dict, path: Path, dpi: int) -> bool:
@@ -286,7 +291,7 @@ def plot_scores(results: dict, path: Path, dpi: int) -> bool:
 
 def scores_figure(results: dict):
     """Grouped bars, one group per task (None when nothing was scored): the figure widens with
-    tasks × models, long task titles wrap (and tilt when many tasks share the axis), and the
+    tasks × models, long task titles wrap (and stand upright when many tasks share the axis), and the
     legend sits to the right of the axes, never over a bar."""
     import matplotlib.pyplot as plt
 
@@ -295,7 +300,9 @@ def scores_figure(results: dict):
         return None
     n_tasks, n_models = len(tasks), max(1, len(models))
     group = max(1.0, 0.5 + 0.3 * n_models)  # inches per task: room for its bars and its label
-    fig, ax = plt.subplots(figsize=(min(2.0 + group * n_tasks, 30.0), 4.6))
+    fig_width = min(max(4.0, 2.0 + group * n_tasks), MAX_PLOT_WIDTH)
+    group = (fig_width - 2.0) / n_tasks  # what each task really gets
+    fig, ax = plt.subplots(figsize=(fig_width, 4.6))
     width = 0.8 / n_models
     x = np.arange(n_tasks)
     for i, m in enumerate(models):
@@ -306,11 +313,12 @@ def scores_figure(results: dict):
             stds.append(stat["std"] or 0.0 if stat else 0.0)
         ax.bar(x + (i - (n_models - 1) / 2) * width, means, width, yerr=stds if any(stds) else None,
                label=m["name"], capsize=2)
-    tilt = n_tasks > 6  # many groups: tilted labels may use the room of their neighbours
-    wrap = 22 if tilt else max(10, int(group * 9))  # ~9 characters per inch at 8 pt
+    # labels wrap to their group's width (~9 characters per inch at 8 pt); past the widest figure,
+    # groups get narrow and the labels stand upright (a few lines of text are narrower than a group)
+    tilt = fig_width >= MAX_PLOT_WIDTH
+    wrap = 22 if tilt else max(10, int(group * 9))
     labels = [_tick_label(t["title"], METRIC_TITLES[t["headline"]], wrap) for t in tasks.values()]
-    ax.set_xticks(x, labels, fontsize=8, rotation=30 if tilt else 0, ha="right" if tilt else "center",
-                  rotation_mode="anchor" if tilt else "default")
+    ax.set_xticks(x, labels, fontsize=8, rotation=90 if tilt else 0)
     ax.set_xlim(-0.6, n_tasks - 0.4)
     ax.set_ylabel("test score (0–100)")
     lowest = np.nanmin([b.get_height() for b in ax.patches] + [0.0])
@@ -319,7 +327,7 @@ def scores_figure(results: dict):
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title="model",
               title_fontsize=8)
     ax.set_title("Headline metric per task (mean ± std over seeds)" if len(results.get("seeds", [])) > 1
-                 else "Headline metric per task")
+                 else "Headline metric per task", fontsize=10)
     return fig
 
 
