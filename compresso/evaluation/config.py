@@ -155,6 +155,8 @@ class CustomTask(_Strict):
             raise ValueError("labels: a task needs at least two classes")
         formats = {}
         for split, path in self.files.items():
+            if not path.strip() or "\x00" in path:
+                raise ValueError(f"files.{split}: {'an empty path' if not path.strip() else 'a NUL character in the path'}")
             fmt = self.file_format(path)
             if self.kind == "tagging" and fmt not in ("conll", "conllu"):
                 raise ValueError(f"files.{split}: tagging tasks read CoNLL-U or plain CoNLL files (one word per "

@@ -114,9 +114,14 @@ def read_conll(path: Path, token_column: int = 1, tag_column: int | None = None
             if len(cols) < max(token_column, tag_column or 2):
                 raise DataError(f"{path}:{lineno}: expected a word in column {token_column} and a tag in {what} "
                                 f"(columns count from 1), found {len(cols)} column(s): {line[:80]!r}")
-            words.append(cols[token_column - 1])
-            tags.append(cols[-1] if tag_column is None else cols[tag_column - 1])
-        sentences.append((words, tags))
+            word, tag = cols[token_column - 1], cols[-1] if tag_column is None else cols[tag_column - 1]
+            if not word.strip() or not tag.strip():
+                raise DataError(f"{path}:{lineno}: empty {'word' if not word.strip() else 'tag'} (word in column "
+                                f"{token_column}, tag in {what}; columns count from 1): {line[:80]!r}")
+            words.append(word)
+            tags.append(tag)
+        if words:  # a block of only multiword-token lines holds no word
+            sentences.append((words, tags))
     if not sentences:
         raise DataError(f"{path}: no sentences found (expected one word per line, blank lines between sentences)")
     _refuse_ids_and_key_values(path, sentences, token_column, tag_column)

@@ -243,7 +243,11 @@ def finish_task_data(spec: TaskSpec, raw: RawSplits, cfg: EvaluateConfig, labels
         validation = examples(raw.validation)
     else:
         fraction = validation_share(len(train), cfg)
-        train, validation = carve_validation(train, fraction)
+        try:
+            train, validation = carve_validation(train, fraction)
+        except DataError as exc:
+            raise DataError(f"{task}: {raw.sources.get('train', 'train')}: {exc} (and there is no validation "
+                            f"file)") from None
         notes.append(f"no validation split: {len(validation)} training examples "
                      f"({fraction:.0%}, fixed seed) held out for choosing the best epoch")
     if labels is None and spec.kind != "regression":
