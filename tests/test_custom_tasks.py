@@ -477,3 +477,20 @@ def test_check_data_refuses_a_custom_task_cleanly(tmp_path):
     cfg = EvaluateConfig(custom_tasks=[tagging(path).model_dump()])
     with pytest.raises(EvaluationError, match=r"ud\.txt: column 1 \(the word column\) holds word IDs"):
         check_data(cfg)
+
+
+def test_the_documented_shape_defaults_are_the_code_s():
+    """The settings table of the section quotes TASKS, MANY_TAGS and MAX_SCORE; it must not drift."""
+    from compresso.evaluation.config import MAX_SCORE
+    from compresso.evaluation.tasks import MANY_TAGS
+
+    section = _doc_section()
+    rows = {name: quoted for _, name, quoted in
+            re.findall(r"^\| ([^|]+?) \| (NER|XPOS|UPOS|SAPN|SAR) \(([^)]*)\) \|$", section, re.M)}
+    assert set(rows) == {"NER", "XPOS", "UPOS", "SAPN", "SAR"}
+    for name, quoted in rows.items():
+        settings = TASKS[name.lower()].defaults
+        lr, epochs = re.fullmatch(r"lr ([0-9.e-]+), (\d+) epochs.*", quoted).groups()
+        assert (float(lr), int(epochs)) == (settings.lr, settings.epochs), (name, quoted)
+    assert "max length 512" in rows["NER"] and TASKS["ner"].defaults.max_length == 512
+    assert f"tagging with more than {MANY_TAGS} tags" in section and MAX_SCORE == 1e12 and "±10¹²" in section
