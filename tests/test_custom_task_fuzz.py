@@ -11,7 +11,6 @@ import math
 import random
 from pathlib import Path
 
-import pytest
 import yaml
 from pydantic import ValidationError
 

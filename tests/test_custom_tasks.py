@@ -85,7 +85,8 @@ def test_builtin_and_custom_tasks_read_a_conllu_file_identically(tmp_path):
 
 def test_conllu_tag_columns_and_misc_keys(tmp_path):
     path = write(tmp_path / "a.conllu", CONLLU)
-    assert examples(tagging(path, tag="misc:NER")) == [(WORDS_A, ["O"] * 5), (["Ion", "vine", "."], ["B-PER", "O", "O"])]
+    assert examples(tagging(path, tag="misc:NER")) == [(WORDS_A, ["O"] * 5),
+                                                       (["Ion", "vine", "."], ["B-PER", "O", "O"])]
     assert examples(tagging(path, tag="deprel"))[1][1] == ["nsubj", "root", "punct"]
     assert examples(tagging(path, tag="feats"))[0][1] == ["Mood=Imp", "Case=Dat", "Case=Acc", "Degree=Pos", "_"]
     assert tagging(path, tag="UPOS").tag == "upos"
@@ -349,8 +350,8 @@ def scores_results(n_tasks: int, n_models: int) -> dict:
     heads = ["macro_f1", "macro_f1", "f1_macro", "accuracy", "pearson", "macro_f1", "macro_f1", "macro_f1", "pearson"]
     tasks = {f"t{i}": {"title": titles[i % 9] + (f" {i}" if i >= 9 else ""), "headline": heads[i % 9]}
              for i in range(n_tasks)}
-    models = [{"name": name, "role": "teacher" if i == 0 else "student"}
-              for i, name in enumerate(["bert-cased", "robert-uncased", "distil-6L", "distil-4L-int8", "pruned"][:n_models])]
+    names = ["bert-cased", "robert-uncased", "distil-6L", "distil-4L-int8", "pruned"][:n_models]
+    models = [{"name": name, "role": "teacher" if i == 0 else "student"} for i, name in enumerate(names)]
     scores = {m["name"]: {t: {"metrics": {tasks[t]["headline"]: {"mean": 97.0 - 6 * j - 3 * i, "std": 0.8}}}
                           for i, t in enumerate(tasks)} for j, m in enumerate(models)}
     return {"tasks": tasks, "models": models, "scores": scores, "seeds": [1, 2, 3]}

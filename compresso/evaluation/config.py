@@ -156,7 +156,8 @@ class CustomTask(_Strict):
         formats = {}
         for split, path in self.files.items():
             if not path.strip() or "\x00" in path:
-                raise ValueError(f"files.{split}: {'an empty path' if not path.strip() else 'a NUL character in the path'}")
+                problem = "an empty path" if not path.strip() else "a NUL character in the path"
+                raise ValueError(f"files.{split}: {problem}")
             fmt = self.file_format(path)
             if self.kind == "tagging" and fmt not in ("conll", "conllu"):
                 raise ValueError(f"files.{split}: tagging tasks read CoNLL-U or plain CoNLL files (one word per "
@@ -206,7 +207,8 @@ class CustomTask(_Strict):
 class EvaluateConfig(_Strict):
     # custom_tasks comes first: the checks of `tasks` and `per_task` read it
     custom_tasks: list[CustomTask] = Field(default_factory=list,
-                                           description="Tasks on your own CSV/JSON/CoNLL-U/CoNLL files (docs/evaluation.md).")
+                                           description="Tasks on your own CSV/JSON/CoNLL-U/CoNLL files "
+                                                       "(docs/evaluation.md).")
     tasks: list[str] = Field(default_factory=list,
                              description="Tasks to run, in this order (a list or 'upos,sapn'; 'all' = the built-in "
                                          "ones): built-in task names and custom tasks' names. Default: every "
