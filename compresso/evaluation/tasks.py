@@ -131,9 +131,8 @@ def effective_settings(spec: TaskSpec, cfg: EvaluateConfig) -> tuple[FinetuneSet
     for source, overrides in (("evaluate.finetune", cfg.finetune), ("the task's finetune", spec.own_finetune),
                               (f"evaluate.per_task.{spec.name}", cfg.per_task.get(spec.name))):
         if overrides is not None:
-            given = overrides.model_dump(exclude_none=True)
-            settings = replace(settings, **given)
-            sources.update(dict.fromkeys(given, source))
+            settings = settings.with_overrides(overrides)
+            sources.update(dict.fromkeys(overrides.model_dump(exclude_none=True), source))
     return settings, sources
 
 
