@@ -495,3 +495,25 @@ def test_the_documented_shape_defaults_are_the_code_s():
         assert (float(lr), int(epochs)) == (settings.lr, settings.epochs), (name, quoted)
     assert "max length 512" in rows["NER"] and TASKS["ner"].defaults.max_length == 512
     assert f"tagging with more than {MANY_TAGS} tags" in section and MAX_SCORE == 1e12 and "±10¹²" in section
+
+
+@pytest.mark.shared
+def test_the_real_treebank_reads_identically_as_a_custom_task(shared_dir):
+    """UD Romanian RRT through the built-in XPOS task and through a custom format: conllu task: the
+    same words and tags, and the custom task, with its hundreds of XPOS tags, starts from XPOS's
+    settings."""
+    rrt = shared_dir / "data" / "ro_rrt"
+    files = {"train": str(rrt / "ro_rrt-ud-dev.conllu"), "test": str(rrt / "ro_rrt-ud-test.conllu")}
+    cfg = EvaluateConfig(data_dir=str(shared_dir / "data"), custom_tasks=[
+        {"name": "my-xpos", "kind": "tagging", "files": files, "tag": "xpos"},
+        {"name": "my-upos", "kind": "tagging", "files": files, "tag": "upos"}])
+    cache = DatasetCache(cfg)
+    for builtin, custom in (("xpos", "my-xpos"), ("upos", "my-upos")):
+        a, b = cache.task(builtin), cache.task(custom)
+        for split in ("train", "validation", "test"):
+            pairs = [[(ex.text, ex.label) for ex in getattr(data, split)] for data in (a, b)]
+            assert pairs[0] == pairs[1]
+        assert a.labels == b.labels
+    xpos = cache.task("my-xpos")
+    assert len(xpos.labels) > 40 and xpos.spec.defaults == TASKS["xpos"].defaults
+    assert cache.task("my-upos").spec.defaults == TASKS["upos"].defaults
