@@ -201,30 +201,39 @@ def test_help_text_says_what_tasks_run_and_it_is_so(tmp_path, monkeypatch):
     assert "Default: every built-in task; with --task-file, only the custom tasks (list built-in tasks here to " \
            "run them too)." in tasks_help
     assert "relative paths in it start from its folder" in _help_of("--task-file YAML")
+    assert "A custom task's own finetune: wins over finetune.*, and per_task.NAME.* over both." in \
+        _help_of("--set KEY.PATH=VALUE")
 
     model = tiny_bert(tmp_path / "m", layers=1)
     small_release(tmp_path / "data", with_train=True)
     _mood_files(tmp_path / "sub" / "mood")
     task_file = write(tmp_path / "sub" / "tasks.yaml", "- {name: mood, kind: classification, text: review, "
                                                         "label: mood, files: {train: mood/train.csv, "
-                                                        "test: mood/test.csv}}\n")
+                                                        "test: mood/test.csv}, finetune: {epochs: 9, lr: 1e-3}}\n")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # relative paths in the task file start from its folder, not from here
     seen = []
 
     def evaluate_models(models, cfg, report, out_dir, device, seed, console):
-        seen.append(cfg.tasks)
+        seen.append(cfg)
         return {"errors": []}
 
     base = ["evaluate", str(model), "--data-dir", str(tmp_path / "data"), "--device", "cpu", "--out", "o"]
     with mock.patch("compresso.evaluation.runner.evaluate_models", evaluate_models):
         for extra in ([], ["--task-file", str(task_file)], ["--task-file", "../sub/tasks.yaml", "--tasks",
-                                                             "upos,mood"]):
+                                                             "upos,mood"],
+                      ["--task-file", str(task_file), "--set", "finetune.epochs=2", "--set", "finetune.lr=5e-5",
+                       "--set", "per_task.mood.lr=2e-5"]):
             out = CliRunner().invoke(main, base + extra)
             assert out.exit_code == 0, out.output
-    assert seen == [list(ALL_TASKS), ["mood"], ["upos", "mood"]]
+    assert [cfg.tasks for cfg in seen] == [list(ALL_TASKS), ["mood"], ["upos", "mood"], ["mood"]]
     assert not (elsewhere / "o").exists()
+    # the precedence the --set help states: the task's own epochs 9 beat finetune.epochs=2, per_task's lr
+    # beats both the task's 1e-3 and finetune.lr
+    settings, sources = effective_settings(DatasetCache(seen[-1]).task("mood").spec, seen[-1])
+    assert (settings.epochs, settings.lr) == (9, 2e-5)
+    assert (sources["epochs"], sources["lr"]) == ("the task's finetune", "evaluate.per_task.mood")
 
 
 def test_task_file_errors_name_the_problem(tmp_path):

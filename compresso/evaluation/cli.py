@@ -87,7 +87,8 @@ def _validation_message(section: str, err) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Any evaluate setting (YAML value), e.g. --set finetune.epochs=2 --set max_train_examples=500 "
-                   "--set per_task.sts.lr=2e-4 --set efficiency=false --set report.title=Mine. Repeatable.")
+                   "--set per_task.sts.lr=2e-4 --set efficiency=false --set report.title=Mine. Repeatable. "
+                   "A custom task's own finetune: wins over finetune.*, and per_task.NAME.* over both.")
 def evaluate(models: tuple[str, ...], tasks: str | None, custom_task_files: tuple[str, ...],
              data_dir: str | None, out_dir: str,
              teachers: tuple[str, ...], seeds: int | None, jobs: int | None, seed: int, device: str,
