@@ -14,6 +14,7 @@ The engine knows nothing about any particular strategy.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -35,9 +36,17 @@ from rich.console import Console
 from rich.table import Table
 
 from compresso import registry
-from compresso.models import check_available, is_local, load_bundle, save_bundle
+from compresso.models import check_available, folder_fingerprint, is_local, load_bundle, save_bundle
 from compresso.recipe import LoadedRecipe, Recipe, check_device
-from compresso.strategy import BUNDLE_META, CompressionStrategy, ModelBundle, RunContext, TeacherRef, write_json
+from compresso.strategy import (
+    BUNDLE_META,
+    CompressionStrategy,
+    ModelBundle,
+    RunContext,
+    StageFailure,
+    TeacherRef,
+    write_json,
+)
 
 
 class RunError(Exception):
@@ -108,17 +117,58 @@ def is_compresso_run(folder: Path) -> bool:
     return isinstance(manifest, dict) and "resolved_recipe" in manifest and "status" in manifest
 
 
-def check_output_dir(out: Path) -> None:
-    """Refuse an output folder that is a file, or an existing folder that is neither empty nor a
-    compresso run: the engine would otherwise overwrite and delete files it does not own."""
+PSEUDO_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
+"""Kernel views, not storage: a folder there cannot hold a run (and writing into one is never meant)."""
+
+
+def symlinks_inside(folder: Path) -> list[Path]:
+    """Every symbolic link under ``folder`` (not followed). compresso never makes one, so in a
+    folder it owns a link can only point its writes, renames and deletions somewhere else."""
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(top, name)):
+                found.append(Path(top) / name)
+    return found
+
+
+def check_writable_folder(out: Path, what: str = "output folder") -> None:
+    """A folder compresso may create or write: not a dangling or looping symbolic link, not under
+    a kernel pseudo file system, and (when new) creatable in its nearest existing parent."""
     if str(out).strip() == "":
-        raise RunError("the output folder is an empty string; name a folder")
+        raise RunError(f"the {what} is an empty string; name a folder")
     try:
         out.exists()
     except (OSError, ValueError) as exc:
-        raise RunError(f"output folder {str(out)[:80]}... cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+        raise RunError(f"{what} {str(out)[:80]}... cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+    if out.is_symlink() and not out.exists():
+        raise RunError(f"{what} {out} is a symbolic link that leads nowhere (it points at itself, loops or "
+                       f"dangles): give a real folder")
+    try:
+        resolved = out.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:
+        raise RunError(f"{what} {out} cannot be resolved: {getattr(exc, 'strerror', None) or exc}") from None
+    for pseudo in PSEUDO_FILE_SYSTEMS:
+        if resolved == Path(pseudo) or Path(pseudo) in resolved.parents:
+            raise RunError(f"{what} {out} lies under {pseudo}, a kernel pseudo file system, not storage: "
+                           f"give a folder on a disk")
     if out.exists() and not out.is_dir():
-        raise RunError(f"output folder {out} is a file, not a folder")
+        raise RunError(f"{what} {out} is a file, not a folder")
+    if not out.exists():
+        parent = resolved.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise RunError(f"{what} {out} cannot be created: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunError(f"{what} {out} cannot be created: {parent} is not writable")
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output folder that is a file, or an existing folder that is neither empty nor a
+    compresso run: the engine would otherwise overwrite and delete files it does not own. In a
+    compresso run, a symbolic link is refused too (it would redirect the engine's writes)."""
+    check_writable_folder(out)
     if out.is_dir():
         try:
             entries = [p.name for p in out.iterdir()]
@@ -128,6 +178,10 @@ def check_output_dir(out: Path) -> None:
             shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
             raise RunError(f"output folder {out} already holds files that are not a compresso run ({shown}); "
                            f"give an empty or new folder (--output-dir), so that nothing of yours is overwritten")
+        links = symlinks_inside(out)
+        if links:
+            raise RunError(f"output folder {out} holds a symbolic link, {links[0]} -> {os.readlink(links[0])}; "
+                           f"compresso never makes one, and would write through it outside the folder: remove it")
 
 
 def lock_holder(out: Path) -> str | None:
@@ -136,7 +190,7 @@ def lock_holder(out: Path) -> str | None:
     import fcntl
 
     try:
-        with open(out / LOCK_FILE) as handle:
+        with os.fdopen(os.open(out / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)) as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -157,7 +211,9 @@ class RunLock:
         import fcntl
 
         try:
-            handle = open(self.out / LOCK_FILE, "a+")
+            # O_NOFOLLOW: a symbolic link put in place of the lock file is an error, never followed.
+            fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+            handle = os.fdopen(fd, "a+")
         except OSError as exc:
             raise RunError(f"cannot create the lock file {self.out / LOCK_FILE}: {exc.strerror or exc}") from None
         try:
@@ -168,12 +224,17 @@ class RunLock:
             handle.close()
             raise RunError(f"output folder {self.out} is in use by another compresso run ({holder}); wait for it "
                            f"to finish or use another --output-dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {platform.node()}, started "
-                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
-                     f"{shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {platform.node()}, started "
+                         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
+                         f"{shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n")
+            handle.flush()
+        except OSError as exc:  # a full disk: no empty lock file left behind
+            (self.out / LOCK_FILE).unlink(missing_ok=True)
+            handle.close()
+            raise RunError(f"cannot write the lock file {self.out / LOCK_FILE}: {exc.strerror or exc}") from None
         self.handle = handle
 
     def release(self) -> None:
@@ -196,9 +257,7 @@ def model_fingerprint(ref: str, revision: str | None) -> dict:
     """Identity of a model reference: a local folder by its files' sizes and mtimes, a hub id by revision."""
     if is_local(ref):
         root = Path(ref).expanduser()
-        files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                       for p in root.rglob("*") if p.is_file())
-        return {"path": str(root.resolve()), "files": _sha(files)}
+        return {"path": str(root.resolve()), "files": folder_fingerprint(root)}
     return {"hub": ref, "revision": revision or "main"}
 
 
@@ -263,7 +322,46 @@ def initial_bundle(recipe: Recipe, seed: int) -> ModelBundle:
         torch.manual_seed(seed)
         bundle.model = type(bundle.model)(config)
         bundle.lineage = bundle.lineage + [{"random_init": True, "config": recipe.student.config}]
+    bad = nonfinite_part(bundle)
+    if bad is not None:
+        where = "student.config: the student built with these settings" if recipe.student.config else \
+            f"student.model: {ref}"
+        raise RunError(f"{where} has a non-finite {bad} (inf or nan); nothing can be trained from it")
     return bundle
+
+
+def nonfinite_part(bundle: ModelBundle) -> str | None:
+    """What in the bundle's model is not finite (a weight, or the output of a forward pass on a
+    short text), or None when all is finite. Catches a broken configuration or stage before it is
+    trained on or saved."""
+    model = bundle.model
+    if not isinstance(model, torch.nn.Module):
+        return None
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"weight {name}"
+    if bundle.format != "transformers" or bundle.tokenizer is None:
+        return None
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        return None
+    inputs = bundle.tokenizer("compresso checks the output", return_tensors="pt")
+    accepted = inspect.signature(model.forward).parameters  # e.g. no token_type_ids for DistilBERT
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        inputs = {k: v for k, v in inputs.items() if k in accepted}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(**inputs)
+    finally:
+        model.train(was_training)
+    first = output[0] if isinstance(output, (tuple, list)) or hasattr(output, "to_tuple") else output
+    if torch.is_tensor(first) and first.is_floating_point() and not bool(torch.isfinite(first).all()):
+        return "output of a forward pass"
+    return None
 
 
 def save_any(bundle: ModelBundle, path: Path) -> None:
@@ -328,7 +426,7 @@ class Runner:
                  console: Console | None = None):
         self.loaded = loaded
         self.recipe = loaded.recipe
-        self.out = Path(output_dir or self.recipe.output_dir)
+        self.out = Path(output_dir or self.recipe.output_dir).expanduser()  # `output_dir: ~/runs/x` means home
         self.force, self.resume, self.from_stage = force, resume, from_stage
         if force and from_stage is not None:
             raise RunError("--force reruns every stage and --from-stage reruns from one stage on: give one of them")
@@ -372,7 +470,16 @@ class Runner:
         """Everything that can fail before work starts, without writing anything: the output
         folder, models available, the student's config overrides, strategies' own checks, the
         evaluation's model names and task data. ``network=False`` (``compresso validate``) skips
-        asking the hub whether hub ids exist; local folders are checked either way."""
+        asking the hub whether hub ids exist, and no check made here (a strategy's included) can
+        reach the network; local folders are checked either way."""
+        if not network:
+            from compresso.models import hub_offline
+
+            with hub_offline():
+                return self._preflight(network=False)
+        return self._preflight(network=True)
+
+    def _preflight(self, network: bool) -> None:
         check_output_dir(self.out)
         if self.is_main:
             holder = lock_holder(self.out)
@@ -468,8 +575,11 @@ class Runner:
             except BaseException as exc:
                 if self.is_main:
                     status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
-                    write_json(self.out / "run.json", self._manifest(
-                        status, started, outcomes, error="".join(traceback.format_exception_only(exc)).strip()))
+                    try:
+                        write_json(self.out / "run.json", self._manifest(
+                            status, started, outcomes, error="".join(traceback.format_exception_only(exc)).strip()))
+                    except OSError:  # e.g. the disk is full: the cause itself is what must be reported
+                        pass
                 raise
         finally:
             if self.is_main:
@@ -578,13 +688,23 @@ class Runner:
         input_lineage = list(bundle.lineage)
         new = strategy.apply(bundle, ctx)
         seconds = time.time() - t0
+        bad = nonfinite_part(new)
+        if bad is not None:  # before anything is saved under the stage's name
+            raise StageFailure(f"stage {dirname} ({stage.strategy}) produced a model with a non-finite {bad} "
+                               f"(inf or nan); nothing was saved")
         entry = registry.entry(stage.strategy)
         new.lineage = input_lineage + [{"stage": dirname, "strategy": stage.strategy, "version": entry.version,
                                         "params": strategy.params.model_dump(mode="json"), "key": key}]
         params = parameter_count(new.model)
         size = None
         if self.is_main:
-            save_any(new, ctx.stage_dir)
+            try:
+                save_any(new, ctx.stage_dir)
+            except OSError:
+                raise
+            except Exception as exc:  # safetensors reports a full disk as its own SafetensorError
+                raise StageFailure(f"stage {dirname}: the model could not be saved into {ctx.stage_dir}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
             size = sum(p.stat().st_size for p in ctx.stage_dir.iterdir() if p.suffix in (".safetensors", ".onnx"))
             write_json(ctx.stage_dir / "stage.json", {
                 "stage": dirname, "strategy": stage.strategy, "distribution": entry.distribution,

@@ -526,3 +526,57 @@ def test_corpus_check_reads_compressed_files(tmp_path):
             patru cinci
             """))
     assert check_corpus([path]) == []
+
+
+# --- second audit: stale results, symlinks, non-finite configurations, ... ------------------------
+
+def _mood_task(folder):
+    """A two-class custom CSV task a tiny model can learn (no ../shared needed)."""
+    from tests.test_api import _sentiment_csv
+
+    return {"name": "mood", "kind": "classification", "files": _sentiment_csv(folder), "text": "review",
+            "label": "mood"}
+
+
+def test_an_interrupted_evaluation_never_resumes_another_models_scores(tmp_path, monkeypatch):
+    """Finished jobs are keyed by the model's content, not its path: a model rebuilt in the same
+    folder is evaluated afresh; an unchanged one resumes."""
+    from compresso.evaluation import EvalModel, evaluate_models
+    from compresso.evaluation import runner as eval_runner
+    from tests.tiny import quiet
+
+    model = tiny_bert(tmp_path / "model", layers=1, seed=0)
+    cfg = {"max_train_examples": 48, "max_eval_examples": 24, "seeds": 2, "jobs": 1, "efficiency": False,
+           "loyalty": False, "finetune": {"epochs": 1, "max_length": 32, "batch_size": 8},
+           "custom_tasks": [_mood_task(tmp_path / "mood")], "tasks": ["mood"]}
+    models = [EvalModel("m", str(model), "student")]
+    saved = []
+    original = eval_runner._JobStore.save
+
+    def save_then_stop(self, job, result):
+        original(self, job, result)
+        saved.append(job)
+        raise KeyboardInterrupt  # as if stopped right after the first job
+
+    monkeypatch.setattr(eval_runner._JobStore, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_models(models, cfg, None, tmp_path / "eval", torch.device("cpu"), 3, quiet())
+    monkeypatch.undo()
+    assert len(saved) == 1
+    tiny_bert(tmp_path / "model", layers=2, seed=5)  # another model in the same folder
+    again = evaluate_models(models, cfg, None, tmp_path / "eval", torch.device("cpu"), 3, quiet())
+    fresh = evaluate_models(models, cfg, None, tmp_path / "fresh", torch.device("cpu"), 3, quiet())
+    assert again["scheduler"]["resumed"] == 0
+
+    def metrics(results):
+        return [run["metrics"] for run in results["scores"]["m"]["mood"]["runs"]]
+
+    assert metrics(again) == metrics(fresh)
+    # The same model, interrupted and started again: its finished job is taken over.
+    monkeypatch.setattr(eval_runner._JobStore, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_models(models, cfg, None, tmp_path / "eval2", torch.device("cpu"), 3, quiet())
+    monkeypatch.undo()
+    resumed = evaluate_models(models, cfg, None, tmp_path / "eval2", torch.device("cpu"), 3, quiet())
+    assert resumed["scheduler"]["resumed"] == 1
+    assert metrics(resumed) == metrics(fresh)

@@ -415,18 +415,30 @@ def _pairs(models: list[EvalModel]) -> list[tuple[EvalModel, EvalModel, str]]:
 class _JobStore:
     """Finished jobs of an evaluation on disk (record JSON + arrays in ``np.savez``), so that an
     interrupted evaluation started again into the same folder with the same settings runs only
-    the jobs it had not finished. Removed once the outputs are written."""
+    the jobs it had not finished. Removed once the outputs are written. A job is keyed by what
+    its result depends on: the model's content (never its path: a rerun puts another model
+    there), the settings, and the task's data."""
 
-    def __init__(self, folder: Path, cfg: EvaluateConfig):
+    def __init__(self, folder: Path, cfg: EvaluateConfig, task_data: dict[str, TaskData]):
+        from compresso.models import content_identity
+
         self.folder = folder
         settings = cfg.model_dump(mode="json", exclude={"jobs", "models", "efficiency", "loyalty",
                                                          "bootstrap_resamples"})
         self.settings = json.dumps(settings, sort_keys=True)
+        self.data = {task: _data_identity(data, cfg) for task, data in task_data.items()}
+        self._identity = content_identity
+        self._models: dict[str, dict | None] = {}
+
+    def _model(self, ref: str | None) -> dict | None:
+        if ref not in self._models:
+            self._models[ref] = self._identity(ref)
+        return self._models[ref]
 
     def _stem(self, job: _Job) -> Path:
         m = job.model
-        identity = json.dumps([self.settings, _key(m.path), m.strategy, m.params, _key(m.input_path), job.task,
-                               job.seed], sort_keys=True, default=str)
+        identity = json.dumps([self.settings, self._model(m.path), m.strategy, m.params, self._model(m.input_path),
+                               job.task, self.data[job.task], job.seed], sort_keys=True, default=str)
         return self.folder / f"{job.task}-{job.seed}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
     def save(self, job: _Job, result: dict) -> None:
@@ -454,6 +466,16 @@ class _JobStore:
             arrays = {k: z[k] for k in z.files}
         pred = Predictions(meta["kind"], arrays.get("probs"), arrays.get("values"), arrays.get("offsets"))
         return {"record": meta["record"], "predictions": pred, "counts": arrays["counts"], "encoding": meta["encoding"]}
+
+
+def _data_identity(data: TaskData, cfg: EvaluateConfig) -> str:
+    """A hash of a task's examples, labels and fine-tuning settings: results computed on other data
+    are never resumed."""
+    digest = hashlib.sha256(json.dumps([asdict(data.spec), data.labels, asdict(_settings(cfg, data))],
+                                       sort_keys=True, default=str).encode())
+    for split in (data.train, data.validation, data.test):
+        digest.update(json.dumps([asdict(e) for e in split], default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 class _Evaluation:
@@ -700,8 +722,9 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
     """Evaluate ``models`` as ``evaluate`` says; write report.md, results.json and plots into
     ``out_dir`` (each file written under a temporary name and renamed into place) and return the
     results (the content of results.json)."""
-    from compresso.evaluation.report import write_outputs
+    from compresso.evaluation.report import check_evaluation_folder, write_outputs
 
+    check_evaluation_folder(Path(out_dir))  # before any work: never someone else's folder
     console = console or Console()
     started = time.time()
     cfg = _as_config(EvaluateConfig, evaluate)
@@ -718,7 +741,7 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
     ev = _Evaluation(selected, cfg, device, seed, console)
     console.log(f"evaluating {', '.join(m.name for m in selected)} on {', '.join(cfg.tasks)} "
                 f"({len(ev.seeds)} seed{'s' if len(ev.seeds) > 1 else ''}, {device})")
-    store = _JobStore(Path(out_dir) / ".partial-jobs", cfg)
+    store = _JobStore(Path(out_dir) / ".partial-jobs", cfg, task_data)
     ev.run(task_data, store)
     efficiency = _efficiency(ev, console) if cfg.efficiency.enabled else None
     results = {
