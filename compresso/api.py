@@ -79,7 +79,8 @@ def prepare(recipe: str | Path | Mapping | LoadedRecipe, *, output_dir: str | Pa
         # The run skips evaluation; run.json still records the recipe as written.
         from compresso.recipe import LoadedRecipe
 
-        loaded = LoadedRecipe(loaded.recipe.model_copy(update={"evaluate": None}), loaded.path, loaded.raw)
+        loaded = LoadedRecipe(loaded.recipe.model_copy(update={"evaluate": None}), loaded.path, loaded.raw,
+                              loaded.lines)
     if console is None:
         from compresso.console import console
     return Runner(loaded, output_dir=output_dir, device=device, force=force, resume=resume, from_stage=from_stage,

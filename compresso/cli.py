@@ -190,7 +190,7 @@ def _runner(recipe: str, loaded, network: bool, **kwargs):
         runner = api.prepare(loaded, console=console, **kwargs)
         runner.preflight(network=network)
     except (RunError, ModelLoadError, StrategyError, EvaluationError) as exc:
-        _bad_input(f"{recipe}: {exc}")
+        _bad_input(loaded.locate(getattr(exc, "recipe_key", None), str(exc)))
     return runner
 
 
@@ -198,18 +198,21 @@ def _runner(recipe: str, loaded, network: bool, **kwargs):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False), help="Overrides the recipe's output_dir.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (overrides the recipe).")
+@click.option("--online", is_flag=True, help="Also ask the Hugging Face Hub whether the recipe's hub ids exist "
+                                             "(as apply does first).")
 @_set_option
-def validate(recipe: str, output_dir: str | None, device: str | None, overrides: tuple[str, ...]) -> None:
+def validate(recipe: str, output_dir: str | None, device: str | None, online: bool, overrides: tuple[str, ...]) -> None:
     """Check a recipe without running anything: every check `apply` makes before work starts
     (output folder, local models, corpora, device, evaluation names and data), except asking the
-    Hugging Face Hub whether hub ids exist. No network, nothing written.
+    Hugging Face Hub whether hub ids exist (their form is checked; --online asks). No network,
+    nothing written.
 
     \b
     Example:
       compresso validate recipes/distilmulti_ro.yaml --set seed=1
     """
     loaded = _load(recipe, overrides)
-    _runner(recipe, loaded, network=False, output_dir=output_dir, device=device)
+    _runner(recipe, loaded, network=online, output_dir=output_dir, device=device)
     r = loaded.recipe
     # Everything from the recipe is user text: escaped, so that "[/bold]" in a name prints as written.
     table = Table(title=escape(f"{recipe}: {r.name} — valid"))
@@ -226,7 +229,7 @@ def validate(recipe: str, output_dir: str | None, device: str | None, overrides:
     from compresso.models import is_local
 
     hub = sorted({ref for ref in [t.model for t in r.teachers] + [r.student_ref()[0]] if not is_local(ref)})
-    if hub:
+    if hub and not online:
         console.print(f"[dim]not contacted (validate stays offline; apply checks them first): "
                       f"{escape(', '.join(hub))}[/dim]")
     _warn_broken_plugins()
@@ -278,7 +281,7 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
         except (RunError, StrategyError, ModelLoadError) as exc:
             # Bad input found while running (the folder is in use, a strategy refused its input):
             # finished stages stay, nothing is half-written under a stage's name.
-            _bad_input(f"{recipe}: {exc}")
+            _bad_input(loaded.locate(getattr(exc, "recipe_key", None), str(exc)))
         except (StageFailure, EvaluationError, OSError) as exc:
             # OSError: the disk filled up, a folder became unwritable... the run is resumable.
             message = f"{exc.strerror or exc} ({exc.filename})" if isinstance(exc, OSError) and exc.filename \
@@ -331,6 +334,19 @@ def publish(folder: str, repo_id: str, private: bool, revision: str | None, comm
         _bad_input(str(exc))
     except ImportError as exc:
         _bad_input(f"publishing needs huggingface_hub: pip install -e \".[hub]\" ({exc})")
+    except Exception as exc:  # no network, a refused token, the hub saying no: one line, never a traceback
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        try:
+            from huggingface_hub import get_token
+
+            token = get_token()
+        except Exception:
+            token = None
+        if token:  # the token is never printed, whatever the error quotes
+            detail = detail.replace(token, "***")
+        print_error(f"publishing {folder} to {repo_id} failed: {detail}. Check the network connection and that "
+                    f"you are logged in (`hf auth login`, or HF_TOKEN); HF_HUB_OFFLINE must not be set")
+        sys.exit(1)
     click.echo(url)
 
 

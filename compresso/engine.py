@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -33,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from compresso import registry
@@ -418,6 +420,21 @@ def _barrier(world_size: int) -> None:
         dist.barrier()
 
 
+@contextmanager
+def recipe_key(key: str | None):
+    """Label an error raised within with the recipe key it concerns (``exc.recipe_key``), so that
+    the message can point at the recipe's line; a label set closer to the cause is kept."""
+    try:
+        yield
+    except Exception as exc:
+        if key is not None and getattr(exc, "recipe_key", None) is None:
+            try:
+                exc.recipe_key = key
+            except AttributeError:  # an exception type that takes no attributes
+                pass
+        raise
+
+
 class Runner:
     """One run of one recipe. Build it, call ``preflight()`` (no side effects), then ``run()``."""
 
@@ -426,6 +443,7 @@ class Runner:
                  console: Console | None = None):
         self.loaded = loaded
         self.recipe = loaded.recipe
+        self.output_dir_given = output_dir is not None  # -o: errors about the folder are not the recipe's
         self.out = Path(output_dir or self.recipe.output_dir).expanduser()  # `output_dir: ~/runs/x` means home
         self.force, self.resume, self.from_stage = force, resume, from_stage
         if force and from_stage is not None:
@@ -480,29 +498,38 @@ class Runner:
         return self._preflight(network=True)
 
     def _preflight(self, network: bool) -> None:
-        check_output_dir(self.out)
+        with recipe_key(None if self.output_dir_given else "output_dir"):
+            check_output_dir(self.out)
         if self.is_main:
             holder = lock_holder(self.out)
             if holder is not None:
                 raise RunError(f"output folder {self.out} is in use by another compresso run ({holder})")
         if self.resume and not (self.out / "run.json").is_file():
             raise RunError(f"--resume: {self.out} holds no run (no run.json); run without --resume to start one")
-        refs = [(t.model, t.revision) for t in self.recipe.teachers] + [self.recipe.student_ref()]
-        for ref, revision in refs:
+        refs = [(f"teachers.{i}.model", t.model, t.revision) for i, t in enumerate(self.recipe.teachers)]
+        if not self.recipe.teacher(self.recipe.student.model):
+            refs.append(("student.model", *self.recipe.student_ref()))
+        for key, ref, revision in refs:
             if network or is_local(ref):
-                check_available(ref, revision, self.recipe.trust_remote_code)
+                with recipe_key(key):
+                    check_available(ref, revision, self.recipe.trust_remote_code)
         if self.recipe.student.config and (network or is_local(self.recipe.student_ref()[0])):
-            self._check_student_config()
+            with recipe_key("student.config"):
+                self._check_student_config()
         for i, strategy in enumerate(self.strategies):
-            strategy.preflight(self._context(i))
+            with recipe_key(f"stages.{i}.params"):
+                strategy.preflight(self._context(i))
         if self.recipe.evaluate is not None:
             # Names and task data now (seconds), not after hours of training.
             from compresso.evaluation import check_data, select_models
 
-            select_models(self._eval_models([(i, self.recipe.stage_dirname(i), self.out / self.recipe.stage_dirname(i),
-                                              None) for i in range(len(self.recipe.stages))]),
-                          self._evaluate_config().models)
-            check_data(self.recipe.evaluate)
+            with recipe_key("evaluate.models" if "models" in self.recipe.evaluate else "evaluate"):
+                select_models(self._eval_models([(i, self.recipe.stage_dirname(i),
+                                                  self.out / self.recipe.stage_dirname(i), None)
+                                                 for i in range(len(self.recipe.stages))]),
+                              self._evaluate_config().models)
+            with recipe_key("evaluate.data_dir" if "data_dir" in self.recipe.evaluate else "evaluate"):
+                check_data(self.recipe.evaluate)
 
     def _evaluate_config(self):
         from compresso.evaluation import EvaluateConfig
@@ -751,7 +778,7 @@ class Runner:
 
 
 def summary_table(result: RunResult) -> Table:
-    table = Table(title=f"compresso run · {result.output_dir}", show_lines=False)
+    table = Table(title=escape(f"compresso run · {result.output_dir}"), show_lines=False)  # a path may hold [
     for col in ("stage", "strategy", "status", "time", "parameters", "size"):
         table.add_column(col, justify="right" if col in ("time", "parameters", "size") else "left")
     for o in result.stages:

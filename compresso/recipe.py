@@ -17,7 +17,7 @@ import copy
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,10 @@ class Recipe(_Strict):
                 raise ValueError(
                     f"stages.{i}.input: {stage.input!r} is not an earlier stage ({', '.join(sorted(seen)) or 'none'}), "
                     f"a teacher ({', '.join(names) or 'none'}) or 'student'")
-            check_plain_name(self.stage_label(i))
+            try:
+                check_plain_name(self.stage_label(i))
+            except ValueError as exc:  # the folder name comes from the strategy's name here
+                raise ValueError(f"stages.{i}.{'name' if stage.name else 'strategy'}: {exc}") from None
             seen |= {self.stage_dirname(i), self.stage_label(i)}
         return self
 
@@ -383,11 +386,22 @@ def apply_overrides(data: dict, overrides: list[str], path: str | Path) -> set[t
     return touched
 
 
+_KEYED_MESSAGE = re.compile(r"([A-Za-z_][\w]*(?:\.\w+)+): (.*)", re.S)
+
+
+def _key_tuple(key: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
 def _pydantic_problems(err: ValidationError, prefix: tuple, lines, overridden) -> list[Problem]:
     out = []
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
         msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        keyed = _KEYED_MESSAGE.match(msg) if not e["loc"] else None
+        if keyed:  # a check across keys that names the key it is about: point at that key's line
+            loc = prefix + _key_tuple(keyed.group(1))
+            msg = keyed.group(2)
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
@@ -406,6 +420,16 @@ class LoadedRecipe:
     path: Path
     raw: dict
     """The resolved recipe as plain data (after overrides), recorded in run.json."""
+    lines: dict = field(default_factory=dict)
+    """Key path (tuple) → line in the file, for keys the file sets (not --set)."""
+
+    def locate(self, key: str | None, message: str) -> str:
+        """``file:line: key: message`` for an error about ``key`` found after loading (a missing
+        data folder, an unknown model name); ``file: message`` without a key."""
+        if not key:
+            return f"{self.path}: {message}"
+        line = _line_for(self.lines, _key_tuple(key)) if self.lines else None
+        return f"{self.path}{f':{line}' if line else ''}: {key}: {message}"
 
 
 def read_recipe_text(path: Path) -> str:
@@ -554,7 +578,8 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None, chec
                                         line_of(("teachers", i, "model"))))
     if problems:
         raise RecipeError(path, problems)
-    return LoadedRecipe(recipe=recipe, path=path, raw=data)
+    kept = {loc: n for loc, n in lines.items() if not any(loc[:len(o)] == o for o in overridden)}
+    return LoadedRecipe(recipe=recipe, path=path, raw=data, lines=kept)
 
 
 def saved_format(ref: str) -> str:

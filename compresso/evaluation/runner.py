@@ -512,7 +512,7 @@ class _Evaluation:
                     self._finish(job, task_data, result)
             if resumed:
                 self.console.log(f"resuming: {len(resumed)} of {len(jobs)} jobs were finished by an earlier, "
-                                 f"interrupted run ({store.folder})")
+                                 f"interrupted run ({escape(str(store.folder))})")
             jobs = [j for j in jobs if j not in resumed]
         workers = self.cfg.jobs or default_workers(self.device, max(1, len(jobs)))
         workers = max(1, min(workers, max(1, len(jobs))))
@@ -531,7 +531,7 @@ class _Evaluation:
             rows: dict[int, int] = {}
 
             def label(job: _Job) -> str:
-                return f"{task_data[job.task].spec.title} · {job.model.name} · seed {job.seed}"
+                return escape(f"{task_data[job.task].spec.title} · {job.model.name} · seed {job.seed}")  # user text
 
             def on_progress(index: int, payload) -> None:
                 if index not in rows:
@@ -541,7 +541,7 @@ class _Evaluation:
                     progress.update(rows[index], completed=epoch, total=epochs,
                                     description=f"{label(jobs[index])} · validation {score:.2f}")
                 else:
-                    progress.update(rows[index], description=f"{label(jobs[index])} · {payload}")
+                    progress.update(rows[index], description=f"{label(jobs[index])} · {escape(str(payload))}")
 
             hide = workers > 1 and all(r is None for r in self.reapply.values())
             self.scheduler["quantization_backends_hidden_in_workers"] = hide
@@ -586,7 +586,7 @@ class _Evaluation:
 
     def _log(self, name: str, data: TaskData, record: dict) -> None:
         head = data.spec.headline
-        self.console.log(f"{data.spec.title} · {name} · seed {record['seed']}: {head} "
+        self.console.log(f"{escape(data.spec.title)} · {escape(name)} · seed {record['seed']}: {head} "
                          f"{record['metrics'][head]:.2f} (best epoch {record['best_epoch']} of "
                          f"{record['epochs_run']}, {record['train_seconds']:.0f}s)")
 
@@ -672,7 +672,7 @@ def _efficiency(ev: _Evaluation, console: Console) -> dict:
     cfg = ev.cfg.efficiency
     measured = {}
     for m in ev.models:
-        console.log(f"efficiency · {m.name}")
+        console.log(f"efficiency · {escape(m.name)}")
         fallback = None
         if ev.reapply[m.name] is not None and m.input_path:
             from compresso.models import load_bundle
@@ -739,7 +739,7 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
     except DataError as exc:
         raise EvaluationError(str(exc)) from None
     ev = _Evaluation(selected, cfg, device, seed, console)
-    console.log(f"evaluating {', '.join(m.name for m in selected)} on {', '.join(cfg.tasks)} "
+    console.log(f"evaluating {escape(', '.join(m.name for m in selected))} on {escape(', '.join(cfg.tasks))} "
                 f"({len(ev.seeds)} seed{'s' if len(ev.seeds) > 1 else ''}, {device})")
     store = _JobStore(Path(out_dir) / ".partial-jobs", cfg, task_data)
     ev.run(task_data, store)
@@ -770,6 +770,6 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
     results["seconds"] = round(time.time() - started, 1)
     write_outputs(results, rcfg, Path(out_dir))
     shutil.rmtree(store.folder, ignore_errors=True)  # the outputs hold everything now
-    console.log(f"evaluation written to {out_dir} in {results['seconds']:.0f}s"
+    console.log(f"evaluation written to {escape(str(out_dir))} in {results['seconds']:.0f}s"
                 + (f" [red]({len(ev.errors)} failure(s))[/red]" if ev.errors else ""))
     return results
