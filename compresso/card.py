@@ -134,7 +134,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
     teacher_list = ", ".join(f"{md_text(t['name'])} ({md_code(t['model'])})" for t in teachers)
     body = [f"# {md_text(recipe.name)} · {md_text(name)}", "",
             f"Made by compresso {__version__}: stage {md_code(name)} (strategy {md_code(outcome.strategy)}) of the "
-            f"recipe {md_code(recipe.name)}, starting from {md_code(start)}"
+            f"recipe {md_text(recipe.name)}, starting from {md_code(start)}"
             + (f", with teacher(s) {teacher_list}" if teachers else "") + ".", ""]
     model = stage.get("model", {})
     facts = [f"format: {md_code(fmt)}"]

@@ -235,7 +235,10 @@ class RunLock:
             handle.flush()
         except OSError as exc:  # a full disk: no empty lock file left behind
             (self.out / LOCK_FILE).unlink(missing_ok=True)
-            handle.close()
+            try:
+                handle.close()  # tries the write once more, and fails the same way
+            except OSError:
+                pass
             raise RunError(f"cannot write the lock file {self.out / LOCK_FILE}: {exc.strerror or exc}") from None
         self.handle = handle
 

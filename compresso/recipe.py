@@ -429,7 +429,8 @@ class LoadedRecipe:
         if not key:
             return f"{self.path}: {message}"
         line = _line_for(self.lines, _key_tuple(key)) if self.lines else None
-        return f"{self.path}{f':{line}' if line else ''}: {key}: {message}"
+        where = f"{self.path}{f':{line}' if line else ''}"
+        return f"{where}: {message}" if message.startswith(key) else f"{where}: {key}: {message}"
 
 
 def read_recipe_text(path: Path) -> str:
