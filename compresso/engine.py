@@ -314,16 +314,26 @@ def git_commit() -> str | None:
         return None
 
 
+def override_config(config, overrides: dict) -> None:
+    """Set ``student.config`` values on a model configuration; a setting it does not have, or a
+    value its setter refuses, is a RunError naming the key."""
+    for key, value in overrides.items():
+        if key.startswith("_") or not hasattr(config, key):
+            raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
+        try:
+            setattr(config, key, value)
+        except Exception as exc:  # a property whose setter checks its value (num_labels, id2label...)
+            raise RunError(f"student.config.{key}: {type(config).__name__} refuses {value!r}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
 def initial_bundle(recipe: Recipe, seed: int) -> ModelBundle:
     ref, revision = recipe.student_ref()
     bundle = load_bundle(ref, revision=revision, trust_remote_code=recipe.trust_remote_code)
     if recipe.student.config:
         # A student of a given shape with fresh weights (e.g. an undistilled baseline).
         config = bundle.model.config
-        for key, value in recipe.student.config.items():
-            if not hasattr(config, key):
-                raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
-            setattr(config, key, value)
+        override_config(config, recipe.student.config)
         torch.manual_seed(seed)
         bundle.model = type(bundle.model)(config)
         bundle.lineage = bundle.lineage + [{"random_init": True, "config": recipe.student.config}]
@@ -549,10 +559,7 @@ class Runner:
         except Exception as exc:  # a broken config.json, an unknown model type
             raise RunError(f"student.model: cannot read the config of {ref}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-        for key, value in self.recipe.student.config.items():
-            if not hasattr(config, key):
-                raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
-            setattr(config, key, value)
+        override_config(config, self.recipe.student.config)
         try:
             with torch.device("meta"):  # shapes only: no memory, no time
                 AutoModelForMaskedLM.from_config(config, trust_remote_code=self.recipe.trust_remote_code)
