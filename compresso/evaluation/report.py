@@ -24,11 +24,6 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-OUTPUT_NAMES = frozenset({"report.md", "results.json", "scores.png", "loyalty.png", "efficiency.png",
-                          ".partial-jobs", ".report.md.tmp", ".results.json.tmp"})
-"""Everything an evaluation writes into its folder."""
-
-
 def is_evaluation_folder(folder: Path) -> bool:
     """Whether ``folder`` holds an evaluation compresso wrote (its results.json says so), or only
     the finished jobs of an interrupted one."""
@@ -42,8 +37,7 @@ def is_evaluation_folder(folder: Path) -> bool:
         results = json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(results, dict) and {"scores", "config", "environment"} <= set(results) \
-        and entries <= OUTPUT_NAMES
+    return isinstance(results, dict) and {"scores", "config", "environment"} <= set(results)
 
 
 def check_evaluation_folder(out_dir: Path) -> None:
