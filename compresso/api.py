@@ -39,6 +39,10 @@ def load_recipe_any(recipe: str | Path | Mapping | LoadedRecipe, overrides: Iter
     ``key.path=value`` strings as for ``--set``."""
     from compresso.recipe import LoadedRecipe, load_recipe, recipe_from_dict
 
+    overrides = _string_list(overrides, "overrides", "'key.path=value' strings, as for --set")
+    if not isinstance(recipe, (str, Path, Mapping, LoadedRecipe)):
+        raise TypeError(f"recipe: expected a YAML file path, a mapping of recipe keys or a LoadedRecipe, "
+                        f"not {type(recipe).__name__}")
     if isinstance(recipe, LoadedRecipe):
         if overrides:
             raise TypeError("overrides apply to a recipe file or dict, not to an already loaded recipe")
@@ -46,6 +50,19 @@ def load_recipe_any(recipe: str | Path | Mapping | LoadedRecipe, overrides: Iter
     if isinstance(recipe, Mapping):
         return recipe_from_dict(dict(recipe), list(overrides))
     return load_recipe(recipe, list(overrides))
+
+
+def _string_list(value, name: str, what: str) -> list[str]:
+    """``value`` as a list of strings, or a TypeError that says what was expected (a lone string
+    would otherwise be read character by character)."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name}: expected a list of {what}, not {type(value).__name__}"
+                        + (f" (write [{value!r}])" if isinstance(value, str) else ""))
+    items = list(value)
+    bad = [item for item in items if not isinstance(item, str)]
+    if bad:
+        raise TypeError(f"{name}: expected a list of {what}; {bad[0]!r} is a {type(bad[0]).__name__}")
+    return items
 
 
 def prepare(recipe: str | Path | Mapping | LoadedRecipe, *, output_dir: str | Path | None = None,
@@ -62,7 +79,8 @@ def prepare(recipe: str | Path | Mapping | LoadedRecipe, *, output_dir: str | Pa
         # The run skips evaluation; run.json still records the recipe as written.
         from compresso.recipe import LoadedRecipe
 
-        loaded = LoadedRecipe(loaded.recipe.model_copy(update={"evaluate": None}), loaded.path, loaded.raw)
+        loaded = LoadedRecipe(loaded.recipe.model_copy(update={"evaluate": None}), loaded.path, loaded.raw,
+                              loaded.lines)
     if console is None:
         from compresso.console import console
     return Runner(loaded, output_dir=output_dir, device=device, force=force, resume=resume, from_stage=from_stage,
@@ -109,6 +127,17 @@ def load(ref: str | Path, *, model_class: type | None = None, revision: str | No
     silence_known_import_noise()
     return load_bundle(ref, revision=revision, trust_remote_code=trust_remote_code, model_class=model_class,
                        **model_kwargs)
+
+
+def _string_or_paths(value, name: str) -> list:
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{name}: expected a list of folders or hub ids, not {type(value).__name__}")
+    items = list(value)
+    bad = [item for item in items if not isinstance(item, (str, Path))]
+    if bad:
+        raise TypeError(f"{name}: expected folders or hub ids (str or pathlib.Path); {bad[0]!r} is a "
+                        f"{type(bad[0]).__name__}")
+    return items
 
 
 def split_model_spec(spec: str) -> tuple[str, str]:
@@ -178,6 +207,7 @@ def evaluate(models: Mapping[str, str] | Iterable[str], *, teachers: Iterable[st
     """
     from compresso.console import quiet_hub_progress, silence_known_import_noise
     from compresso.evaluation.config import EvaluateConfig, ReportConfig
+    from compresso.evaluation.report import check_evaluation_folder
     from compresso.evaluation.runner import (
         EvalModel,
         EvaluationError,
@@ -190,7 +220,28 @@ def evaluate(models: Mapping[str, str] | Iterable[str], *, teachers: Iterable[st
     quiet_hub_progress()
     if console is None:
         from compresso.console import console
-    named = list(models.items()) if isinstance(models, Mapping) else [split_model_spec(s) for s in models]
+    if isinstance(models, Mapping):
+        named = list(models.items())
+        for name, path in named:
+            if not isinstance(name, str) or not isinstance(path, (str, Path)):
+                raise TypeError(f"models: expected {{name: folder or hub id}} with string names and str or "
+                                f"pathlib.Path values, got {name!r}: {type(path).__name__}")
+        named = [(name, str(path)) for name, path in named]
+    elif isinstance(models, (str, Path)):
+        raise TypeError(f"models: expected a mapping {{name: folder or hub id}} or a list of folders, not a single "
+                        f"{type(models).__name__} (write [{str(models)!r}])")
+    else:
+        named = [split_model_spec(str(s)) for s in _string_or_paths(models, "models")]
+    teachers = [teachers] if isinstance(teachers, str) else _string_list(teachers, "teachers", "model names")
+    for name, value, kinds, what in (("out_dir", out_dir, (str, Path), "a folder path"),
+                                     ("data_dir", data_dir, (str, Path, type(None)), "a folder path"),
+                                     ("device", device, str, "'auto', 'cpu', 'cuda' or 'cuda:N'"),
+                                     ("seed", seed, int, "an integer")):
+        if not isinstance(value, kinds) or isinstance(value, bool):
+            raise TypeError(f"{name}: expected {what}, not {type(value).__name__}")
+    for name, value in (("settings", settings), ("report", report)):
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(f"{name}: expected a mapping of settings, not {type(value).__name__}")
     names = [n for n, _ in named]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -203,7 +254,7 @@ def evaluate(models: Mapping[str, str] | Iterable[str], *, teachers: Iterable[st
     if tasks is not None:
         evaluate_dict["tasks"] = tasks if isinstance(tasks, str) else list(tasks)
     if data_dir is not None:
-        evaluate_dict["data_dir"] = data_dir
+        evaluate_dict["data_dir"] = str(data_dir)
     if seeds is not None:
         evaluate_dict["seeds"] = seeds
     if jobs is not None:
@@ -212,6 +263,8 @@ def evaluate(models: Mapping[str, str] | Iterable[str], *, teachers: Iterable[st
     config = EvaluateConfig.model_validate(evaluate_dict)  # pydantic.ValidationError on bad settings
     report_config = ReportConfig.model_validate(dict(report or {}))
     torch_device = resolve_device(device)
+    out_dir = Path(out_dir).expanduser()
+    check_evaluation_folder(out_dir)  # before anything is loaded: never someone else's folder
 
     eval_models = []
     for name, path in named:
@@ -226,7 +279,7 @@ def evaluate(models: Mapping[str, str] | Iterable[str], *, teachers: Iterable[st
         console.print("[yellow]no teacher given: loyalty is not measured, and efficiency ratios are to "
                       "the first model[/yellow]")
     preflight(eval_models, config)
-    return evaluate_models(eval_models, config, report_config, Path(out_dir), torch_device, seed, console)
+    return evaluate_models(eval_models, config, report_config, out_dir, torch_device, seed, console)
 
 
 def publish(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from compresso.evaluation.report import format_stat, loyalty_cell, markdown_table
+from compresso.evaluation.report import format_stat, loyalty_cell, markdown_table, md_code, md_fence, md_text
 
 if TYPE_CHECKING:
     from compresso.engine import RunResult, StageOutcome
@@ -65,19 +65,19 @@ def _plain(value):
 
 
 def _load_snippet(folder_name: str, fmt: str, kind_of_head: str) -> list[str]:
-    folder_name = folder_name.replace("\\", "/")
+    folder = repr(folder_name.replace("\\", "/"))  # a Python string literal, whatever the folder is called
     lines = ["## How to load", ""]
     if fmt == "transformers":
-        lines += ["A `save_pretrained` folder: plain transformers loads it.", "", "```python",
-                  f"from transformers import AutoTokenizer, {kind_of_head}", "",
-                  f'tokenizer = AutoTokenizer.from_pretrained("{folder_name}")',
-                  f'model = {kind_of_head}.from_pretrained("{folder_name}")', "```", "",
-                  "or, with its lineage, through compresso:", ""]
+        lines += ["A `save_pretrained` folder: plain transformers loads it.", ""]
+        lines += md_fence("\n".join([f"from transformers import AutoTokenizer, {kind_of_head}", "",
+                                     f"tokenizer = AutoTokenizer.from_pretrained({folder})",
+                                     f"model = {kind_of_head}.from_pretrained({folder})"]), "python")
+        lines += ["", "or, with its lineage, through compresso:", ""]
     else:
-        lines += [f"Saved in the `{fmt}` format, which plain transformers cannot rebuild: load it with "
+        lines += [f"Saved in the {md_code(fmt)} format, which plain transformers cannot rebuild: load it with "
                   f"compresso (`pip install compresso`, with the extra the strategy needs).", ""]
-    lines += ["```python", "import compresso", "", f'bundle = compresso.load("{folder_name}")',
-              "model, tokenizer = bundle.model, bundle.tokenizer", "```", ""]
+    lines += md_fence("\n".join(["import compresso", "", f"bundle = compresso.load({folder})",
+                                 "model, tokenizer = bundle.model, bundle.tokenizer"]), "python") + [""]
     return lines
 
 
@@ -129,13 +129,15 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
                    "format": fmt},
     )
 
-    teacher_list = ", ".join(f"{t['name']} (`{t['model']}`)" for t in teachers)
-    body = [f"# {recipe.name} · {name}", "",
-            f"Made by compresso {__version__}: stage `{name}` (strategy `{outcome.strategy}`) of the recipe "
-            f"`{recipe.name}`, starting from `{start}`" + (f", with teacher(s) {teacher_list}" if teachers else "")
-            + ".", ""]
+    # The recipe's words (name, models, titles) are user text: escaped for Markdown and HTML, or put
+    # in code spans, so that a card read on the hub shows them and never runs or renders them.
+    teacher_list = ", ".join(f"{md_text(t['name'])} ({md_code(t['model'])})" for t in teachers)
+    body = [f"# {md_text(recipe.name)} · {md_text(name)}", "",
+            f"Made by compresso {__version__}: stage {md_code(name)} (strategy {md_code(outcome.strategy)}) of the "
+            f"recipe {md_text(recipe.name)}, starting from {md_code(start)}"
+            + (f", with teacher(s) {teacher_list}" if teachers else "") + ".", ""]
     model = stage.get("model", {})
-    facts = [f"format: `{fmt}`"]
+    facts = [f"format: {md_code(fmt)}"]
     if model.get("parameters"):
         facts.append(f"{model['parameters'] / 1e6:.2f} M parameters")
     if model.get("size_bytes"):
@@ -152,9 +154,10 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
             if "strategy" in rec:
                 changed = _non_default_params(rec["strategy"], rec.get("params") or {})
                 params = ", ".join(f"{k}={v}" for k, v in changed.items())
-                rows.append([f"`{rec.get('stage', '?')}`", rec["strategy"], params or "(defaults)"])
+                rows.append([md_code(rec.get("stage", "?")), md_text(rec["strategy"]),
+                             md_text(params) if params else "(defaults)"])
             else:
-                rows.append(["start", "–", f"`{rec.get('source', rec)}`"])
+                rows.append(["start", "–", md_code(rec.get("source", rec))])
         body += ["Parameters that differ from the strategy's defaults (all of them: `stage.json`).", ""]
         body += _table(["stage", "strategy", "parameters"], rows, numeric_from=3)
 
@@ -162,12 +165,12 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
     if scores:
         models_scored = [m["name"] for m in (evaluation or {}).get("models", [])
                          if m.get("role") == "teacher" and m["name"] in evaluation["scores"]]
-        header = ["task", "metric", name] + [f"{t} (teacher)" for t in models_scored]
+        header = ["task", "metric", md_text(name)] + [f"{md_text(t)} (teacher)" for t in models_scored]
         rows = []
         for task, entry in scores.items():
             t = tasks.get(task, {})
             headline = t.get("headline")
-            rows.append([t.get("title", task), headline.replace("_", " ") if headline else "–",
+            rows.append([md_text(t.get("title", task)), md_text(headline.replace("_", " ")) if headline else "–",
                          format_stat(entry["metrics"].get(headline))]
                         + [format_stat(evaluation["scores"][m].get(task, {}).get("metrics", {}).get(headline))
                            for m in models_scored])
@@ -177,7 +180,8 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
         if loyal:
             rows = []
             for e in loyal:
-                rows.append([tasks.get(e["task"], {}).get("title", e["task"]), e["reference"], loyalty_cell(e, 3)])
+                rows.append([md_text(tasks.get(e["task"], {}).get("title", e["task"])), md_text(e["reference"]),
+                             loyalty_cell(e, 3)])
             body += ["Loyalty (1 = predicts exactly what the reference predicts; label / probability loyalty, "
                      "or regression loyalty):", ""] + _table(["task", "reference", "loyalty"], rows, numeric_from=2)
         eff = ((evaluation or {}).get("efficiency") or {}).get("models", {}).get(name)
@@ -186,7 +190,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
             parts = []
             r, suspect = eff.get("ratios", {}), eff.get("suspect", {})
             if r.get("size_fp32"):
-                parts.append(f"size at equal dtype {r['size_fp32']:.2f}× {ref}"
+                parts.append(f"size at equal dtype {r['size_fp32']:.2f}× {md_text(ref)}"
                              + (" (suspect)" if "size_fp32" in suspect else ""))
             for key, value in r.items():
                 if key.startswith("cpu_speedup_b"):
@@ -204,7 +208,8 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
 
     body += _load_snippet(str(folder), fmt, auto_class)
     recipe_yaml = yaml.safe_dump(loaded.raw, sort_keys=False, allow_unicode=True).strip()
-    body += ["## Recipe", "", f"The resolved recipe (`{loaded.path}`):", "", "```yaml", recipe_yaml, "```", ""]
+    # The fence is longer than any run of backticks in the YAML, so no line of the recipe closes it.
+    body += ["## Recipe", "", f"The resolved recipe ({md_code(loaded.path)}):", ""] + md_fence(recipe_yaml, "yaml") + [""]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
 
 

@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from compresso import __version__
-from compresso.console import configure, console, err_console
+from compresso.console import configure, console, err_console, print_error
 
 
 class LazyGroup(click.Group):
@@ -72,7 +72,7 @@ class LazyGroup(click.Group):
 
 
 def _bad_input(message: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    print_error(message)
     sys.exit(2)
 
 
@@ -155,6 +155,15 @@ def _describe_strategy(name: str) -> None:
     console.print(table)
 
 
+def _warn_broken_plugins() -> None:
+    """Name installed strategies that failed to load: a broken set-up must not look like a clean one."""
+    from compresso import registry
+
+    for entry in registry.broken():
+        print_error(f"installed strategy {entry.name!r} ({entry.distribution}) failed to load: {entry.error}; "
+                    f"`compresso strategies` lists every strategy", label="warning:", style="bold yellow")
+
+
 _set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
                            help="Override a recipe value (YAML-parsed), e.g. --set stages.0.params.max_steps=10. Repeatable.")
 
@@ -181,7 +190,7 @@ def _runner(recipe: str, loaded, network: bool, **kwargs):
         runner = api.prepare(loaded, console=console, **kwargs)
         runner.preflight(network=network)
     except (RunError, ModelLoadError, StrategyError, EvaluationError) as exc:
-        _bad_input(f"{recipe}: {exc}")
+        _bad_input(loaded.locate(getattr(exc, "recipe_key", None), str(exc)))
     return runner
 
 
@@ -189,36 +198,41 @@ def _runner(recipe: str, loaded, network: bool, **kwargs):
 @click.argument("recipe", type=click.Path(dir_okay=False))
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False), help="Overrides the recipe's output_dir.")
 @click.option("--device", help="auto, cpu, cuda or cuda:N (overrides the recipe).")
+@click.option("--online", is_flag=True, help="Also ask the Hugging Face Hub whether the recipe's hub ids exist "
+                                             "(as apply does first).")
 @_set_option
-def validate(recipe: str, output_dir: str | None, device: str | None, overrides: tuple[str, ...]) -> None:
+def validate(recipe: str, output_dir: str | None, device: str | None, online: bool, overrides: tuple[str, ...]) -> None:
     """Check a recipe without running anything: every check `apply` makes before work starts
     (output folder, local models, corpora, device, evaluation names and data), except asking the
-    Hugging Face Hub whether hub ids exist. No network, nothing written.
+    Hugging Face Hub whether hub ids exist (their form is checked; --online asks). No network,
+    nothing written.
 
     \b
     Example:
       compresso validate recipes/distilmulti_ro.yaml --set seed=1
     """
     loaded = _load(recipe, overrides)
-    _runner(recipe, loaded, network=False, output_dir=output_dir, device=device)
+    _runner(recipe, loaded, network=online, output_dir=output_dir, device=device)
     r = loaded.recipe
-    table = Table(title=f"{recipe}: {r.name} — valid")
+    # Everything from the recipe is user text: escaped, so that "[/bold]" in a name prints as written.
+    table = Table(title=escape(f"{recipe}: {r.name} — valid"))
     table.add_column("stage")
     table.add_column("strategy")
     table.add_column("params")
     for i, stage in enumerate(r.stages):
-        table.add_row(r.stage_dirname(i), stage.strategy,
-                      ", ".join(f"{k}={v}" for k, v in stage.params.items()) or "(defaults)")
+        table.add_row(escape(r.stage_dirname(i)), escape(stage.strategy),
+                      escape(", ".join(f"{k}={v}" for k, v in stage.params.items()) or "(defaults)"))
     console.print(table)
-    console.print(f"teachers: {', '.join(f'{t.name} ({t.model})' for t in r.teachers) or 'none'}")
-    console.print(f"student starts from: {r.student.model}; output: {output_dir or r.output_dir}; "
-                  f"evaluate: {'yes' if r.evaluate is not None else 'no'}")
+    console.print(escape(f"teachers: {', '.join(f'{t.name} ({t.model})' for t in r.teachers) or 'none'}"))
+    console.print(escape(f"student starts from: {r.student.model}; output: {output_dir or r.output_dir}; "
+                         f"evaluate: {'yes' if r.evaluate is not None else 'no'}"))
     from compresso.models import is_local
 
     hub = sorted({ref for ref in [t.model for t in r.teachers] + [r.student_ref()[0]] if not is_local(ref)})
-    if hub:
+    if hub and not online:
         console.print(f"[dim]not contacted (validate stays offline; apply checks them first): "
-                      f"{', '.join(hub)}[/dim]")
+                      f"{escape(', '.join(hub))}[/dim]")
+    _warn_broken_plugins()
 
 
 @main.command()
@@ -250,6 +264,7 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
     from compresso import api
     from compresso.engine import Interrupted, RunError, summary_table
     from compresso.evaluation import EvaluationError
+    from compresso.models import ModelLoadError
     from compresso.strategy import StageFailure, StrategyError
 
     def on_sigterm(signum, frame):
@@ -263,14 +278,17 @@ def apply(recipe: str, output_dir: str | None, resume: bool, force: bool, from_s
                          resume=resume, from_stage=from_stage, evaluate=not no_eval)
         try:
             result = api.finish(runner)
-        except (RunError, StrategyError) as exc:
+        except (RunError, StrategyError, ModelLoadError) as exc:
             # Bad input found while running (the folder is in use, a strategy refused its input):
             # finished stages stay, nothing is half-written under a stage's name.
-            _bad_input(f"{recipe}: {exc}")
-        except (StageFailure, EvaluationError) as exc:
-            err_console.print(f"[bold red]error:[/bold red] {escape(f'{recipe}: {exc}')}", highlight=False)
-            err_console.print(f"[dim]{escape(str(runner.out / 'run.json'))} records the failure; fix the cause and "
-                              f"run the same command again to resume.[/dim]")
+            _bad_input(loaded.locate(getattr(exc, "recipe_key", None), str(exc)))
+        except (StageFailure, EvaluationError, OSError) as exc:
+            # OSError: the disk filled up, a folder became unwritable... the run is resumable.
+            message = f"{exc.strerror or exc} ({exc.filename})" if isinstance(exc, OSError) and exc.filename \
+                else str(exc)
+            print_error(f"{recipe}: {type(exc).__name__ + ': ' if isinstance(exc, OSError) else ''}{message}")
+            print_error(f"{runner.out / 'run.json'} records the failure; fix the cause and run the same command "
+                        f"again to resume.", label="", style="dim")
             sys.exit(1)
         except (KeyboardInterrupt, Interrupted) as exc:
             hint = ["compresso", "apply", recipe, "-o", str(runner.out), "--resume"]
@@ -316,6 +334,19 @@ def publish(folder: str, repo_id: str, private: bool, revision: str | None, comm
         _bad_input(str(exc))
     except ImportError as exc:
         _bad_input(f"publishing needs huggingface_hub: pip install -e \".[hub]\" ({exc})")
+    except Exception as exc:  # no network, a refused token, the hub saying no: one line, never a traceback
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        try:
+            from huggingface_hub import get_token
+
+            token = get_token()
+        except Exception:
+            token = None
+        if token:  # the token is never printed, whatever the error quotes
+            detail = detail.replace(token, "***")
+        print_error(f"publishing {folder} to {repo_id} failed: {detail}. Check the network connection and that "
+                    f"you are logged in (`hf auth login`, or HF_TOKEN); HF_HUB_OFFLINE must not be set")
+        sys.exit(1)
     click.echo(url)
 
 

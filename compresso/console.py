@@ -14,10 +14,42 @@ PIPED_WIDTH = 200
 """Width when output goes to a file or a pipe: rich would otherwise wrap at 80 columns, and
 progress bars would shrink to ``distilling ━ 4… … 0…``."""
 
+class SafeConsole(Console):
+    """A rich console that never fails on text: compresso's own messages use markup (``[dim]``),
+    and user text is escaped where it is inserted; should a bracket still slip through (a plugin's
+    log line naming a file ``a[/b]``), the line is printed as plain text instead of raising."""
+
+    def print(self, *objects, **kwargs):
+        from rich.errors import MarkupError
+
+        try:
+            return super().print(*objects, **kwargs)
+        except MarkupError:
+            return super().print(*objects, **{**kwargs, "markup": False})
+
+    def log(self, *objects, **kwargs):
+        from rich.errors import MarkupError
+
+        try:
+            return super().log(*objects, **kwargs)
+        except MarkupError:
+            return super().log(*objects, **{**kwargs, "markup": False})
+
+
 # Log lines carry a time but no ``file:line`` suffix: the suffix named compresso's own file even for
 # a plugin's message, and it halved the room left for the message itself.
-console = Console(log_path=False)
-err_console = Console(stderr=True, log_path=False)
+console = SafeConsole(log_path=False)
+err_console = SafeConsole(stderr=True, log_path=False)
+
+
+def print_error(message: str, label: str = "error:", style: str = "bold red", target: Console | None = None) -> None:
+    """``error: <message>`` on stderr. The message is plain text (user text may hold ``[brackets]``,
+    which rich would read as markup) and is never wrapped: wrapped at some width, a message
+    reaches a pipe or a log file split mid-phrase, and a script or a test matching it fails."""
+    from rich.text import Text
+
+    text = Text.assemble((label, style), " ", message) if label else Text(message, style=style)
+    (target or err_console).print(text, soft_wrap=True, highlight=False)
 
 VERBOSITY = 0
 """-1 quiet (-q), 0 normal, 1 verbose (-v)."""

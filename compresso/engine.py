@@ -14,6 +14,7 @@ The engine knows nothing about any particular strategy.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -32,12 +34,21 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from compresso import registry
-from compresso.models import check_available, is_local, load_bundle, save_bundle
+from compresso.models import check_available, folder_fingerprint, is_local, load_bundle, save_bundle
 from compresso.recipe import LoadedRecipe, Recipe, check_device
-from compresso.strategy import BUNDLE_META, CompressionStrategy, ModelBundle, RunContext, TeacherRef, write_json
+from compresso.strategy import (
+    BUNDLE_META,
+    CompressionStrategy,
+    ModelBundle,
+    RunContext,
+    StageFailure,
+    TeacherRef,
+    write_json,
+)
 
 
 class RunError(Exception):
@@ -108,17 +119,58 @@ def is_compresso_run(folder: Path) -> bool:
     return isinstance(manifest, dict) and "resolved_recipe" in manifest and "status" in manifest
 
 
-def check_output_dir(out: Path) -> None:
-    """Refuse an output folder that is a file, or an existing folder that is neither empty nor a
-    compresso run: the engine would otherwise overwrite and delete files it does not own."""
+PSEUDO_FILE_SYSTEMS = ("/proc", "/sys", "/dev")
+"""Kernel views, not storage: a folder there cannot hold a run (and writing into one is never meant)."""
+
+
+def symlinks_inside(folder: Path) -> list[Path]:
+    """Every symbolic link under ``folder`` (not followed). compresso never makes one, so in a
+    folder it owns a link can only point its writes, renames and deletions somewhere else."""
+    found = []
+    for top, dirs, files in os.walk(folder, followlinks=False):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(top, name)):
+                found.append(Path(top) / name)
+    return found
+
+
+def check_writable_folder(out: Path, what: str = "output folder") -> None:
+    """A folder compresso may create or write: not a dangling or looping symbolic link, not under
+    a kernel pseudo file system, and (when new) creatable in its nearest existing parent."""
     if str(out).strip() == "":
-        raise RunError("the output folder is an empty string; name a folder")
+        raise RunError(f"the {what} is an empty string; name a folder")
     try:
         out.exists()
     except (OSError, ValueError) as exc:
-        raise RunError(f"output folder {str(out)[:80]}... cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+        raise RunError(f"{what} {str(out)[:80]}... cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+    if out.is_symlink() and not out.exists():
+        raise RunError(f"{what} {out} is a symbolic link that leads nowhere (it points at itself, loops or "
+                       f"dangles): give a real folder")
+    try:
+        resolved = out.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:
+        raise RunError(f"{what} {out} cannot be resolved: {getattr(exc, 'strerror', None) or exc}") from None
+    for pseudo in PSEUDO_FILE_SYSTEMS:
+        if resolved == Path(pseudo) or Path(pseudo) in resolved.parents:
+            raise RunError(f"{what} {out} lies under {pseudo}, a kernel pseudo file system, not storage: "
+                           f"give a folder on a disk")
     if out.exists() and not out.is_dir():
-        raise RunError(f"output folder {out} is a file, not a folder")
+        raise RunError(f"{what} {out} is a file, not a folder")
+    if not out.exists():
+        parent = resolved.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise RunError(f"{what} {out} cannot be created: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunError(f"{what} {out} cannot be created: {parent} is not writable")
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output folder that is a file, or an existing folder that is neither empty nor a
+    compresso run: the engine would otherwise overwrite and delete files it does not own. In a
+    compresso run, a symbolic link is refused too (it would redirect the engine's writes)."""
+    check_writable_folder(out)
     if out.is_dir():
         try:
             entries = [p.name for p in out.iterdir()]
@@ -128,6 +180,10 @@ def check_output_dir(out: Path) -> None:
             shown = ", ".join(sorted(entries)[:5]) + (", ..." if len(entries) > 5 else "")
             raise RunError(f"output folder {out} already holds files that are not a compresso run ({shown}); "
                            f"give an empty or new folder (--output-dir), so that nothing of yours is overwritten")
+        links = symlinks_inside(out)
+        if links:
+            raise RunError(f"output folder {out} holds a symbolic link, {links[0]} -> {os.readlink(links[0])}; "
+                           f"compresso never makes one, and would write through it outside the folder: remove it")
 
 
 def lock_holder(out: Path) -> str | None:
@@ -136,7 +192,7 @@ def lock_holder(out: Path) -> str | None:
     import fcntl
 
     try:
-        with open(out / LOCK_FILE) as handle:
+        with os.fdopen(os.open(out / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW)) as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -157,7 +213,9 @@ class RunLock:
         import fcntl
 
         try:
-            handle = open(self.out / LOCK_FILE, "a+")
+            # O_NOFOLLOW: a symbolic link put in place of the lock file is an error, never followed.
+            fd = os.open(self.out / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o644)
+            handle = os.fdopen(fd, "a+")
         except OSError as exc:
             raise RunError(f"cannot create the lock file {self.out / LOCK_FILE}: {exc.strerror or exc}") from None
         try:
@@ -168,12 +226,20 @@ class RunLock:
             handle.close()
             raise RunError(f"output folder {self.out} is in use by another compresso run ({holder}); wait for it "
                            f"to finish or use another --output-dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {platform.node()}, started "
-                     f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
-                     f"{shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n")
-        handle.flush()
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()} on {platform.node()}, started "
+                         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
+                         f"{shlex.join([Path(sys.argv[0]).name] + sys.argv[1:])}\n")
+            handle.flush()
+        except OSError as exc:  # a full disk: no empty lock file left behind
+            (self.out / LOCK_FILE).unlink(missing_ok=True)
+            try:
+                handle.close()  # tries the write once more, and fails the same way
+            except OSError:
+                pass
+            raise RunError(f"cannot write the lock file {self.out / LOCK_FILE}: {exc.strerror or exc}") from None
         self.handle = handle
 
     def release(self) -> None:
@@ -196,9 +262,7 @@ def model_fingerprint(ref: str, revision: str | None) -> dict:
     """Identity of a model reference: a local folder by its files' sizes and mtimes, a hub id by revision."""
     if is_local(ref):
         root = Path(ref).expanduser()
-        files = sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns)
-                       for p in root.rglob("*") if p.is_file())
-        return {"path": str(root.resolve()), "files": _sha(files)}
+        return {"path": str(root.resolve()), "files": folder_fingerprint(root)}
     return {"hub": ref, "revision": revision or "main"}
 
 
@@ -250,20 +314,69 @@ def git_commit() -> str | None:
         return None
 
 
+def override_config(config, overrides: dict) -> None:
+    """Set ``student.config`` values on a model configuration; a setting it does not have, or a
+    value its setter refuses, is a RunError naming the key."""
+    for key, value in overrides.items():
+        if key.startswith("_") or not hasattr(config, key):
+            raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
+        try:
+            setattr(config, key, value)
+        except Exception as exc:  # a property whose setter checks its value (num_labels, id2label...)
+            raise RunError(f"student.config.{key}: {type(config).__name__} refuses {value!r}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
 def initial_bundle(recipe: Recipe, seed: int) -> ModelBundle:
     ref, revision = recipe.student_ref()
     bundle = load_bundle(ref, revision=revision, trust_remote_code=recipe.trust_remote_code)
     if recipe.student.config:
         # A student of a given shape with fresh weights (e.g. an undistilled baseline).
         config = bundle.model.config
-        for key, value in recipe.student.config.items():
-            if not hasattr(config, key):
-                raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
-            setattr(config, key, value)
+        override_config(config, recipe.student.config)
         torch.manual_seed(seed)
         bundle.model = type(bundle.model)(config)
         bundle.lineage = bundle.lineage + [{"random_init": True, "config": recipe.student.config}]
+    bad = nonfinite_part(bundle)
+    if bad is not None:
+        where = "student.config: the student built with these settings" if recipe.student.config else \
+            f"student.model: {ref}"
+        raise RunError(f"{where} has a non-finite {bad} (inf or nan); nothing can be trained from it")
     return bundle
+
+
+def nonfinite_part(bundle: ModelBundle) -> str | None:
+    """What in the bundle's model is not finite (a weight, or the output of a forward pass on a
+    short text), or None when all is finite. Catches a broken configuration or stage before it is
+    trained on or saved."""
+    model = bundle.model
+    if not isinstance(model, torch.nn.Module):
+        return None
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"weight {name}"
+    if bundle.format != "transformers" or bundle.tokenizer is None:
+        return None
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        return None
+    inputs = bundle.tokenizer("compresso checks the output", return_tensors="pt")
+    accepted = inspect.signature(model.forward).parameters  # e.g. no token_type_ids for DistilBERT
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        inputs = {k: v for k, v in inputs.items() if k in accepted}
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(**inputs)
+    finally:
+        model.train(was_training)
+    first = output[0] if isinstance(output, (tuple, list)) or hasattr(output, "to_tuple") else output
+    if torch.is_tensor(first) and first.is_floating_point() and not bool(torch.isfinite(first).all()):
+        return "output of a forward pass"
+    return None
 
 
 def save_any(bundle: ModelBundle, path: Path) -> None:
@@ -320,6 +433,21 @@ def _barrier(world_size: int) -> None:
         dist.barrier()
 
 
+@contextmanager
+def recipe_key(key: str | None):
+    """Label an error raised within with the recipe key it concerns (``exc.recipe_key``), so that
+    the message can point at the recipe's line; a label set closer to the cause is kept."""
+    try:
+        yield
+    except Exception as exc:
+        if key is not None and getattr(exc, "recipe_key", None) is None:
+            try:
+                exc.recipe_key = key
+            except AttributeError:  # an exception type that takes no attributes
+                pass
+        raise
+
+
 class Runner:
     """One run of one recipe. Build it, call ``preflight()`` (no side effects), then ``run()``."""
 
@@ -328,7 +456,8 @@ class Runner:
                  console: Console | None = None):
         self.loaded = loaded
         self.recipe = loaded.recipe
-        self.out = Path(output_dir or self.recipe.output_dir)
+        self.output_dir_given = output_dir is not None  # -o: errors about the folder are not the recipe's
+        self.out = Path(output_dir or self.recipe.output_dir).expanduser()  # `output_dir: ~/runs/x` means home
         self.force, self.resume, self.from_stage = force, resume, from_stage
         if force and from_stage is not None:
             raise RunError("--force reruns every stage and --from-stage reruns from one stage on: give one of them")
@@ -372,30 +501,48 @@ class Runner:
         """Everything that can fail before work starts, without writing anything: the output
         folder, models available, the student's config overrides, strategies' own checks, the
         evaluation's model names and task data. ``network=False`` (``compresso validate``) skips
-        asking the hub whether hub ids exist; local folders are checked either way."""
-        check_output_dir(self.out)
+        asking the hub whether hub ids exist, and no check made here (a strategy's included) can
+        reach the network; local folders are checked either way."""
+        if not network:
+            from compresso.models import hub_offline
+
+            with hub_offline():
+                return self._preflight(network=False)
+        return self._preflight(network=True)
+
+    def _preflight(self, network: bool) -> None:
+        with recipe_key(None if self.output_dir_given else "output_dir"):
+            check_output_dir(self.out)
         if self.is_main:
             holder = lock_holder(self.out)
             if holder is not None:
                 raise RunError(f"output folder {self.out} is in use by another compresso run ({holder})")
         if self.resume and not (self.out / "run.json").is_file():
             raise RunError(f"--resume: {self.out} holds no run (no run.json); run without --resume to start one")
-        refs = [(t.model, t.revision) for t in self.recipe.teachers] + [self.recipe.student_ref()]
-        for ref, revision in refs:
+        refs = [(f"teachers.{i}.model", t.model, t.revision) for i, t in enumerate(self.recipe.teachers)]
+        if not self.recipe.teacher(self.recipe.student.model):
+            refs.append(("student.model", *self.recipe.student_ref()))
+        for key, ref, revision in refs:
             if network or is_local(ref):
-                check_available(ref, revision, self.recipe.trust_remote_code)
+                with recipe_key(key):
+                    check_available(ref, revision, self.recipe.trust_remote_code)
         if self.recipe.student.config and (network or is_local(self.recipe.student_ref()[0])):
-            self._check_student_config()
+            with recipe_key("student.config"):
+                self._check_student_config()
         for i, strategy in enumerate(self.strategies):
-            strategy.preflight(self._context(i))
+            with recipe_key(f"stages.{i}.params"):
+                strategy.preflight(self._context(i))
         if self.recipe.evaluate is not None:
             # Names and task data now (seconds), not after hours of training.
             from compresso.evaluation import check_data, select_models
 
-            select_models(self._eval_models([(i, self.recipe.stage_dirname(i), self.out / self.recipe.stage_dirname(i),
-                                              None) for i in range(len(self.recipe.stages))]),
-                          self._evaluate_config().models)
-            check_data(self.recipe.evaluate)
+            with recipe_key("evaluate.models" if "models" in self.recipe.evaluate else "evaluate"):
+                select_models(self._eval_models([(i, self.recipe.stage_dirname(i),
+                                                  self.out / self.recipe.stage_dirname(i), None)
+                                                 for i in range(len(self.recipe.stages))]),
+                              self._evaluate_config().models)
+            with recipe_key("evaluate.data_dir" if "data_dir" in self.recipe.evaluate else "evaluate"):
+                check_data(self.recipe.evaluate)
 
     def _evaluate_config(self):
         from compresso.evaluation import EvaluateConfig
@@ -412,10 +559,7 @@ class Runner:
         except Exception as exc:  # a broken config.json, an unknown model type
             raise RunError(f"student.model: cannot read the config of {ref}: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
-        for key, value in self.recipe.student.config.items():
-            if not hasattr(config, key):
-                raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
-            setattr(config, key, value)
+        override_config(config, self.recipe.student.config)
         try:
             with torch.device("meta"):  # shapes only: no memory, no time
                 AutoModelForMaskedLM.from_config(config, trust_remote_code=self.recipe.trust_remote_code)
@@ -468,8 +612,11 @@ class Runner:
             except BaseException as exc:
                 if self.is_main:
                     status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Interrupted)) else "failed"
-                    write_json(self.out / "run.json", self._manifest(
-                        status, started, outcomes, error="".join(traceback.format_exception_only(exc)).strip()))
+                    try:
+                        write_json(self.out / "run.json", self._manifest(
+                            status, started, outcomes, error="".join(traceback.format_exception_only(exc)).strip()))
+                    except OSError:  # e.g. the disk is full: the cause itself is what must be reported
+                        pass
                 raise
         finally:
             if self.is_main:
@@ -578,13 +725,23 @@ class Runner:
         input_lineage = list(bundle.lineage)
         new = strategy.apply(bundle, ctx)
         seconds = time.time() - t0
+        bad = nonfinite_part(new)
+        if bad is not None:  # before anything is saved under the stage's name
+            raise StageFailure(f"stage {dirname} ({stage.strategy}) produced a model with a non-finite {bad} "
+                               f"(inf or nan); nothing was saved")
         entry = registry.entry(stage.strategy)
         new.lineage = input_lineage + [{"stage": dirname, "strategy": stage.strategy, "version": entry.version,
                                         "params": strategy.params.model_dump(mode="json"), "key": key}]
         params = parameter_count(new.model)
         size = None
         if self.is_main:
-            save_any(new, ctx.stage_dir)
+            try:
+                save_any(new, ctx.stage_dir)
+            except OSError:
+                raise
+            except Exception as exc:  # safetensors reports a full disk as its own SafetensorError
+                raise StageFailure(f"stage {dirname}: the model could not be saved into {ctx.stage_dir}: "
+                                   f"{type(exc).__name__}: {exc}") from exc
             size = sum(p.stat().st_size for p in ctx.stage_dir.iterdir() if p.suffix in (".safetensors", ".onnx"))
             write_json(ctx.stage_dir / "stage.json", {
                 "stage": dirname, "strategy": stage.strategy, "distribution": entry.distribution,
@@ -631,7 +788,7 @@ class Runner:
 
 
 def summary_table(result: RunResult) -> Table:
-    table = Table(title=f"compresso run · {result.output_dir}", show_lines=False)
+    table = Table(title=escape(f"compresso run · {result.output_dir}"), show_lines=False)  # a path may hold [
     for col in ("stage", "strategy", "status", "time", "parameters", "size"):
         table.add_column(col, justify="right" if col in ("time", "parameters", "size") else "left")
     for o in result.stages:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,10 @@ class Recipe(_Strict):
                 raise ValueError(
                     f"stages.{i}.input: {stage.input!r} is not an earlier stage ({', '.join(sorted(seen)) or 'none'}), "
                     f"a teacher ({', '.join(names) or 'none'}) or 'student'")
-            check_plain_name(self.stage_label(i))
+            try:
+                check_plain_name(self.stage_label(i))
+            except ValueError as exc:  # the folder name comes from the strategy's name here
+                raise ValueError(f"stages.{i}.{'name' if stage.name else 'strategy'}: {exc}") from None
             seen |= {self.stage_dirname(i), self.stage_label(i)}
         return self
 
@@ -324,6 +328,24 @@ def _find_nul(value, path: tuple = ()) -> tuple | None:
     return None
 
 
+def _find_nonfinite(value, path: tuple = ()) -> tuple | None:
+    """The key path of the first number that is inf or nan, anywhere in the recipe (a model's
+    configuration, evaluation settings, a stage's parameters): no setting means one."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else path
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = _find_nonfinite(v, path + (k,))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = _find_nonfinite(v, path + (i,))
+            if found is not None:
+                return found
+    return None
+
+
 def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
     # Fall back to the nearest ancestor that the file mentions (e.g. for a missing key).
     for n in range(len(loc), -1, -1):
@@ -364,11 +386,22 @@ def apply_overrides(data: dict, overrides: list[str], path: str | Path) -> set[t
     return touched
 
 
+_KEYED_MESSAGE = re.compile(r"([A-Za-z_][\w]*(?:\.\w+)+): (.*)", re.S)
+
+
+def _key_tuple(key: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in key.split("."))
+
+
 def _pydantic_problems(err: ValidationError, prefix: tuple, lines, overridden) -> list[Problem]:
     out = []
     for e in err.errors():
         loc = prefix + tuple(e["loc"])
         msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        keyed = _KEYED_MESSAGE.match(msg) if not e["loc"] else None
+        if keyed:  # a check across keys that names the key it is about: point at that key's line
+            loc = prefix + _key_tuple(keyed.group(1))
+            msg = keyed.group(2)
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif e["type"] == "missing":
@@ -387,6 +420,17 @@ class LoadedRecipe:
     path: Path
     raw: dict
     """The resolved recipe as plain data (after overrides), recorded in run.json."""
+    lines: dict = field(default_factory=dict)
+    """Key path (tuple) → line in the file, for keys the file sets (not --set)."""
+
+    def locate(self, key: str | None, message: str) -> str:
+        """``file:line: key: message`` for an error about ``key`` found after loading (a missing
+        data folder, an unknown model name); ``file: message`` without a key."""
+        if not key:
+            return f"{self.path}: {message}"
+        line = _line_for(self.lines, _key_tuple(key)) if self.lines else None
+        where = f"{self.path}{f':{line}' if line else ''}"
+        return f"{where}: {message}" if message.startswith(key) else f"{where}: {key}: {message}"
 
 
 def read_recipe_text(path: Path) -> str:
@@ -424,11 +468,33 @@ def recipe_from_dict(data: dict, overrides: list[str] | None = None, check_files
     name the key path (there are no lines)."""
     if not isinstance(data, dict):
         raise RecipeError(label, [Problem("", f"expected a mapping of recipe keys, got {type(data).__name__}", None)])
+    data = _plain_data(data, (), label)
     try:
         text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
     except yaml.YAMLError as exc:  # e.g. an object YAML cannot represent
         raise RecipeError(label, [Problem("", f"cannot be represented as plain data: {exc}", None)]) from None
     return parse_recipe(text, Path(label), overrides, check_files, lines_known=False)
+
+
+def _plain_data(value, path: tuple, label: str):
+    """A recipe dict as YAML-representable data: ``pathlib`` paths become strings (a notebook
+    builds paths with them), tuples lists; any other object is an error naming its key."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, (str, int, float, bool)):
+                raise RecipeError(label, [Problem(_keypath(path) or "(top level)",
+                                                  f"key {k!r} is a {type(k).__name__}; keys are strings", None)])
+            out[k] = _plain_data(v, path + (k,), label)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_plain_data(v, path + (i,), label) for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise RecipeError(label, [Problem(_keypath(path), f"a {type(value).__name__} cannot be part of a recipe; use "
+                                                      f"plain values (strings, numbers, lists, mappings)", None)])
 
 
 def parse_recipe(text: str, path: Path, overrides: list[str] | None = None, check_files: bool = True,
@@ -450,8 +516,12 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None, chec
         raise RecipeError(path, [Problem(_keypath(nul), "contains a NUL character", line_of(nul))])
     try:
         json.dumps(data, allow_nan=True, default=str)
+        nonfinite = _find_nonfinite(data)
     except (ValueError, TypeError, RecursionError) as exc:  # e.g. a self-referencing alias
         raise RecipeError(path, [Problem("", f"cannot be represented as plain data: {exc}", None)]) from None
+    if nonfinite is not None:
+        raise RecipeError(path, [Problem(_keypath(nonfinite), "not a finite number (inf or nan); give a real value",
+                                         line_of(nonfinite))])
 
     try:
         recipe = Recipe.model_validate(data)
@@ -494,9 +564,14 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None, chec
         problems.append(Problem("student.model",
                                 f"{recipe.student.model!r} is neither a teacher name ({', '.join(names) or 'no teachers'}),"
                                 f" an existing folder, nor a hub id", line_of(("student", "model"))))
-    if check_files:
-        from compresso.models import is_local
+    from compresso.models import is_local
 
+    for i, t in enumerate(recipe.teachers):
+        if not is_local(t.model) and not _looks_like_hub_id(t.model):
+            problems.append(Problem(f"teachers.{i}.model",
+                                    f"{t.model!r} is neither an existing folder nor a hub id (name or owner/name)",
+                                    line_of(("teachers", i, "model"))))
+    if check_files:
         for i, t in enumerate(recipe.teachers):
             if is_local(t.model) and not (Path(t.model).expanduser() / "config.json").is_file():
                 what = "does not exist" if not Path(t.model).expanduser().exists() else "holds no config.json"
@@ -504,7 +579,8 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None, chec
                                         line_of(("teachers", i, "model"))))
     if problems:
         raise RecipeError(path, problems)
-    return LoadedRecipe(recipe=recipe, path=path, raw=data)
+    kept = {loc: n for loc, n in lines.items() if not any(loc[:len(o)] == o for o in overridden)}
+    return LoadedRecipe(recipe=recipe, path=path, raw=data, lines=kept)
 
 
 def saved_format(ref: str) -> str:
@@ -554,6 +630,9 @@ def _format_problems(recipe: Recipe, strategies: list, line_of) -> list[Problem]
     return problems
 
 
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+
+
 def _looks_like_hub_id(ref: str) -> bool:
-    parts = ref.split("/")
-    return 1 <= len(parts) <= 2 and all(parts) and not ref.startswith((".", "/", "~"))
+    """The form of a Hugging Face Hub id (``name`` or ``owner/name``); checked without the network."""
+    return bool(_HUB_ID.fullmatch(ref)) and ".." not in ref and "--" not in ref

@@ -8,8 +8,10 @@ import is kept with its error, so that listing shows it and the others still wor
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib.metadata import entry_points
@@ -63,10 +65,35 @@ class AmbiguousStrategy(UnknownStrategy):
                 f"{' or '.join(repr(c) for c in self.choices)} to pick one, or uninstall the one you do not want")
 
 
+class PluginExited(BaseException):
+    """A plugin called ``os._exit`` while being imported: it would have ended compresso on the
+    spot, with its exit code and nothing printed."""
+
+
+@contextmanager
+def _no_process_exit(what: str):
+    """While a third-party module is imported, ``os._exit`` (which skips every ``finally`` and
+    ``atexit`` handler) raises ``PluginExited`` in this process instead, so that discovery can
+    report the plugin; a process forked meanwhile keeps the real one."""
+    real_exit, pid = os._exit, os.getpid()
+
+    def refuse(code=0):
+        if os.getpid() != pid:
+            real_exit(code)
+        raise PluginExited(f"{what} called os._exit({code}) while being imported")
+
+    os._exit = refuse
+    try:
+        yield
+    finally:
+        os._exit = real_exit
+
+
 def _load_class(ep) -> type[CompressionStrategy]:
     from compresso.strategy import StrategyParams
 
-    cls = ep.load()
+    with _no_process_exit(ep.value):
+        cls = ep.load()
     if not (isinstance(cls, type) and issubclass(cls, CompressionStrategy)):
         raise TypeError(f"{ep.value} is not a CompressionStrategy subclass")
     if getattr(cls, "name", None) != ep.name:
@@ -112,6 +139,11 @@ def discover() -> dict[str, StrategyEntry]:
                                           f"recipes must name one of {', '.join(qualified)}",
                                     clashes=qualified)
     return found
+
+
+def broken() -> list[StrategyEntry]:
+    """Registrations whose module failed to load (name clashes aside)."""
+    return [e for e in discover().values() if e.cls is None and not e.clashes]
 
 
 def available() -> list[str]:

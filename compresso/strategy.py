@@ -214,10 +214,41 @@ class CompressionStrategy(ABC):
         raise NotImplementedError(f"strategy {cls.name!r} does not define a saved format")
 
 
+def check_text_source(corpus, ctx: RunContext, who: str, heldout: int = 0,
+                      max_undecodable: float | None = None) -> None:
+    """The one check every strategy makes of the text it reads (training, calibration or importance
+    text), in its ``preflight``: text files must be UTF-8 text (not a binary file) holding a document
+    beyond the held-out slice; a hub dataset needs ``datasets``. Warnings are logged; a refusal is a
+    ``StrategyError`` that starts with ``who``."""
+    from compresso.corpus import UNDECODABLE_MAX, CorpusError, check_corpus
+
+    if corpus.files:
+        try:
+            for warning in check_corpus(corpus, heldout, UNDECODABLE_MAX if max_undecodable is None
+                                        else max_undecodable):
+                ctx.log(f"[yellow]{escape(who)}: {escape(warning)}[/yellow]")
+        except CorpusError as exc:
+            raise StrategyError(f"{who}: {exc}") from None
+    else:
+        try:
+            import datasets  # noqa: F401
+        except ImportError:
+            raise StrategyError(f"{who}: `dataset` needs the optional `datasets` package: "
+                                f"pip install 'compresso[hub]'") from None
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON via a temporary file so that a reader never sees half a file (its folder is made
     if missing)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:
+        try:  # a full disk must not leave an empty or half-written .tmp behind
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise

@@ -1,4 +1,5 @@
-"""A seeded recipe fuzzer: a few hundred mutations of every shipped recipe, each validated in
+"""A seeded recipe fuzzer: a few hundred mutations of every shipped recipe (its keys and values, its
+text, and the student's model configuration), each validated in
 process the way `compresso validate` does it (recipe loader, then every pre-run check of the
 engine). Every outcome must be "valid" or a clean bad-input error (exit 2); never another
 exception (a traceback), and nothing may be written anywhere."""
@@ -107,6 +108,28 @@ def mutate_data(data, rng: random.Random):
     return data
 
 
+CONFIG_KEYS = ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "layer_norm_eps",
+               "initializer_range", "hidden_dropout_prob", "attention_probs_dropout_prob", "vocab_size",
+               "max_position_embeddings", "type_vocab_size", "hidden_act", "num_labels", "id2label",
+               "torch_dtype", "architectures", "model_type", "no_such_setting", "_name_or_path", "__class__"]
+CONFIG_VALUES = HOSTILE + [0, 1, 2, 3, 7, 16, 17, 1e-12, 1e300, -1e300, 0.5, 2**31, "gelu", "relu", "nope",
+                           "bert", "float16", ["BertForMaskedLM"], {0: "a"}]
+
+
+def mutate_student_config(data, rng: random.Random):
+    """``student.config``: the model's own settings, overridden with odd keys and values."""
+    data = copy.deepcopy(data)
+    student = data.get("student")
+    if not isinstance(student, dict):
+        return data
+    if rng.random() < 0.1:
+        student["config"] = copy.deepcopy(rng.choice(HOSTILE))
+    else:
+        student["config"] = {rng.choice(CONFIG_KEYS): copy.deepcopy(rng.choice(CONFIG_VALUES))
+                             for _ in range(rng.randint(1, 3))}
+    return data
+
+
 def mutate_text(text: str, rng: random.Random) -> str:
     lines = text.split("\n")
     for _ in range(rng.randint(1, 3)):
@@ -158,7 +181,10 @@ def test_fuzzed_recipes_are_valid_or_clean_errors(recipe, fixtures, tmp_path, mo
     rng = random.Random(zlib.crc32(recipe.name.encode()))
     outcomes = {"valid": 0, "bad input": 0}
     for n in range(MUTATIONS):
-        if rng.random() < 0.5:
+        op = rng.random()
+        if op < 0.15:
+            text = yaml.safe_dump(mutate_student_config(base, rng), sort_keys=False, allow_unicode=True)
+        elif op < 0.5:
             text = yaml.safe_dump(mutate_data(base, rng), sort_keys=False, allow_unicode=True)
         else:
             text = mutate_text(base_text, rng)

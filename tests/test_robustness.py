@@ -56,6 +56,18 @@ class ToLowRank(CompressionStrategy):
         return ModelBundle(bundle.model, bundle.tokenizer, bundle.lineage, format="to_low_rank")
 
 
+class NanWeights(CompressionStrategy):
+    """Returns a model with one non-finite weight (as a diverged or buggy stage would)."""
+    name = "nan_weights"
+
+    def apply(self, bundle, ctx):
+        import torch
+
+        with torch.no_grad():
+            next(bundle.model.parameters()).view(-1)[0] = float("nan")
+        return bundle
+
+
 class NeedsTransformers(CompressionStrategy):
     name = "needs_transformers"
     accepts_formats = frozenset({"transformers"})
@@ -90,7 +102,8 @@ def site(tmp_path, monkeypatch):
         {"engine_test_strategies": STRATEGIES_SOURCE, "robust_test_strategies": EXTRA_SOURCE},
         {"keep_layers": "engine_test_strategies:KeepLayers", "wait_for_file": "robust_test_strategies:WaitForFile",
          "to_low_rank": "robust_test_strategies:ToLowRank",
-         "needs_transformers": "robust_test_strategies:NeedsTransformers"})
+         "needs_transformers": "robust_test_strategies:NeedsTransformers",
+         "nan_weights": "robust_test_strategies:NanWeights"})
     monkeypatch.syspath_prepend(str(root))
     monkeypatch.setenv("COMPRESSO_TEST_CALLS", str(tmp_path / "calls.txt"))
     monkeypatch.setenv("COMPRESSO_TEST_GO", str(tmp_path / "go"))
@@ -526,3 +539,428 @@ def test_corpus_check_reads_compressed_files(tmp_path):
             patru cinci
             """))
     assert check_corpus([path]) == []
+
+
+# --- second audit: stale results, symlinks, non-finite configurations, ... ------------------------
+
+def _mood_task(folder):
+    """A two-class custom CSV task a tiny model can learn (no ../shared needed)."""
+    from tests.test_api import _sentiment_csv
+
+    return {"name": "mood", "kind": "classification", "files": _sentiment_csv(folder), "text": "review",
+            "label": "mood"}
+
+
+def test_an_interrupted_evaluation_never_resumes_another_models_scores(tmp_path, monkeypatch):
+    """Finished jobs are keyed by the model's content, not its path: a model rebuilt in the same
+    folder is evaluated afresh; an unchanged one resumes."""
+    from compresso.evaluation import EvalModel, evaluate_models
+    from compresso.evaluation import runner as eval_runner
+    from tests.tiny import quiet
+
+    model = tiny_bert(tmp_path / "model", layers=1, seed=0)
+    cfg = {"max_train_examples": 48, "max_eval_examples": 24, "seeds": 2, "jobs": 1, "efficiency": False,
+           "loyalty": False, "finetune": {"epochs": 1, "max_length": 32, "batch_size": 8},
+           "custom_tasks": [_mood_task(tmp_path / "mood")], "tasks": ["mood"]}
+    models = [EvalModel("m", str(model), "student")]
+    saved = []
+    original = eval_runner._JobStore.save
+
+    def save_then_stop(self, job, result):
+        original(self, job, result)
+        saved.append(job)
+        raise KeyboardInterrupt  # as if stopped right after the first job
+
+    monkeypatch.setattr(eval_runner._JobStore, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_models(models, cfg, None, tmp_path / "eval", torch.device("cpu"), 3, quiet())
+    monkeypatch.undo()
+    assert len(saved) == 1
+    tiny_bert(tmp_path / "model", layers=2, seed=5)  # another model in the same folder
+    again = evaluate_models(models, cfg, None, tmp_path / "eval", torch.device("cpu"), 3, quiet())
+    fresh = evaluate_models(models, cfg, None, tmp_path / "fresh", torch.device("cpu"), 3, quiet())
+    assert again["scheduler"]["resumed"] == 0
+
+    def metrics(results):
+        return [run["metrics"] for run in results["scores"]["m"]["mood"]["runs"]]
+
+    assert metrics(again) == metrics(fresh)
+    # The same model, interrupted and started again: its finished job is taken over.
+    monkeypatch.setattr(eval_runner._JobStore, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_models(models, cfg, None, tmp_path / "eval2", torch.device("cpu"), 3, quiet())
+    monkeypatch.undo()
+    resumed = evaluate_models(models, cfg, None, tmp_path / "eval2", torch.device("cpu"), 3, quiet())
+    assert resumed["scheduler"]["resumed"] == 1
+    assert metrics(resumed) == metrics(fresh)
+
+
+def _run_once(tmp_path, site, model_dir):
+    path = recipe(tmp_path, model_dir)
+    code, output = invoke(["apply", path])
+    assert code == 0, output
+    return path, tmp_path / "run"
+
+
+def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(tmp_path, site, model_dir):
+    path, out = _run_once(tmp_path, site, model_dir)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / ".lock").unlink()
+    (out / ".lock").symlink_to(victim)
+    for command in ("validate", "apply"):
+        code, output = invoke([command, path])
+        assert code == 2, output
+        assert "symbolic link" in output and ".lock" in output
+    assert victim.read_text() == "keep me"
+
+
+def test_a_symlinked_work_folder_is_refused_before_anything_is_written(tmp_path, site, model_dir):
+    path, out = _run_once(tmp_path, site, model_dir)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (out / ".work").symlink_to(elsewhere, target_is_directory=True)
+    before = tree(out)
+    code, output = invoke(["apply", path, "--force"])
+    assert code == 2, output
+    assert "symbolic link" in output and ".work" in output
+    assert list(elsewhere.iterdir()) == [] and tree(out) == before
+
+
+def test_evaluate_out_refuses_a_foreign_folder(tmp_path, model_dir):
+    import compresso
+    from compresso.evaluation import EvaluationError
+
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "report.md").write_text("my report")
+    (foreign / "results.json").write_text('{"mine": true}')
+    code, output = invoke(["evaluate", f"m={model_dir}", "--out", foreign, "--device", "cpu"])
+    assert code == 2, output
+    assert "not a compresso evaluation" in output and "report.md" in output
+    with pytest.raises(EvaluationError, match="not a compresso evaluation"):
+        compresso.evaluate({"m": str(model_dir)}, out_dir=foreign, device="cpu")
+    assert (foreign / "report.md").read_text() == "my report"
+    assert (foreign / "results.json").read_text() == '{"mine": true}'
+
+
+@pytest.mark.parametrize("setting", ["{layer_norm_eps: .nan}", "{initializer_range: .inf}", "{hidden_dropout_prob: -.inf}"])
+def test_non_finite_model_configuration_is_refused_with_its_key(tmp_path, site, model_dir, setting):
+    path = recipe(tmp_path, model_dir)
+    for command in ("validate", "apply"):
+        code, output = invoke([command, path, "--set", f"student.config={setting}"])
+        assert code == 2, output
+        assert "student.config." in output and "not a finite number" in output
+    path.write_text(path.read_text().replace("student:\n  model: t", f"student:\n  model: t\n  config: {setting}"))
+    code, output = invoke(["validate", path])
+    assert code == 2 and "not a finite number" in output
+    assert f"{path}:10: student.config." in output  # the line that sets it
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_student_with_non_finite_weights_never_trains(tmp_path, site, model_dir):
+    path = recipe(tmp_path, model_dir)
+    code, output = invoke(["apply", path, "--set", "student.config={initializer_range: 1.0e+300}"])
+    assert code == 2, output
+    assert "non-finite weight" in output and "student.config" in output
+    assert not list((tmp_path / "run").glob("00-*"))
+
+
+def test_a_stage_that_makes_weights_non_finite_fails_and_saves_nothing(tmp_path, site, model_dir):
+    path = recipe(tmp_path, model_dir, stages="  - strategy: nan_weights\n")
+    code, output = invoke(["apply", path])
+    assert code == 1, output
+    assert "00-nan_weights" in output and "non-finite weight" in output
+    assert not (tmp_path / "run" / "00-nan_weights").exists()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("stage", [
+    "  - strategy: prune\n    params: {{ffn: 0.5, importance: taylor, corpus: [{corpus}], calibration_batches: 1}}\n",
+    "  - strategy: quantize\n    params: {{calibration: {{corpus: [{corpus}]}}}}\n",
+    "  - strategy: distill\n    params: {{corpus: [{corpus}], num_layers: 1, max_steps: 1}}\n",
+])
+def test_every_strategy_refuses_a_binary_file_as_text(tmp_path, model_dir, stage):
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(os.urandom(50000))
+    path = recipe(tmp_path, model_dir, stages=stage.format(corpus=binary))
+    code, output = invoke(["validate", path])
+    assert code == 2, output
+    assert "binary.txt" in output and "not valid UTF-8" in output
+    assert f"{path}:12: stages.0.params" in output  # the line of the stage's parameters
+
+
+EXIT_ZERO_SOURCE = "import os\nos._exit(0)\n"
+
+
+def test_a_plugin_calling_os_exit_at_import_is_named_and_the_cli_carries_on(tmp_path, site, model_dir):
+    bad = install_distribution(tmp_path / "bad", "compresso-exiting-plugin", {"exits_quietly": EXIT_ZERO_SOURCE},
+                               {"quiet_exit": "exits_quietly:S"})
+    path = recipe(tmp_path, model_dir)
+    env = _cli_env(site)
+    env["PYTHONPATH"] = os.pathsep.join([str(bad), env["PYTHONPATH"]])
+    run = lambda *args: subprocess.run([sys.executable, "-m", "compresso.cli", *map(str, args)], cwd=tmp_path,  # noqa: E731
+                                       env=env, capture_output=True, text=True, timeout=300)
+    listed = run("strategies")
+    assert listed.returncode == 0, listed.stderr
+    assert "quiet_exit" in listed.stdout and "os._exit(0)" in listed.stdout and "keep_layers" in listed.stdout
+    checked = run("validate", path)
+    assert checked.returncode == 0, checked.stderr
+    assert "valid" in checked.stdout
+    assert "quiet_exit" in checked.stderr and "compresso-exiting-plugin" in checked.stderr and "os._exit" in checked.stderr
+    applied = run("apply", path)
+    assert applied.returncode == 0 and "done in" in applied.stdout, applied.stderr
+
+
+class _SilentHub:
+    """A 'hub' that accepts connections and never answers: a machine whose network hangs."""
+
+    def __enter__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def __exit__(self, *exc):
+        self.sock.close()
+
+
+DISTILL_FROM_HUB = ("  - strategy: distill\n    params: {{corpus: [{corpus}], num_layers: 1, max_steps: 1, "
+                    "heldout_documents: 0}}\n")
+
+
+def _hub_recipe(tmp_path, model_dir):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(WORDS[i:i + 5]) for i in range(20)) + "\n")
+    path = tmp_path / "hub.yaml"
+    path.write_text(f"name: hub\nseed: 1\noutput_dir: {tmp_path / 'run'}\ndevice: cpu\nteachers:\n"
+                    f"  - name: t\n    model: nobody-real/no-such-bert\nstudent:\n  model: {model_dir}\nstages:\n"
+                    + DISTILL_FROM_HUB.format(corpus=corpus))
+    return path
+
+
+def test_validate_never_touches_the_network(tmp_path, model_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    path = _hub_recipe(tmp_path, model_dir)
+    with _SilentHub() as endpoint:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        start = time.perf_counter()
+        code, output = invoke(["validate", path])
+        assert time.perf_counter() - start < 20
+    assert code == 0, output
+    assert "not contacted" in output and "nobody-real/no-such-bert" in output
+    path.write_text(path.read_text().replace("nobody-real/no-such-bert", "not a hub id!"))
+    code, output = invoke(["validate", path])
+    assert code == 2 and "teachers.0.model" in output and "neither an existing folder nor a hub id" in output
+
+
+def test_apply_fails_at_once_without_network_naming_the_way_out(tmp_path, model_dir, monkeypatch):
+    from huggingface_hub import constants
+
+    from compresso import models
+
+    path = _hub_recipe(tmp_path, model_dir)
+    start = time.perf_counter()
+    code, output = invoke(["apply", path])  # HF_HUB_OFFLINE is set for the whole suite
+    assert code == 2 and time.perf_counter() - start < 20, output
+    assert "nobody-real/no-such-bert" in output and "HF_HUB_OFFLINE" in output and "--local-dir" in output
+    assert f"{path}:7: teachers.0.model" in output
+    with _SilentHub() as endpoint:
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(models, "HUB_CHECK_TIMEOUT", 1.0)
+        start = time.perf_counter()
+        code, output = invoke(["apply", path])
+        assert code == 2 and time.perf_counter() - start < 20, output
+    assert "did not answer within 1 s" in output and "HF_HUB_OFFLINE=1" in output and "--local-dir" in output
+    assert not (tmp_path / "run").exists()
+
+
+def test_rich_markup_in_user_text_is_printed_as_written(tmp_path, site, model_dir):
+    path = recipe(tmp_path, model_dir)
+    path.write_text(path.read_text().replace("name: robust", 'name: "x [/bold] y [red]z"'))
+    code, output = invoke(["validate", path])
+    assert code == 0, output
+    assert "x[/bold]y[red]z" in "".join(output.split())  # the table may wrap it
+    assert invoke(["apply", path])[0] == 0
+    code, output = invoke(["validate", path, "--set", "student.model='[/nope] x'"])
+    assert code == 2 and "'[/nope] x'" in output
+
+
+def test_publish_without_network_is_one_clean_line_and_never_shows_the_token(tmp_path, site, model_dir):
+    import socket
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "README.md").write_text("---\nlibrary_name: transformers\n---\n# m\n")
+    with socket.socket() as s:  # a port nobody listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(_cli_env(site), HF_HUB_OFFLINE="0", HF_ENDPOINT=f"http://127.0.0.1:{port}",
+               HF_TOKEN="hf_NeverPrintThisTokenAnywhere123")
+    for offline in ("0", "1"):
+        env["HF_HUB_OFFLINE"] = offline
+        result = subprocess.run([sys.executable, "-m", "compresso.cli", "publish", str(folder), "me/model"],
+                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        both = result.stdout + result.stderr
+        assert result.returncode == 1, both
+        assert "Traceback" not in both and "hf_NeverPrintThisTokenAnywhere123" not in both
+        assert "publishing" in result.stderr and "me/model" in result.stderr and "hf auth login" in result.stderr
+
+
+FULL_DISK_DRIVER = """
+import resource, signal, sys
+import compresso.cli, compresso.engine, compresso.card, transformers, safetensors.torch  # imported: no writes later
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as ENOSPC on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.argv = ["compresso", "apply", sys.argv[2]]
+compresso.cli.main()
+"""
+
+
+@pytest.mark.parametrize("limit, code, message", [(0, 2, "cannot write the lock file"), (8192, 1, "")])
+def test_a_full_disk_is_a_clean_error_and_leaves_no_empty_files(tmp_path, site, model_dir, limit, code, message):
+    """Every write past ``limit`` bytes fails (RLIMIT_FSIZE: as on a full disk, for this process only)."""
+    path = recipe(tmp_path, model_dir)
+    result = subprocess.run([sys.executable, "-c", FULL_DISK_DRIVER, str(limit), str(path)], cwd=tmp_path,
+                            env=_cli_env(site), capture_output=True, text=True, timeout=300)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and "error:" in result.stderr and message in result.stderr
+    out = tmp_path / "run"
+    left = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
+    assert not [p for p in left if p.name.endswith(".tmp") or p.stat().st_size == 0], left
+    assert not (out.exists() and list(out.glob(".tmp-*")))
+
+
+def test_output_dir_that_cannot_be_a_folder_is_caught_by_validate(tmp_path, site, model_dir):
+    path = recipe(tmp_path, model_dir)
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for command in ("validate", "apply"):
+        code, output = invoke([command, path, "-o", loop])
+        assert code == 2 and "symbolic link that leads nowhere" in output, output
+        code, output = invoke([command, path, "-o", "/proc/compresso-run"])
+        assert code == 2 and "pseudo file system" in output, output
+    assert loop.is_symlink() and not os.path.exists("/proc/compresso-run")
+
+
+def test_output_dir_with_a_tilde_means_the_home_folder(tmp_path, site, model_dir, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    path = recipe(tmp_path, model_dir, out="~/runs/x")
+    code, output = invoke(["apply", path], cwd=tmp_path)
+    assert code == 0, output
+    assert (home / "runs" / "x" / "run.json").is_file() and not (tmp_path / "~").exists()
+
+
+def test_rejections_found_after_loading_carry_a_line(tmp_path, site, model_dir):
+    path = recipe(tmp_path, model_dir, extra="evaluate:\n  models: [nobody]\n")
+    code, output = invoke(["validate", path])
+    assert code == 2 and f"{path}:14: evaluate.models names 'nobody'" in output, output
+    path = recipe(tmp_path, model_dir, extra=f"evaluate:\n  data_dir: {tmp_path / 'no-data'}\n")
+    code, output = invoke(["validate", path])
+    assert code == 2 and f"{path}:14: evaluate.data_dir:" in output, output
+    path = recipe(tmp_path, model_dir, stages="  - strategy: ../x@compresso\n")
+    code, output = invoke(["validate", path])
+    assert code == 2 and f"{path}:11: stages.0.strategy:" in output, output
+
+
+def test_python_api_checks_argument_types_at_the_door(tmp_path, model_dir):
+    import compresso
+    from compresso.api import prepare
+    from compresso.recipe import RecipeError
+
+    with pytest.raises(TypeError, match="not a single str"):
+        compresso.evaluate(str(model_dir), out_dir=tmp_path / "e")
+    with pytest.raises(TypeError, match=r"overrides: expected a list .* not str"):
+        prepare({"name": "x"}, overrides="seed=3")
+    with pytest.raises(TypeError, match="settings: expected a mapping"):
+        compresso.evaluate({"m": str(model_dir)}, settings=["tasks"], out_dir=tmp_path / "e")
+    with pytest.raises(TypeError, match="device"):
+        compresso.evaluate({"m": str(model_dir)}, device=0, out_dir=tmp_path / "e")
+    # pathlib paths in a recipe dict are accepted; another object names its key
+    from pathlib import Path
+
+    data = {"name": "x", "output_dir": tmp_path / "run", "device": "cpu", "student": {"model": Path(model_dir)},
+            "stages": []}
+    assert prepare(data).out == tmp_path / "run"
+    with pytest.raises(RecipeError, match=r"student\.revision: a object cannot be part of a recipe"):
+        prepare({**data, "student": {"model": str(model_dir), "revision": object()}})
+    assert not (tmp_path / "e").exists()
+
+
+def test_load_wraps_every_failure_in_model_load_error_with_the_folder(tmp_path, model_dir, monkeypatch):
+    import shutil
+
+    import compresso
+    from compresso.models import ModelLoadError
+
+    monkeypatch.chdir(model_dir)  # load("") must not load the current folder
+    with pytest.raises(ModelLoadError, match="empty string"):
+        compresso.load("")
+    cases = {"unknown_format": ("compresso.json", '{"format": "no_such_format"}'),
+             "broken_meta": ("compresso.json", "{not json"),
+             "meta_list": ("compresso.json", "[1, 2]"),
+             "broken_config": ("config.json", "{not json"),
+             "foreign_config": ("config.json", '{"model_type": "no_such_type"}')}
+    for name, (file, text) in cases.items():
+        folder = tmp_path / name
+        shutil.copytree(model_dir, folder)
+        (folder / file).write_text(text)
+        with pytest.raises(ModelLoadError) as info:
+            compresso.load(folder)
+        assert str(folder) in str(info.value), name
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        compresso.load(empty)
+    with pytest.raises(TypeError, match="not int"):
+        compresso.load(3)
+
+
+def test_model_cards_and_reports_show_user_text_and_never_run_it(tmp_path, site, model_dir):
+    from compresso.evaluation.report import markdown_table, md_fence
+
+    hostile = '<script>alert(1)</script> # heading [link](javascript:alert(1)) <img src=x onerror=alert(2)>'
+    path = recipe(tmp_path, model_dir)
+    text = path.read_text().replace("name: robust", f"name: {json.dumps(hostile)}")
+    text = text.replace("params: {layers: 1}", 'params: {layers: 1}\n    # a note:\n    #    ````\n    #    ```\n')
+    path.write_text(text)
+    code, output = invoke(["apply", path, "--set", "stages.0.params.fail=false"])
+    assert code == 0, output
+    card = (tmp_path / "run" / "00-keep_layers" / "README.md").read_text()
+    body, recipe_block = card.split("\n---\n", 1)[1].split("## Recipe")
+    assert "<script>" not in body and "<img" not in body and "](javascript:" not in body.replace("\\](", "")
+    assert "&lt;script&gt;" in body
+    assert not [line for line in body.splitlines() if line.startswith("# heading")]
+    # The recipe block: its fence outlasts every run of backticks the recipe holds.
+    lines = recipe_block.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.endswith("yaml") and line.startswith("```"))
+    fence = lines[start][:-len("yaml")]
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].strip() == fence)
+    assert f"name: {json.dumps(hostile)}"[:20] in "\n".join(lines[start:end]) or "alert(1)" in "\n".join(lines[start:end])
+    assert md_fence("a\n   ````\nb")[0] == "`````"
+    table = markdown_table(["task", "score"], [["Mood | good\nor bad", "1.0"]]).splitlines()
+    assert table[2].count(" | ") == 1 and "\\|" in table[2]
+
+
+def test_an_error_message_reaches_a_pipe_on_one_line(tmp_path, site, model_dir):
+    """Piped (a script, a CI log), an error is never wrapped at any width."""
+    path = recipe(tmp_path, model_dir)
+    long_dir = tmp_path / ("d" * 200) / ("e" * 200)
+    long_dir.mkdir(parents=True)
+    (long_dir / "notes.txt").write_text("mine")
+    env = dict(_cli_env(site))
+    env.pop("COLUMNS")
+    result = subprocess.run([sys.executable, "-m", "compresso.cli", "apply", str(path), "-o", str(long_dir)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and str(long_dir) in error[0] and error[0].endswith("so that nothing of yours is overwritten")

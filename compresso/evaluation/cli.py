@@ -10,13 +10,12 @@ from pathlib import Path
 
 import click
 import yaml
-from rich.markup import escape
 
-from compresso.console import console, err_console
+from compresso.console import console, err_console, print_error
 
 
 def _bad_input(message: str) -> None:
-    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False)
+    print_error(message)
     sys.exit(2)
 
 

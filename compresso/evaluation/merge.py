@@ -74,7 +74,13 @@ def report(results: tuple[str, ...], efficiency_path: str | None, title: str | N
       compresso report ev-*/results.json --efficiency eff.json --out evaluation
     """
     from compresso.cli import _bad_input
+    from compresso.evaluation.report import check_evaluation_folder
+    from compresso.evaluation.runner import EvaluationError
 
+    try:
+        check_evaluation_folder(Path(out))  # as for `evaluate --out`: never someone else's folder
+    except EvaluationError as exc:
+        _bad_input(str(exc))
     parts = []
     for path in results:
         try:

@@ -6,8 +6,10 @@ reader never sees half a report.
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,50 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+
+
+def is_evaluation_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an evaluation compresso wrote (its results.json says so), or only
+    the finished jobs of an interrupted one."""
+    try:
+        entries = {p.name for p in folder.iterdir()}
+    except OSError:
+        return False
+    if entries and entries <= {".partial-jobs"}:
+        return True
+    try:
+        results = json.loads((folder / "results.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(results, dict) and {"scores", "config", "environment"} <= set(results)
+
+
+def check_evaluation_folder(out_dir: Path) -> None:
+    """The rules ``apply`` has for its output folder: new, empty, or an evaluation compresso wrote
+    (never a folder of someone else's files, whose report.md and results.json would be replaced),
+    and no symbolic link inside."""
+    from compresso.engine import RunError, check_writable_folder, symlinks_inside
+    from compresso.evaluation.runner import EvaluationError
+
+    try:
+        check_writable_folder(out_dir, "evaluation folder")
+    except RunError as exc:
+        raise EvaluationError(str(exc)) from None
+    if not out_dir.is_dir():
+        return
+    try:
+        entries = sorted(p.name for p in out_dir.iterdir())
+    except OSError as exc:
+        raise EvaluationError(f"evaluation folder {out_dir} cannot be read: {exc.strerror or exc}") from None
+    if entries and not is_evaluation_folder(out_dir):
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise EvaluationError(f"evaluation folder {out_dir} already holds files that are not a compresso evaluation "
+                              f"({shown}); give an empty or new folder (--out), so that nothing of yours is "
+                              f"overwritten")
+    links = symlinks_inside(out_dir)
+    if links:
+        raise EvaluationError(f"evaluation folder {out_dir} holds a symbolic link, {links[0]}; compresso never "
+                              f"makes one, and would write through it outside the folder: remove it")
 
 
 def format_stat(stat: dict | None, decimals: int = 2) -> str:
@@ -37,21 +83,49 @@ def _regression_range(task: dict) -> str:
     return f"regression {low:g}–{high:g}"
 
 
+def md_text(value) -> str:
+    """User text (a title, a model or task name) as inert Markdown: one line, HTML shown rather than
+    run (``<script>``, ``<img onerror>``), and no character that would start a heading, a link, an
+    image, emphasis, code or a table cell."""
+    text = html.escape(" ".join(str(value).split()), quote=False)
+    return re.sub(r"([\\`*\[\]#|!~])", r"\\\1", text)
+
+
+def md_code(value) -> str:
+    """User text as an inline code span, delimited by more backticks than it holds in a row."""
+    text = " ".join(str(value).split())
+    ticks = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def md_fence(text: str, language: str = "") -> list[str]:
+    """A fenced code block that nothing inside can close: its fence is longer than any run of
+    backticks in ``text`` (and at least three)."""
+    fence = "`" * max(3, max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    return [fence + language, text, fence]
+
+
+def _table_cell(cell: str) -> str:
+    """A cell stays in its column and row: newlines become spaces, an unescaped ``|`` is escaped."""
+    return re.sub(r"(?<!\\)\|", r"\\|", " ".join(str(cell).split()))
+
+
 def markdown_table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
     """A Markdown table; ``align`` per column: l, r or c (default: first column left, the rest right)."""
     align = align or ["l"] + ["r"] * (len(header) - 1)
     sep = [{"l": ":---", "r": "---:", "c": ":---:"}[a] for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines = ["| " + " | ".join(map(_table_cell, header)) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(map(_table_cell, r)) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def _model_label(m: dict) -> str:
-    label = f"{m['name']}"
+    label = md_text(m["name"])
     if m["role"] == "teacher":
         label += " (teacher)"
     elif m.get("strategy"):
-        label += f" ({m['strategy']})"
+        label += f" ({md_text(m['strategy'])})"
     return label
 
 
@@ -62,7 +136,8 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     scores = results["scores"]
     seeds = results["seeds"]
     env = results["environment"]
-    out = [f"# {results['title']}", ""]
+    # User text (titles, names, notes) goes through md_text: it is shown, never read as Markdown or HTML.
+    out = [f"# {md_text(results['title'])}", ""]
     out.append(f"{len(models)} model(s) × {len(tasks)} task(s) × {len(seeds)} seed(s) ({', '.join(map(str, seeds))}) "
                f"on {env['device']}{' (' + env['gpu'] + ')' if env.get('gpu') else ''}; "
                f"{results['created']}; wall time {results['seconds']:.0f} s. Scores are 0–100 on the test sets"
@@ -70,12 +145,13 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     out.append("")
     if results["errors"]:
         out += ["**Failures** (cells left empty below):", ""]
-        out += [f"- {e['model']} · {e['task']} · seed {e['seed']}: `{e['error'][:300]}`" for e in results["errors"]]
+        out += [f"- {md_text(e['model'])} · {md_text(tasks.get(e['task'], {}).get('title', e['task']))} · seed "
+                f"{e['seed']}: {md_code(e['error'][:300])}" for e in results["errors"]]
         out.append("")
 
     # Paper-style table: one row per model, one column per task's headline metric.
     out += ["## Scores", ""]
-    header = ["model"] + [f"{t['title']} ({METRIC_TITLES[t['headline']]})" for t in tasks.values()]
+    header = ["model"] + [f"{md_text(t['title'])} ({METRIC_TITLES[t['headline']]})" for t in tasks.values()]
     best = {}
     for task, t in tasks.items():
         vals = [scores[m["name"]][task]["metrics"][t["headline"]]["mean"]
@@ -99,9 +175,9 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     header, keys = ["model"], []
     for task, t in tasks.items():
         for metric in _metric_names(scores, task, t):
-            header.append(f"{t['title']} {METRIC_TITLES.get(metric, metric.replace('_', ' '))}")
+            header.append(f"{md_text(t['title'])} {METRIC_TITLES.get(metric, md_text(metric.replace('_', ' ')))}")
             keys.append((task, metric))
-    rows = [[m["name"]] + [format_stat(scores.get(m["name"], {}).get(task, {}).get("metrics", {}).get(metric), d)
+    rows = [[md_text(m["name"])] + [format_stat(scores.get(m["name"], {}).get(task, {}).get("metrics", {}).get(metric), d)
                            for task, metric in keys] for m in models]
     out += [markdown_table(header, rows), ""]
 
@@ -115,7 +191,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
         for m, task in reapplied:
             t, e = tasks[task], scores[m["name"]][task]
             before, after = e["input_metrics"][t["headline"]], e["metrics"][t["headline"]]
-            rows.append([m["name"], m["strategy"], f"{t['title']} {METRIC_TITLES[t['headline']]}",
+            rows.append([md_text(m["name"]), md_text(m["strategy"]), f"{md_text(t['title'])} {METRIC_TITLES[t['headline']]}",
                          format_stat(before, d), format_stat(after, d), f"{after['mean'] - before['mean']:+.{d}f}"])
         out += [markdown_table(["model", "strategy", "metric", "before", "after", "Δ"], rows, list("lllrrr")), ""]
 
@@ -132,7 +208,7 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
         for c in comparisons:
             t = tasks[c["task"]]
             cell = f"{c['difference']:+.{d}f} [{c['low']:+.{d}f}, {c['high']:+.{d}f}]"
-            rows.append([t["title"], c["a"], c["b"], c["relation"], f"**{cell}**" if c["distinguishable"] else cell,
+            rows.append([md_text(t["title"]), md_text(c["a"]), md_text(c["b"]), c["relation"], f"**{cell}**" if c["distinguishable"] else cell,
                          "yes" if c["distinguishable"] else "no"])
         out += [markdown_table(["task", "A", "B", "pair", "A − B [95% interval]", "distinguishable"], rows,
                        list("lllllr")), ""]
@@ -144,16 +220,16 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
                 "1 = the student predicts exactly what the reference predicts. Tagging tasks count words. "
                 "Definitions in docs/evaluation.md.", ""]
         for (reference, relation), entries in _group_loyalty(results["loyalty"]).items():
-            title = f"### Loyalty to {reference}" + (" (teacher)" if relation == "teacher" else " (its input model)")
+            title = f"### Loyalty to {md_text(reference)}" + (" (teacher)" if relation == "teacher" else " (its input model)")
             students = list(dict.fromkeys(e["student"] for e in entries))
             rows = []
             for s in students:
-                row = [s]
+                row = [md_text(s)]
                 for task in tasks:
                     e = next((x for x in entries if x["student"] == s and x["task"] == task), None)
                     row.append(loyalty_cell(e, d + 1))
                 rows.append(row)
-            out += [title, "", markdown_table(["student"] + [t["title"] for t in tasks.values()], rows), ""]
+            out += [title, "", markdown_table(["student"] + [md_text(t["title"]) for t in tasks.values()], rows), ""]
 
     # Efficiency.
     if results.get("efficiency"):
@@ -166,19 +242,20 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     rows = []
     for task, t in tasks.items():
         s = t["sizes"]
-        rows.append([t["title"], t["dataset"], str(s["train"]), str(s["validation"]), str(s["test"]),
-                     str(t["classes"] or _regression_range(t)), "; ".join(t["notes"]) or "–"])
+        rows.append([md_text(t["title"]), md_text(t["dataset"]), str(s["train"]), str(s["validation"]),
+                     str(s["test"]), str(t["classes"] or _regression_range(t)),
+                     "; ".join(md_text(n) for n in t["notes"]) or "–"])
     out += [markdown_table(["task", "dataset", "train", "validation", "test", "classes", "notes"], rows,
                    list("llrrrll")), ""]
     # the built-in tasks' files on one line; each custom task's files with what was read from them
-    builtin = sorted({f"`{v}`" for t in tasks.values() if not t.get("columns_read") for v in t["sources"].values()
+    builtin = sorted({md_code(v) for t in tasks.values() if not t.get("columns_read") for v in t["sources"].values()
                       if v})
     if builtin:
         out += ["Files: " + ", ".join(builtin), ""]
     for t in tasks.values():
         if t.get("columns_read"):
-            files = ", ".join(f"{split} `{v}`" for split, v in t["sources"].items() if v)
-            out += [f"- {t['title']}: {files}; read: {t['columns_read']}"]
+            files = ", ".join(f"{split} {md_code(v)}" for split, v in t["sources"].items() if v)
+            out += [f"- {md_text(t['title'])}: {files}; read: {md_text(t['columns_read'])}"]
     if any(t.get("columns_read") for t in tasks.values()):
         out.append("")
 
@@ -188,9 +265,9 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
     rows = []
     for task, t in tasks.items():
         st = t.get("settings") or {}
-        epochs = "; ".join(f"{m['name']}: {', '.join(_epoch_cell(r) for r in scores[m['name']][task]['runs'])}"
+        epochs = "; ".join(f"{md_text(m['name'])}: {', '.join(_epoch_cell(r) for r in scores[m['name']][task]['runs'])}"
                            for m in models if task in scores.get(m["name"], {}))
-        rows.append([t["title"], f"{st.get('lr', 0):g}", str(st.get("epochs", "")),
+        rows.append([md_text(t["title"]), f"{st.get('lr', 0):g}", str(st.get("epochs", "")),
                      str(st.get("patience") or "–"), str(st.get("batch_size", "")),
                      str(st.get("max_length", "")), f"{st.get('warmup_ratio', 0):g}", epochs or "–"])
     out += [markdown_table(["task", "lr", "epochs (max)", "patience", "batch", "max length", "warm-up",
@@ -224,7 +301,7 @@ def _settings_sources(tasks: dict) -> list[str]:
                 given.setdefault(source, []).append(f"{key} {settings.get(key)}")
         parts = [default.replace("default: ", "defaults: ") if default != "default" else "the task's defaults"]
         parts += [f"{', '.join(keys)} from {source}" for source, keys in given.items()]
-        lines.append(f"- {t['title']}: " + "; ".join(parts))
+        lines.append(f"- {md_text(t['title'])}: " + "; ".join(parts))
     return (["Where the settings come from (the more specific wins: defaults < evaluate.finetune < a custom "
              "task's own finetune < evaluate.per_task):", ""] + lines + [""]) if lines else []
 

@@ -415,18 +415,30 @@ def _pairs(models: list[EvalModel]) -> list[tuple[EvalModel, EvalModel, str]]:
 class _JobStore:
     """Finished jobs of an evaluation on disk (record JSON + arrays in ``np.savez``), so that an
     interrupted evaluation started again into the same folder with the same settings runs only
-    the jobs it had not finished. Removed once the outputs are written."""
+    the jobs it had not finished. Removed once the outputs are written. A job is keyed by what
+    its result depends on: the model's content (never its path: a rerun puts another model
+    there), the settings, and the task's data."""
 
-    def __init__(self, folder: Path, cfg: EvaluateConfig):
+    def __init__(self, folder: Path, cfg: EvaluateConfig, task_data: dict[str, TaskData]):
+        from compresso.models import content_identity
+
         self.folder = folder
         settings = cfg.model_dump(mode="json", exclude={"jobs", "models", "efficiency", "loyalty",
                                                          "bootstrap_resamples"})
         self.settings = json.dumps(settings, sort_keys=True)
+        self.data = {task: _data_identity(data, cfg) for task, data in task_data.items()}
+        self._identity = content_identity
+        self._models: dict[str, dict | None] = {}
+
+    def _model(self, ref: str | None) -> dict | None:
+        if ref not in self._models:
+            self._models[ref] = self._identity(ref)
+        return self._models[ref]
 
     def _stem(self, job: _Job) -> Path:
         m = job.model
-        identity = json.dumps([self.settings, _key(m.path), m.strategy, m.params, _key(m.input_path), job.task,
-                               job.seed], sort_keys=True, default=str)
+        identity = json.dumps([self.settings, self._model(m.path), m.strategy, m.params, self._model(m.input_path),
+                               job.task, self.data[job.task], job.seed], sort_keys=True, default=str)
         return self.folder / f"{job.task}-{job.seed}-{hashlib.sha256(identity.encode()).hexdigest()[:16]}"
 
     def save(self, job: _Job, result: dict) -> None:
@@ -454,6 +466,16 @@ class _JobStore:
             arrays = {k: z[k] for k in z.files}
         pred = Predictions(meta["kind"], arrays.get("probs"), arrays.get("values"), arrays.get("offsets"))
         return {"record": meta["record"], "predictions": pred, "counts": arrays["counts"], "encoding": meta["encoding"]}
+
+
+def _data_identity(data: TaskData, cfg: EvaluateConfig) -> str:
+    """A hash of a task's examples, labels and fine-tuning settings: results computed on other data
+    are never resumed."""
+    digest = hashlib.sha256(json.dumps([asdict(data.spec), data.labels, asdict(_settings(cfg, data))],
+                                       sort_keys=True, default=str).encode())
+    for split in (data.train, data.validation, data.test):
+        digest.update(json.dumps([asdict(e) for e in split], default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 class _Evaluation:
@@ -490,7 +512,7 @@ class _Evaluation:
                     self._finish(job, task_data, result)
             if resumed:
                 self.console.log(f"resuming: {len(resumed)} of {len(jobs)} jobs were finished by an earlier, "
-                                 f"interrupted run ({store.folder})")
+                                 f"interrupted run ({escape(str(store.folder))})")
             jobs = [j for j in jobs if j not in resumed]
         workers = self.cfg.jobs or default_workers(self.device, max(1, len(jobs)))
         workers = max(1, min(workers, max(1, len(jobs))))
@@ -509,7 +531,7 @@ class _Evaluation:
             rows: dict[int, int] = {}
 
             def label(job: _Job) -> str:
-                return f"{task_data[job.task].spec.title} · {job.model.name} · seed {job.seed}"
+                return escape(f"{task_data[job.task].spec.title} · {job.model.name} · seed {job.seed}")  # user text
 
             plain = not self.console.is_terminal  # no live bars in a file: a line per epoch and per job
 
@@ -524,7 +546,7 @@ class _Evaluation:
                         self.console.log(f"{label(jobs[index])}: epoch {epoch}/{epochs}, validation {score:.2f}",
                                          highlight=False)
                 else:
-                    progress.update(rows[index], description=f"{label(jobs[index])} · {payload}")
+                    progress.update(rows[index], description=f"{label(jobs[index])} · {escape(str(payload))}")
 
             hide = workers > 1 and all(r is None for r in self.reapply.values())
             self.scheduler["quantization_backends_hidden_in_workers"] = hide
@@ -571,7 +593,7 @@ class _Evaluation:
 
     def _log(self, name: str, data: TaskData, record: dict) -> None:
         head = data.spec.headline
-        self.console.log(f"{data.spec.title} · {name} · seed {record['seed']}: {head} "
+        self.console.log(f"{escape(data.spec.title)} · {escape(name)} · seed {record['seed']}: {head} "
                          f"{record['metrics'][head]:.2f} (best epoch {record['best_epoch']} of "
                          f"{record['epochs_run']}, {record['train_seconds']:.0f}s)")
 
@@ -657,7 +679,7 @@ def _efficiency(ev: _Evaluation, console: Console) -> dict:
     cfg = ev.cfg.efficiency
     measured = {}
     for m in ev.models:
-        console.log(f"efficiency · {m.name}")
+        console.log(f"efficiency · {escape(m.name)}")
         fallback = None
         if ev.reapply[m.name] is not None and m.input_path:
             from compresso.models import load_bundle
@@ -707,8 +729,9 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
     """Evaluate ``models`` as ``evaluate`` says; write report.md, results.json and plots into
     ``out_dir`` (each file written under a temporary name and renamed into place) and return the
     results (the content of results.json)."""
-    from compresso.evaluation.report import write_outputs
+    from compresso.evaluation.report import check_evaluation_folder, write_outputs
 
+    check_evaluation_folder(Path(out_dir))  # before any work: never someone else's folder
     console = console or Console()
     started = time.time()
     cfg = _as_config(EvaluateConfig, evaluate)
@@ -723,9 +746,9 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
     except DataError as exc:
         raise EvaluationError(str(exc)) from None
     ev = _Evaluation(selected, cfg, device, seed, console)
-    console.log(f"evaluating {', '.join(m.name for m in selected)} on {', '.join(cfg.tasks)} "
+    console.log(f"evaluating {escape(', '.join(m.name for m in selected))} on {escape(', '.join(cfg.tasks))} "
                 f"({len(ev.seeds)} seed{'s' if len(ev.seeds) > 1 else ''}, {device})")
-    store = _JobStore(Path(out_dir) / ".partial-jobs", cfg)
+    store = _JobStore(Path(out_dir) / ".partial-jobs", cfg, task_data)
     ev.run(task_data, store)
     efficiency = _efficiency(ev, console) if cfg.efficiency.enabled else None
     results = {
@@ -755,6 +778,6 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
     results["seconds"] = round(time.time() - started, 1)
     write_outputs(results, rcfg, Path(out_dir))
     shutil.rmtree(store.folder, ignore_errors=True)  # the outputs hold everything now
-    console.log(f"evaluation written to {out_dir} in {results['seconds']:.0f}s"
+    console.log(f"evaluation written to {escape(str(out_dir))} in {results['seconds']:.0f}s"
                 + (f" [red]({len(ev.errors)} failure(s))[/red]" if ev.errors else ""))
     return results

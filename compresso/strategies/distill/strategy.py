@@ -44,7 +44,7 @@ from compresso.strategies.distill.params import DistillParams
 from compresso.strategies.distill.report import write_report
 from compresso.strategies.distill.trainer import Trainer, TrainConfig, fingerprint
 from compresso.strategies.distill.vocab import build_vocab_map, same_tokenization
-from compresso.strategy import CompressionStrategy, ModelBundle, RunContext, StrategyError
+from compresso.strategy import CompressionStrategy, ModelBundle, RunContext, StrategyError, check_text_source
 
 
 class DistillStrategy(CompressionStrategy):
@@ -82,19 +82,8 @@ class DistillStrategy(CompressionStrategy):
 
     def preflight(self, ctx: RunContext) -> None:
         weights = self._teacher_weights(ctx)
-        corpus = self._corpus(ctx)
-        if corpus.files:
-            try:
-                for warning in check_corpus(corpus, self.params.heldout_documents, self.params.max_undecodable):
-                    ctx.log(f"[yellow]distill: {warning}[/yellow]")
-            except CorpusError as exc:
-                raise StrategyError(f"distill: {exc}") from None
-        else:
-            try:
-                import datasets  # noqa: F401
-            except ImportError:
-                raise StrategyError("distill: `dataset` needs the optional `datasets` package: "
-                                    "pip install 'compresso[hub]'") from None
+        check_text_source(self._corpus(ctx), ctx, "distill", self.params.heldout_documents,
+                          self.params.max_undecodable)
         rows = max(self.params.seq_len, self.params.teacher_seq_len or 0)
         for name in weights:
             ref = ctx.teachers[name]

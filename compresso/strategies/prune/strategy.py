@@ -26,7 +26,15 @@ from compresso.strategies.prune.pruner import _Pruner, _schedule, _select_global
 from compresso.strategies.prune.report import _write_report
 from compresso.strategies.prune.saving import _load_weights
 from compresso.strategies.load_note import write_load_note
-from compresso.strategy import BUNDLE_META, CompressionStrategy, ModelBundle, RunContext, StrategyError, write_json
+from compresso.strategy import (
+    BUNDLE_META,
+    CompressionStrategy,
+    ModelBundle,
+    RunContext,
+    StrategyError,
+    check_text_source,
+    write_json,
+)
 
 
 class PruneStrategy(CompressionStrategy):
@@ -54,6 +62,16 @@ class PruneStrategy(CompressionStrategy):
             resolved = ctx.resolve_path(path)
             if not resolved.is_file():
                 raise StrategyError(f"corpus file {resolved} does not exist")
+        if self.params.importance == "taylor":
+            check_text_source(self._calibration_corpus(ctx), ctx, "prune (taylor importance text)")
+
+    def _calibration_corpus(self, ctx: RunContext):
+        from compresso.corpus import Corpus
+
+        p = self.params
+        return (Corpus(files=tuple(ctx.resolve_path(x) for x in p.corpus)) if p.corpus else
+                Corpus(dataset=p.dataset, dataset_config=p.dataset_config, split=p.dataset_split,
+                       text_field=p.text_field))
 
     def plan(self, model: nn.Module) -> tuple[Architecture, list[LayerShape], list[int] | None, list[int] | None]:
         """Check the model and the targets before any work; return the per-layer targets.
@@ -111,11 +129,7 @@ class PruneStrategy(CompressionStrategy):
         if p.importance == "taylor":
             if bundle.tokenizer is None or bundle.tokenizer.mask_token is None:
                 raise StrategyError("importance: taylor needs a tokenizer with a mask token")
-            from compresso.corpus import Corpus
-
-            source = (Corpus(files=tuple(ctx.resolve_path(x) for x in p.corpus)) if p.corpus else
-                      Corpus(dataset=p.dataset, dataset_config=p.dataset_config, split=p.dataset_split,
-                             text_field=p.text_field))
+            source = self._calibration_corpus(ctx)
             lines = sample_documents(source, p.calibration_batches * p.batch_size, ctx.seed, p.max_documents)
             batches = mlm_batches(bundle.tokenizer, lines, p.batch_size, p.seq_len, p.mask_prob, ctx.seed)
             ctx.log(f"prune: taylor importance on {len(lines)} documents of {source.describe()} "

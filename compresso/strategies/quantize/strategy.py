@@ -29,6 +29,7 @@ from compresso.strategy import (
     ModelBundle,
     RunContext,
     StrategyError,
+    check_text_source,
 )
 
 
@@ -56,6 +57,9 @@ class QuantizeStrategy(CompressionStrategy):
         backend, _ = self.choose()
         backend.require()
         check_platform(self.params.compile and backend.compiles)
+        source = calibration_source(self.params, [], ctx)  # the recipe's own calibration text, if any
+        if source is not None:
+            check_text_source(source, ctx, "quantize (calibration text)")
 
     def apply(self, bundle: ModelBundle, ctx: RunContext) -> ModelBundle:
         p = self.params
@@ -69,6 +73,8 @@ class QuantizeStrategy(CompressionStrategy):
         ctx.log(f"quantize: backend {backend.name}, method {method}"
                 + (f" (auto, CPU class {cpu.capability_class()})" if p.backend == "auto" else ""))
         source = calibration_source(p, bundle.lineage, ctx)
+        if source is not None:  # the default text comes from the model's lineage: unknown until now
+            check_text_source(source, ctx, "quantize (calibration text)")
         if source is None and method == "static":
             raise StrategyError(
                 "static quantization needs calibration text: set params.calibration.corpus (text files, one "
