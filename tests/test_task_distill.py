@@ -186,3 +186,59 @@ def test_a_word_the_teacher_truncated_carries_no_target():
     logits = torch.zeros(1, batch["input_ids"].shape[1], 2)
     loss = loss_fn(batch, logits, np.array([0])).item()
     assert loss == pytest.approx(np.mean([_kl(probs[0], [0.5, 0.5]), _kl(probs[1], [0.5, 0.5])]), rel=1e-5)
+
+
+# --- the training loop resumes after a kill ----------------------------------------------------
+
+class Killed(Exception):
+    pass
+
+
+def test_finetune_resumes_from_its_epoch_checkpoint_with_the_same_result(tmp_path):
+    """Evaluation's loop (which task_distill trains with), killed after an epoch and run again on
+    the same checkpoint folder, ends with the weights of an uninterrupted run."""
+    from dataclasses import replace
+
+    from compresso.evaluation.finetune import EpochCheckpoint, finetune
+
+    spec = TASKS["upos"]
+    labels = ["NOUN", "ADJ", "VERB"]
+    index = {x: i for i, x in enumerate(labels)}
+    rng = np.random.default_rng(0)
+    words = "casa masa om carte mare mic frumos este sunt".split()
+    tags = {"casa": "NOUN", "masa": "NOUN", "om": "NOUN", "carte": "NOUN", "mare": "ADJ", "mic": "ADJ",
+            "frumos": "ADJ", "este": "VERB", "sunt": "VERB"}
+    examples = []
+    for _ in range(24):
+        ws = list(rng.choice(words, size=int(rng.integers(2, 6))))
+        examples.append(Example(ws, [tags[w] for w in ws]))
+    tok = tiny_tokenizer()
+    train = encode(spec, examples[:16], tok, 32, index)
+    validation = encode(spec, examples[16:], tok, 32, index)
+    settings = replace(spec.defaults, epochs=3, batch_size=4, patience=None)
+    prior = np.full(3, 1 / 3)
+
+    def score(pred):
+        return float((pred.label_ids() == np.concatenate([[index[t] for t in ex.label] for ex in examples[16:]])).mean())
+
+    def run(folder, kill_at=None):
+        model = _tagger(tok, 3, seed=5).train()
+
+        def on_epoch(epoch, epochs, value):
+            if epoch == kill_at:
+                raise Killed()
+        ckpt = EpochCheckpoint(folder, "run-a") if folder is not None else None
+        outcome = finetune(model, spec, settings, train, validation, score, torch.device("cpu"), 3, 0, prior,
+                           on_epoch=on_epoch, checkpoint=ckpt)
+        return model, outcome
+
+    reference, ref_outcome = run(None)
+    with pytest.raises(Killed):
+        run(tmp_path / "ckpt", kill_at=2)  # epoch 1 is checkpointed, epoch 2 dies before its checkpoint
+    assert EpochCheckpoint(tmp_path / "ckpt", "run-a").progress()["epoch"] == 1
+    assert EpochCheckpoint(tmp_path / "ckpt", "other settings").progress() is None
+    resumed, outcome = run(tmp_path / "ckpt")
+    assert [h["epoch"] for h in outcome.history] == [1, 2, 3]
+    assert outcome.history == ref_outcome.history
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
