@@ -12,6 +12,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -239,104 +240,29 @@ def task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> tor
     return F.mse_loss(logits.reshape(len(labels), -1)[:, 0], (labels.float() - low) / (high - low))
 
 
-class EpochCheckpoint:
-    """The state of a fine-tuning run at the end of its last finished epoch, in ``folder``: the
-    weights and the best epoch's weights as safetensors, optimizer, schedule and torch RNG through
-    ``torch.save`` (read back with ``weights_only=True``), the batch-order generator's state and
-    the history as JSON. Written into a temporary folder and renamed, so a run killed at any moment
-    finds the previous checkpoint or the new one. ``fingerprint`` names the run's settings: a
-    checkpoint written by other settings is not resumed."""
-
-    def __init__(self, folder, fingerprint: str):
-        from pathlib import Path
-
-        self.folder, self.fingerprint = Path(folder), fingerprint
-
-    def save(self, model, best_state, optimizer, schedule, rng: np.random.Generator, progress: dict) -> None:
-        import json
-        import shutil
-
-        from safetensors.torch import save_file
-
-        tmp = self.folder.with_name(self.folder.name + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        # copies: safetensors refuses tensors that share storage (tied weights)
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()},
-                  str(tmp / "model.safetensors"))
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in best_state.items()},
-                  str(tmp / "best.safetensors"))
-        state = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                 "torch_rng": torch.get_rng_state()}
-        device = module_device(model)
-        if device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(device)
-        torch.save(state, tmp / "state.pt")
-        (tmp / "progress.json").write_text(json.dumps({**progress, "fingerprint": self.fingerprint,
-                                                       "rng": rng.bit_generator.state}))
-        old = self.folder.with_name(self.folder.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        if self.folder.exists():
-            self.folder.rename(old)
-        tmp.rename(self.folder)
-        if old.exists():
-            shutil.rmtree(old)
-
-    def progress(self) -> dict | None:
-        """The checkpoint's progress record if it belongs to this run, else None."""
-        import json
-
-        path = self.folder / "progress.json"
-        if not path.is_file():
-            return None
-        progress = json.loads(path.read_text())
-        return progress if progress.get("fingerprint") == self.fingerprint else None
-
-    def restore(self, model, optimizer, schedule, rng: np.random.Generator) -> tuple[dict, dict] | None:
-        """Load the checkpoint into the objects given; returns (progress, best weights) or None."""
-        from safetensors.torch import load_file
-
-        progress = self.progress()
-        if progress is None:
-            return None
-        device = module_device(model)
-        model.load_state_dict(load_file(str(self.folder / "model.safetensors"), device=str(device)))
-        best = load_file(str(self.folder / "best.safetensors"), device=str(device))
-        state = torch.load(self.folder / "state.pt", map_location="cpu", weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        rng.bit_generator.state = progress["rng"]
-        return progress, best
-
-
 def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings, train: Encoded,
              validation: Encoded, validation_score: Callable[[Predictions], float], device: torch.device,
              seed: int, pad_id: int, prior: np.ndarray | None,
              on_epoch: Callable[[int, int, float], None] | None = None,
+             checkpoint: Path | None = None,
              loss_fn: Callable[[dict, object, np.ndarray], torch.Tensor] | None = None,
-             forward: Callable[[dict], object] | None = None,
-             checkpoint: EpochCheckpoint | None = None) -> TrainOutcome:
+             forward: Callable[[dict], object] | None = None) -> TrainOutcome:
     """Fine-tune ``model`` in place and leave it at its best epoch on validation.
 
     Training stops early once validation has not improved for ``settings.patience`` epochs (the
     learning-rate schedule still spans ``settings.epochs``, so stopping never changes the steps
-    taken before it). ``on_epoch(epoch, epochs, validation)`` reports progress.
-
-    ``loss_fn(batch, output, idx)`` replaces the task loss on gold labels (task distillation:
-    ``idx`` are the batch's example indices into ``train``, ``output`` what ``forward(batch)``
-    returns, by default the logits); ``checkpoint`` saves the run at the end of every epoch and
-    resumes from it, so a killed run continues where its last epoch ended, with the same result."""
+    taken before it). ``on_epoch(epoch, epochs, validation)`` reports progress. ``checkpoint``: a
+    file written after every epoch (weights, optimizer, schedule, random states, the best epoch
+    so far) and read back when it exists, so that a killed run goes on from its last epoch to the
+    same result. ``loss_fn(batch, output, idx)`` replaces the loss on gold labels (task
+    distillation: ``idx`` are the batch's example indices into ``train``, ``output`` what
+    ``forward(batch)`` returns, by default the logits)."""
     started = time.time()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(device)
-    forward = forward or make_forward(model)
     predict_forward = make_forward(model)
+    forward = forward or predict_forward
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
     warmup = int(total * settings.warmup_ratio)
@@ -346,15 +272,22 @@ def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings,
         optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
         else max(0.0, (total - step) / max(1, total - warmup)))
     best_score, best_epoch, best_state, history = -math.inf, 0, None, []
-    first_epoch, seconds_before, stopped = 1, 0.0, False
-    resumed = checkpoint.restore(model, optimizer, schedule, rng) if checkpoint is not None else None
-    if resumed is not None:
-        progress, best_state = resumed
-        best_score, best_epoch, history = progress["best_score"], progress["best_epoch"], progress["history"]
-        first_epoch, seconds_before, stopped = progress["epoch"] + 1, progress["seconds"], progress["stopped"]
-    for epoch in range(first_epoch, settings.epochs + 1):
-        if stopped:
-            break
+    first = 1
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        best_score, best_epoch, history = state["best_score"], state["best_epoch"], state["history"]
+        best_state = {k: v.to(device) for k, v in state["best"].items()}
+        first = len(history) + 1
+        if settings.patience is not None and history and history[-1]["epoch"] - best_epoch >= settings.patience:
+            first = settings.epochs + 1  # it had stopped early
+    for epoch in range(first, settings.epochs + 1):
         model.train()
         loss_sum = torch.zeros((), device=device)
         for idx in length_grouped_batches(train.batch_lengths, settings.batch_size, rng):
@@ -368,7 +301,8 @@ def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings,
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
-        val_pred = predict(model, validation, spec, device, settings.eval_batch_size, pad_id, prior, predict_forward)
+        val_pred = predict(model, validation, spec, device, settings.eval_batch_size, pad_id, prior,
+                           predict_forward)
         score = float(validation_score(val_pred))
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / steps_per_epoch, "validation": score})
         if on_epoch is not None:
@@ -376,12 +310,25 @@ def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings,
         if score > best_score or best_state is None:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif settings.patience is not None and epoch - best_epoch >= settings.patience:
-            stopped = True
         if checkpoint is not None:
-            checkpoint.save(model, best_state, optimizer, schedule, rng, {
-                "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "history": history,
-                "seconds": seconds_before + time.time() - started, "stopped": stopped})
+            _save_checkpoint(Path(checkpoint), model, optimizer, schedule, rng, device, best_score, best_epoch,
+                             best_state, history)
+        if best_epoch != epoch and settings.patience is not None and epoch - best_epoch >= settings.patience:
+            break
     model.load_state_dict(best_state)
-    return TrainOutcome(best_epoch, best_score, history, seconds_before + time.time() - started,
-                        steps_per_epoch * len(history), stopped_early=len(history) < settings.epochs)
+    return TrainOutcome(best_epoch, best_score, history, time.time() - started, steps_per_epoch * len(history),
+                        stopped_early=len(history) < settings.epochs)
+
+
+def _save_checkpoint(path: Path, model, optimizer, schedule, rng: np.random.Generator, device: torch.device,
+                     best_score: float, best_epoch: int, best_state: dict, history: list[dict]) -> None:
+    """One epoch's training state, written under a temporary name and renamed (never half a file)."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+             "best_score": best_score, "best_epoch": best_epoch, "best": best_state, "history": history}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)

@@ -47,7 +47,6 @@ from compresso.evaluation.finetune import (
     Predictions,
     SiameseRegressor,
     TrainOutcome,
-    finetune,
     make_forward,
     module_device,
     predict,
@@ -60,9 +59,8 @@ from compresso.evaluation.scheduler import (
     threads_per_job,
     worker_start_method,
 )
+from compresso.evaluation.task_model import pad_id, train_task_model
 from compresso.evaluation.tasks import DatasetCache, FinetuneSettings, TaskData
-
-_ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
 
 
 class EvaluationError(Exception):
@@ -207,77 +205,24 @@ class _JobRunner:
         self.console = Console(file=io.StringIO())  # strategies' own logs would garble the progress display
 
     def _load(self, ref: str, data: TaskData, settings: FinetuneSettings):
-        from transformers import (
-            AutoModel,
-            AutoModelForSequenceClassification,
-            AutoModelForTokenClassification,
-        )
+        from compresso.evaluation.task_model import load_for_task
 
-        from compresso.models import load_bundle
+        return load_for_task(ref, data.spec, data.labels, settings.head)
 
-        spec = data.spec
-        if settings.head == "siamese":  # the bare encoder: the head is a cosine, with no weights of its own
-            with quiet_transformers():
-                bundle = load_bundle(ref, model_class=AutoModel)
-            if getattr(bundle.model, "pooler", None) is not None:
-                # BERT's [CLS] pooler: unused by mean pooling (and freshly initialised for an MLM
-                # checkpoint); without it the encoder returns only the states that are used
-                bundle.model.pooler = None
-            bundle.model = SiameseRegressor(bundle.model)
-            return bundle
-        if spec.kind == "tagging":
-            cls, kwargs = AutoModelForTokenClassification, self._label_kwargs(data)
-        elif spec.kind == "classification":
-            cls, kwargs = AutoModelForSequenceClassification, self._label_kwargs(data)
-        else:
-            cls, kwargs = AutoModelForSequenceClassification, {"num_labels": 1, "problem_type": "regression"}
-        with quiet_transformers():  # "some weights are newly initialized": expected for a task head
-            return load_bundle(ref, model_class=cls, **kwargs)
-
-    @staticmethod
-    def _label_kwargs(data: TaskData) -> dict:
-        return {"num_labels": len(data.labels), "id2label": dict(enumerate(data.labels)),
-                "label2id": {label: i for i, label in enumerate(data.labels)}}
-
-    @staticmethod
-    def _max_length(model, tokenizer, wanted: int) -> int:
-        limits = []
-        tok_limit = getattr(tokenizer, "model_max_length", None)
-        if isinstance(tok_limit, int) and tok_limit < 100_000:
-            limits.append(tok_limit)
-        config = getattr(model, "config", None)
-        positions = getattr(config, "max_position_embeddings", None)
-        if positions:
-            limits.append(positions - (2 if getattr(config, "model_type", "") in _ROBERTA_LIKE else 0))
-        return min([wanted] + limits)
-
-    @staticmethod
-    def _pad_id(tokenizer) -> int:
-        pad = getattr(tokenizer, "pad_token_id", None)
-        return int(pad) if pad is not None else 0
+    _pad_id = staticmethod(pad_id)
 
     def _finetune(self, ref: str, data: TaskData, seed: int, report):
         settings = _settings(self.cfg, data)
-        torch.manual_seed(seed)  # the task head's initialisation
-        bundle = self._load(ref, data, settings)
-        if bundle.tokenizer is None:
-            raise EvaluationError(f"{ref} holds no tokenizer; save one beside the model (tokenizer.save_pretrained)")
-        encoder = bundle.model.encoder if isinstance(bundle.model, SiameseRegressor) else bundle.model
-        max_length = self._max_length(encoder, bundle.tokenizer, settings.max_length)
-        index = {label: i for i, label in enumerate(data.labels)} if data.labels else None
-        enc, how = self.cache.get(data.spec.name, {"train": data.train, "validation": data.validation,
-                                                   "test": data.test},
-                                  data.spec, bundle.tokenizer, max_length, index,
-                                  pairs_apart=settings.head == "siamese")
-        pad_id = self._pad_id(bundle.tokenizer)
-        outcome = finetune(
-            bundle.model, data.spec, settings, enc["train"], enc["validation"],
-            lambda pred: scoring.score(data.spec, data.validation, data.labels, pred)[data.spec.headline],
-            self.device, seed, pad_id, data.label_prior, lambda e, n, v: report((e, n, v)))
+
+        def cached(splits, spec, tokenizer, max_length, index, apart):
+            return self.cache.get(spec.name, splits, spec, tokenizer, max_length, index, pairs_apart=apart)
+
+        trained = train_task_model(ref, data, settings, self.device, seed, lambda e, n, v: report((e, n, v)), cached)
+        max_length = trained.max_length
         record = {"settings": asdict(settings) | {"max_length": max_length}}
         if max_length < settings.max_length:
             record["note"] = f"max_length capped at {max_length} by the model"
-        return bundle, enc, outcome, record, how
+        return trained.bundle, trained.encoded, trained.outcome, record, trained.encoding
 
     def _test(self, model, data: TaskData, enc: dict[str, Encoded], pad_id: int, device: torch.device,
               use_autocast: bool = True) -> Predictions:
