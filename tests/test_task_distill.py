@@ -188,57 +188,203 @@ def test_a_word_the_teacher_truncated_carries_no_target():
     assert loss == pytest.approx(np.mean([_kl(probs[0], [0.5, 0.5]), _kl(probs[1], [0.5, 0.5])]), rel=1e-5)
 
 
-# --- the training loop resumes after a kill ----------------------------------------------------
+# --- the stage, end to end on tiny models ------------------------------------------------------
 
-class Killed(Exception):
-    pass
+TAGS = {"casa": "B-LOC", "masa": "O", "om": "B-PER", "oameni": "O", "carte": "O", "este": "O", "sunt": "O",
+        "mare": "O", "bucurești": "B-LOC", "românia": "B-LOC", "ziua": "O", "apa": "O"}
+TAG_SET = ["O", "B-LOC", "B-PER"]
 
 
-def test_finetune_resumes_from_its_epoch_checkpoint_with_the_same_result(tmp_path):
-    """Evaluation's loop (which task_distill trains with), killed after an epoch and run again on
-    the same checkpoint folder, ends with the weights of an uninterrupted run."""
-    from dataclasses import replace
+def write_conll_task(folder, n_train: int = 40, n_test: int = 12):
+    """A custom tagging task on CoNLL files, from the tiny vocabulary."""
+    rng = np.random.default_rng(1)
+    words = sorted(TAGS)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        lines = []
+        for _ in range(n):
+            for w in rng.choice(words, size=int(rng.integers(3, 8))):
+                lines.append(f"{w}\t{TAGS[w]}")
+            lines.append("")
+        (folder / f"{split}.conll").write_text("\n".join(lines) + "\n")
+    return {"name": "tags", "kind": "tagging", "files": {"train": str(folder / "train.conll"),
+                                                        "test": str(folder / "test.conll")}}
 
-    from compresso.evaluation.finetune import EpochCheckpoint, finetune
 
-    spec = TASKS["upos"]
-    labels = ["NOUN", "ADJ", "VERB"]
-    index = {x: i for i, x in enumerate(labels)}
-    rng = np.random.default_rng(0)
-    words = "casa masa om carte mare mic frumos este sunt".split()
-    tags = {"casa": "NOUN", "masa": "NOUN", "om": "NOUN", "carte": "NOUN", "mare": "ADJ", "mic": "ADJ",
-            "frumos": "ADJ", "este": "VERB", "sunt": "VERB"}
-    examples = []
-    for _ in range(24):
-        ws = list(rng.choice(words, size=int(rng.integers(2, 6))))
-        examples.append(Example(ws, [tags[w] for w in ws]))
-    tok = tiny_tokenizer()
-    train = encode(spec, examples[:16], tok, 32, index)
-    validation = encode(spec, examples[16:], tok, 32, index)
-    settings = replace(spec.defaults, epochs=3, batch_size=4, patience=None)
-    prior = np.full(3, 1 / 3)
+def task_block(task="tags", kind="tagging", labels=TAG_SET, head="cross"):
+    return {"task": task, "title": task, "kind": kind, "labels": labels, "head": head, "pooling": None,
+            "value_range": [0.0, 5.0] if kind == "regression" else None, "pair": False, "max_length": 64,
+            "entity_level": kind == "tagging", "source": {"files": {}}}
 
-    def score(pred):
-        return float((pred.label_ids() == np.concatenate([[index[t] for t in ex.label] for ex in examples[16:]])).mean())
 
-    def run(folder, kill_at=None):
-        model = _tagger(tok, 3, seed=5).train()
+def tiny_teacher_task_model(folder, tokenizer, block: dict, seed: int, hidden: int = 32):
+    """A teacher task model built directly with transformers, its task block in config.json."""
+    from transformers import BertForSequenceClassification
 
-        def on_epoch(epoch, epochs, value):
-            if epoch == kill_at:
-                raise Killed()
-        ckpt = EpochCheckpoint(folder, "run-a") if folder is not None else None
-        outcome = finetune(model, spec, settings, train, validation, score, torch.device("cpu"), 3, 0, prior,
-                           on_epoch=on_epoch, checkpoint=ckpt)
-        return model, outcome
+    torch.manual_seed(seed)
+    labels = block["labels"] or []
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=hidden * 2, max_position_embeddings=64,
+                        num_labels=len(labels) if labels else 1, id2label=dict(enumerate(labels)) if labels else None,
+                        label2id={x: i for i, x in enumerate(labels)} if labels else None)
+    if block["kind"] == "regression":
+        config.problem_type = "regression"
+    config.compresso_task = block
+    cls = BertForTokenClassification if block["kind"] == "tagging" else BertForSequenceClassification
+    cls(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
 
-    reference, ref_outcome = run(None)
-    with pytest.raises(Killed):
-        run(tmp_path / "ckpt", kill_at=2)  # epoch 1 is checkpointed, epoch 2 dies before its checkpoint
-    assert EpochCheckpoint(tmp_path / "ckpt", "run-a").progress()["epoch"] == 1
-    assert EpochCheckpoint(tmp_path / "ckpt", "other settings").progress() is None
-    resumed, outcome = run(tmp_path / "ckpt")
-    assert [h["epoch"] for h in outcome.history] == [1, 2, 3]
-    assert outcome.history == ref_outcome.history
-    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
+
+def recipe(tmp_path, teachers: dict[str, str], params: dict, student: str) -> dict:
+    return {"name": "td", "seed": 3, "output_dir": str(tmp_path / "run"), "device": "cpu",
+            "teachers": [{"name": n, "model": m} for n, m in teachers.items()],
+            "student": {"model": student},
+            "stages": [{"strategy": "task_distill", "params": params}]}
+
+
+@pytest.fixture
+def tagging_setup(tmp_path):
+    from tests.tiny import tiny_bert
+
+    custom = write_conll_task(tmp_path / "data")
+    teachers = {"cased": tiny_teacher_task_model(tmp_path / "t_cased", tiny_tokenizer(), task_block(), seed=1),
+                "other": tiny_teacher_task_model(tmp_path / "t_other", other_tokenizer(), task_block(), seed=2)}
+    student = str(tiny_bert(tmp_path / "student", layers=2, hidden=32, seed=4))
+    params = {"task": custom, "teachers": ["cased", "other"], "ensemble": "geometric",
+              "teacher_weights": {"cased": 2, "other": 1}, "epochs": 2, "batch_size": 8}
+    return tmp_path, teachers, student, params
+
+
+def _run(tmp_path, teachers, student, params, out="run"):
+    from compresso.engine import Runner
+    from compresso.recipe import recipe_from_dict
+    from tests.tiny import quiet
+
+    r = recipe(tmp_path, teachers, params, student)
+    r["output_dir"] = str(tmp_path / out)
+    runner = Runner(recipe_from_dict(r), console=quiet())
+    runner.preflight(network=False)
+    return runner.run()
+
+
+def test_two_teachers_two_tokenizers_make_a_task_model(tagging_setup):
+    import json
+
+    from transformers import AutoModelForTokenClassification
+
+    tmp_path, teachers, student, params = tagging_setup
+    result = _run(tmp_path, teachers, student, params)
+    folder = result.final_stage
+    config = json.loads((folder / "config.json").read_text())
+    assert config["compresso_task"]["task"] == "tags" and config["compresso_task"]["labels"] == TAG_SET
+    assert config["id2label"] == {str(i): x for i, x in enumerate(TAG_SET)}
+    AutoModelForTokenClassification.from_pretrained(folder)  # plain transformers loads it
+    metrics = json.loads((folder / "stage.json").read_text())["metrics"]
+    assert set(metrics["teachers"]) == {"cased", "other"}
+    assert metrics["teachers"]["cased"]["weight"] == pytest.approx(2 / 3)
+    assert metrics["teachers"]["cased"]["same_tokenizer"] and not metrics["teachers"]["other"]["same_tokenizer"]
+    assert metrics["ensemble"]["mode"] == "geometric" and "f1_macro" in metrics["ensemble"]["test"]
+    assert "f1_macro" in metrics["test"] and metrics["training"]["epochs_run"] == 2
+    assert metrics["loss"]["per"] == "word"
+
+
+def test_a_killed_stage_resumes_from_its_last_epoch(tagging_setup, monkeypatch):
+    from safetensors.torch import load_file
+
+    from compresso.evaluation import finetune as ft
+
+    tmp_path, teachers, student, params = tagging_setup
+    params = {**params, "epochs": 3, "patience": 10}
+    reference = _run(tmp_path, teachers, student, params, out="whole")
+
+    saved = ft._save_checkpoint
+    calls = []
+
+    def save_then_die(*args, **kwargs):
+        saved(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
+
+    monkeypatch.setattr(ft, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, teachers, student, params, out="killed")
+    work = tmp_path / "killed" / ".work" / "00-task_distill"
+    assert len(list(work.glob("checkpoint-*.pt"))) == 1
+    assert list((work / "teacher_predictions").glob("*.npz"))
+    resumed = _run(tmp_path, teachers, student, params, out="killed")
+    assert len(calls) == 3  # epochs 2 and 3 only: the first was not trained again
+    a = load_file(str(reference.final_stage / "model.safetensors"))
+    b = load_file(str(resumed.final_stage / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("case", ["labels", "task", "kind", "not_a_task_model"])
+def test_bad_teachers_are_refused_naming_stage_teacher_and_labels(tagging_setup, case):
+    from compresso.strategy import StrategyError
+
+    tmp_path, teachers, student, params = tagging_setup
+    if case == "labels":
+        block = task_block(labels=["O", "B-LOC", "B-ORG"])
+    elif case == "task":
+        block = task_block(task="ner", labels=["O", "B-PER", "I-PER"])
+    else:
+        block = task_block(kind="regression", labels=None)
+    from tests.tiny import tiny_bert
+
+    if case == "not_a_task_model":
+        bad = str(tiny_bert(tmp_path / "bad", layers=1, hidden=32))
+    else:
+        bad = tiny_teacher_task_model(tmp_path / "bad", tiny_tokenizer(), block, seed=9)
+    with pytest.raises(StrategyError) as err:
+        _run(tmp_path, {**teachers, "bad": bad}, student, {**params, "teachers": ["cased", "bad"],
+                                                            "teacher_weights": None})
+    message = str(err.value)
+    assert "00-task_distill" in message and "'bad'" in message
+    if case == "labels":
+        assert "B-ORG" in message and "B-PER" in message
+    elif case == "task":
+        assert "fine-tuned on ner" in message and "not on tags" in message and "I-PER" in message
+    elif case == "kind":
+        assert "regression" in message and "tagging" in message
+    else:
+        assert "task block" in message
+    assert not (tmp_path / "run" / "00-task_distill").exists()
+
+
+def test_classification_with_unlabelled_text_and_hidden_loss(tmp_path):
+    """Per-example targets; corpus lines and the task's own unlabelled examples labelled by the
+    teachers; the hidden-state loss taken from the teacher that shares the student's tokenizer and
+    width, the other skipped with its reason in stage.json."""
+    import json
+
+    from tests.tiny import tiny_bert
+
+    rng = np.random.default_rng(2)
+    words = sorted(TAGS)
+    (tmp_path / "data").mkdir()
+    for split, n in (("train", 40), ("test", 10)):
+        rows = ["text,label"]
+        for _ in range(n):
+            ws = list(rng.choice(words, size=5))
+            rows.append(f"{' '.join(ws)},{'loc' if 'casa' in ws or 'românia' in ws else 'other'}")
+        (tmp_path / "data" / f"{split}.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words, size=6)) for _ in range(30)) + "\n")
+    custom = {"name": "topic", "kind": "classification", "labels": ["loc", "other"],
+              "files": {"train": str(tmp_path / "data" / "train.csv"), "test": str(tmp_path / "data" / "test.csv")}}
+    block = task_block(task="topic", kind="classification", labels=["other", "loc"])  # another order: matched by name
+    teachers = {"cased": tiny_teacher_task_model(tmp_path / "t1", tiny_tokenizer(), block, seed=1),
+                "other": tiny_teacher_task_model(tmp_path / "t2", other_tokenizer(), block, seed=2)}
+    student = str(tiny_bert(tmp_path / "student", layers=2, hidden=32, seed=4))
+    params = {"task": custom, "teachers": ["cased", "other"], "alpha_hidden": 0.5,
+              "labelled_examples": 20, "unlabelled_task_text": True, "unlabelled_corpus": [str(tmp_path / "corpus.txt")],
+              "max_unlabelled": 25, "epochs": 1, "batch_size": 8}
+    result = _run(tmp_path, teachers, student, params)
+    metrics = json.loads((result.final_stage / "stage.json").read_text())["metrics"]
+    assert metrics["examples"] == {"labelled": 20, "unlabelled_task_text": 16, "unlabelled_corpus": 25}
+    assert metrics["hidden_loss"]["cased"] == "used"
+    assert metrics["hidden_loss"]["other"].startswith("skipped: its tokenizer differs")
+    assert metrics["loss"]["per"] == "example" and "accuracy" in metrics["test"]
+    config = json.loads((result.final_stage / "config.json").read_text())
+    assert config["id2label"] == {"0": "loc", "1": "other"}  # the task's order

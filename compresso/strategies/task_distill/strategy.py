@@ -10,11 +10,9 @@ example and word index (docs/architecture.md, "Task distillation").
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -55,34 +53,34 @@ def stage_label(ctx: RunContext) -> str:
     return ctx.stage_dir.name.removeprefix(".tmp-")
 
 
-def check_teacher_heads(stage: str, task: str, kind: str, labels: list[str] | None,
-                        heads: dict[str, object]) -> None:
-    """Refuse teachers that do not fit the task or each other: another task, another kind (a
-    regression teacher for a classification task), another label set. The message names the
-    stage, the teachers and the labels."""
+def check_teachers(stage: str, spec, labels: list[str] | None, heads: dict[str, object]) -> dict[str, object]:
+    """Refuse teachers that do not fit the task or each other: no task model, another task, another
+    kind (a regression teacher for a classification task), another label set, another head. The
+    message names the stage, the teacher and the labels. Returns each teacher's output column of
+    every task label (None for regression)."""
+    from compresso.evaluation.task_model import TaskModelError, check_head
+
+    columns = {}
     for name, head in heads.items():
-        if head is None:
-            raise StrategyError(f"stage {stage}: teacher {name!r} is not a fine-tuned task model (its config has no "
-                                f"task block); fine-tune it first (a `finetune` stage) and name that stage")
-        if head.kind != kind:
-            raise StrategyError(f"stage {stage}: teacher {name!r} is a {head.kind} model (task {head.task!r}), but task "
-                                f"{task!r} is {kind}; its predictions cannot teach this task")
-        if head.task != task:
-            raise StrategyError(f"stage {stage}: teacher {name!r} was fine-tuned on task {head.task!r}, not on "
-                                f"{task!r}" + (f" (its labels: {', '.join(head.labels)}; the task's: "
-                                               f"{', '.join(labels)})" if head.labels and labels else ""))
-        if labels is not None and set(head.labels or []) != set(labels):
-            missing = [x for x in labels if x not in (head.labels or [])]
-            extra = [x for x in head.labels or [] if x not in labels]
-            raise StrategyError(f"stage {stage}: teacher {name!r} has the labels {', '.join(head.labels or [])}, the "
-                                f"task {task!r} has {', '.join(labels)}"
-                                + (f"; the teacher lacks {', '.join(missing)}" if missing else "")
-                                + (f"; the task has no {', '.join(extra)}" if extra else ""))
-    first = next(iter(heads.items()))
+        who = f"stage {stage}, teacher {name!r}"
+        try:
+            columns[name] = check_head(head, spec, labels, who)
+        except TaskModelError as exc:
+            theirs = f"its labels: {', '.join(head.labels)}" if head is not None and head.labels else None
+            ours = f"the task's: {', '.join(labels)}" if labels else None
+            extra = "; ".join(x for x in (theirs, ours) if x)
+            raise StrategyError(f"{exc}" + (f" ({extra})" if extra and "lacks" not in str(exc) else "")) from None
+        extra_labels = [x for x in head.labels or [] if x not in (labels or [])]
+        if extra_labels:
+            raise StrategyError(f"stage {stage}, teacher {name!r} has label(s) {', '.join(map(repr, extra_labels))} "
+                                f"that {spec.title} has not (its labels: {', '.join(head.labels)}; the task's: "
+                                f"{', '.join(labels)}); teachers and task need one label set")
+    first = next(iter(heads))
     for name, head in heads.items():
-        if head.head != first[1].head:
-            raise StrategyError(f"stage {stage}: teachers {first[0]!r} and {name!r} have different heads "
-                                f"({first[1].head} and {head.head}); the student takes one")
+        if head.head != heads[first].head:
+            raise StrategyError(f"stage {stage}: teachers {first!r} and {name!r} have different heads "
+                                f"({heads[first].head} and {head.head}); the student takes one")
+    return columns
 
 
 def _fingerprint(data) -> str:
@@ -98,25 +96,14 @@ class TaskDistillStrategy(CompressionStrategy):
     params: TaskDistillParams
 
     # --- data --------------------------------------------------------------------------------
-    def _evaluate_config(self):
-        from compresso.evaluation.config import EvaluateConfig
-
-        p = self.params
-        return EvaluateConfig(tasks=[p.task], data_dir=p.data_dir,
-                              custom_tasks=[p.custom_task] if p.custom_task is not None else [],
-                              max_train_examples=p.max_train_examples, max_eval_examples=p.max_eval_examples)
-
     def _task_data(self, ctx: RunContext):
         from compresso.evaluation.data import DataError
-        from compresso.evaluation.tasks import DatasetCache
+        from compresso.evaluation.task_model import read_task_data
 
         try:
-            cfg = self._evaluate_config()
-        except ValueError as exc:
-            raise StrategyError(f"stage {stage_label(ctx)}: task {self.params.task!r}: {exc}") from None
-        try:
-            return DatasetCache(cfg).task(self.params.task)
-        except DataError as exc:
+            cfg = self.params.data_config()
+            return cfg, read_task_data(cfg)
+        except (DataError, ValueError) as exc:
             raise StrategyError(f"stage {stage_label(ctx)}: {exc}") from None
 
     def _corpus_files(self, ctx: RunContext) -> list[Path]:
@@ -128,7 +115,7 @@ class TaskDistillStrategy(CompressionStrategy):
         if unknown:
             raise StrategyError(f"stage {stage}: teacher {unknown[0]!r} is not a teacher of the recipe "
                                 f"({', '.join(ctx.teachers) or 'none'}) nor an earlier stage")
-        data = self._task_data(ctx)
+        _, data = self._task_data(ctx)
         if self.params.unlabelled_corpus:
             if data.train[0].text_pair is not None:
                 raise StrategyError(f"stage {stage}: unlabelled_corpus gives single texts, task {data.spec.name!r} "
@@ -147,10 +134,10 @@ class TaskDistillStrategy(CompressionStrategy):
             if (folder / "config.json").is_file():
                 heads[name] = task_head(folder)
         if heads:
-            check_teacher_heads(stage, data.spec.name, data.spec.kind, data.labels, heads)
+            check_teachers(stage, data.spec, data.labels, heads)
 
     # --- setup -------------------------------------------------------------------------------
-    def _teachers(self, ctx: RunContext, data) -> list[Teacher]:
+    def _teachers(self, ctx: RunContext, data) -> tuple[list[Teacher], dict]:
         from compresso.evaluation.task_model import load_task_model, task_head
 
         stage = stage_label(ctx)
@@ -162,37 +149,12 @@ class TaskDistillStrategy(CompressionStrategy):
                                     f"({', '.join(ctx.teachers) or 'none'}) nor an earlier stage")
             refs[name] = str(ctx.teachers[name].model)
             heads[name] = task_head(refs[name])
-        check_teacher_heads(stage, data.spec.name, data.spec.kind, data.labels, heads)
+        columns = check_teachers(stage, data.spec, data.labels, heads)
         out = []
         for name in self.params.teachers:
             model, tokenizer, head = load_task_model(refs[name], torch.device("cpu"))
             out.append(Teacher(name, refs[name], model, tokenizer, head, weights[name]))
-        return out
-
-    def _student(self, bundle: ModelBundle, head, data, ctx: RunContext) -> torch.nn.Module:
-        """The stage's input model under the teachers' head (a new head, seeded; the siamese head
-        has no weights of its own)."""
-        from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-        from compresso.evaluation.finetune import SiameseRegressor
-        from compresso.evaluation.runner import quiet_transformers
-
-        torch.manual_seed(ctx.seed)
-        with tempfile.TemporaryDirectory(prefix="input-", dir=ctx.work_dir) as tmp, quiet_transformers():
-            bundle.model.save_pretrained(tmp, safe_serialization=True)
-            if head.head == "siamese":
-                encoder = AutoModel.from_pretrained(tmp, dtype=torch.float32)
-                if getattr(encoder, "pooler", None) is not None:
-                    encoder.pooler = None  # mean pooling does not use it
-                return SiameseRegressor(encoder)
-            if data.spec.kind == "regression":
-                return AutoModelForSequenceClassification.from_pretrained(
-                    tmp, dtype=torch.float32, num_labels=1, problem_type="regression", ignore_mismatched_sizes=True)
-            cls = AutoModelForTokenClassification if data.spec.kind == "tagging" else AutoModelForSequenceClassification
-            return cls.from_pretrained(tmp, dtype=torch.float32, num_labels=len(data.labels),
-                                       id2label=dict(enumerate(data.labels)),
-                                       label2id={x: i for i, x in enumerate(data.labels)},
-                                       ignore_mismatched_sizes=True)
+        return out, columns
 
     def _training_examples(self, data, ctx: RunContext) -> tuple[list, np.ndarray, dict]:
         """(examples, has_gold, counts): the labelled training examples, then the unlabelled ones
@@ -229,26 +191,24 @@ class TaskDistillStrategy(CompressionStrategy):
     def apply(self, bundle: ModelBundle, ctx: RunContext) -> ModelBundle:
         from compresso.evaluation import scoring
         from compresso.evaluation.features import encode, tokenizer_fingerprint
-        from compresso.evaluation.finetune import EpochCheckpoint, SiameseRegressor, finetune, predict
-        from compresso.evaluation.runner import _JobRunner
-        from compresso.evaluation.task_model import save_task_model
+        from compresso.evaluation.finetune import finetune, predict
+        from compresso.evaluation.task_model import attach_head, head_for, load_for_task, pad_id, usable_max_length
 
         p = self.params
         stage = stage_label(ctx)
         device = ctx.device
         if bundle.tokenizer is None or not getattr(bundle.tokenizer, "is_fast", False):
             raise StrategyError(f"stage {stage}: the input model needs a fast (Rust) tokenizer beside it")
-        data = self._task_data(ctx)
+        cfg, data = self._task_data(ctx)
         spec = data.spec
-        teachers = self._teachers(ctx, data)
+        teachers, columns = self._teachers(ctx, data)
         head0 = teachers[0].head
-        settings = spec.defaults.with_overrides(p.finetune)
-        settings = replace(settings, head=head0.head if spec.kind == "regression" else settings.head)
+        settings = replace(spec.defaults.with_overrides(p.overrides()), head=head0.head)
         siamese = head0.head == "siamese"
-        student = self._student(bundle, head0, data, ctx)
-        encoder = student.encoder if isinstance(student, SiameseRegressor) else student
-        max_length = _JobRunner._max_length(encoder, bundle.tokenizer, settings.max_length)
-        pad_id = _JobRunner._pad_id(bundle.tokenizer)
+        torch.manual_seed(ctx.seed)  # the new head's initialisation
+        student = load_for_task(bundle, spec, data.labels, head0.head).model
+        max_length = usable_max_length(student, bundle.tokenizer, settings.max_length)
+        pad = pad_id(bundle.tokenizer)
         label_index = {x: i for i, x in enumerate(data.labels)} if data.labels else None
 
         examples, has_gold, counts = self._training_examples(data, ctx)
@@ -265,10 +225,9 @@ class TaskDistillStrategy(CompressionStrategy):
         identity = {"params": p.model_dump(mode="json"), "seed": ctx.seed, "lineage": bundle.lineage,
                     "teachers": {t.name: t.reference for t in teachers}, "max_length": max_length}
         run_id = _fingerprint(identity)
-        preds, coverage = self._teacher_predictions(teachers, data, splits, ctx, run_id)
+        preds, coverage = self._teacher_predictions(teachers, columns, data, splits, ctx, run_id)
 
         # Soft targets on the training rows; the ensemble at T = 1 scored on validation and test.
-        weights = [t.weight for t in teachers]
         targets = self._targets(spec, data, teachers, preds, coverage, student_enc["train"], examples, has_gold,
                                 label_index)
         metrics = {"task": spec.name, "teachers": {}, "examples": counts}
@@ -291,14 +250,16 @@ class TaskDistillStrategy(CompressionStrategy):
         loss_fn = self._loss(spec, targets, hidden_teachers, device)
 
         # Training: evaluation's loop, with this loss, checkpointed every epoch.
-        checkpoint = EpochCheckpoint(Path(ctx.work_dir) / "checkpoint", run_id)
-        resumed = checkpoint.progress()
-        if resumed is not None:
-            ctx.log(f"resuming from the checkpoint after epoch {resumed['epoch']} ({checkpoint.folder})")
+        # (named by the run's settings: a checkpoint of other settings is never resumed)
+        checkpoint = Path(ctx.work_dir) / f"checkpoint-{run_id}.pt"
+        resumed = None
+        if checkpoint.is_file():
+            resumed = len(torch.load(checkpoint, map_location="cpu", weights_only=True)["history"])
+            ctx.log(f"resuming from the checkpoint after epoch {resumed} ({checkpoint})")
         headline = spec.headline
         with ctx.progress() as progress:
             bar = progress.add_task(f"task distillation · {spec.title}", total=settings.epochs,
-                                    completed=resumed["epoch"] if resumed else 0)
+                                    completed=resumed or 0)
 
             def on_epoch(epoch, epochs, score):
                 progress.update(bar, completed=epoch, description=f"task distillation · {spec.title} · "
@@ -308,11 +269,11 @@ class TaskDistillStrategy(CompressionStrategy):
             outcome = finetune(
                 student, spec, settings, student_enc["train"], student_enc["validation"],
                 lambda pred: scoring.score(spec, data.validation, data.labels, pred)[headline],
-                device, ctx.seed, pad_id, data.label_prior, on_epoch=on_epoch, loss_fn=loss_fn, forward=forward,
-                checkpoint=checkpoint)
+                device, ctx.seed, pad, data.label_prior, on_epoch=on_epoch, checkpoint=checkpoint, loss_fn=loss_fn,
+                forward=forward)
         for t in hidden_teachers:
             t.model.to("cpu")
-        test_pred = predict(student, student_enc["test"], spec, device, settings.eval_batch_size, pad_id,
+        test_pred = predict(student, student_enc["test"], spec, device, settings.eval_batch_size, pad,
                             data.label_prior)
         student.to("cpu").eval()
         metrics.update({
@@ -332,18 +293,17 @@ class TaskDistillStrategy(CompressionStrategy):
                 + ", ".join(f"{n} {m['test'][headline]:.2f}" for n, m in metrics["teachers"].items())
                 + (f", ensemble {metrics['ensemble']['test'][headline]:.2f}" if "ensemble" in metrics else ""))
 
-        head = replace(head0, max_length=max_length)
-        model = student.encoder if isinstance(student, SiameseRegressor) else student
-        save_task_model(model, bundle.tokenizer, head, ctx.stage_dir)
-        return ModelBundle(model=model, tokenizer=bundle.tokenizer, lineage=list(bundle.lineage))
+        # the task block of a model trained on this data with these settings (the engine saves it)
+        head = head_for(data, settings, max_length, cfg)
+        return ModelBundle(attach_head(student, head), bundle.tokenizer, list(bundle.lineage))
 
     # --- pieces ------------------------------------------------------------------------------
-    def _teacher_predictions(self, teachers: list[Teacher], data, splits: dict, ctx: RunContext, run_id: str):
+    def _teacher_predictions(self, teachers: list[Teacher], columns: dict, data, splits: dict, ctx: RunContext,
+                             run_id: str):
         """Every teacher's predictions on every split (its own tokenizer and max_length), and for
         tagging which words it saw (a word its tokenizer truncated away carries no target)."""
-        from compresso.evaluation.features import encode
-        from compresso.evaluation.finetune import Predictions, SiameseRegressor, predict
-        from compresso.evaluation.runner import _JobRunner
+        from compresso.evaluation.finetune import Predictions
+        from compresso.evaluation.task_model import encode_for, predict_examples
 
         spec = data.spec
         device = ctx.device
@@ -351,14 +311,9 @@ class TaskDistillStrategy(CompressionStrategy):
         folder.mkdir(parents=True, exist_ok=True)
         preds: dict[str, dict] = {}
         coverage: dict[str, dict] = {}
-        label_index = {x: i for i, x in enumerate(data.labels)} if data.labels else None
         for t in teachers:
             preds[t.name], coverage[t.name] = {}, {}
-            encoder = t.model.encoder if isinstance(t.model, SiameseRegressor) else t.model
-            max_length = _JobRunner._max_length(encoder, t.tokenizer, t.head.max_length or 512)
-            order = None
-            if spec.kind != "regression":  # the teacher's columns in the task's label order
-                order = np.array([t.head.labels.index(x) for x in data.labels])
+            order = columns[t.name]  # the teacher's output column of each task label
             moved = False
             for split, examples in splits.items():
                 path = folder / f"{t.name}-{split}-{run_id}.npz"
@@ -369,11 +324,10 @@ class TaskDistillStrategy(CompressionStrategy):
                     if not moved:
                         t.model.to(device)
                         moved = True
-                    enc = encode(spec, examples, t.tokenizer, max_length, label_index,
-                                 pairs_apart=t.head.head == "siamese")
+                    # its own tokenizer and the max_length it was trained with
+                    enc = encode_for(t.head, t.tokenizer, examples)
                     ctx.log(f"teacher {t.name}: predicting {len(examples)} {split} examples")
-                    pred = predict(t.model, enc, spec, device, 256, _JobRunner._pad_id(t.tokenizer),
-                                   data.label_prior)
+                    pred = predict_examples(t.model, t.tokenizer, t.head, examples, device, encoded=enc)
                     arrays = {}
                     if pred.probs is not None:
                         arrays["probs"] = pred.probs[:, order].astype(np.float32)
@@ -515,4 +469,4 @@ class TaskDistillStrategy(CompressionStrategy):
         return loss_fn
 
 
-__all__ = ["TaskDistillStrategy", "TaskDistillParams", "check_teacher_heads"]
+__all__ = ["TaskDistillStrategy", "TaskDistillParams", "check_teachers"]
