@@ -388,3 +388,13 @@ def test_classification_with_unlabelled_text_and_hidden_loss(tmp_path):
     assert metrics["loss"]["per"] == "example" and "accuracy" in metrics["test"]
     config = json.loads((result.final_stage / "config.json").read_text())
     assert config["id2label"] == {"0": "loc", "1": "other"}  # the task's order
+
+
+def test_every_parameter_is_documented():
+    from pathlib import Path
+
+    from compresso.strategies.task_distill import TaskDistillParams
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text()
+    missing = [name for name in TaskDistillParams.model_fields if f"`{name}`" not in doc]
+    assert not missing, f"docs/tasks.md does not document {missing}"

@@ -18,6 +18,9 @@ class TaskDistillParams(StrategyParams, FinetuneOverrides):
     (``FinetuneOverrides``, each left out keeps the task's default), given flat as in ``finetune``;
     ``head`` comes from the teachers."""
 
+    head: Literal["siamese", "cross"] | None = Field(
+        None, description="Not accepted here: the student takes the teachers' head (their task block).")
+
     # Teachers ------------------------------------------------------------------------------
     teachers: list[str] = Field(
         min_length=1, description="Fine-tuned task models to distil from, by name: recipe teachers whose model is a "
