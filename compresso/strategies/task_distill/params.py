@@ -21,6 +21,9 @@ class TaskDistillParams(StrategyParams, FinetuneOverrides):
     head: Literal["siamese", "cross"] | None = Field(
         None, description="Not accepted here: the student takes the teachers' head (their task block).")
 
+    seed: int | None = Field(None, ge=0, description="Seed of the head's initialisation and the batch order; "
+                                                     "default: the recipe's seed.")
+
     # Teachers ------------------------------------------------------------------------------
     teachers: list[str] = Field(
         min_length=1, description="Fine-tuned task models to distil from, by name: recipe teachers whose model is a "

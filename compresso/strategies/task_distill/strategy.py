@@ -205,7 +205,8 @@ class TaskDistillStrategy(CompressionStrategy):
         head0 = teachers[0].head
         settings = replace(spec.defaults.with_overrides(p.overrides()), head=head0.head)
         siamese = head0.head == "siamese"
-        torch.manual_seed(ctx.seed)  # the new head's initialisation
+        seed = ctx.seed if p.seed is None else p.seed
+        torch.manual_seed(seed)  # the new head's initialisation
         student = load_for_task(bundle, spec, data.labels, head0.head).model
         max_length = usable_max_length(student, bundle.tokenizer, settings.max_length)
         pad = pad_id(bundle.tokenizer)
@@ -222,7 +223,7 @@ class TaskDistillStrategy(CompressionStrategy):
                 + f"; teachers {', '.join(f'{t.name} ({t.weight:.2f})' for t in teachers)}, {p.ensemble} ensemble")
 
         # Teachers' predictions, once (cached in work_dir, so a resumed stage does not redo them).
-        identity = {"params": p.model_dump(mode="json"), "seed": ctx.seed, "lineage": bundle.lineage,
+        identity = {"params": p.model_dump(mode="json"), "seed": seed, "lineage": bundle.lineage,
                     "teachers": {t.name: t.reference for t in teachers}, "max_length": max_length}
         run_id = _fingerprint(identity)
         preds, coverage = self._teacher_predictions(teachers, columns, data, splits, ctx, run_id)
@@ -269,7 +270,7 @@ class TaskDistillStrategy(CompressionStrategy):
             outcome = finetune(
                 student, spec, settings, student_enc["train"], student_enc["validation"],
                 lambda pred: scoring.score(spec, data.validation, data.labels, pred)[headline],
-                device, ctx.seed, pad, data.label_prior, on_epoch=on_epoch, checkpoint=checkpoint, loss_fn=loss_fn,
+                device, seed, pad, data.label_prior, on_epoch=on_epoch, checkpoint=checkpoint, loss_fn=loss_fn,
                 forward=forward)
         for t in hidden_teachers:
             t.model.to("cpu")
