@@ -85,21 +85,18 @@ def soft_target_kl(student_logits: torch.Tensor, targets: torch.Tensor, temperat
 
 def gold_cross_entropy(student_logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
     """Cross-entropy on gold class ids (-100: no gold label), the mean over labelled rows; 0 when a
-    batch has none."""
-    labelled = gold != -100
-    if not bool(labelled.any()):
-        return student_logits.sum() * 0.0
-    return F.cross_entropy(student_logits.float()[labelled], gold[labelled])
+    batch has none. (No host synchronisation: a count, not a branch on the device's data.)"""
+    total = F.cross_entropy(student_logits.float(), gold, ignore_index=-100, reduction="sum")
+    return total / (gold != -100).sum().clamp_min(1)
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean squared error over the rows ``mask`` keeps (all by default); 0 when it keeps none."""
-    prediction, target = prediction.float(), target.float()
+    squared = (prediction.float() - target.float()) ** 2
     if mask is None:
-        return F.mse_loss(prediction, target)
-    if not bool(mask.any()):
-        return prediction.sum() * 0.0
-    return F.mse_loss(prediction[mask], target[mask])
+        return squared.mean()
+    mask = mask.float()
+    return (squared * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def hidden_cosine(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

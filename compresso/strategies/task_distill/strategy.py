@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +189,7 @@ class TaskDistillStrategy(CompressionStrategy):
 
     # --- the run -----------------------------------------------------------------------------
     def apply(self, bundle: ModelBundle, ctx: RunContext) -> ModelBundle:
+        from compresso.engine import model_fingerprint
         from compresso.evaluation import scoring
         from compresso.evaluation.features import encode, tokenizer_fingerprint
         from compresso.evaluation.finetune import finetune, predict
@@ -224,7 +225,8 @@ class TaskDistillStrategy(CompressionStrategy):
 
         # Teachers' predictions, once (cached in work_dir, so a resumed stage does not redo them).
         identity = {"params": p.model_dump(mode="json"), "seed": seed, "lineage": bundle.lineage,
-                    "teachers": {t.name: t.reference for t in teachers}, "max_length": max_length}
+                    "teachers": {t.name: model_fingerprint(t.reference, None) for t in teachers},
+                    "max_length": max_length}
         run_id = _fingerprint(identity)
         preds, coverage = self._teacher_predictions(teachers, columns, data, splits, ctx, run_id)
 
@@ -286,7 +288,7 @@ class TaskDistillStrategy(CompressionStrategy):
             "training": {"best_epoch": outcome.best_epoch, "epochs_run": len(outcome.history),
                          "stopped_early": outcome.stopped_early, "history": outcome.history,
                          "seconds": round(outcome.seconds, 2), "steps": outcome.steps,
-                         "settings": {**settings.__dict__, "max_length": max_length}},
+                         "settings": {**asdict(settings), "max_length": max_length}},
         })
         ctx.metrics.update(metrics)
         ctx.log(f"{spec.title}: student {headline} {metrics['test'][headline]:.2f} on test (validation "
