@@ -81,6 +81,87 @@ def _load_snippet(folder_name: str, fmt: str, kind_of_head: str) -> list[str]:
     return lines
 
 
+def _task_block(config: dict):
+    """The task head of a task model's config, or None."""
+    from compresso.evaluation.task_model import TaskModelError, task_head
+
+    try:
+        return task_head(config)
+    except TaskModelError:
+        return None
+
+
+def _pipeline_tag(task) -> str | None:
+    if task is None:
+        return None
+    if task.head == "siamese":
+        return "sentence-similarity"
+    return "token-classification" if task.kind == "tagging" else "text-classification"
+
+
+def _task_section(task, metrics: dict, folder: str, fmt: str) -> list[str]:
+    """What the task model was trained for, on which data, how good it is on the test split, and
+    how to serve it."""
+    folder = folder.replace("\\", "/")
+    lines = ["## Task", ""]
+    kind = {"tagging": "tags each word", "classification": "classifies each text",
+            "regression": "scores each sentence pair" if task.pair else "scores each text"}[task.kind]
+    lines += [f"A task model: it {kind} for **{task.title}** (`{task.task}`, {task.kind}"
+              + (f", {len(task.labels)} labels" if task.labels else "") + ")."]
+    if task.kind == "tagging":
+        lines += ["A word's label is the prediction at its first sub-token (the other sub-tokens are not "
+                  "trained); a word cut off by the length limit gets none."]
+    if task.kind == "regression":
+        low, high = task.value_range
+        if task.head == "siamese":
+            lines += [f"Each sentence is encoded alone and mean-pooled; the score is the cosine of the two "
+                      f"vectors, clipped at 0, times {high - low:g} plus {low:g} (scores {low:g}–{high:g})."]
+        else:
+            lines += [f"The pair is encoded as one sequence; the head's output y maps to the score "
+                      f"{low:g} + y × {high - low:g} (scores {low:g}–{high:g})."]
+    lines += [f"Inputs are truncated to {task.max_length} sub-tokens.", ""]
+    if task.labels:
+        shown = ", ".join(f"`{label}`" for label in task.labels[:40])
+        lines += [f"Labels, in the head's order: {shown}" + (" ..." if len(task.labels) > 40 else "") + ".", ""]
+    sizes = metrics.get("sizes") or {}
+    sources = metrics.get("sources") or task.source.get("files") or {}
+    if sizes or sources:
+        rows = [[split, str(sizes.get(split, "–")), f"`{sources[split]}`" if split in sources else "–"]
+                for split in ("train", "validation", "test")]
+        lines += ["Data:", ""] + _table(["split", "examples", "file"], rows, numeric_from=1)
+    for note in metrics.get("notes") or []:
+        lines += [f"- {note}"]
+    if metrics.get("notes"):
+        lines += [""]
+    test, validation = metrics.get("test") or {}, metrics.get("validation") or {}
+    if test:
+        from compresso.evaluation.tasks import METRIC_TITLES
+
+        rows = [[METRIC_TITLES.get(k, k), f"{test[k]:.2f}", f"{validation[k]:.2f}" if k in validation else "–"]
+                for k in test]
+        seed = f", seed {metrics['seed']}" if "seed" in metrics else ""
+        epoch = f", best epoch {metrics['best_epoch']} of {metrics['epochs_run']}" if "best_epoch" in metrics else ""
+        lines += [f"Scores of this model as it is (0–100, one run{seed}{epoch}):", ""]
+        lines += _table(["metric", "test", "validation"], rows)
+    if fmt == "transformers" and task.head != "siamese":
+        pipe = "token-classification" if task.kind == "tagging" else "text-classification"
+        example = {"tagging": '"Ion Popescu locuiește în Cluj ."',
+                   "classification": '{"text": "prima propoziție", "text_pair": "a doua"}' if task.pair
+                   else '"Un text de clasificat."',
+                   "regression": '{"text": "prima propoziție", "text_pair": "a doua"}' if task.pair
+                   else '"Un text."'}[task.kind]
+        extra = ", function_to_apply=\"none\"" if task.kind == "regression" else ""
+        lines += ["Serve it with transformers' pipeline:", "", "```python", "from transformers import pipeline", "",
+                  f'model = pipeline("{pipe}", model="{folder}")',
+                  f"print(model({example}{extra}))", "```", ""]
+    elif fmt == "transformers":
+        lines += ["Serve it with sentence-transformers (the folder holds `modules.json` and `1_Pooling/`):", "",
+                  "```python", "from sentence_transformers import SentenceTransformer", "",
+                  f'model = SentenceTransformer("{folder}")',
+                  'a, b = model.encode(["prima propoziție", "a doua propoziție"], convert_to_tensor=True)', "```", ""]
+    return lines
+
+
 def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | None):
     """The ``huggingface_hub.ModelCard`` of one stage folder."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -95,6 +176,10 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     head = next((a for a in config.get("architectures") or [] if a.endswith("ForMaskedLM")), None)
     auto_class = "AutoModelForMaskedLM" if head else "AutoModel"
+    task_model = _task_block(config)
+    if task_model is not None:
+        auto_class = "AutoModel" if task_model.head == "siamese" else \
+            "AutoModelForTokenClassification" if task_model.kind == "tagging" else "AutoModelForSequenceClassification"
 
     start, _ = recipe.student_ref()
     teachers = [{"name": t.name, "model": t.model} for t in recipe.teachers]
@@ -121,6 +206,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
         library_name="transformers" if fmt == "transformers" else "compresso",
         base_model=start if _looks_like_hub_id(start) else None,
         tags=["compresso", outcome.strategy] + TAGS.get(outcome.strategy, []),
+        pipeline_tag=_pipeline_tag(task_model),
         datasets=datasets or None,
         metrics=sorted(metrics) or None,
         eval_results=eval_results or None,
@@ -202,6 +288,8 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
         body += ["Not evaluated in this run (the recipe's `evaluate:` section did not include this stage, or "
                  "evaluation was skipped). `compresso evaluate` scores it.", ""]
 
+    if task_model is not None:
+        body += _task_section(task_model, stage.get("metrics") or {}, str(folder), fmt)
     body += _load_snippet(str(folder), fmt, auto_class)
     recipe_yaml = yaml.safe_dump(loaded.raw, sort_keys=False, allow_unicode=True).strip()
     body += ["## Recipe", "", f"The resolved recipe (`{loaded.path}`):", "", "```yaml", recipe_yaml, "```", ""]

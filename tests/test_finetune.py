@@ -1,0 +1,166 @@
+"""The ``finetune`` strategy through the engine: the folder it writes (served by transformers'
+pipeline, loaded by compresso.load, described by its card), resume after a kill, bad input, and a
+stage's output named as a later stage's teacher."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import compresso
+from compresso.evaluation.task_model import load_task_model, predict_labels, task_head
+from compresso.recipe import RecipeError, recipe_from_dict
+from tests.task_data import classification_files, custom_task, tagging_files
+from tests.tiny import quiet, tiny_bert
+
+FAST = {"lr": 5e-3, "epochs": 3, "batch_size": 8, "max_length": 32, "seed": 1}
+
+
+def _recipe(tmp_path, task, stages_extra=(), teachers_extra=(), **params) -> dict:
+    base = tiny_bert(tmp_path / "base", layers=2)
+    return {"name": "ft", "output_dir": str(tmp_path / "run"), "device": "cpu",
+            "teachers": [{"name": "base", "model": str(base)}, *teachers_extra], "student": {"model": "base"},
+            "stages": [{"name": "ft", "strategy": "finetune", "input": "base",
+                        "params": {"task": task, **FAST, **params}}, *stages_extra]}
+
+
+def test_finetune_stage_is_a_folder_the_pipeline_serves(tmp_path):
+    from transformers import pipeline
+
+    task = custom_task("big", "tagging", tagging_files(tmp_path / "data"))
+    result = compresso.apply(_recipe(tmp_path, task, epochs=8), console=quiet())
+    folder = result.final_stage
+    stage = json.loads((folder / "stage.json").read_text())
+    metrics = stage["metrics"]
+    assert metrics["task"] == "big" and metrics["kind"] == "tagging" and metrics["labels"] == ["O", "B-BIG"]
+    assert {"f1_macro", "f1_micro"} <= set(metrics["test"]) and set(metrics["validation"]) == set(metrics["test"])
+    assert metrics["sizes"] == {"train": 40, "validation": 12, "test": 12} and metrics["epochs_run"] == len(metrics["history"]) <= 8
+    head = task_head(folder)
+    assert head.task == "big" and head.source["custom_task"]["files"]["train"].endswith("train.conll")
+
+    bundle = compresso.load(folder)
+    assert type(bundle.model).__name__ == "BertForTokenClassification"
+    sentences = [["casa", "mare", "om"], ["un", "drum", "frumos", "la", "bucurești"], ["apa"]]
+    ours = predict_labels(bundle.model, bundle.tokenizer, head, sentences)
+    tagger = pipeline("token-classification", model=str(folder), device="cpu")
+    for words, labels in zip(sentences, ours):
+        tokens = tagger(" ".join(words), ignore_labels=[])
+        assert [t["entity"] for t in tokens if not t["word"].startswith("##")] == labels
+    assert any("B-BIG" in labels for labels in ours) and any("O" in labels for labels in ours)
+
+    card = (folder / "README.md").read_text()
+    assert "## Task" in card and "`B-BIG`" in card and 'pipeline("token-classification"' in card
+    assert "first sub-token" in card and f"{metrics['test']['f1_macro']:.2f}" in card
+    assert "pipeline_tag: token-classification" in card
+
+
+def test_killed_finetune_stage_resumes_to_the_same_model(tmp_path, monkeypatch):
+    from compresso.evaluation import finetune as finetune_module
+
+    task = custom_task("big", "classification", classification_files(tmp_path / "data"))
+    whole = compresso.apply(_recipe(tmp_path / "a", task), console=quiet())
+
+    recipe = _recipe(tmp_path / "b", task)
+    save = finetune_module._save_checkpoint
+    saved = []
+
+    def save_then_die(path, *args):
+        save(path, *args)
+        saved.append(path)
+        if len(saved) == 2:
+            raise KeyboardInterrupt("killed after epoch 2")
+
+    monkeypatch.setattr(finetune_module, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        compresso.apply(recipe, console=quiet())
+    run = tmp_path / "b" / "run"
+    checkpoint = run / ".work" / "00-ft" / "finetune.pt"
+    assert checkpoint.is_file() and not (run / "00-ft").exists()
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.undo()
+    resumed = compresso.apply(recipe, console=quiet())
+    a, b = (json.loads((r.final_stage / "stage.json").read_text())["metrics"] for r in (whole, resumed))
+    assert a["history"] == b["history"] and a["test"] == b["test"]
+    from safetensors.torch import load_file
+
+    wa, wb = (load_file(str(r.final_stage / "model.safetensors")) for r in (whole, resumed))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert not checkpoint.exists()  # the finished stage's scratch is gone
+
+
+def test_finetune_bad_input_is_named(tmp_path):
+    with pytest.raises(RecipeError, match=r"stages\.0\.params\.task.*unknown task 'pos'"):
+        recipe_from_dict(_recipe(tmp_path, "pos"))
+    task = custom_task("big", "classification", {"train": str(tmp_path / "none.csv"), "test": str(tmp_path / "t.csv")})
+    from compresso.strategy import StrategyError
+
+    from compresso.api import prepare
+
+    runner = prepare(_recipe(tmp_path / "x", task), console=quiet())
+    with pytest.raises(StrategyError, match=r"finetune on big: .*none\.csv"):
+        runner.preflight()
+    task = custom_task("big", "classification", classification_files(tmp_path / "data"))
+    with pytest.raises(RecipeError, match=r"stages\.0\.params\.lr"):
+        recipe_from_dict(_recipe(tmp_path / "y", task, lr=-1))
+
+
+def _teacher_recipe(tmp_path, teachers_extra, stages_extra):
+    task = custom_task("big", "classification", classification_files(tmp_path / "data"))
+    return _recipe(tmp_path, task, stages_extra=stages_extra, teachers_extra=teachers_extra)
+
+
+def test_stage_teachers_are_checked_in_the_recipe(tmp_path):
+    cases = [
+        ([{"name": "t", "stage": "nope"}], [], r"teachers\.1\.stage: 'nope' is not a stage of this recipe"),
+        ([{"name": "t", "stage": "ft", "model": "x/y"}], [], "either `model`.*not both"),
+        ([{"name": "t"}], [], "either `model`.*not neither"),
+        ([{"name": "t", "stage": "ft"}], [{"strategy": "finetune", "input": "t", "params": {"task": "sapn"}}],
+         r"teacher 't' is the output of stage 'ft'; name that stage as the input"),
+    ]
+    for teachers, stages, message in cases:
+        with pytest.raises(RecipeError, match=message):
+            recipe_from_dict(_teacher_recipe(tmp_path, teachers, stages), check_files=False)
+    recipe = _teacher_recipe(tmp_path, [{"name": "t", "stage": "ft"}], [])
+    recipe["student"]["model"] = "t"
+    with pytest.raises(RecipeError, match="student.model: teacher 't' is the output of stage 'ft'"):
+        recipe_from_dict(recipe, check_files=False)
+
+
+def test_a_finetuned_stage_is_a_teacher_of_later_stages_only(tmp_path, monkeypatch):
+    from compresso.engine import Runner
+
+    later = [{"name": "ft2", "strategy": "finetune", "input": "base",
+              "params": {"task": custom_task("big", "classification", classification_files(tmp_path / "data")),
+                         **FAST, "epochs": 1}}]
+    loaded = recipe_from_dict(_teacher_recipe(tmp_path, [{"name": "ft-teacher", "stage": "ft"}], later))
+    runner = Runner(loaded, console=quiet())
+    assert list(runner._context(0).teachers) == ["base"]
+    ctx = runner._context(1)
+    assert list(ctx.teachers) == ["base", "ft-teacher"]
+    ref = ctx.teachers["ft-teacher"]
+    assert ref.stage == "00-ft" and ref.model == str(tmp_path / "run" / "00-ft")
+    seen = {}
+    from compresso.strategies.finetune import FinetuneStrategy
+
+    apply = FinetuneStrategy.apply
+
+    def spy(self, bundle, ctx):
+        if "ft-teacher" in ctx.teachers:
+            model, _, head = load_task_model(ctx.teachers["ft-teacher"].model)
+            seen["teacher"] = (type(model).__name__, head.task, head.labels)
+        return apply(self, bundle, ctx)
+
+    monkeypatch.setattr(FinetuneStrategy, "apply", spy)
+    runner.preflight()
+    result = runner.run()
+    assert seen["teacher"] == ("BertForSequenceClassification", "big", ["big", "small"])
+    # the teacher's stage key is part of the later stage's key: rerunning the teacher reruns it
+    keys = [o.key for o in result.stages]
+    input_key = runner._stage_input(1, keys, None)[2]
+    assert runner._stage_key(1, input_key, keys) == keys[1]
+    assert runner._stage_key(1, input_key, ["another key", keys[1]]) != keys[1]
+    models = runner._eval_models([(o.index, o.dirname, o.path, o.input_path) for o in result.stages])
+    teacher = next(m for m in models if m.name == "ft-teacher")
+    assert teacher.role == "teacher" and teacher.path == str(tmp_path / "run" / "00-ft")
