@@ -398,3 +398,48 @@ def test_every_parameter_is_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "tasks.md").read_text()
     missing = [name for name in TaskDistillParams.model_fields if f"`{name}`" not in doc]
     assert not missing, f"docs/tasks.md does not document {missing}"
+
+
+def test_finetune_stages_as_teachers_then_task_distillation_of_a_siamese_regressor(tmp_path):
+    """The route in one recipe: two teachers with different tokenizers fine-tuned by `finetune`
+    stages (custom sentence-pair regression: the siamese head by default), named as teachers of a
+    `task_distill` stage, which distils a student into a sentence-transformers folder."""
+    import json
+
+    from transformers import BertForMaskedLM
+
+    from tests.task_data import custom_task, regression_files
+    from tests.tiny import tiny_bert
+
+    task = custom_task("overlap", "regression", regression_files(tmp_path / "data"))
+    a = str(tiny_bert(tmp_path / "a", layers=2, seed=1))
+    tok = other_tokenizer()
+    torch.manual_seed(2)
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "b")
+    tok.save_pretrained(tmp_path / "b")
+    student = str(tiny_bert(tmp_path / "student", layers=1, seed=3))
+    fast = {"epochs": 2, "batch_size": 8, "max_length": 32}
+    params = {"task": task, "teachers": ["ft-a", "ft-b"], "teacher_weights": {"ft-a": 1, "ft-b": 3}, **fast}
+    recipe = {"name": "route", "seed": 5, "output_dir": str(tmp_path / "run"), "device": "cpu",
+              "teachers": [{"name": "a", "model": a}, {"name": "b", "model": str(tmp_path / "b")},
+                           {"name": "ft-a", "stage": "fta"}, {"name": "ft-b", "stage": "ftb"}],
+              "student": {"model": student},
+              "stages": [{"name": "fta", "strategy": "finetune", "input": "a", "params": {"task": task, **fast}},
+                         {"name": "ftb", "strategy": "finetune", "input": "b", "params": {"task": task, **fast}},
+                         {"name": "kd", "strategy": "task_distill", "input": "student", "params": params}]}
+    from compresso.engine import Runner
+    from compresso.recipe import recipe_from_dict
+    from tests.tiny import quiet
+
+    runner = Runner(recipe_from_dict(recipe), console=quiet())
+    runner.preflight(network=False)
+    folder = runner.run().final_stage
+    assert folder.name == "02-kd"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["compresso_task"]["head"] == "siamese" and config["compresso_task"]["kind"] == "regression"
+    assert (folder / "modules.json").is_file() and (folder / "1_Pooling" / "config.json").is_file()
+    metrics = json.loads((folder / "stage.json").read_text())["metrics"]
+    assert metrics["teachers"]["ft-b"]["weight"] == pytest.approx(0.75)
+    assert "pearson" in metrics["ensemble"]["test"] and "pearson" in metrics["test"]
+    assert metrics["hidden_loss"] == {"ft-a": "off (alpha_hidden is 0)", "ft-b": "off (alpha_hidden is 0)"}
