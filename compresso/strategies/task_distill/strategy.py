@@ -221,7 +221,8 @@ class TaskDistillStrategy(CompressionStrategy):
                 + (f", {counts['unlabelled_task_text']} of the task's own without labels" if counts[
                     "unlabelled_task_text"] else "")
                 + (f", {counts['unlabelled_corpus']} corpus lines" if counts["unlabelled_corpus"] else "")
-                + f"; teachers {', '.join(f'{t.name} ({t.weight:.2f})' for t in teachers)}, {p.ensemble} ensemble")
+                + (f"; teachers {', '.join(f'{t.name} ({t.weight:.2f})' for t in teachers)}, {p.ensemble} ensemble"
+                   if len(teachers) > 1 else f"; teacher {teachers[0].name}"))
 
         # Teachers' predictions, once (cached in work_dir, so a resumed stage does not redo them).
         identity = {"params": p.model_dump(mode="json"), "seed": seed, "lineage": bundle.lineage,
