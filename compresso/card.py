@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from compresso.engine import RunResult, StageOutcome
     from compresso.recipe import LoadedRecipe
 
-TAGS = {"distill": ["knowledge-distillation"], "quantize": ["int8", "quantized"], "prune": ["pruned"]}
+TAGS = {"distill": ["knowledge-distillation"], "quantize": ["int8", "quantized"], "prune": ["pruned"],
+        "task_distill": ["knowledge-distillation", "task-distillation"]}
 # model-index metric types as the hub spells them
 METRIC_TYPES = {"macro_f1": "f1", "f1_macro": "f1", "f1_micro": "f1", "accuracy": "accuracy",
                 "pearson": "pearsonr", "spearman": "spearmanr"}
@@ -162,6 +163,46 @@ def _task_section(task, metrics: dict, folder: str, fmt: str) -> list[str]:
     return lines
 
 
+def _teachers_section(metrics: dict) -> list[str]:
+    """The teacher task models a task model was distilled from (``metrics["teachers"]`` as
+    ``task_distill`` records it): weights, tokenizers, their own scores beside the student's, the
+    teachers' ensemble, and the loss."""
+    teachers = metrics.get("teachers")
+    headline = metrics.get("headline")
+    if not isinstance(teachers, dict) or not teachers or not headline:
+        return []
+    from compresso.evaluation.tasks import METRIC_TITLES
+
+    title = METRIC_TITLES.get(headline, headline)
+    lines = ["## Teachers", "", f"Distilled from {len(teachers)} fine-tuned teacher task model(s); {title} (0–100) "
+                                "of each on this task's validation and test splits, beside this model's:", ""]
+    rows = []
+    for name, t in teachers.items():
+        rows.append([f"`{name}`", f"`{t.get('model', '?')}`", f"{t.get('weight', 0):.2f}",
+                     "same" if t.get("same_tokenizer") else "other",
+                     f"{t['validation'][headline]:.2f}" if headline in (t.get("validation") or {}) else "–",
+                     f"{t['test'][headline]:.2f}" if headline in (t.get("test") or {}) else "–"])
+    ensemble = metrics.get("ensemble")
+    if isinstance(ensemble, dict):
+        rows.append([f"ensemble ({ensemble.get('mode')} mean)", "–", "1.00", "–",
+                     f"{ensemble['validation'][headline]:.2f}" if headline in (ensemble.get("validation") or {}) else "–",
+                     f"{ensemble['test'][headline]:.2f}" if headline in (ensemble.get("test") or {}) else "–"])
+    rows.append(["this model", "–", "–", "–",
+                 f"{metrics['validation'][headline]:.2f}" if headline in (metrics.get("validation") or {}) else "–",
+                 f"{metrics['test'][headline]:.2f}" if headline in (metrics.get("test") or {}) else "–"])
+    lines += _table(["teacher", "model", "weight", "tokenizer", "validation", "test"], rows, numeric_from=2)
+    loss = metrics.get("loss") or {}
+    if loss and metrics.get("kind") == "regression":
+        lines += [f"Loss, per example: {loss.get('alpha_kd')} × squared error to the teachers' mean score + "
+                  f"{loss.get('alpha_ce')} × squared error to the gold score (scores scaled to 0–1).", ""]
+    elif loss:
+        lines += [f"Loss, per {loss.get('per', 'example')}: {loss.get('alpha_kd')} × T² × KL(teachers' soft targets ‖ "
+                  f"student) at T = {loss.get('temperature')} + {loss.get('alpha_ce')} × cross-entropy on gold labels"
+                  + (f" + {loss.get('alpha_hidden')} × (1 − cos) of last hidden states" if loss.get("alpha_hidden")
+                     else "") + ".", ""]
+    return lines
+
+
 def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | None):
     """The ``huggingface_hub.ModelCard`` of one stage folder."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -290,6 +331,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
 
     if task_model is not None:
         body += _task_section(task_model, stage.get("metrics") or {}, str(folder), fmt)
+        body += _teachers_section(stage.get("metrics") or {})
     body += _load_snippet(str(folder), fmt, auto_class)
     recipe_yaml = yaml.safe_dump(loaded.raw, sort_keys=False, allow_unicode=True).strip()
     body += ["## Recipe", "", f"The resolved recipe (`{loaded.path}`):", "", "```yaml", recipe_yaml, "```", ""]

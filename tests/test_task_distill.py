@@ -285,8 +285,17 @@ def test_two_teachers_two_tokenizers_make_a_task_model(tagging_setup):
     assert metrics["teachers"]["cased"]["weight"] == pytest.approx(2 / 3)
     assert metrics["teachers"]["cased"]["same_tokenizer"] and not metrics["teachers"]["other"]["same_tokenizer"]
     assert metrics["ensemble"]["mode"] == "geometric" and "f1_macro" in metrics["ensemble"]["test"]
-    assert "f1_macro" in metrics["test"] and metrics["training"]["epochs_run"] == 2
+    assert "f1_macro" in metrics["test"] and "f1_macro" in metrics["validation"] and metrics["epochs_run"] == 2
+    assert metrics["sizes"]["train"] == 36 and metrics["seed"] == 3 and metrics["headline"] == "f1_macro"
     assert metrics["loss"]["per"] == "word"
+    # the model card names the teachers, their scores beside the student's, and the loss
+    from compresso.card import write_model_card
+    from compresso.recipe import recipe_from_dict
+
+    card = write_model_card(recipe_from_dict(recipe(tmp_path, teachers, params, student)), result.stages[-1],
+                            None).read_text()
+    assert "## Teachers" in card and "`other`" in card and "ensemble (geometric mean)" in card
+    assert "T² × KL" in card and "per word" in card
 
 
 def test_a_killed_stage_resumes_from_its_last_epoch(tagging_setup, monkeypatch):

@@ -277,23 +277,30 @@ class TaskDistillStrategy(CompressionStrategy):
                 forward=forward)
         for t in hidden_teachers:
             t.model.to("cpu")
-        test_pred = predict(student, student_enc["test"], spec, device, settings.eval_batch_size, pad,
-                            data.label_prior)
+        scores = {split: scoring.score(spec, getattr(data, split), data.labels,
+                                       predict(student, student_enc[split], spec, device, settings.eval_batch_size,
+                                               pad, data.label_prior))
+                  for split in ("validation", "test")}
         student.to("cpu").eval()
+        # the keys `finetune` records (cards and evaluation read them alike), then the distillation's own
         metrics.update({
-            "validation": {headline: outcome.best_validation},
-            "test": scoring.score(spec, data.test, data.labels, test_pred),
+            "title": spec.title, "kind": spec.kind, "headline": headline, "labels": data.labels,
+            "test": scores["test"], "validation": scores["validation"],
+            "best_epoch": outcome.best_epoch, "epochs_run": len(outcome.history),
+            "stopped_early": outcome.stopped_early, "history": outcome.history,
+            "train_seconds": round(outcome.seconds, 2), "seed": seed,
+            "sizes": {"train": counts["labelled"], "validation": len(data.validation), "test": len(data.test)},
+            "sources": dict(data.sources), "notes": list(data.notes),
+            "settings": asdict(settings) | {"max_length": max_length},
             "loss": {"temperature": p.temperature, "alpha_kd": p.alpha_kd, "alpha_ce": p.alpha_ce,
                      "alpha_hidden": p.alpha_hidden, "ensemble": p.ensemble,
                      "per": {"tagging": "word", "classification": "example", "regression": "example"}[spec.kind]},
-            "training": {"best_epoch": outcome.best_epoch, "epochs_run": len(outcome.history),
-                         "stopped_early": outcome.stopped_early, "history": outcome.history,
-                         "seconds": round(outcome.seconds, 2), "steps": outcome.steps,
-                         "settings": {**asdict(settings), "max_length": max_length}},
         })
+        if student_enc["test"].missing_words:
+            metrics["test_words_without_token"] = student_enc["test"].missing_words
         ctx.metrics.update(metrics)
         ctx.log(f"{spec.title}: student {headline} {metrics['test'][headline]:.2f} on test (validation "
-                f"{outcome.best_validation:.2f}, best epoch {outcome.best_epoch}); teachers "
+                f"{metrics['validation'][headline]:.2f}, best epoch {outcome.best_epoch}); teachers "
                 + ", ".join(f"{n} {m['test'][headline]:.2f}" for n, m in metrics["teachers"].items())
                 + (f", ensemble {metrics['ensemble']['test'][headline]:.2f}" if "ensemble" in metrics else ""))
 
