@@ -164,3 +164,46 @@ def test_a_finetuned_stage_is_a_teacher_of_later_stages_only(tmp_path, monkeypat
     models = runner._eval_models([(o.index, o.dirname, o.path, o.input_path) for o in result.stages])
     teacher = next(m for m in models if m.name == "ft-teacher")
     assert teacher.role == "teacher" and teacher.path == str(tmp_path / "run" / "00-ft")
+
+
+def test_task_stages_are_scored_as_they_are_with_loyalty_to_finetuned_teachers(tmp_path):
+    task = custom_task("big", "classification", classification_files(tmp_path / "data"))
+    student = [{"name": "ft-student", "strategy": "finetune", "input": "base",
+                "params": {"task": task, **FAST, "epochs": 1, "seed": 5}}]
+    recipe = _recipe(tmp_path, task, stages_extra=student, teachers_extra=[{"name": "big-teacher", "stage": "ft"}])
+    recipe["evaluate"] = {"custom_tasks": [task], "tasks": ["big"], "models": ["big-teacher", "01-ft-student"],
+                          "seeds": 2, "efficiency": False, "jobs": 1}
+    recipe["report"] = {"plots": False}
+    result = compresso.apply(recipe, console=quiet())
+    scores = result.evaluation["scores"]
+    teacher_runs = scores["big-teacher"]["big"]["runs"]
+    student_runs = scores["01-ft-student"]["big"]["runs"]
+    assert all(r["as_is"] and r["epochs_run"] == 0 for r in teacher_runs + student_runs)
+    # scored as it is: the stage's own test score, the same for every seed
+    own = json.loads((result.stages[1].path / "stage.json").read_text())["metrics"]["test"]
+    assert [r["metrics"] for r in student_runs] == [own, own]
+    loyalty = [e for e in result.evaluation["loyalty"] if e["student"] == "01-ft-student"]
+    assert [(e["reference"], e["relation"]) for e in loyalty] == [("big-teacher", "teacher")]
+    assert 0.0 <= loyalty[0]["label"]["mean"] <= 1.0 and loyalty[0]["seeds"] == [42, 43]
+    report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
+    assert "as is" in report
+
+
+def test_a_task_model_lacking_a_label_of_the_task_is_an_error_naming_both(tmp_path):
+    import csv
+
+    task = custom_task("big", "classification", classification_files(tmp_path / "data"))
+    result = compresso.apply(_recipe(tmp_path, task, epochs=1), console=quiet())
+    wider = {}
+    for split, path in task["files"].items():
+        rows = list(csv.reader(open(path, encoding="utf-8")))
+        rows[1][1] = "medium"  # a label the fine-tuned head never had
+        wider[split] = str(tmp_path / f"wider-{split}.csv")
+        with open(wider[split], "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+    results = compresso.evaluate({"ft": str(result.final_stage)}, tasks=["big"], seeds=1, jobs=1,
+                                 out_dir=tmp_path / "eval", device="cpu", console=quiet(),
+                                 settings={"custom_tasks": [custom_task("big", "classification", wider)],
+                                           "efficiency": False}, report={"plots": False})
+    [error] = results["errors"]
+    assert "model 'ft' lacks label(s) 'medium' of big; its head has 'big', 'small'" in error["error"]

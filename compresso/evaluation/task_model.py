@@ -520,3 +520,27 @@ def train_task_model(ref, data: TaskData, settings: FinetuneSettings, device: to
         lambda pred: scoring.score(data.spec, data.validation, data.labels, pred)[data.spec.headline],
         torch.device(device), seed, pad_id(bundle.tokenizer), data.label_prior, on_epoch, checkpoint)
     return TrainedTaskModel(bundle, enc, outcome, max_length, how)
+
+
+# --- scoring a task model as it is -----------------------------------------------------------------
+
+
+def in_task_order(pred: Predictions, columns: np.ndarray | None) -> Predictions:
+    """``pred`` with its class columns in the task's label order (``check_head``'s columns): a head
+    with labels the task lacks loses them, and each row is renormalised over the task's labels."""
+    if columns is None or pred.probs is None:
+        return pred
+    if np.array_equal(columns, np.arange(pred.probs.shape[1])):
+        return pred
+    probs = pred.probs[:, columns]
+    probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+    return Predictions(pred.kind, probs, pred.values, pred.offsets)
+
+
+def head_order_prior(prior: np.ndarray | None, columns: np.ndarray | None, head: TaskHead) -> np.ndarray | None:
+    """A prior over the task's labels, laid out over the head's outputs (zero for labels the task lacks)."""
+    if prior is None or columns is None:
+        return prior
+    out = np.zeros(len(head.labels), dtype=np.float64)
+    out[columns] = prior
+    return out
