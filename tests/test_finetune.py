@@ -207,3 +207,63 @@ def test_a_task_model_lacking_a_label_of_the_task_is_an_error_naming_both(tmp_pa
                                            "efficiency": False}, report={"plots": False})
     [error] = results["errors"]
     assert "model 'ft' lacks label(s) 'medium' of big; its head has 'big', 'small'" in error["error"]
+
+
+def _ort_labels(folder, head, sentences) -> list:
+    """What plain onnxruntime answers: the .onnx file and the tokenizer beside it, argmax, id2label."""
+    import numpy as np
+    import onnxruntime as ort
+    from transformers import AutoConfig, AutoTokenizer
+
+    meta = json.loads((folder / "quantize.json").read_text())
+    session = ort.InferenceSession(str(folder / meta["weights_file"]), providers=["CPUExecutionProvider"])
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    id2label = AutoConfig.from_pretrained(folder).id2label
+    names = [i.name for i in session.get_inputs()]
+    out = []
+    for words in sentences:
+        tagging = head.kind == "tagging"
+        enc = tokenizer(words, is_split_into_words=tagging, return_tensors="np")
+        logits = session.run(None, {n: enc[n].astype(np.int64) for n in names})[0][0]
+        ids = logits.argmax(-1)
+        if tagging:
+            firsts, previous = [], None
+            for j, w in enumerate(enc.word_ids(0)):
+                if w is not None and w != previous:
+                    firsts.append(id2label[int(ids[j])])
+                previous = w
+            out.append(firsts)
+        else:
+            out.append(id2label[int(ids)])
+    return out
+
+
+@pytest.mark.parametrize("kind,method", [("tagging", "static"), ("classification", "dynamic")])
+def test_int8_task_model_runs_in_plain_onnxruntime_and_agrees(tmp_path, kind, method):
+    from compresso.strategies.quantize.backends import BACKENDS
+
+    if BACKENDS["ort"].missing():
+        pytest.skip(f"onnxruntime backend not installed: {BACKENDS['ort'].missing()}")
+    files = (tagging_files if kind == "tagging" else classification_files)(tmp_path / "data")
+    task = custom_task("big", kind, files)
+    int8 = [{"name": "int8", "strategy": "quantize",
+             "params": {"backend": "ort", "method": method, "calibration": {"num_samples": 16, "check_samples": 8}}}]
+    result = compresso.apply(_recipe(tmp_path, task, stages_extra=int8, epochs=8), console=quiet())
+    folder = result.final_stage
+    metrics = json.loads((folder / "stage.json").read_text())["metrics"]
+    check = metrics["task_check"]
+    headline = "f1_macro" if kind == "tagging" else "macro_f1"
+    fp32_metrics = json.loads((result.stages[0].path / "stage.json").read_text())["metrics"]
+    assert check["split"] == "validation" and check["metric"] == headline
+    assert check["examples"] == fp32_metrics["sizes"]["validation"]
+    assert set(check["fp32"]) == set(check["int8"]) and 0.0 <= check["loyalty"]["label"] <= 1.0
+    # the fp32 side of the check is the fine-tuned stage's own validation score
+    assert check["fp32"][headline] == pytest.approx(fp32_metrics["validation"][headline], abs=1e-6)
+    assert metrics["calibration"] == f"{24 if method == 'static' else 8} training examples of big (big)"
+    head = task_head(folder)
+    assert head is not None and head.task == "big"  # the INT8 folder is a task model too
+    bundle = compresso.load(folder)
+    sentences = ([["casa", "mare", "om"], ["un", "drum", "frumos", "la", "bucurești"], ["apa", "de", "la", "român"]]
+                 if kind == "tagging" else ["casa mare", "un om la drum", "apa de noaptea", "ziua frumos", "o carte"])
+    ours = predict_labels(bundle.model, bundle.tokenizer, head, sentences)
+    assert _ort_labels(folder, head, sentences) == ours

@@ -269,8 +269,14 @@ def load_for_task(ref, spec: TaskSpec, labels: Sequence[str] | None, head: str, 
     else:
         from compresso.evaluation.runner import quiet_transformers
 
+        from compresso.recipe import saved_format
+
+        if saved_format(str(ref)) == "transformers" and task_head(ref) is not None:
+            load_kwargs.setdefault("ignore_mismatched_sizes", True)  # another task's head: replaced
         with quiet_transformers():  # "some weights are newly initialized": expected for a task head
             bundle = load_bundle(ref, model_class=cls, **load_kwargs, **kwargs)
+        if hasattr(bundle.model.config, CONFIG_KEY):  # a task model's backbone under a new, untrained head
+            delattr(bundle.model.config, CONFIG_KEY)
     if siamese:
         if getattr(bundle.model, "pooler", None) is not None:
             # BERT's [CLS] pooler: unused by mean pooling (and freshly initialised for an MLM
@@ -543,4 +549,24 @@ def head_order_prior(prior: np.ndarray | None, columns: np.ndarray | None, head:
         return prior
     out = np.zeros(len(head.labels), dtype=np.float64)
     out[columns] = prior
+    return out
+
+
+def model_input_batches(head: TaskHead, tokenizer, examples: Sequence[Example], input_names: Sequence[str],
+                        batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Padded batches of the inputs a task model sees for ``examples`` (a pair as one sequence, or,
+    under a siamese head, each sentence alone), keyed by ``input_names``: calibration text for
+    INT8 in the form the model is served."""
+    from compresso.evaluation.features import collate, sorted_batches
+
+    enc = encode_for(head, tokenizer, list(examples))
+    parts = [enc] if enc.second is None else [enc, enc.second]
+    out = []
+    for part in parts:
+        part = replace(part, second=None, word_pos=None)
+        for idx in sorted_batches(part.lengths, batch_size):
+            batch = collate(part, idx, pad_id(tokenizer), with_labels=False)
+            if "token_type_ids" in input_names and "token_type_ids" not in batch:
+                batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+            out.append({k: batch[k] for k in input_names})
     return out
