@@ -267,3 +267,22 @@ def test_int8_task_model_runs_in_plain_onnxruntime_and_agrees(tmp_path, kind, me
                  if kind == "tagging" else ["casa mare", "un om la drum", "apa de noaptea", "ziua frumos", "o carte"])
     ours = predict_labels(bundle.model, bundle.tokenizer, head, sentences)
     assert _ort_labels(folder, head, sentences) == ours
+
+
+def test_pruning_a_task_model_keeps_its_head(tmp_path):
+    from safetensors.torch import load_file
+
+    task = custom_task("big", "tagging", tagging_files(tmp_path / "data"))
+    prune = [{"name": "pruned", "strategy": "prune", "params": {"heads": 0.5, "ffn": 0.25, "scope": "global"}}]
+    result = compresso.apply(_recipe(tmp_path, task, stages_extra=prune, epochs=8), console=quiet())
+    fine, pruned = result.stages[0].path, result.stages[1].path
+    assert json.loads((pruned / "compresso.json").read_text())["format"] == "prune"
+    assert task_head(pruned) == task_head(fine)
+    model, tokenizer, head = load_task_model(pruned)
+    assert type(model).__name__ == "BertForTokenClassification"
+    # the classifier (it reads the hidden size, which pruning keeps) is the fine-tuned one, unchanged
+    before, after = load_file(str(fine / "model.safetensors")), model.state_dict()
+    assert torch.equal(before["classifier.weight"], after["classifier.weight"])
+    assert sum(t.numel() for t in after.values()) < sum(t.numel() for t in before.values())
+    labels = predict_labels(model, tokenizer, head, [["casa", "mare"], ["un", "om"]])
+    assert [len(x) for x in labels] == [2, 2] and set(sum(labels, [])) <= {"O", "B-BIG"}
