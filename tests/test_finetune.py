@@ -286,3 +286,35 @@ def test_pruning_a_task_model_keeps_its_head(tmp_path):
     assert sum(t.numel() for t in after.values()) < sum(t.numel() for t in before.values())
     labels = predict_labels(model, tokenizer, head, [["casa", "mare"], ["un", "om"]])
     assert [len(x) for x in labels] == [2, 2] and set(sum(labels, [])) <= {"O", "B-BIG"}
+
+
+@pytest.mark.shared
+def test_builtin_tasks_from_the_shared_data(shared_dir, tmp_path):
+    """NER and STS (siamese) from ../shared/data on capped splits, with an INT8 NER model after."""
+    from compresso.evaluation.task_model import task_data_for
+    from tests.tiny import tiny_berts_with_tokenizer
+
+    base = tiny_berts_with_tokenizer(shared_dir / "teachers" / "ro-bert-small-cased", tmp_path, {"tiny": 2})["tiny"]
+    caps = {"data_dir": str(shared_dir / "data"), "max_train_examples": 48, "max_eval_examples": 24,
+            "epochs": 2, "batch_size": 8, "max_length": 64, "lr": 1e-3}
+    recipe = {"name": "builtin", "output_dir": str(tmp_path / "run"), "device": "cpu",
+              "teachers": [{"name": "tiny", "model": base}], "student": {"model": "tiny"},
+              "stages": [{"name": "ner", "strategy": "finetune", "input": "tiny", "params": {"task": "ner", **caps}},
+                         {"name": "ner-int8", "strategy": "quantize",
+                          "params": {"backend": "ort", "method": "dynamic", "calibration": {"check_samples": 8}}},
+                         {"name": "sts", "strategy": "finetune", "input": "tiny", "params": {"task": "sts", **caps}}]}
+    result = compresso.apply(recipe, console=quiet())
+    ner, int8, sts = (o.path for o in result.stages)
+    head = task_head(ner)
+    assert head.task == "ner" and head.entity_level and head.source["dataset"] == "ronec"
+    assert head.source["data_dir"] == str((shared_dir / "data").resolve()) and "O" in head.labels
+    again = task_data_for(head, max_train_examples=48, max_eval_examples=24)
+    metrics = json.loads((ner / "stage.json").read_text())["metrics"]
+    assert again.sizes() == metrics["sizes"] and again.labels == head.labels
+    check = json.loads((int8 / "stage.json").read_text())["metrics"]["task_check"]
+    assert check["examples"] == 24 and check["fp32"]["f1_macro"] == pytest.approx(metrics["validation"]["f1_macro"])
+    sts_head = task_head(sts)
+    assert (sts_head.head, sts_head.pooling, sts_head.value_range) == ("siamese", "mean", (0.0, 5.0))
+    st = pytest.importorskip("sentence_transformers")
+    vectors = st.SentenceTransformer(str(sts), device="cpu").encode(["O propoziție.", "Alta."])
+    assert vectors.shape == (2, 32)

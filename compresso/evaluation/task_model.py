@@ -134,6 +134,9 @@ def head_for(data: TaskData, settings: FinetuneSettings, max_length: int, cfg=No
                 source["hub_dataset"] = cfg.hub_datasets[spec.name].model_dump(mode="json")
         source["validation_fraction"] = cfg.validation_fraction
         source["min_validation_examples"] = cfg.min_validation_examples
+        for cap in ("max_train_examples", "max_eval_examples"):  # a quick run's subsets, read again alike
+            if getattr(cfg, cap) is not None:
+                source[cap] = getattr(cfg, cap)
     elif not spec.dataset.startswith("custom:"):
         source["dataset"] = spec.dataset
     siamese = settings.head == "siamese" and spec.kind == "regression"
@@ -178,10 +181,11 @@ def read_task_data(cfg) -> TaskData:
 def task_data_for(head: TaskHead, max_train_examples: int | None = None,
                   max_eval_examples: int | None = None) -> TaskData:
     """The data a task model was fine-tuned on, read again from its head's ``source`` (its own
-    validation carving; ``max_*`` take fixed subsets). Raises ``TaskModelError`` when the head
-    does not say where the data is."""
+    validation carving and, unless ``max_*`` say otherwise, its own fixed subsets). Raises
+    ``TaskModelError`` when the head does not say where the data is."""
     src = head.source or {}
-    caps = {"max_train_examples": max_train_examples, "max_eval_examples": max_eval_examples,
+    caps = {"max_train_examples": max_train_examples or src.get("max_train_examples"),
+            "max_eval_examples": max_eval_examples or src.get("max_eval_examples"),
             "validation_fraction": src.get("validation_fraction"),
             "min_validation_examples": src.get("min_validation_examples")}
     if "custom_task" in src:

@@ -68,7 +68,7 @@ class QuantizeParams(StrategyParams):
                           "in stage.json (`task_check`).")
     task_check_examples: int | None = Field(
         None, ge=1, description="Score the task check on a fixed subset of this many validation examples "
-                                "(default: all).")
+                                "(default: the subset the task model was fine-tuned with, or all).")
     max_task_drop: float | None = Field(
         None, gt=0, description="Fail when the INT8 model's headline metric on the validation split is more than this "
                                 "many points (0-100 scale) below the fp32 model's. Default: record only.")
