@@ -267,6 +267,8 @@ def test_int8_task_model_runs_in_plain_onnxruntime_and_agrees(tmp_path, kind, me
                  if kind == "tagging" else ["casa mare", "un om la drum", "apa de noaptea", "ziua frumos", "o carte"])
     ours = predict_labels(bundle.model, bundle.tokenizer, head, sentences)
     assert _ort_labels(folder, head, sentences) == ours
+    card = (folder / "README.md").read_text()
+    assert f"INT8 against its fp32 input on {check['examples']} validation examples" in card
 
 
 def test_pruning_a_task_model_keeps_its_head(tmp_path):
