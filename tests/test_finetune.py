@@ -104,6 +104,9 @@ def test_finetune_bad_input_is_named(tmp_path):
     task = custom_task("big", "classification", classification_files(tmp_path / "data"))
     with pytest.raises(RecipeError, match=r"stages\.0\.params\.lr"):
         recipe_from_dict(_recipe(tmp_path / "y", task, lr=-1))
+    runner = prepare(_recipe(tmp_path / "z", task, head="siamese"), console=quiet())
+    with pytest.raises(StrategyError, match="finetune on big: big: head: siamese is for sentence-pair regression"):
+        runner.preflight()
 
 
 def _teacher_recipe(tmp_path, teachers_extra, stages_extra):

@@ -204,11 +204,6 @@ class _JobRunner:
         self.cache = EncodingCache(cache_dir)
         self.console = Console(file=io.StringIO())  # strategies' own logs would garble the progress display
 
-    def _load(self, ref: str, data: TaskData, settings: FinetuneSettings):
-        from compresso.evaluation.task_model import load_for_task
-
-        return load_for_task(ref, data.spec, data.labels, settings.head)
-
     _pad_id = staticmethod(pad_id)
 
     def _finetune(self, ref: str, data: TaskData, seed: int, report):
@@ -375,13 +370,11 @@ def _job_cost(cfg: EvaluateConfig, job: _Job, task_data: dict[str, TaskData], la
 
 
 def is_task_model(model: EvalModel, task: str) -> bool:
-    """Whether ``model`` is a task model fine-tuned for ``task``: then it is scored as it is."""
-    from compresso.evaluation.task_model import TaskModelError, task_head
+    """Whether ``model`` is a task model fine-tuned for ``task``: then it is scored as it is (a
+    malformed task block is the job's error, not a reason to fine-tune it again)."""
+    from compresso.evaluation.task_model import task_head
 
-    try:
-        head = task_head(model.path)
-    except TaskModelError:
-        return False
+    head = task_head(model.path)
     return head is not None and head.task == task
 
 
