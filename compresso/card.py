@@ -144,6 +144,14 @@ def _task_section(task, metrics: dict, folder: str, fmt: str) -> list[str]:
         epoch = f", best epoch {metrics['best_epoch']} of {metrics['epochs_run']}" if "best_epoch" in metrics else ""
         lines += [f"Scores of this model as it is (0–100, one run{seed}{epoch}):", ""]
         lines += _table(["metric", "test", "validation"], rows)
+    check = metrics.get("task_check")
+    if check:
+        from compresso.evaluation.tasks import METRIC_TITLES
+
+        metric = check["metric"]
+        lines += [f"INT8 against its fp32 input on {check['examples']} validation examples: "
+                  f"{METRIC_TITLES.get(metric, metric)} {check['int8'][metric]:.2f} (fp32 "
+                  f"{check['fp32'][metric]:.2f}).", ""]
     if fmt == "transformers" and task.head != "siamese":
         pipe = "token-classification" if task.kind == "tagging" else "text-classification"
         example = {"tagging": '"Ion Popescu locuiește în Cluj ."',

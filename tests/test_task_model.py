@@ -68,9 +68,8 @@ def test_tagging_folder_round_trips_and_pipeline_gives_the_same_labels(base, tmp
 
     tagger = pipeline("token-classification", model=str(folder), device="cpu")
     for sentence, labels in zip(words, ours):
-        tokens = tagger(" ".join(sentence))
-        # the pipeline labels every sub-token (O too, with ignore_labels=[]), words start where a
-        # token does not continue one: the first sub-token's label is the word's
+        # the pipeline labels every sub-token (O too, with ignore_labels=[]); a word starts where a
+        # token does not continue one ("##"), and its label is its first sub-token's
         tokens = tagger(" ".join(sentence), ignore_labels=[])
         firsts = [t["entity"] for t in tokens if not t["word"].startswith("##")]
         assert firsts == labels

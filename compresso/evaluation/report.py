@@ -199,6 +199,8 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
 
 
 def _epoch_cell(run: dict) -> str:
+    if run.get("as_is"):
+        return "as is"
     return f"{run['best_epoch']}/{run.get('epochs_run', run['best_epoch'])}"
 
 

@@ -204,11 +204,6 @@ class _JobRunner:
         self.cache = EncodingCache(cache_dir)
         self.console = Console(file=io.StringIO())  # strategies' own logs would garble the progress display
 
-    def _load(self, ref: str, data: TaskData, settings: FinetuneSettings):
-        from compresso.evaluation.task_model import load_for_task
-
-        return load_for_task(ref, data.spec, data.labels, settings.head)
-
     _pad_id = staticmethod(pad_id)
 
     def _finetune(self, ref: str, data: TaskData, seed: int, report):
@@ -281,10 +276,43 @@ class _JobRunner:
                   "input_metrics": input_record["metrics"]}
         return pred, record, how
 
+    def _run_as_is(self, m: EvalModel, data: TaskData, seed: int, report):
+        """Score a model that already is a task model for this task on the test split, as it is."""
+        from compresso.evaluation.task_model import (
+            check_head,
+            head_order_prior,
+            in_task_order,
+            load_task_model,
+            predict_examples,
+            task_head,
+        )
+
+        columns = check_head(task_head(m.path), data.spec, data.labels, f"model {m.name!r}")
+        report("scoring as it is")
+        model, tokenizer, head = load_task_model(m.path, self.device)
+        device = module_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
+        index = {label: i for i, label in enumerate(data.labels)} if data.labels else None
+        enc, how = self.cache.get(data.spec.name, {"train": data.train, "validation": data.validation,
+                                                   "test": data.test}, data.spec, tokenizer, head.max_length,
+                                  index, pairs_apart=head.head == "siamese")
+        t0 = time.time()
+        pred = predict_examples(model, tokenizer, head, [], device, _settings(self.cfg, data).eval_batch_size,
+                                head_order_prior(data.label_prior, columns, head), encoded=enc["test"])
+        pred = in_task_order(pred, columns)
+        record = {"settings": {"max_length": head.max_length}, "seed": seed, "as_is": True,
+                  "metrics": scoring.score(data.spec, data.test, data.labels, pred), "best_epoch": 0,
+                  "epochs_run": 0, "stopped_early": False, "validation": None, "history": [], "train_seconds": 0.0,
+                  "test_seconds": round(time.time() - t0, 2)}
+        if enc["test"].missing_words:
+            record["test_words_without_token"] = enc["test"].missing_words
+        return pred, record, how
+
     def run(self, job: _Job, report) -> dict:
         data = self.task_data[job.task]
         cls = _reapply_class(job.model)
-        if cls is None:
+        if is_task_model(job.model, job.task):
+            pred, record, how = self._run_as_is(job.model, data, job.seed, report)
+        elif cls is None:
             pred, record, _, how = self._run_plain(job.model.path, data, job.seed, report)
         else:
             pred, record, how = self._run_reapplied(job.model, cls, data, job.seed, report)
@@ -339,6 +367,15 @@ def _job_cost(cfg: EvaluateConfig, job: _Job, task_data: dict[str, TaskData], la
     steps = -(-len(data.train) // settings.batch_size) * settings.epochs
     sequences = 2 if settings.head == "siamese" else 1  # a siamese step encodes both sentences (one call)
     return estimated_cost(steps, _tokens_per_sequence(data, settings) * sequences, 1, layers[job.model.name])
+
+
+def is_task_model(model: EvalModel, task: str) -> bool:
+    """Whether ``model`` is a task model fine-tuned for ``task``: then it is scored as it is (a
+    malformed task block is the job's error, not a reason to fine-tune it again)."""
+    from compresso.evaluation.task_model import task_head
+
+    head = task_head(model.path)
+    return head is not None and head.task == task
 
 
 def _pairs(models: list[EvalModel]) -> list[tuple[EvalModel, EvalModel, str]]:
@@ -509,6 +546,10 @@ class _Evaluation:
 
     def _log(self, name: str, data: TaskData, record: dict) -> None:
         head = data.spec.headline
+        if record.get("as_is"):
+            self.console.log(f"{data.spec.title} · {name} · seed {record['seed']}: {head} "
+                             f"{record['metrics'][head]:.2f} (a task model, scored as it is)")
+            return
         self.console.log(f"{data.spec.title} · {name} · seed {record['seed']}: {head} "
                          f"{record['metrics'][head]:.2f} (best epoch {record['best_epoch']} of "
                          f"{record['epochs_run']}, {record['train_seconds']:.0f}s)")

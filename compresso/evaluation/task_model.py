@@ -134,6 +134,9 @@ def head_for(data: TaskData, settings: FinetuneSettings, max_length: int, cfg=No
                 source["hub_dataset"] = cfg.hub_datasets[spec.name].model_dump(mode="json")
         source["validation_fraction"] = cfg.validation_fraction
         source["min_validation_examples"] = cfg.min_validation_examples
+        for cap in ("max_train_examples", "max_eval_examples"):  # a quick run's subsets, read again alike
+            if getattr(cfg, cap) is not None:
+                source[cap] = getattr(cfg, cap)
     elif not spec.dataset.startswith("custom:"):
         source["dataset"] = spec.dataset
     siamese = settings.head == "siamese" and spec.kind == "regression"
@@ -178,10 +181,11 @@ def read_task_data(cfg) -> TaskData:
 def task_data_for(head: TaskHead, max_train_examples: int | None = None,
                   max_eval_examples: int | None = None) -> TaskData:
     """The data a task model was fine-tuned on, read again from its head's ``source`` (its own
-    validation carving; ``max_*`` take fixed subsets). Raises ``TaskModelError`` when the head
-    does not say where the data is."""
+    validation carving and, unless ``max_*`` say otherwise, its own fixed subsets). Raises
+    ``TaskModelError`` when the head does not say where the data is."""
     src = head.source or {}
-    caps = {"max_train_examples": max_train_examples, "max_eval_examples": max_eval_examples,
+    caps = {"max_train_examples": max_train_examples or src.get("max_train_examples"),
+            "max_eval_examples": max_eval_examples or src.get("max_eval_examples"),
             "validation_fraction": src.get("validation_fraction"),
             "min_validation_examples": src.get("min_validation_examples")}
     if "custom_task" in src:
@@ -269,8 +273,14 @@ def load_for_task(ref, spec: TaskSpec, labels: Sequence[str] | None, head: str, 
     else:
         from compresso.evaluation.runner import quiet_transformers
 
+        from compresso.recipe import saved_format
+
+        if saved_format(str(ref)) == "transformers" and task_head(ref) is not None:
+            load_kwargs.setdefault("ignore_mismatched_sizes", True)  # another task's head: replaced
         with quiet_transformers():  # "some weights are newly initialized": expected for a task head
             bundle = load_bundle(ref, model_class=cls, **load_kwargs, **kwargs)
+        if hasattr(bundle.model.config, CONFIG_KEY):  # a task model's backbone under a new, untrained head
+            delattr(bundle.model.config, CONFIG_KEY)
     if siamese:
         if getattr(bundle.model, "pooler", None) is not None:
             # BERT's [CLS] pooler: unused by mean pooling (and freshly initialised for an MLM
@@ -520,3 +530,47 @@ def train_task_model(ref, data: TaskData, settings: FinetuneSettings, device: to
         lambda pred: scoring.score(data.spec, data.validation, data.labels, pred)[data.spec.headline],
         torch.device(device), seed, pad_id(bundle.tokenizer), data.label_prior, on_epoch, checkpoint)
     return TrainedTaskModel(bundle, enc, outcome, max_length, how)
+
+
+# --- scoring a task model as it is -----------------------------------------------------------------
+
+
+def in_task_order(pred: Predictions, columns: np.ndarray | None) -> Predictions:
+    """``pred`` with its class columns in the task's label order (``check_head``'s columns): a head
+    with labels the task lacks loses them, and each row is renormalised over the task's labels."""
+    if columns is None or pred.probs is None:
+        return pred
+    if np.array_equal(columns, np.arange(pred.probs.shape[1])):
+        return pred
+    probs = pred.probs[:, columns]
+    probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+    return Predictions(pred.kind, probs, pred.values, pred.offsets)
+
+
+def head_order_prior(prior: np.ndarray | None, columns: np.ndarray | None, head: TaskHead) -> np.ndarray | None:
+    """A prior over the task's labels, laid out over the head's outputs (zero for labels the task lacks)."""
+    if prior is None or columns is None:
+        return prior
+    out = np.zeros(len(head.labels), dtype=np.float64)
+    out[columns] = prior
+    return out
+
+
+def model_input_batches(head: TaskHead, tokenizer, examples: Sequence[Example], input_names: Sequence[str],
+                        batch_size: int) -> list[dict[str, torch.Tensor]]:
+    """Padded batches of the inputs a task model sees for ``examples`` (a pair as one sequence, or,
+    under a siamese head, each sentence alone), keyed by ``input_names``: calibration text for
+    INT8 in the form the model is served."""
+    from compresso.evaluation.features import collate, sorted_batches
+
+    enc = encode_for(head, tokenizer, list(examples))
+    parts = [enc] if enc.second is None else [enc, enc.second]
+    out = []
+    for part in parts:
+        part = replace(part, second=None, word_pos=None)
+        for idx in sorted_batches(part.lengths, batch_size):
+            batch = collate(part, idx, pad_id(tokenizer), with_labels=False)
+            if "token_type_ids" in input_names and "token_type_ids" not in batch:
+                batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+            out.append({k: batch[k] for k in input_names})
+    return out

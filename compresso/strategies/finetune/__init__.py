@@ -7,7 +7,7 @@ definitions, readers and loop (``compresso.evaluation``), and saves a task model
 
 from __future__ import annotations
 
-from compresso.strategies.finetune.params import FinetuneParams
+from compresso.strategies.finetune.params import FinetuneParams, TaskDataParams
 from compresso.strategies.finetune.strategy import FinetuneStrategy
 
-__all__ = ["FinetuneStrategy", "FinetuneParams"]
+__all__ = ["FinetuneStrategy", "FinetuneParams", "TaskDataParams"]

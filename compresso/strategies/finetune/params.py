@@ -13,16 +13,13 @@ from compresso.strategy import StrategyParams
 _EVAL = EvaluateConfig.model_fields
 
 
-class FinetuneParams(StrategyParams, FinetuneOverrides):
-    """``lr``, ``epochs``, ``batch_size``, ``eval_batch_size``, ``max_length``, ``warmup_ratio``,
-    ``weight_decay``, ``max_grad_norm``, ``patience`` and ``head`` are evaluation's fine-tuning
-    settings (``FinetuneOverrides``), given flat."""
+class TaskDataParams(StrategyParams):
+    """Which task a stage trains on and where its data is: shared by the stages that train task
+    models (``finetune``, task distillation), read through evaluation's own task readers."""
 
     task: str | CustomTask = Field(
         description="A built-in task (upos, xpos, ner, sapn, sar, di, sts), or your own task as a mapping in the "
                     "form of an `evaluate.custom_tasks` entry (name, kind, files, columns; see docs/evaluation.md).")
-    seed: int | None = Field(None, ge=0, description="Seed of the head's initialisation and the batch order; "
-                                                     "default: the recipe's seed.")
     data_dir: str = Field(_EVAL["data_dir"].default, description="Built-in tasks: the folder holding ro_rrt/, "
                                                                  "ronec/, laroseda/, ro_sts/, moroco/.")
     source: Literal["local", "hub"] = Field("local", description="Built-in tasks: read the authors' files from "
@@ -48,15 +45,28 @@ class FinetuneParams(StrategyParams, FinetuneOverrides):
     def task_name(self) -> str:
         return self.task if isinstance(self.task, str) else self.task.name
 
-    def overrides(self) -> FinetuneOverrides:
-        return FinetuneOverrides.model_validate(self.model_dump(include=set(FinetuneOverrides.model_fields)))
-
     def data_config(self) -> EvaluateConfig:
-        """The evaluation settings that read this task's data and carry the fine-tuning settings."""
+        """The evaluation settings that read this task's data (and carry the fine-tuning settings
+        when the class has them)."""
         from compresso.evaluation.task_model import data_config
 
         cfg = data_config(self.task, self.data_dir, self.source, self.hub_dataset,
                           max_train_examples=self.max_train_examples, max_eval_examples=self.max_eval_examples,
                           validation_fraction=self.validation_fraction,
                           min_validation_examples=self.min_validation_examples)
-        return cfg.model_copy(update={"finetune": self.overrides()})
+        if isinstance(self, FinetuneOverrides):
+            cfg = cfg.model_copy(update={"finetune": self.overrides()})
+        return cfg
+
+    def overrides(self) -> FinetuneOverrides:
+        """The fine-tuning settings given (the flat ``FinetuneOverrides`` fields of a subclass)."""
+        return FinetuneOverrides.model_validate(self.model_dump(include=set(FinetuneOverrides.model_fields)))
+
+
+class FinetuneParams(FinetuneOverrides, TaskDataParams):
+    """``lr``, ``epochs``, ``batch_size``, ``eval_batch_size``, ``max_length``, ``warmup_ratio``,
+    ``weight_decay``, ``max_grad_norm``, ``patience`` and ``head`` are evaluation's fine-tuning
+    settings (``FinetuneOverrides``), given flat."""
+
+    seed: int | None = Field(None, ge=0, description="Seed of the head's initialisation and the batch order; "
+                                                     "default: the recipe's seed.")
