@@ -6,17 +6,17 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt, field_validator, model_validator
 
-from compresso.evaluation.config import ALL_TASKS, CustomTask, EvaluateConfig, FinetuneOverrides, HubDataset
-from compresso.strategy import InputPath, StrategyParams
+from compresso.evaluation.config import FinetuneOverrides
+from compresso.strategies.finetune.params import TaskDataParams
+from compresso.strategy import InputPath
 
-_EVAL = EvaluateConfig.model_fields
 
-
-class TaskDistillParams(StrategyParams, FinetuneOverrides):
-    """``lr``, ``epochs``, ``batch_size``, ``eval_batch_size``, ``max_length``, ``warmup_ratio``,
-    ``weight_decay``, ``max_grad_norm`` and ``patience`` are evaluation's fine-tuning settings
-    (``FinetuneOverrides``, each left out keeps the task's default), given flat as in ``finetune``;
-    ``head`` comes from the teachers."""
+class TaskDistillParams(FinetuneOverrides, TaskDataParams):
+    """The task and its data as ``finetune`` takes them (``TaskDataParams``: task, data_dir, source,
+    hub_dataset, max_train_examples, ...); ``lr``, ``epochs``, ``batch_size``, ``eval_batch_size``,
+    ``max_length``, ``warmup_ratio``, ``weight_decay``, ``max_grad_norm`` and ``patience`` are
+    evaluation's fine-tuning settings (``FinetuneOverrides``, each left out keeps the task's
+    default), given flat; ``head`` comes from the teachers."""
 
     head: Literal["siamese", "cross"] | None = Field(
         None, description="Not accepted here: the student takes the teachers' head (their task block).")
@@ -38,23 +38,7 @@ class TaskDistillParams(StrategyParams, FinetuneOverrides):
                                   "renormalised (a class must be likely under every teacher). Regression: the "
                                   "weighted mean of the teachers' scores either way.")
 
-    # Task and data (as the `finetune` strategy names them) -----------------------------------
-    task: str | CustomTask = Field(
-        description="The task: a built-in one (upos, xpos, ner, sapn, sar, di, sts), or your own as a mapping in the "
-                    "form of an `evaluate.custom_tasks` entry (name, kind, files, columns; see docs/evaluation.md). "
-                    "The teachers must have been fine-tuned on it.")
-    data_dir: str = Field(_EVAL["data_dir"].default, description="Built-in tasks: the folder holding ro_rrt/, "
-                                                                 "ronec/, laroseda/, ro_sts/, moroco/.")
-    source: Literal["local", "hub"] = Field("local", description="Built-in tasks: read the authors' files from "
-                                                                 "data_dir, or the Hugging Face hub.")
-    hub_dataset: HubDataset | None = Field(None, description="Built-in task, source: hub: the dataset to read "
-                                                             "instead of the default one.")
-    max_train_examples: int | None = Field(None, ge=1, description=_EVAL["max_train_examples"].description)
-    max_eval_examples: int | None = Field(None, ge=1, description=_EVAL["max_eval_examples"].description)
-    validation_fraction: float = Field(_EVAL["validation_fraction"].default, gt=0.0, le=0.5,
-                                       description=_EVAL["validation_fraction"].description)
-    min_validation_examples: int = Field(_EVAL["min_validation_examples"].default, ge=1,
-                                         description=_EVAL["min_validation_examples"].description)
+    # Labelled and unlabelled data (the task and its data: TaskDataParams, as in `finetune`) --------
     labelled_examples: PositiveInt | None = Field(
         None, description="Keep the gold labels of only this many training examples (a fixed random subset); the "
                           "others are used without labels when `unlabelled_task_text` is on, else dropped. "
@@ -118,30 +102,6 @@ class TaskDistillParams(StrategyParams, FinetuneOverrides):
             raise ValueError("unlabelled_task_text uses the training examples that labelled_examples leaves "
                              "unlabelled; set labelled_examples too")
         return self
-
-    @field_validator("task", mode="before")
-    @classmethod
-    def _task(cls, v):
-        if isinstance(v, str) and v not in ALL_TASKS:
-            raise ValueError(f"unknown task {v!r}; a built-in task is one of {', '.join(ALL_TASKS)}, and your own "
-                             f"task is given as a mapping (name, kind, files, ...)")
-        return v
-
-    @property
-    def task_name(self) -> str:
-        return self.task if isinstance(self.task, str) else self.task.name
-
-    def overrides(self) -> FinetuneOverrides:
-        return FinetuneOverrides.model_validate(self.model_dump(include=set(FinetuneOverrides.model_fields)))
-
-    def data_config(self) -> EvaluateConfig:
-        """The evaluation settings that read this task's data."""
-        from compresso.evaluation.task_model import data_config
-
-        return data_config(self.task, self.data_dir, self.source, self.hub_dataset,
-                           max_train_examples=self.max_train_examples, max_eval_examples=self.max_eval_examples,
-                           validation_fraction=self.validation_fraction,
-                           min_validation_examples=self.min_validation_examples)
 
     def weights(self) -> dict[str, float]:
         """Each teacher's ensemble weight, summing to 1."""
