@@ -83,6 +83,13 @@ def check_teachers(stage: str, spec, labels: list[str] | None, heads: dict[str, 
     return columns
 
 
+def _on_device(index: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A batch's row index on the device, copied the way evaluation copies its batches (pinned,
+    asynchronous on a GPU), so that the training step does not wait for the host."""
+    tensor = torch.from_numpy(np.ascontiguousarray(index, dtype=np.int64))
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
+
+
 def _fingerprint(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -460,7 +467,7 @@ class TaskDistillStrategy(CompressionStrategy):
         def loss_fn(batch, output, idx):
             logits, hidden = output if hidden_teachers else (output, None)
             logits = logits.float()
-            rows_idx = torch.as_tensor(idx, device=device)
+            rows_idx = _on_device(idx, device)
             if spec.kind == "regression":
                 pred = logits.reshape(len(idx), -1)[:, 0]
                 loss = p.alpha_kd * masked_mse(pred, on["teacher"][rows_idx])
@@ -468,7 +475,7 @@ class TaskDistillStrategy(CompressionStrategy):
             else:
                 if spec.kind == "tagging":
                     flat = logits.reshape(-1, logits.shape[-1]).index_select(0, batch["word_index"])
-                    rows = torch.as_tensor(np.concatenate([targets["student_rows"][i] for i in idx]), device=device)
+                    rows = _on_device(np.concatenate([targets["student_rows"][i] for i in idx]), device)
                 else:
                     flat, rows = logits, rows_idx
                 loss = p.alpha_kd * soft_target_kl(flat, on["soft"][rows], p.temperature, on["seen"][rows])
