@@ -270,6 +270,9 @@ def test_int8_task_model_runs_in_plain_onnxruntime_and_agrees(tmp_path, kind, me
                  if kind == "tagging" else ["casa mare", "un om la drum", "apa de noaptea", "ziua frumos", "o carte"])
     ours = predict_labels(bundle.model, bundle.tokenizer, head, sentences)
     assert _ort_labels(folder, head, sentences) == ours
+    # asked for another device (a GPU in the evaluation), the INT8 model stays on the CPU where it runs
+    model, tokenizer, _ = load_task_model(folder, device="meta")
+    assert predict_labels(model, tokenizer, head, sentences, device="cpu") == ours
     card = (folder / "README.md").read_text()
     assert f"INT8 against its fp32 input on {check['examples']} validation examples" in card
 

@@ -59,7 +59,6 @@ from compresso.evaluation.scheduler import (
     threads_per_job,
     worker_start_method,
 )
-from compresso.evaluation.task_model import pad_id, train_task_model
 from compresso.evaluation.tasks import DatasetCache, FinetuneSettings, TaskData
 
 
@@ -204,9 +203,15 @@ class _JobRunner:
         self.cache = EncodingCache(cache_dir)
         self.console = Console(file=io.StringIO())  # strategies' own logs would garble the progress display
 
-    _pad_id = staticmethod(pad_id)
+    @staticmethod
+    def _pad_id(tokenizer) -> int:
+        from compresso.evaluation.task_model import pad_id
+
+        return pad_id(tokenizer)
 
     def _finetune(self, ref: str, data: TaskData, seed: int, report):
+        from compresso.evaluation.task_model import train_task_model
+
         settings = _settings(self.cfg, data)
 
         def cached(splits, spec, tokenizer, max_length, index, apart):

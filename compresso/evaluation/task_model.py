@@ -354,8 +354,9 @@ def save_task_model(model: torch.nn.Module, tokenizer, head: TaskHead, folder: P
 
 
 def load_task_model(folder, device: torch.device | str = "cpu"):
-    """``(model, tokenizer, head)`` of a task model folder, on ``device`` in eval mode; the model
-    under a siamese head comes wrapped in ``SiameseRegressor``. Raises ``TaskModelError`` for a
+    """``(model, tokenizer, head)`` of a task model folder, on ``device`` (an INT8 model stays on
+    the CPU, where it runs) in eval mode; the model under a siamese head comes wrapped in
+    ``SiameseRegressor``. Raises ``TaskModelError`` for a
     folder that is no task model."""
     from compresso.models import load_bundle
 
@@ -373,7 +374,10 @@ def load_task_model(folder, device: torch.device | str = "cpu"):
             model.pooler = None
         model = SiameseRegressor(model)
     if isinstance(model, torch.nn.Module):
-        model = model.to(torch.device(device)).eval()
+        inner = model.encoder if isinstance(model, SiameseRegressor) else model
+        if not getattr(inner, "runs_on_cpu_only", False):  # an INT8 model runs on the CPU whatever is asked
+            model = model.to(torch.device(device))
+        model = model.eval()
     return model, bundle.tokenizer, head
 
 
