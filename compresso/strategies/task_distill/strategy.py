@@ -320,7 +320,7 @@ class TaskDistillStrategy(CompressionStrategy):
                              run_id: str):
         """Every teacher's predictions on every split (its own tokenizer and max_length), and for
         tagging which words it saw (a word its tokenizer truncated away carries no target)."""
-        from compresso.evaluation.finetune import Predictions
+        from compresso.evaluation.finetune import Predictions, SiameseRegressor
         from compresso.evaluation.task_model import encode_for, predict_examples
 
         spec = data.spec
@@ -332,6 +332,9 @@ class TaskDistillStrategy(CompressionStrategy):
         for t in teachers:
             preds[t.name], coverage[t.name] = {}, {}
             order = columns[t.name]  # the teacher's output column of each task label
+            # an INT8 teacher runs on the CPU whatever the stage's device
+            inner = t.model.encoder if isinstance(t.model, SiameseRegressor) else t.model
+            here = torch.device("cpu") if getattr(inner, "runs_on_cpu_only", False) else device
             moved = False
             for split, examples in splits.items():
                 path = folder / f"{t.name}-{split}-{run_id}.npz"
@@ -339,13 +342,13 @@ class TaskDistillStrategy(CompressionStrategy):
                     with np.load(path, allow_pickle=False) as z:
                         arrays = {k: z[k] for k in z.files}
                 else:
-                    if not moved:
-                        t.model.to(device)
+                    if not moved and here != torch.device("cpu"):
+                        t.model.to(here)
                         moved = True
                     # its own tokenizer and the max_length it was trained with
                     enc = encode_for(t.head, t.tokenizer, examples)
                     ctx.log(f"teacher {t.name}: predicting {len(examples)} {split} examples")
-                    pred = predict_examples(t.model, t.tokenizer, t.head, examples, device, encoded=enc)
+                    pred = predict_examples(t.model, t.tokenizer, t.head, examples, here, encoded=enc)
                     arrays = {}
                     if pred.probs is not None:
                         arrays["probs"] = pred.probs[:, order].astype(np.float32)
@@ -420,9 +423,12 @@ class TaskDistillStrategy(CompressionStrategy):
         s_width = student.config.hidden_size
         mine = tokenizer_fingerprint(tokenizer)
         for t in teachers:
-            t_width = getattr(t.model.config, "hidden_size", None)
-            positions = getattr(t.model.config, "max_position_embeddings", None)
-            if tokenizer_fingerprint(t.tokenizer) != mine:
+            config = getattr(t.model, "config", None)
+            t_width = getattr(config, "hidden_size", None)
+            positions = getattr(config, "max_position_embeddings", None)
+            if getattr(t.model, "runs_on_cpu_only", False) or config is None:
+                notes[t.name] = "skipped: an INT8 or exported model gives no hidden states"
+            elif tokenizer_fingerprint(t.tokenizer) != mine:
                 notes[t.name] = "skipped: its tokenizer differs from the student's, so their tokens do not line up"
             elif t_width != s_width:
                 notes[t.name] = f"skipped: hidden size {t_width}, the student's is {s_width}"
