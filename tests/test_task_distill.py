@@ -452,3 +452,22 @@ def test_finetune_stages_as_teachers_then_task_distillation_of_a_siamese_regress
     assert metrics["teachers"]["ft-b"]["weight"] == pytest.approx(0.75)
     assert "pearson" in metrics["ensemble"]["test"] and "pearson" in metrics["test"]
     assert metrics["hidden_loss"] == {"ft-a": "off (alpha_hidden is 0)", "ft-b": "off (alpha_hidden is 0)"}
+
+
+def test_a_regression_teacher_for_a_classification_task_is_refused(tmp_path):
+    from compresso.strategy import StrategyError
+    from tests.task_data import classification_files, custom_task
+    from tests.tiny import tiny_bert
+
+    task = custom_task("big", "classification", classification_files(tmp_path / "data"))
+    good = tiny_teacher_task_model(tmp_path / "good", tiny_tokenizer(),
+                                   task_block(task="big", kind="classification", labels=["big", "small"]), seed=1)
+    bad = tiny_teacher_task_model(tmp_path / "bad", tiny_tokenizer(),
+                                  task_block(task="big", kind="regression", labels=None), seed=2)
+    student = str(tiny_bert(tmp_path / "student", layers=1))
+    with pytest.raises(StrategyError) as err:
+        _run(tmp_path, {"good": good, "bad": bad}, student, {"task": task, "teachers": ["good", "bad"]})
+    message = str(err.value)
+    assert "stage 00-task_distill, teacher 'bad'" in message
+    assert "regression" in message and "classification" in message
+    assert "the task's: big, small" in message
