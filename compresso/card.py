@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from compresso.engine import RunResult, StageOutcome
     from compresso.recipe import LoadedRecipe
 
-TAGS = {"distill": ["knowledge-distillation"], "quantize": ["int8", "quantized"], "prune": ["pruned"]}
+TAGS = {"distill": ["knowledge-distillation"], "quantize": ["int8", "quantized"], "prune": ["pruned"],
+        "task_distill": ["knowledge-distillation", "task-distillation"]}
 # model-index metric types as the hub spells them
 METRIC_TYPES = {"macro_f1": "f1", "f1_macro": "f1", "f1_micro": "f1", "accuracy": "accuracy",
                 "pearson": "pearsonr", "spearman": "spearmanr"}
@@ -81,6 +82,135 @@ def _load_snippet(folder_name: str, fmt: str, kind_of_head: str) -> list[str]:
     return lines
 
 
+def _task_block(config: dict):
+    """The task head of a task model's config, or None."""
+    from compresso.evaluation.task_model import TaskModelError, task_head
+
+    try:
+        return task_head(config)
+    except TaskModelError:
+        return None
+
+
+def _pipeline_tag(task) -> str | None:
+    if task is None:
+        return None
+    if task.head == "siamese":
+        return "sentence-similarity"
+    return "token-classification" if task.kind == "tagging" else "text-classification"
+
+
+def _task_section(task, metrics: dict, folder: str, fmt: str) -> list[str]:
+    """What the task model was trained for, on which data, how good it is on the test split, and
+    how to serve it."""
+    folder = folder.replace("\\", "/")
+    lines = ["## Task", ""]
+    kind = {"tagging": "tags each word", "classification": "classifies each text",
+            "regression": "scores each sentence pair" if task.pair else "scores each text"}[task.kind]
+    lines += [f"A task model: it {kind} for **{task.title}** (`{task.task}`, {task.kind}"
+              + (f", {len(task.labels)} labels" if task.labels else "") + ")."]
+    if task.kind == "tagging":
+        lines += ["A word's label is the prediction at its first sub-token (the other sub-tokens are not "
+                  "trained); a word cut off by the length limit gets none."]
+    if task.kind == "regression":
+        low, high = task.value_range
+        if task.head == "siamese":
+            lines += [f"Each sentence is encoded alone and mean-pooled; the score is the cosine of the two "
+                      f"vectors, clipped at 0, times {high - low:g} plus {low:g} (scores {low:g}–{high:g})."]
+        else:
+            lines += [f"The pair is encoded as one sequence; the head's output y maps to the score "
+                      f"{low:g} + y × {high - low:g} (scores {low:g}–{high:g})."]
+    lines += [f"Inputs are truncated to {task.max_length} sub-tokens.", ""]
+    if task.labels:
+        shown = ", ".join(f"`{label}`" for label in task.labels[:40])
+        lines += [f"Labels, in the head's order: {shown}" + (" ..." if len(task.labels) > 40 else "") + ".", ""]
+    sizes = metrics.get("sizes") or {}
+    sources = metrics.get("sources") or task.source.get("files") or {}
+    if sizes or sources:
+        rows = [[split, str(sizes.get(split, "–")), f"`{sources[split]}`" if split in sources else "–"]
+                for split in ("train", "validation", "test")]
+        lines += ["Data:", ""] + _table(["split", "examples", "file"], rows, numeric_from=1)
+    for note in metrics.get("notes") or []:
+        lines += [f"- {note}"]
+    if metrics.get("notes"):
+        lines += [""]
+    test, validation = metrics.get("test") or {}, metrics.get("validation") or {}
+    if test:
+        from compresso.evaluation.tasks import METRIC_TITLES
+
+        rows = [[METRIC_TITLES.get(k, k), f"{test[k]:.2f}", f"{validation[k]:.2f}" if k in validation else "–"]
+                for k in test]
+        seed = f", seed {metrics['seed']}" if "seed" in metrics else ""
+        epoch = f", best epoch {metrics['best_epoch']} of {metrics['epochs_run']}" if "best_epoch" in metrics else ""
+        lines += [f"Scores of this model as it is (0–100, one run{seed}{epoch}):", ""]
+        lines += _table(["metric", "test", "validation"], rows)
+    check = metrics.get("task_check")
+    if check:
+        from compresso.evaluation.tasks import METRIC_TITLES
+
+        metric = check["metric"]
+        lines += [f"INT8 against its fp32 input on {check['examples']} validation examples: "
+                  f"{METRIC_TITLES.get(metric, metric)} {check['int8'][metric]:.2f} (fp32 "
+                  f"{check['fp32'][metric]:.2f}).", ""]
+    if fmt == "transformers" and task.head != "siamese":
+        pipe = "token-classification" if task.kind == "tagging" else "text-classification"
+        example = {"tagging": '"Ion Popescu locuiește în Cluj ."',
+                   "classification": '{"text": "prima propoziție", "text_pair": "a doua"}' if task.pair
+                   else '"Un text de clasificat."',
+                   "regression": '{"text": "prima propoziție", "text_pair": "a doua"}' if task.pair
+                   else '"Un text."'}[task.kind]
+        extra = ", function_to_apply=\"none\"" if task.kind == "regression" else ""
+        lines += ["Serve it with transformers' pipeline:", "", "```python", "from transformers import pipeline", "",
+                  f'model = pipeline("{pipe}", model="{folder}")',
+                  f"print(model({example}{extra}))", "```", ""]
+    elif fmt == "transformers":
+        lines += ["Serve it with sentence-transformers (the folder holds `modules.json` and `1_Pooling/`):", "",
+                  "```python", "from sentence_transformers import SentenceTransformer", "",
+                  f'model = SentenceTransformer("{folder}")',
+                  'a, b = model.encode(["prima propoziție", "a doua propoziție"], convert_to_tensor=True)', "```", ""]
+    return lines
+
+
+def _teachers_section(metrics: dict) -> list[str]:
+    """The teacher task models a task model was distilled from (``metrics["teachers"]`` as
+    ``task_distill`` records it): weights, tokenizers, their own scores beside the student's, the
+    teachers' ensemble, and the loss."""
+    teachers = metrics.get("teachers")
+    headline = metrics.get("headline")
+    if not isinstance(teachers, dict) or not teachers or not headline:
+        return []
+    from compresso.evaluation.tasks import METRIC_TITLES
+
+    title = METRIC_TITLES.get(headline, headline)
+    lines = ["## Teachers", "", f"Distilled from {len(teachers)} fine-tuned teacher task model(s); {title} (0–100) "
+                                "of each on this task's validation and test splits, beside this model's:", ""]
+    rows = []
+    for name, t in teachers.items():
+        rows.append([f"`{name}`", f"`{t.get('model', '?')}`", f"{t.get('weight', 0):.2f}",
+                     "same" if t.get("same_tokenizer") else "other",
+                     f"{t['validation'][headline]:.2f}" if headline in (t.get("validation") or {}) else "–",
+                     f"{t['test'][headline]:.2f}" if headline in (t.get("test") or {}) else "–"])
+    ensemble = metrics.get("ensemble")
+    if isinstance(ensemble, dict):
+        rows.append([f"ensemble ({ensemble.get('mode')} mean)", "–", "1.00", "–",
+                     f"{ensemble['validation'][headline]:.2f}" if headline in (ensemble.get("validation") or {}) else "–",
+                     f"{ensemble['test'][headline]:.2f}" if headline in (ensemble.get("test") or {}) else "–"])
+    rows.append(["this model", "–", "–", "–",
+                 f"{metrics['validation'][headline]:.2f}" if headline in (metrics.get("validation") or {}) else "–",
+                 f"{metrics['test'][headline]:.2f}" if headline in (metrics.get("test") or {}) else "–"])
+    lines += _table(["teacher", "model", "weight", "tokenizer", "validation", "test"], rows, numeric_from=2)
+    loss = metrics.get("loss") or {}
+    if loss and metrics.get("kind") == "regression":
+        lines += [f"Loss, per example: {loss.get('alpha_kd')} × squared error to the teachers' mean score + "
+                  f"{loss.get('alpha_ce')} × squared error to the gold score (scores scaled to 0–1).", ""]
+    elif loss:
+        lines += [f"Loss, per {loss.get('per', 'example')}: {loss.get('alpha_kd')} × T² × KL(teachers' soft targets ‖ "
+                  f"student) at T = {loss.get('temperature')} + {loss.get('alpha_ce')} × cross-entropy on gold labels"
+                  + (f" + {loss.get('alpha_hidden')} × (1 − cos) of last hidden states" if loss.get("alpha_hidden")
+                     else "") + ".", ""]
+    return lines
+
+
 def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | None):
     """The ``huggingface_hub.ModelCard`` of one stage folder."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -95,6 +225,10 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
     config = json.loads((folder / "config.json").read_text()) if (folder / "config.json").is_file() else {}
     head = next((a for a in config.get("architectures") or [] if a.endswith("ForMaskedLM")), None)
     auto_class = "AutoModelForMaskedLM" if head else "AutoModel"
+    task_model = _task_block(config)
+    if task_model is not None:
+        auto_class = "AutoModel" if task_model.head == "siamese" else \
+            "AutoModelForTokenClassification" if task_model.kind == "tagging" else "AutoModelForSequenceClassification"
 
     start, _ = recipe.student_ref()
     teachers = [{"name": t.name, "model": t.model} for t in recipe.teachers]
@@ -121,6 +255,7 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
         library_name="transformers" if fmt == "transformers" else "compresso",
         base_model=start if _looks_like_hub_id(start) else None,
         tags=["compresso", outcome.strategy] + TAGS.get(outcome.strategy, []),
+        pipeline_tag=_pipeline_tag(task_model),
         datasets=datasets or None,
         metrics=sorted(metrics) or None,
         eval_results=eval_results or None,
@@ -206,6 +341,9 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
         body += ["Not evaluated in this run (the recipe's `evaluate:` section did not include this stage, or "
                  "evaluation was skipped). `compresso evaluate` scores it.", ""]
 
+    if task_model is not None:
+        body += _task_section(task_model, stage.get("metrics") or {}, str(folder), fmt)
+        body += _teachers_section(stage.get("metrics") or {})
     body += _load_snippet(str(folder), fmt, auto_class)
     recipe_yaml = yaml.safe_dump(loaded.raw, sort_keys=False, allow_unicode=True).strip()
     # The fence is longer than any run of backticks in the YAML, so no line of the recipe closes it.

@@ -223,12 +223,13 @@ def validate(recipe: str, output_dir: str | None, device: str | None, online: bo
         table.add_row(escape(r.stage_dirname(i)), escape(stage.strategy),
                       escape(", ".join(f"{k}={v}" for k, v in stage.params.items()) or "(defaults)"))
     console.print(table)
-    console.print(escape(f"teachers: {', '.join(f'{t.name} ({t.model})' for t in r.teachers) or 'none'}"))
+    teachers = [f"{t.name} ({t.model if t.model is not None else 'stage ' + t.stage})" for t in r.teachers]
+    console.print(escape(f"teachers: {', '.join(teachers) or 'none'}"))
     console.print(escape(f"student starts from: {r.student.model}; output: {output_dir or r.output_dir}; "
                          f"evaluate: {'yes' if r.evaluate is not None else 'no'}"))
     from compresso.models import is_local
 
-    hub = sorted({ref for ref in [t.model for t in r.teachers] + [r.student_ref()[0]] if not is_local(ref)})
+    hub = sorted({ref for ref in [t.model for t in r.teachers if t.model] + [r.student_ref()[0]] if not is_local(ref)})
     if hub and not online:
         console.print(f"[dim]not contacted (validate stays offline; apply checks them first): "
                       f"{escape(', '.join(hub))}[/dim]")

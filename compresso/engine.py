@@ -467,7 +467,8 @@ class Runner:
         self.console = console or Console()
         self.rank, self.world_size, local_rank = _init_distributed()
         self.device = select_device(device or self.recipe.device, local_rank)
-        self.teachers = {t.name: TeacherRef(t.name, t.model, t.revision, self.recipe.trust_remote_code)
+        self.teachers = {t.name: TeacherRef(t.name, self._teacher_path(t), t.revision, self.recipe.trust_remote_code,
+                                            stage=self._teacher_stage_dirname(t))
                          for t in self.recipe.teachers}
         self.strategies: list[CompressionStrategy] = []
         for stage in self.recipe.stages:
@@ -490,10 +491,25 @@ class Runner:
         names = [self.recipe.stage_dirname(i) for i in range(len(self.recipe.stages))]
         raise RunError(f"--from-stage {self.from_stage!r} matches no stage; stages: {', '.join(names)}")
 
+    def _teacher_stage_dirname(self, teacher) -> str | None:
+        index = self.recipe.teacher_stage(teacher)
+        return None if index is None else self.recipe.stage_dirname(index)
+
+    def _teacher_path(self, teacher) -> str:
+        """A teacher's model reference: its hub id or folder, or the folder of the stage it is."""
+        dirname = self._teacher_stage_dirname(teacher)
+        return teacher.model if dirname is None else str(self.out / dirname)
+
+    def _visible_teachers(self, index: int) -> dict[str, TeacherRef]:
+        """The teachers stage ``index`` may use: every hub or folder teacher, and the teachers that are
+        the outputs of earlier stages."""
+        return {t.name: self.teachers[t.name] for t in self.recipe.teachers
+                if (j := self.recipe.teacher_stage(t)) is None or j < index}
+
     def _context(self, index: int) -> RunContext:
         dirname = self.recipe.stage_dirname(index)
         return RunContext(stage_dir=self.out / f".tmp-{dirname}", work_dir=self.out / ".work" / dirname,
-                          device=self.device, seed=self.recipe.seed, teachers=self.teachers,
+                          device=self.device, seed=self.recipe.seed, teachers=self._visible_teachers(index),
                           base_dir=Path.cwd(), console=self.console, rank=self.rank,
                           world_size=self.world_size)
 
@@ -519,7 +535,8 @@ class Runner:
                 raise RunError(f"output folder {self.out} is in use by another compresso run ({holder})")
         if self.resume and not (self.out / "run.json").is_file():
             raise RunError(f"--resume: {self.out} holds no run (no run.json); run without --resume to start one")
-        refs = [(f"teachers.{i}.model", t.model, t.revision) for i, t in enumerate(self.recipe.teachers)]
+        refs = [(f"teachers.{i}.model", t.model, t.revision) for i, t in enumerate(self.recipe.teachers)
+                if t.model is not None]
         if not self.recipe.teacher(self.recipe.student.model):
             refs.append(("student.model", *self.recipe.student_ref()))
         for key, ref, revision in refs:
@@ -567,15 +584,22 @@ class Runner:
             raise RunError(f"student.config: the model cannot be built with these settings: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
-    def _stage_key(self, index: int, input_key: str) -> str:
+    def _stage_key(self, index: int, input_key: str, keys: list[str]) -> str:
         stage, strategy = self.recipe.stages[index], self.strategies[index]
         entry = registry.entry(stage.strategy)
         params = strategy.params.model_dump(mode="json")
+        teachers = {}
+        for t in self.recipe.teachers:
+            j = self.recipe.teacher_stage(t)
+            if j is None:
+                teachers[t.name] = model_fingerprint(t.model, t.revision)
+            elif j < index:  # a stage's output as teacher: that stage's own key
+                teachers[t.name] = {"stage": keys[j]}
         return _sha({
             "input": input_key, "strategy": stage.strategy, "version": entry.version,
             "source": registry.source_fingerprint(type(strategy)),  # an edited plugin reruns, same version or not
             "params": params, "files": file_fingerprints(params), "seed": self.recipe.seed,
-            "teachers": {t.name: model_fingerprint(t.model, t.revision) for t in self.recipe.teachers},
+            "teachers": teachers,
         })
 
     def _manifest(self, status: str, started: float, outcomes: list[StageOutcome], error: str | None = None,
@@ -671,7 +695,7 @@ class Runner:
             dirname = self.recipe.stage_dirname(i)
             final = self.out / dirname
             kind, source, input_key = self._stage_input(i, keys, student_key)
-            key = self._stage_key(i, input_key)
+            key = self._stage_key(i, input_key, keys)
             keys.append(key)
             forced = self.first_forced is not None and i >= self.first_forced
             done = final / "stage.json"
@@ -762,8 +786,8 @@ class Runner:
         and the student when it is not a teacher."""
         from compresso.evaluation import EvalModel
 
-        models = [EvalModel(name=t.name, path=t.model, role="teacher", strategy=None, input_path=None, params=None)
-                  for t in self.recipe.teachers]
+        models = [EvalModel(name=t.name, path=self._teacher_path(t), role="teacher", strategy=None, input_path=None,
+                            params=None) for t in self.recipe.teachers]
         for index, dirname, path, input_path in stages:
             models.append(EvalModel(name=dirname, path=str(path), role="student",
                                     strategy=self.recipe.stages[index].strategy,

@@ -191,6 +191,14 @@ def save_bundle(bundle: ModelBundle, path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     bundle.model.save_pretrained(path, safe_serialization=True)
     bundle.tokenizer.save_pretrained(path)
+    config = getattr(bundle.model, "config", None)
+    if getattr(config, "compresso_task", None):
+        # a task model under a siamese head: the files sentence-transformers reads go beside it
+        from compresso.evaluation.task_model import task_head, write_pooling_files
+
+        head = task_head(config)
+        if head.head == "siamese":
+            write_pooling_files(path, head, config.hidden_size)
     write_json(path / BUNDLE_META, bundle.meta())
 
 

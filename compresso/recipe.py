@@ -57,7 +57,7 @@ class _Strict(BaseModel):
 
 
 class TeacherSpec(_Strict):
-    name: str = Field(description="Short name used in reports and by `student.model`.")
+    name: str = Field(description="Short name used in reports, by `student.model` and by stages' parameters.")
 
     @field_validator("name")
     @classmethod
@@ -66,11 +66,23 @@ class TeacherSpec(_Strict):
 
     @field_validator("model")
     @classmethod
-    def _model(cls, v: str):
-        return check_path_length(v)
+    def _model(cls, v: str | None):
+        return v if v is None else check_path_length(v)
 
-    model: str = Field(description="Hub id or local folder.")
+    model: str | None = Field(None, description="Hub id or local folder.")
+    stage: str | None = Field(None, description="Instead of `model`: a stage of this recipe (its name or folder "
+                                                "name) whose output is this teacher, for the stages after it "
+                                                "(e.g. a fine-tuned task model as a teacher of task distillation).")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.model is None) == (self.stage is None):
+            raise ValueError("give a teacher either `model` (a hub id or folder) or `stage` (an earlier stage's "
+                             "output), not " + ("both" if self.model else "neither"))
+        if self.stage is not None and self.revision is not None:
+            raise ValueError("revision is for hub models; a stage's output has none")
+        return self
 
 
 class StudentSpec(_Strict):
@@ -143,17 +155,33 @@ class Recipe(_Strict):
     def _stage_inputs(self):
         seen: set[str] = set()
         names = [t.name for t in self.teachers]
+        stage_teachers = {t.name: t.stage for t in self.teachers if t.stage is not None}
         for i, stage in enumerate(self.stages):
             if stage.input is not None and stage.input not in seen | set(names) | {"student"}:
                 raise ValueError(
                     f"stages.{i}.input: {stage.input!r} is not an earlier stage ({', '.join(sorted(seen)) or 'none'}), "
                     f"a teacher ({', '.join(names) or 'none'}) or 'student'")
+            if stage.input in stage_teachers and stage.input not in seen:
+                raise ValueError(f"stages.{i}.input: teacher {stage.input!r} is the output of stage "
+                                 f"{stage_teachers[stage.input]!r}; name that stage as the input")
             try:
                 check_plain_name(self.stage_label(i))
             except ValueError as exc:  # the folder name comes from the strategy's name here
                 raise ValueError(f"stages.{i}.{'name' if stage.name else 'strategy'}: {exc}") from None
             seen |= {self.stage_dirname(i), self.stage_label(i)}
+        for j, t in enumerate(self.teachers):
+            if t.stage is not None and self.stage_index(t.stage) is None:
+                raise ValueError(f"teachers.{j}.stage: {t.stage!r} is not a stage of this recipe (stages: "
+                                 f"{', '.join(self.stage_dirname(i) for i in range(len(self.stages))) or 'none'})")
+        if self.student.model in stage_teachers:
+            raise ValueError(f"student.model: teacher {self.student.model!r} is the output of stage "
+                             f"{stage_teachers[self.student.model]!r}, which does not exist before the first stage; "
+                             f"use that stage as a later stage's `input` instead")
         return self
+
+    def teacher_stage(self, teacher: TeacherSpec) -> int | None:
+        """The index of the stage whose output is ``teacher`` (None for a hub or folder teacher)."""
+        return None if teacher.stage is None else self.stage_index(teacher.stage)
 
     def stage_matches(self, index: int, name: str) -> bool:
         """Whether ``name`` refers to stage ``index``: its folder (NN-name), name or strategy."""
@@ -573,7 +601,7 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None, chec
                                     line_of(("teachers", i, "model"))))
     if check_files:
         for i, t in enumerate(recipe.teachers):
-            if is_local(t.model) and not (Path(t.model).expanduser() / "config.json").is_file():
+            if t.model is not None and is_local(t.model) and not (Path(t.model).expanduser() / "config.json").is_file():
                 what = "does not exist" if not Path(t.model).expanduser().exists() else "holds no config.json"
                 problems.append(Problem(f"teachers.{i}.model", f"local model folder {t.model} {what}",
                                         line_of(("teachers", i, "model"))))
@@ -607,7 +635,7 @@ def _format_problems(recipe: Recipe, strategies: list, line_of) -> list[Problem]
         elif (j := recipe.stage_index(stage.input, before=i)) is not None:
             source = (recipe.stage_dirname(j), outputs[j])
         else:
-            source = (f"teacher {stage.input}", saved_format(recipe.teacher(stage.input).model))
+            source = (f"teacher {stage.input}", saved_format(recipe.teacher(stage.input).model))  # a model teacher
         where, fmt = source
         if strategy is None or fmt is None:
             outputs.append(None)

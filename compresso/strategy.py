@@ -89,13 +89,16 @@ class ModelBundle:
 
 
 class TeacherRef:
-    """A teacher named in the recipe, loaded on first use and then cached."""
+    """A teacher named in the recipe, loaded on first use and then cached. ``stage`` names the stage
+    folder whose output the teacher is (``model`` is then that folder), None for a hub id or folder."""
 
-    def __init__(self, name: str, model: str, revision: str | None, trust_remote_code: bool):
+    def __init__(self, name: str, model: str, revision: str | None, trust_remote_code: bool,
+                 stage: str | None = None):
         self.name = name
         self.model = model
         self.revision = revision
         self.trust_remote_code = trust_remote_code
+        self.stage = stage
         self._bundle: ModelBundle | None = None
 
     def load(self) -> ModelBundle:

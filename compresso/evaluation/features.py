@@ -62,7 +62,8 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 def encode(spec: TaskSpec, examples: list[Example], tokenizer, max_length: int,
            label_index: dict[str, int] | None, chunk: int = 2000, pairs_apart: bool = False) -> Encoded:
-    """Token ids (and labels) of ``examples``. ``pairs_apart``: sentence pairs are tokenised one
+    """Token ids (and labels) of ``examples``; without ``label_index`` (unlabelled text) a class
+    or tag label is ``IGNORE`` and a score NaN. ``pairs_apart``: sentence pairs are tokenised one
     sentence at a time (the first sentences in the result, the second ones in ``.second``), for a
     siamese head; otherwise a pair is one sequence ``[CLS] a [SEP] b [SEP]``."""
     if pairs_apart:
@@ -105,15 +106,15 @@ def encode(spec: TaskSpec, examples: list[Example], tokenizer, max_length: int,
                 for j, w in enumerate(enc.word_ids(i)):
                     if w is not None and w != previous:
                         pos[w] = j
-                        token_labels[j] = label_index[ex.label[w]]
+                        token_labels[j] = label_index[ex.label[w]] if label_index is not None else IGNORE
                     previous = w
                 missing += int((pos < 0).sum())
                 word_pos.append(pos)
                 labels.append(token_labels)
             elif spec.kind == "classification":
-                labels.append(label_index[ex.label])
+                labels.append(label_index[ex.label] if label_index is not None else IGNORE)
             else:
-                labels.append(float(ex.label))
+                labels.append(float(ex.label) if ex.label is not None else float("nan"))
     if spec.kind == "classification":
         labels = np.asarray(labels, dtype=np.int64)
     elif spec.kind == "regression":

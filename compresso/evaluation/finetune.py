@@ -12,6 +12,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -242,17 +243,26 @@ def task_loss(spec: TaskSpec, logits: torch.Tensor, labels: torch.Tensor) -> tor
 def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings, train: Encoded,
              validation: Encoded, validation_score: Callable[[Predictions], float], device: torch.device,
              seed: int, pad_id: int, prior: np.ndarray | None,
-             on_epoch: Callable[[int, int, float], None] | None = None) -> TrainOutcome:
+             on_epoch: Callable[[int, int, float], None] | None = None,
+             checkpoint: Path | None = None,
+             loss_fn: Callable[[dict, object, np.ndarray], torch.Tensor] | None = None,
+             forward: Callable[[dict], object] | None = None) -> TrainOutcome:
     """Fine-tune ``model`` in place and leave it at its best epoch on validation.
 
     Training stops early once validation has not improved for ``settings.patience`` epochs (the
     learning-rate schedule still spans ``settings.epochs``, so stopping never changes the steps
-    taken before it). ``on_epoch(epoch, epochs, validation)`` reports progress."""
+    taken before it). ``on_epoch(epoch, epochs, validation)`` reports progress. ``checkpoint``: a
+    file written after every epoch (weights, optimizer, schedule, random states, the best epoch
+    so far) and read back when it exists, so that a killed run goes on from its last epoch to the
+    same result. ``loss_fn(batch, output, idx)`` replaces the loss on gold labels (task
+    distillation: ``idx`` are the batch's example indices into ``train``, ``output`` what
+    ``forward(batch)`` returns, by default the logits)."""
     started = time.time()
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model.to(device)
-    forward = make_forward(model)
+    predict_forward = make_forward(model)
+    forward = forward or predict_forward
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     total = steps_per_epoch * settings.epochs
     warmup = int(total * settings.warmup_ratio)
@@ -262,21 +272,37 @@ def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings,
         optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
         else max(0.0, (total - step) / max(1, total - warmup)))
     best_score, best_epoch, best_state, history = -math.inf, 0, None, []
-    for epoch in range(1, settings.epochs + 1):
+    first = 1
+    if checkpoint is not None and Path(checkpoint).is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        rng.bit_generator.state = state["numpy_rng"]
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        best_score, best_epoch, history = state["best_score"], state["best_epoch"], state["history"]
+        best_state = {k: v.to(device) for k, v in state["best"].items()}
+        first = len(history) + 1
+        if settings.patience is not None and history and history[-1]["epoch"] - best_epoch >= settings.patience:
+            first = settings.epochs + 1  # it had stopped early
+    for epoch in range(first, settings.epochs + 1):
         model.train()
         loss_sum = torch.zeros((), device=device)
         for idx in length_grouped_batches(train.batch_lengths, settings.batch_size, rng):
             batch = _to(collate(train, idx, pad_id, with_labels=True), device)
             with _autocast(device):
-                logits = forward(batch)
-            loss = task_loss(spec, logits, batch["labels"])
+                output = forward(batch)
+            loss = task_loss(spec, output, batch["labels"]) if loss_fn is None else loss_fn(batch, output, idx)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimizer.step()
             schedule.step()
             optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
-        val_pred = predict(model, validation, spec, device, settings.eval_batch_size, pad_id, prior, forward)
+        val_pred = predict(model, validation, spec, device, settings.eval_batch_size, pad_id, prior,
+                           predict_forward)
         score = float(validation_score(val_pred))
         history.append({"epoch": epoch, "train_loss": float(loss_sum) / steps_per_epoch, "validation": score})
         if on_epoch is not None:
@@ -284,8 +310,25 @@ def finetune(model: torch.nn.Module, spec: TaskSpec, settings: FinetuneSettings,
         if score > best_score or best_state is None:
             best_score, best_epoch = score, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif settings.patience is not None and epoch - best_epoch >= settings.patience:
+        if checkpoint is not None:
+            _save_checkpoint(Path(checkpoint), model, optimizer, schedule, rng, device, best_score, best_epoch,
+                             best_state, history)
+        if best_epoch != epoch and settings.patience is not None and epoch - best_epoch >= settings.patience:
             break
     model.load_state_dict(best_state)
     return TrainOutcome(best_epoch, best_score, history, time.time() - started, steps_per_epoch * len(history),
                         stopped_early=len(history) < settings.epochs)
+
+
+def _save_checkpoint(path: Path, model, optimizer, schedule, rng: np.random.Generator, device: torch.device,
+                     best_score: float, best_epoch: int, best_state: dict, history: list[dict]) -> None:
+    """One epoch's training state, written under a temporary name and renamed (never half a file)."""
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+             "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+             "best_score": best_score, "best_epoch": best_epoch, "best": best_state, "history": history}
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)

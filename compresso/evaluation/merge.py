@@ -45,6 +45,7 @@ def merge_results(parts: list[dict], efficiency: dict | None = None, title: str 
         merged["loyalty"] += part["loyalty"]
         merged["comparisons"] += part.get("comparisons") or []  # per task, so disjoint parts just add up
         merged["errors"] += part["errors"]
+        merged["not_scored"] = merged.get("not_scored", []) + part.get("not_scored", [])
         merged["seconds"] = max(merged["seconds"], part["seconds"])  # parts ran side by side
     merged["config"]["tasks"] = list(merged["tasks"])
     merged["merged_from"] = [p.get("created") for p in parts]

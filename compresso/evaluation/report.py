@@ -148,6 +148,10 @@ def markdown(results: dict, cfg: ReportConfig, plots: list[str]) -> str:
         out += [f"- {md_text(e['model'])} · {md_text(tasks.get(e['task'], {}).get('title', e['task']))} · seed "
                 f"{e['seed']}: {md_code(e['error'][:300])}" for e in results["errors"]]
         out.append("")
+    if results.get("not_scored"):
+        out += ["**Not scored** (a task model is scored on its own task only): "
+                + "; ".join(f"{md_text(e['model'])} on {md_text(tasks.get(e['task'], {}).get('title', e['task']))}"
+                            for e in results["not_scored"]), ""]
 
     # Paper-style table: one row per model, one column per task's headline metric.
     out += ["## Scores", ""]
@@ -307,6 +311,8 @@ def _settings_sources(tasks: dict) -> list[str]:
 
 
 def _epoch_cell(run: dict) -> str:
+    if run.get("as_is"):
+        return "as is"
     return f"{run['best_epoch']}/{run.get('epochs_run', run['best_epoch'])}"
 
 

@@ -47,7 +47,6 @@ from compresso.evaluation.finetune import (
     Predictions,
     SiameseRegressor,
     TrainOutcome,
-    finetune,
     make_forward,
     module_device,
     predict,
@@ -61,8 +60,6 @@ from compresso.evaluation.scheduler import (
     worker_start_method,
 )
 from compresso.evaluation.tasks import DatasetCache, FinetuneSettings, TaskData, effective_settings
-
-_ROBERTA_LIKE = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
 
 
 class EvaluationError(Exception):
@@ -206,78 +203,26 @@ class _JobRunner:
         self.cache = EncodingCache(cache_dir)
         self.console = Console(file=io.StringIO())  # strategies' own logs would garble the progress display
 
-    def _load(self, ref: str, data: TaskData, settings: FinetuneSettings):
-        from transformers import (
-            AutoModel,
-            AutoModelForSequenceClassification,
-            AutoModelForTokenClassification,
-        )
-
-        from compresso.models import load_bundle
-
-        spec = data.spec
-        if settings.head == "siamese":  # the bare encoder: the head is a cosine, with no weights of its own
-            with quiet_transformers():
-                bundle = load_bundle(ref, model_class=AutoModel)
-            if getattr(bundle.model, "pooler", None) is not None:
-                # BERT's [CLS] pooler: unused by mean pooling (and freshly initialised for an MLM
-                # checkpoint); without it the encoder returns only the states that are used
-                bundle.model.pooler = None
-            bundle.model = SiameseRegressor(bundle.model)
-            return bundle
-        if spec.kind == "tagging":
-            cls, kwargs = AutoModelForTokenClassification, self._label_kwargs(data)
-        elif spec.kind == "classification":
-            cls, kwargs = AutoModelForSequenceClassification, self._label_kwargs(data)
-        else:
-            cls, kwargs = AutoModelForSequenceClassification, {"num_labels": 1, "problem_type": "regression"}
-        with quiet_transformers():  # "some weights are newly initialized": expected for a task head
-            return load_bundle(ref, model_class=cls, **kwargs)
-
-    @staticmethod
-    def _label_kwargs(data: TaskData) -> dict:
-        return {"num_labels": len(data.labels), "id2label": dict(enumerate(data.labels)),
-                "label2id": {label: i for i, label in enumerate(data.labels)}}
-
-    @staticmethod
-    def _max_length(model, tokenizer, wanted: int) -> int:
-        limits = []
-        tok_limit = getattr(tokenizer, "model_max_length", None)
-        if isinstance(tok_limit, int) and tok_limit < 100_000:
-            limits.append(tok_limit)
-        config = getattr(model, "config", None)
-        positions = getattr(config, "max_position_embeddings", None)
-        if positions:
-            limits.append(positions - (2 if getattr(config, "model_type", "") in _ROBERTA_LIKE else 0))
-        return min([wanted] + limits)
-
     @staticmethod
     def _pad_id(tokenizer) -> int:
-        pad = getattr(tokenizer, "pad_token_id", None)
-        return int(pad) if pad is not None else 0
+        from compresso.evaluation.task_model import pad_id
+
+        return pad_id(tokenizer)
 
     def _finetune(self, ref: str, data: TaskData, seed: int, report):
+        from compresso.evaluation.task_model import train_task_model
+
         settings = _settings(self.cfg, data)
-        torch.manual_seed(seed)  # the task head's initialisation
-        bundle = self._load(ref, data, settings)
-        if bundle.tokenizer is None:
-            raise EvaluationError(f"{ref} holds no tokenizer; save one beside the model (tokenizer.save_pretrained)")
-        encoder = bundle.model.encoder if isinstance(bundle.model, SiameseRegressor) else bundle.model
-        max_length = self._max_length(encoder, bundle.tokenizer, settings.max_length)
-        index = {label: i for i, label in enumerate(data.labels)} if data.labels else None
-        enc, how = self.cache.get(data.spec.name, {"train": data.train, "validation": data.validation,
-                                                   "test": data.test},
-                                  data.spec, bundle.tokenizer, max_length, index,
-                                  pairs_apart=settings.head == "siamese")
-        pad_id = self._pad_id(bundle.tokenizer)
-        outcome = finetune(
-            bundle.model, data.spec, settings, enc["train"], enc["validation"],
-            lambda pred: scoring.score(data.spec, data.validation, data.labels, pred)[data.spec.headline],
-            self.device, seed, pad_id, data.label_prior, lambda e, n, v: report((e, n, v)))
+
+        def cached(splits, spec, tokenizer, max_length, index, apart):
+            return self.cache.get(spec.name, splits, spec, tokenizer, max_length, index, pairs_apart=apart)
+
+        trained = train_task_model(ref, data, settings, self.device, seed, lambda e, n, v: report((e, n, v)), cached)
+        max_length = trained.max_length
         record = {"settings": asdict(settings) | {"max_length": max_length}}
         if max_length < settings.max_length:
             record["note"] = f"max_length capped at {max_length} by the model"
-        return bundle, enc, outcome, record, how
+        return trained.bundle, trained.encoded, trained.outcome, record, trained.encoding
 
     def _test(self, model, data: TaskData, enc: dict[str, Encoded], pad_id: int, device: torch.device,
               use_autocast: bool = True) -> Predictions:
@@ -336,10 +281,43 @@ class _JobRunner:
                   "input_metrics": input_record["metrics"]}
         return pred, record, how
 
+    def _run_as_is(self, m: EvalModel, data: TaskData, seed: int, report):
+        """Score a model that already is a task model for this task on the test split, as it is."""
+        from compresso.evaluation.task_model import (
+            check_head,
+            head_order_prior,
+            in_task_order,
+            load_task_model,
+            predict_examples,
+            task_head,
+        )
+
+        columns = check_head(task_head(m.path), data.spec, data.labels, f"model {m.name!r}")
+        report("scoring as it is")
+        model, tokenizer, head = load_task_model(m.path, self.device)
+        device = module_device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
+        index = {label: i for i, label in enumerate(data.labels)} if data.labels else None
+        enc, how = self.cache.get(data.spec.name, {"train": data.train, "validation": data.validation,
+                                                   "test": data.test}, data.spec, tokenizer, head.max_length,
+                                  index, pairs_apart=head.head == "siamese")
+        t0 = time.time()
+        pred = predict_examples(model, tokenizer, head, [], device, _settings(self.cfg, data).eval_batch_size,
+                                head_order_prior(data.label_prior, columns, head), encoded=enc["test"])
+        pred = in_task_order(pred, columns)
+        record = {"settings": {"max_length": head.max_length}, "seed": seed, "as_is": True,
+                  "metrics": scoring.score(data.spec, data.test, data.labels, pred), "best_epoch": 0,
+                  "epochs_run": 0, "stopped_early": False, "validation": None, "history": [], "train_seconds": 0.0,
+                  "test_seconds": round(time.time() - t0, 2)}
+        if enc["test"].missing_words:
+            record["test_words_without_token"] = enc["test"].missing_words
+        return pred, record, how
+
     def run(self, job: _Job, report) -> dict:
         data = self.task_data[job.task]
         cls = _reapply_class(job.model)
-        if cls is None:
+        if is_task_model(job.model, job.task):
+            pred, record, how = self._run_as_is(job.model, data, job.seed, report)
+        elif cls is None:
             pred, record, _, how = self._run_plain(job.model.path, data, job.seed, report)
         else:
             pred, record, how = self._run_reapplied(job.model, cls, data, job.seed, report)
@@ -394,6 +372,30 @@ def _job_cost(cfg: EvaluateConfig, job: _Job, task_data: dict[str, TaskData], la
     steps = -(-len(data.train) // settings.batch_size) * settings.epochs
     sequences = 2 if settings.head == "siamese" else 1  # a siamese step encodes both sentences (one call)
     return estimated_cost(steps, _tokens_per_sequence(data, settings) * sequences, 1, layers[job.model.name])
+
+
+def task_model_task(model: EvalModel) -> str | None:
+    """The task ``model`` was fine-tuned for, when it is a task model (None otherwise)."""
+    from compresso.evaluation.task_model import task_head
+
+    head = task_head(model.path)
+    return head.task if head is not None else None
+
+
+def _own_task_or_none(model: EvalModel) -> str | None:
+    """task_model_task, with a malformed task block left to the job to report as its error."""
+    from compresso.evaluation.task_model import TaskModelError
+
+    try:
+        return task_model_task(model)
+    except TaskModelError:
+        return None
+
+
+def is_task_model(model: EvalModel, task: str) -> bool:
+    """Whether ``model`` is a task model fine-tuned for ``task``: then it is scored as it is (a
+    malformed task block is the job's error, not a reason to fine-tune it again)."""
+    return task_model_task(model) == task
 
 
 def _pairs(models: list[EvalModel]) -> list[tuple[EvalModel, EvalModel, str]]:
@@ -490,18 +492,26 @@ class _Evaluation:
         self.counts: dict[tuple[str, str], dict[int, np.ndarray]] = {}
         self.loyalty_runs: list[dict] = []
         self.errors: list[dict] = []
+        self.not_scored: list[dict] = []
         self.encodings = {"encoded": 0, "loaded": 0, "memory": 0}
         self.scheduler: dict = {}
 
     def run(self, task_data: dict[str, TaskData], store: _JobStore | None = None) -> None:
-        jobs = [_Job(m, task, seed) for task in task_data for seed in self.seeds for m in self.models]
+        # a task model is scored on its own task only: fine-tuning it on another task would replace the
+        # head that makes it what it is, and cost a fine-tuning per seed that nobody asked for
+        own_task = {m.name: _own_task_or_none(m) for m in self.models}
+        self.not_scored = [{"model": m.name, "task": task, "reason": f"a task model for {own_task[m.name]}"}
+                           for task in task_data for m in self.models if own_task[m.name] not in (None, task)]
+        jobs = [_Job(m, task, seed) for task in task_data for seed in self.seeds for m in self.models
+                if own_task[m.name] in (None, task)]
         # longest expected first (LPT), teachers before students at equal cost: the pool then ends
         # on short jobs instead of waiting for a long one started last
         layers = {m.name: encoder_layers(m) for m in self.models}
         costs = [_job_cost(self.cfg, j, task_data, layers) for j in jobs]
         order = longest_first(costs, [j.model.role != "teacher" for j in jobs])
         jobs = [jobs[i] for i in order]
-        self.waiting = {(task, seed): len(self.models) for task in task_data for seed in self.seeds}
+        self.waiting = {(task, seed): sum(1 for j in jobs if j.task == task and j.seed == seed)
+                        for task in task_data for seed in self.seeds}
         self.preds: dict[tuple[str, int], dict[str, Predictions]] = {}
         resumed = []
         if store is not None:
@@ -593,6 +603,10 @@ class _Evaluation:
 
     def _log(self, name: str, data: TaskData, record: dict) -> None:
         head = data.spec.headline
+        if record.get("as_is"):
+            self.console.log(f"{escape(data.spec.title)} · {escape(name)} · seed {record['seed']}: {head} "
+                             f"{record['metrics'][head]:.2f} (a task model, scored as it is)")
+            return
         self.console.log(f"{escape(data.spec.title)} · {escape(name)} · seed {record['seed']}: {head} "
                          f"{record['metrics'][head]:.2f} (best epoch {record['best_epoch']} of "
                          f"{record['epochs_run']}, {record['train_seconds']:.0f}s)")
@@ -774,6 +788,7 @@ def evaluate_models(models: list[EvalModel], evaluate: EvaluateConfig | dict | N
         "comparisons": ev.comparisons(task_data, seed),
         "efficiency": efficiency,
         "errors": ev.errors,
+        "not_scored": ev.not_scored,
     }
     results["seconds"] = round(time.time() - started, 1)
     write_outputs(results, rcfg, Path(out_dir))

@@ -43,6 +43,8 @@ class QuantizedModel(torch.nn.Module):
     ``OrtModel`` (an ONNX Runtime session: ort). ``saved`` holds what ``save`` needs besides."""
 
     backend: str = ""
+    runs_on_cpu_only = True
+    """Read by callers that place models on a device (evaluation): this one stays on the CPU."""
 
     def __init__(self, config, input_names: list[str], output_key: str, output_class: str, method: str):
         super().__init__()

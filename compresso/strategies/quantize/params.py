@@ -15,7 +15,8 @@ BACKEND_METHODS = {"inc": ("static",), "torchao": ("dynamic",), "ort": ("static"
 class CalibrationParams(StrategyParams):
     corpus: list[InputPath] = Field(
         default_factory=list,
-        description="Text files, one document per line (.txt, .gz, .xz, .bz2). Default: the corpus of the "
+        description="Text files, one document per line (.txt, .gz, .xz, .bz2). Default: for a task model, its "
+                    "task's training examples (encoded as the model is served); otherwise the corpus of the "
                     "distillation stage that made the input model (from its lineage).")
     dataset: str | None = Field(None, description="Instead of `corpus`: a Hugging Face dataset id, streamed.")
     dataset_config: str | None = None
@@ -61,6 +62,16 @@ class QuantizeParams(StrategyParams):
         True, description="inc/torchao: compile with torch.compile (inductor, freezing) so that int8 kernels run. "
                           "false keeps the quantize/dequantize graph uncompiled: same numbers, no speed-up. "
                           "(ort: no effect.)")
+    task_check: bool = Field(
+        True, description="For a task model (the output of finetune or task distillation): score the fp32 and the "
+                          "INT8 model on the task's validation split in the task's own metrics and record both "
+                          "in stage.json (`task_check`).")
+    task_check_examples: int | None = Field(
+        None, ge=1, description="Score the task check on a fixed subset of this many validation examples "
+                                "(default: the subset the task model was fine-tuned with, or all).")
+    max_task_drop: float | None = Field(
+        None, gt=0, description="Fail when the INT8 model's headline metric on the validation split is more than this "
+                                "many points (0-100 scale) below the fp32 model's. Default: record only.")
     max_relative_error: float = Field(
         0.5, gt=0, description="Fail when the INT8 outputs differ from fp32 by more than this (relative L2 "
                                "error of centred logits on the check documents).")
