@@ -595,7 +595,7 @@ def parse_recipe(text: str, path: Path, overrides: list[str] | None = None, chec
     from compresso.models import is_local
 
     for i, t in enumerate(recipe.teachers):
-        if not is_local(t.model) and not _looks_like_hub_id(t.model):
+        if t.model is not None and not is_local(t.model) and not _looks_like_hub_id(t.model):
             problems.append(Problem(f"teachers.{i}.model",
                                     f"{t.model!r} is neither an existing folder nor a hub id (name or owner/name)",
                                     line_of(("teachers", i, "model"))))

@@ -28,6 +28,7 @@ def merge_results(parts: list[dict], efficiency: dict | None = None, title: str 
     names = [m["name"] for m in parts[0]["models"]]
     merged = json.loads(json.dumps(parts[0]))
     merged["tasks"], merged["loyalty"], merged["errors"], merged["comparisons"] = {}, [], [], []
+    merged["not_scored"] = []
     merged["scheduler"] = merged["tokenisation"] = None  # per part; each part's results.json keeps its own
     merged["scores"] = {name: {} for name in names}
     merged["seconds"] = 0.0
@@ -45,7 +46,7 @@ def merge_results(parts: list[dict], efficiency: dict | None = None, title: str 
         merged["loyalty"] += part["loyalty"]
         merged["comparisons"] += part.get("comparisons") or []  # per task, so disjoint parts just add up
         merged["errors"] += part["errors"]
-        merged["not_scored"] = merged.get("not_scored", []) + part.get("not_scored", [])
+        merged["not_scored"] += part.get("not_scored") or []
         merged["seconds"] = max(merged["seconds"], part["seconds"])  # parts ran side by side
     merged["config"]["tasks"] = list(merged["tasks"])
     merged["merged_from"] = [p.get("created") for p in parts]

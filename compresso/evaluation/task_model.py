@@ -22,7 +22,7 @@ import torch
 from compresso.evaluation.data import Example
 from compresso.evaluation.features import Encoded, encode
 from compresso.evaluation.finetune import SiameseRegressor, Predictions, predict
-from compresso.evaluation.tasks import KIND_DEFAULTS, TASKS, FinetuneSettings, TaskData, TaskSpec
+from compresso.evaluation.tasks import TASKS, FinetuneSettings, TaskData, TaskSpec, shape_defaults
 
 CONFIG_KEY = "compresso_task"
 POOLING_DIR = "1_Pooling"
@@ -98,7 +98,9 @@ class TaskHead:
             headline, metrics = "f1_macro", ("f1_macro", "f1_micro")
         else:
             headline, metrics = "macro_f1", ("macro_f1", "accuracy")
-        return TaskSpec(self.task, self.title, self.kind, "custom", headline, metrics, KIND_DEFAULTS[self.kind],
+        defaults, _ = shape_defaults(self.kind, len(self.labels) if self.labels else None, self.entity_level,
+                                     self.pair)
+        return TaskSpec(self.task, self.title, self.kind, "custom", headline, metrics, defaults,
                         value_range=self.value_range, entity_level=self.entity_level)
 
     @property
