@@ -39,6 +39,8 @@ def test_finetune_stage_is_a_folder_the_pipeline_serves(tmp_path):
     assert metrics["sizes"] == {"train": 40, "validation": 12, "test": 12} and metrics["epochs_run"] == len(metrics["history"]) <= 8
     head = task_head(folder)
     assert head.task == "big" and head.source["custom_task"]["files"]["train"].endswith("train.conll")
+    meta = json.loads((folder / "compresso.json").read_text())
+    assert meta["task"] == head.to_dict() and meta["lineage"][-1]["strategy"] == "finetune"
 
     bundle = compresso.load(folder)
     assert type(bundle.model).__name__ == "BertForTokenClassification"
