@@ -192,6 +192,8 @@ def test_task_stages_are_scored_as_they_are_with_loyalty_to_finetuned_teachers(t
     assert 0.0 <= loyalty[0]["label"]["mean"] <= 1.0 and loyalty[0]["seeds"] == [42, 43]
     report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
     assert "as is" in report
+    card = (result.stages[1].path / "README.md").read_text()
+    assert "Test-set scores (0–100), this task model scored as it is on big; 2 seed(s)." in card
 
 
 def test_a_task_model_lacking_a_label_of_the_task_is_an_error_naming_both(tmp_path):
