@@ -330,3 +330,20 @@ def test_builtin_tasks_from_the_shared_data(shared_dir, tmp_path):
     st = pytest.importorskip("sentence_transformers")
     vectors = st.SentenceTransformer(str(sts), device="cpu").encode(["O propoziție.", "Alta."])
     assert vectors.shape == (2, 32)
+
+
+def test_every_finetune_parameter_is_documented():
+    from pathlib import Path
+
+    from compresso.evaluation.config import CustomTask
+    from compresso.strategies.finetune import FinetuneParams
+    from compresso.strategies.quantize import QuantizeParams
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    page = (docs / "finetune.md").read_text()
+    missing = [f for f in list(FinetuneParams.model_fields) + list(CustomTask.model_fields)
+               if f"| `{f}` |" not in page]
+    assert not missing, f"docs/finetune.md lacks rows for {missing}"
+    quantization = (docs / "quantization.md").read_text()
+    assert all(f"| `{f}` |" in quantization for f in ("task_check", "task_check_examples", "max_task_drop"))
+    assert all(f in QuantizeParams.model_fields for f in ("task_check", "task_check_examples", "max_task_drop"))
