@@ -309,7 +309,12 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
                          format_stat(entry["metrics"].get(headline))]
                         + [format_stat(evaluation["scores"][m].get(task, {}).get("metrics", {}).get(headline))
                            for m in models_scored])
-        body += [f"Test-set scores (0–100) after fine-tuning on each task; "
+        as_is = [tasks.get(t, {}).get("title", t) for t, entry in scores.items()
+                 if entry.get("runs") and entry["runs"][0].get("as_is")]
+        how = "after fine-tuning on each task" if not as_is else \
+            f"this task model scored as it is on {', '.join(as_is)}" + \
+            (", after fine-tuning on the others" if len(as_is) < len(scores) else "")
+        body += [f"Test-set scores (0–100), {how}; "
                  f"{len((evaluation or {}).get('seeds', [])) or 1} seed(s).", ""] + _table(header, rows, numeric_from=2)
         loyal = [e for e in (evaluation or {}).get("loyalty", []) if e["student"] == name]
         if loyal:

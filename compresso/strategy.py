@@ -85,7 +85,11 @@ class ModelBundle:
     format: str = "transformers"
 
     def meta(self) -> dict:
-        return {"format": self.format, "lineage": self.lineage}
+        meta = {"format": self.format, "lineage": self.lineage}
+        task = getattr(getattr(self.model, "config", None), "compresso_task", None)
+        if task is not None:  # a task model: what its head was trained for, beside where it came from
+            meta["task"] = task
+        return meta
 
 
 class TeacherRef:

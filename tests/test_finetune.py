@@ -39,6 +39,8 @@ def test_finetune_stage_is_a_folder_the_pipeline_serves(tmp_path):
     assert metrics["sizes"] == {"train": 40, "validation": 12, "test": 12} and metrics["epochs_run"] == len(metrics["history"]) <= 8
     head = task_head(folder)
     assert head.task == "big" and head.source["custom_task"]["files"]["train"].endswith("train.conll")
+    meta = json.loads((folder / "compresso.json").read_text())
+    assert meta["task"] == head.to_dict() and meta["lineage"][-1]["strategy"] == "finetune"
 
     bundle = compresso.load(folder)
     assert type(bundle.model).__name__ == "BertForTokenClassification"
@@ -190,6 +192,8 @@ def test_task_stages_are_scored_as_they_are_with_loyalty_to_finetuned_teachers(t
     assert 0.0 <= loyalty[0]["label"]["mean"] <= 1.0 and loyalty[0]["seeds"] == [42, 43]
     report = (tmp_path / "run" / "evaluation" / "report.md").read_text()
     assert "as is" in report
+    card = (result.stages[1].path / "README.md").read_text()
+    assert "Test-set scores (0–100), this task model scored as it is on big; 2 seed(s)." in card
 
 
 def test_a_task_model_lacking_a_label_of_the_task_is_an_error_naming_both(tmp_path):
@@ -326,3 +330,20 @@ def test_builtin_tasks_from_the_shared_data(shared_dir, tmp_path):
     st = pytest.importorskip("sentence_transformers")
     vectors = st.SentenceTransformer(str(sts), device="cpu").encode(["O propoziție.", "Alta."])
     assert vectors.shape == (2, 32)
+
+
+def test_every_finetune_parameter_is_documented():
+    from pathlib import Path
+
+    from compresso.evaluation.config import CustomTask
+    from compresso.strategies.finetune import FinetuneParams
+    from compresso.strategies.quantize import QuantizeParams
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    page = (docs / "finetune.md").read_text()
+    missing = [f for f in list(FinetuneParams.model_fields) + list(CustomTask.model_fields)
+               if f"| `{f}` |" not in page]
+    assert not missing, f"docs/finetune.md lacks rows for {missing}"
+    quantization = (docs / "quantization.md").read_text()
+    assert all(f"| `{f}` |" in quantization for f in ("task_check", "task_check_examples", "max_task_drop"))
+    assert all(f in QuantizeParams.model_fields for f in ("task_check", "task_check_examples", "max_task_drop"))
