@@ -231,7 +231,9 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
             "AutoModelForTokenClassification" if task_model.kind == "tagging" else "AutoModelForSequenceClassification"
 
     start, _ = recipe.student_ref()
-    teachers = [{"name": t.name, "model": t.model} for t in recipe.teachers]
+    # a stage's output as a teacher has no model id: it is named by the stage folder it comes from
+    teachers = [{"name": t.name, "model": t.model} if t.model is not None
+                else {"name": t.name, "stage": recipe.stage_dirname(recipe.teacher_stage(t))} for t in recipe.teachers]
     name = outcome.dirname
     scores = (evaluation or {}).get("scores", {}).get(name)
     tasks = (evaluation or {}).get("tasks", {})
@@ -266,7 +268,8 @@ def model_card(loaded: LoadedRecipe, outcome: StageOutcome, evaluation: dict | N
 
     # The recipe's words (name, models, titles) are user text: escaped for Markdown and HTML, or put
     # in code spans, so that a card read on the hub shows them and never runs or renders them.
-    teacher_list = ", ".join(f"{md_text(t['name'])} ({md_code(t['model'])})" for t in teachers)
+    teacher_list = ", ".join(f"{md_text(t['name'])} ({md_code(t['model']) if 'model' in t else 'stage ' + md_code(t['stage'])})"
+                             for t in teachers)
     body = [f"# {md_text(recipe.name)} · {md_text(name)}", "",
             f"Made by compresso {__version__}: stage {md_code(name)} (strategy {md_code(outcome.strategy)}) of the "
             f"recipe {md_text(recipe.name)}, starting from {md_code(start)}"
