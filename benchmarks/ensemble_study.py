@@ -33,7 +33,9 @@ Issue 13's study, on the fixture teachers (``--shared DIR`` holding ``teachers/`
     ceiling's held-out positions: shared-space accuracy and NLL, and paired intervals against
     Distil-BERT at the same budget. Resumable: the strategy checkpoints every
     ``--checkpoint-every`` steps and at each budget, a rerun with the same arguments resumes
-    training, and budgets already scored (``OUT/curve/NAME/step-N.json``) are not scored again.
+    training, and budgets already scored (``OUT/curve/NAME/step-N.json``) are not scored again; a
+    rerun with a larger largest budget continues the finished runs from their last checkpoint (a
+    constant-rate run resumes into a longer one), keeping every point already there.
     Writes ``OUT/budget_curve.json`` and ``OUT/budget_curve.png``.
 
 Writes ``OUT/ensemble_study.json`` (with GPU name and clocks) and prints tables.
@@ -500,12 +502,48 @@ def train_variants(names: list[str], args, t0: float, console) -> tuple[list[str
 
 # --- (c) the token-budget curve --------------------------------------------------------------------
 
-def curve_folder(name: str, budget: int, args) -> Path:
-    """Where the student of ``name`` at ``budget`` is: a snapshot of its run, or (the largest budget)
-    the run's output."""
-    if budget == args.budgets[-1]:
-        return args.out / "students" / name
-    return args.out / "work" / name / "stage" / "snapshots" / f"step-{args.train_steps * budget}"
+def snapshot_folder(name: str, step: int, args) -> Path:
+    return args.out / "work" / name / "stage" / "snapshots" / f"step-{step}"
+
+
+def curve_point(name: str, budget: int, args) -> tuple[Path, int] | None:
+    """(folder, tokens) of the student of ``name`` at ``budget``: a snapshot of its run, or the
+    run's output when the run ended there; None while the run has not reached it."""
+    step = args.train_steps * budget
+    snap = snapshot_folder(name, step, args)
+    if (snap / "snapshot.json").is_file():
+        return snap, json.loads((snap / "snapshot.json").read_text())["tokens"]
+    variant = args.out / "students" / name / "variant.json"
+    if variant.is_file():
+        info = json.loads(variant.read_text())
+        if info["steps"] == step:
+            return variant.parent, info["tokens"]
+    return None
+
+
+def extend_shorter_runs(names: list[str], args, console) -> None:
+    """A student whose finished run is shorter than the largest budget: its output becomes the
+    snapshot at its step, so that training resumes from its last checkpoint to the new largest
+    budget (a constant-rate run resumes into a longer one) and the curve keeps that point."""
+    import shutil
+
+    for name in names:
+        out = args.out / "students" / name
+        if not (out / "variant.json").is_file():
+            continue
+        info = json.loads((out / "variant.json").read_text())
+        if info["steps"] >= args.train_steps * args.budgets[-1]:
+            continue
+        snap = snapshot_folder(name, info["steps"], args)
+        if (snap / "snapshot.json").is_file():
+            shutil.rmtree(out)
+        else:
+            snap.parent.mkdir(parents=True, exist_ok=True)
+            (out / "snapshot.json").write_text(json.dumps({"step": info["steps"], "tokens": info["tokens"]},
+                                                          indent=2) + "\n")
+            out.replace(snap)
+        console.print(f"{name}: its run ended at step {info['steps']}; continuing it to "
+                      f"{args.train_steps * args.budgets[-1]} (that student kept as {snap})")
 
 
 def scored_once(folder: Path, cache: Path, key: dict, score) -> tuple[dict, dict]:
@@ -537,21 +575,16 @@ def budget_curve(names: list[str], args, batches, space, space_cols, tops, rows_
         input_name, extra = CURVE_STUDENTS[name]
         entry = {"input": input_name, "params": extra, "budgets": {}}
         variant = args.out / "students" / name / "variant.json"
-        if variant.is_file():
+        if variant.is_file() and json.loads(variant.read_text())["steps"] == args.train_steps * args.budgets[-1]:
             info = json.loads(variant.read_text())
             entry["training"] = {k: info.get(k) for k in ("steps", "tokens", "train_seconds", "tokens_per_second",
                                                          "final_losses", "teachers")}
         for budget in args.budgets:
-            folder = curve_folder(name, budget, args)
-            if budget == args.budgets[-1]:
-                done = variant.is_file()
-                tokens = json.loads(variant.read_text())["tokens"] if done else None
-            else:
-                done = (folder / "snapshot.json").is_file()
-                tokens = json.loads((folder / "snapshot.json").read_text())["tokens"] if done else None
-            if not done:
+            point = curve_point(name, budget, args)
+            if point is None:
                 missing.setdefault(name, []).append(budget)
                 continue
+            folder, tokens = point
             weights = folder / "model.safetensors"
             key = {**heldout_key, "weights_mtime_ns": weights.stat().st_mtime_ns, "weights_bytes": weights.stat().st_size}
 
@@ -686,6 +719,7 @@ def main(argv=None) -> dict | None:
 
     if args.budgets:
         names = [v for v in args.variants.split(",") if v]
+        extend_shorter_runs(names, args, console)
         trained, result["skipped"] = train_variants(names, args, t0, console)
         curve = budget_curve(names, args, batches, space, space_cols, tops, rows_all, ceil, device, console)
         result["curve"] = curve

@@ -168,3 +168,29 @@ def test_snapshots_along_one_run_equal_a_run_stopped_there(tiny, tmp_path):  # n
     again = load_bundle(snap).model.state_dict()
     for k, v in out.model.state_dict().items():
         torch.testing.assert_close(again[k], v, rtol=0, atol=1e-6, msg=k)
+
+
+def test_a_constant_rate_run_continues_into_a_longer_one(tiny, tmp_path):  # noqa: F811
+    """Under lr_schedule: constant the checkpoint of a finished 3-step run resumes into a 6-step run
+    (same warm-up in steps) and ends where a straight 6-step run ends; a run shorter than its
+    checkpoint is refused; a linearly decayed run does not resume into a longer one."""
+    teachers = {"cased": tiny["cased"]}
+
+    def params(steps, **kw):
+        # warm-up of 2 steps either way: 2/3 of 3 steps, 1/3 of 6
+        return DistillStrategy.Params(**small_params(tiny["corpus"], max_steps=steps, checkpoint_every=100,
+                                                     lr_schedule="constant", warmup_ratio=2 / steps, **kw))
+
+    assert fingerprint(resumable_params(params(3))) == fingerprint(resumable_params(params(6)))
+    straight = DistillStrategy(params(6)).apply(load_bundle(tiny["cased"]), make_ctx(tmp_path, teachers, name="a"))
+    ctx = make_ctx(tmp_path, teachers, name="b")
+    DistillStrategy(params(3)).apply(load_bundle(tiny["cased"]), ctx)
+    longer = DistillStrategy(params(6)).apply(load_bundle(tiny["cased"]), ctx)
+    assert json.loads((ctx.stage_dir / "distill.json").read_text())["training"]["resumed_from_step"] == 3
+    for k, v in straight.model.state_dict().items():
+        torch.testing.assert_close(longer.model.state_dict()[k], v, rtol=0, atol=1e-6, msg=k)
+    with pytest.raises(StrategyError, match="past this run's max_steps 3"):
+        DistillStrategy(params(3)).apply(load_bundle(tiny["cased"]), ctx)
+    linear = dict(lr_schedule="linear")
+    assert fingerprint(resumable_params(params(3).model_copy(update=linear))) != \
+        fingerprint(resumable_params(params(6).model_copy(update=linear)))

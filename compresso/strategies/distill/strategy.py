@@ -42,7 +42,7 @@ from compresso.strategies.distill.modeling import (
 )
 from compresso.strategies.distill.params import DistillParams
 from compresso.strategies.distill.report import write_report
-from compresso.strategies.distill.trainer import Trainer, TrainConfig, fingerprint
+from compresso.strategies.distill.trainer import Trainer, TrainConfig, fingerprint, warmup_steps
 from compresso.strategies.distill.vocab import build_vocab_map, same_tokenization
 from compresso.strategy import CompressionStrategy, ModelBundle, RunContext, StrategyError
 
@@ -480,11 +480,16 @@ ADDED_WITH_DEFAULT = {"lr_schedule": "linear", "teacher_mixing": "arithmetic"}
 
 def resumable_params(p: DistillParams) -> dict:
     """What of the parameters makes a checkpoint resumable: everything but ``SPEED_ONLY`` and
-    ``OUTPUT_ONLY``, and the ``ADDED_WITH_DEFAULT`` settings only where they differ from that value."""
+    ``OUTPUT_ONLY``, and the ``ADDED_WITH_DEFAULT`` settings only where they differ from that value.
+    Under ``lr_schedule: constant`` the rate at a step does not depend on ``max_steps``, only on the
+    warm-up's length in steps: such a run's checkpoint resumes into a longer run of the same warm-up
+    (the curve of ``benchmarks/ensemble_study.py --budgets`` grows that way)."""
     dump = p.model_dump(mode="json", exclude=set(SPEED_ONLY | OUTPUT_ONLY))
     for key, value in ADDED_WITH_DEFAULT.items():
         if dump.get(key) == value:
             del dump[key]
+    if p.lr_schedule == "constant":
+        dump["warmup_steps"] = warmup_steps(dump.pop("warmup_ratio"), dump.pop("max_steps"))  # as the trainer counts
     return dump
 
 

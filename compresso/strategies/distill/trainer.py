@@ -66,6 +66,12 @@ def fingerprint(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def warmup_steps(warmup_ratio: float, max_steps: int) -> int:
+    """The warm-up's length in steps (a hair of tolerance, so that a ratio computed as steps / max_steps
+    gives back those steps)."""
+    return int(warmup_ratio * max_steps + 1e-9)
+
+
 def _lr_lambda(max_steps: int, warmup: int, schedule: str = "linear") -> Callable[[int], float]:
     def f(step: int) -> float:
         if warmup and step < warmup:
@@ -152,7 +158,7 @@ class Trainer:
         fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(_param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                       eps=cfg.eps, fused=fused)
-        warmup = int(cfg.warmup_ratio * cfg.max_steps)
+        warmup = warmup_steps(cfg.warmup_ratio, cfg.max_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.max_steps, warmup, cfg.lr_schedule))
 
         state = self._load_checkpoint(student, optimizer, scheduler)
@@ -322,6 +328,12 @@ class Trainer:
             self.ctx.log(f"[yellow]checkpoint in {self.checkpoint_dir} was written by a run with other "
                          f"settings; starting from scratch[/yellow]")
             return None
+        if state["step"] > self.cfg.max_steps:
+            from compresso.strategy import StrategyError
+
+            raise StrategyError(f"the checkpoint in {self.checkpoint_dir} is at step {state['step']}, past this run's "
+                                f"max_steps {self.cfg.max_steps}; raise max_steps to at least {state['step']} or delete "
+                                f"the folder to start over")
         if state.get("world_size") != self.world:
             from compresso.strategy import StrategyError
 
@@ -348,4 +360,4 @@ class Trainer:
         return {**state, "position": mine["position"]}
 
 
-__all__ = ["Trainer", "TrainConfig", "TrainResult", "fingerprint"]
+__all__ = ["Trainer", "TrainConfig", "TrainResult", "fingerprint", "warmup_steps"]
