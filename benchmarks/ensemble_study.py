@@ -614,8 +614,8 @@ def budget_curve(names: list[str], args, batches, space, space_cols, tops, rows_
     teachers = {n: {"accuracy": e["accuracy"], "nll": e["nll"]} for n, e in ceil["models"].items()}
     return {"budgets": args.budgets, "steps_per_budget": args.train_steps,
             "nominal_tokens_per_budget": args.train_steps * args.batch_size * args.seq_len,
-            "schedule": {"lr": 5e-4, "warmup_steps": curve_schedule(args)["warmup_ratio"]
-                         * args.train_steps * args.budgets[-1], "after_warmup": "constant",
+            "schedule": {"lr": 5e-4, "warmup_steps": round(curve_schedule(args)["warmup_ratio"]
+                                                           * args.train_steps * args.budgets[-1]), "after_warmup": "constant",
                          "one_run_per_student": True, "max_steps": args.train_steps * args.budgets[-1],
                          "snapshot_steps": curve_schedule(args)["snapshot_steps"]},
             "reference": CURVE_REFERENCE, "students": students, "teachers_and_mixes": teachers,
@@ -638,22 +638,31 @@ def plot_curve(curve: dict, path: Path, title: str) -> Path:
         if t is not None:
             top.axhline(100 * t["accuracy"], color=color, ls=ls, lw=1,
                         label=f"{name} ({'teacher' if name in (CASED, UNCASED) else 'teacher mix'})")
-    markers = iter("osD^v")
+    looks = iter(zip("osD^v", ("tab:red", "tab:cyan", "tab:olive", "tab:brown", "tab:pink")))
     ref = curve["reference"]
+    ticks = set()
     for name, entry in curve["students"].items():
         pts = sorted((e["tokens"], e["shared_accuracy"]) for e in entry["budgets"].values())
         if not pts:
             continue
-        m = next(markers)
-        top.plot([t / 1e6 for t, _ in pts], [100 * a for _, a in pts], marker=m, label=f"student {name}")
+        m, color = next(looks)
+        ticks.update(t / 1e6 for t, _ in pts)
+        top.plot([t / 1e6 for t, _ in pts], [100 * a for _, a in pts], marker=m, color=color, label=f"student {name}")
         diffs = sorted((e["tokens"], e[f"shared_accuracy_minus_{ref}"]) for e in entry["budgets"].values()
                        if f"shared_accuracy_minus_{ref}" in e)
         if diffs:
             x = [t / 1e6 for t, _ in diffs]
             mean = [100 * d["mean"] for _, d in diffs]
             err = [[100 * (d["mean"] - d["low"]) for _, d in diffs], [100 * (d["high"] - d["mean"]) for _, d in diffs]]
-            bottom.errorbar(x, mean, yerr=err, marker=m, capsize=3, label=f"{name} − {ref}")
+            bottom.errorbar(x, mean, yerr=err, marker=m, color=color, capsize=3, label=f"{name} − {ref}")
     top.set_xscale("log", base=2)
+    if ticks:  # one tick per budget (the reference student's token counts), in plain numbers
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+        ref_ticks = sorted(e["tokens"] / 1e6 for e in curve["students"].get(ref, {}).get("budgets", {}).values())
+        bottom.xaxis.set_major_locator(FixedLocator(ref_ticks or sorted(ticks)))
+        bottom.xaxis.set_minor_locator(NullLocator())
+        bottom.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
     top.set_ylabel("held-out MLM accuracy, shared space (%)")
     top.set_title(title, fontsize=9)
     top.legend(fontsize=7, loc="lower right")
