@@ -22,9 +22,27 @@ Issue 13's study, on the fixture teachers (``--shared DIR`` holding ``teachers/`
     evaluate`` takes. ``--max-seconds`` bounds the whole run: a variant not started in time is
     skipped, one still running at the deadline is stopped, and both are recorded as such.
 
+(c) **The token-budget curve** (``--budgets 1,2,4,8``, multiples of ``--train-steps``): each of
+    ``--variants`` (of ``CURVE_STUDENTS``: Distil-BERT, DistilMulti 2:1, DistilMulti 2:1 mixed
+    geometrically) trains **once**, to the largest budget, with the same seed and corpus order. The
+    schedule is linear warm-up over ``--warmup-steps`` then a **constant** learning rate, and the
+    strategy saves the student at every smaller budget (``snapshot_steps``): the student at 2x is
+    the 8x run stopped at 2x, as a 2x run of the same schedule would be, and the whole curve costs
+    one 8x run per student instead of 1+2+4+8. (The linearly decayed single-budget students of (b)
+    are annealed and so not comparable point for point.) Every budget's student is scored on the
+    ceiling's held-out positions: shared-space accuracy and NLL, and paired intervals against
+    Distil-BERT at the same budget. Resumable: the strategy checkpoints every
+    ``--checkpoint-every`` steps and at each budget, a rerun with the same arguments resumes
+    training, and budgets already scored (``OUT/curve/NAME/step-N.json``) are not scored again; a
+    rerun with a larger largest budget continues the finished runs from their last checkpoint (a
+    constant-rate run resumes into a longer one), keeping every point already there.
+    Writes ``OUT/budget_curve.json`` and ``OUT/budget_curve.png``.
+
 Writes ``OUT/ensemble_study.json`` (with GPU name and clocks) and prints tables.
 
     python benchmarks/ensemble_study.py --shared ../shared --out /tmp/ens --device cuda --train-steps 300
+    python benchmarks/ensemble_study.py --shared ../shared --out /tmp/curve --device cuda --train-steps 1000 \
+        --budgets 1,2,4,8 --jobs 2 --max-seconds 3000
 """
 
 from __future__ import annotations
@@ -72,6 +90,15 @@ VARIANTS = {
     "distil-bert-2x": (CASED, {"teachers": [CASED], "steps_factor": 2}),
 }
 
+# The budget curve's students (``--budgets``): the single-teacher student, the recipe's DistilMulti
+# (2:1), and the same with the teachers mixed as a geometric mean, the best mix of the ceiling.
+CURVE_STUDENTS = {
+    "distil-bert": (CASED, {"teachers": [CASED]}),
+    "distilmulti-2to1": (CASED, {"teachers": {CASED: 2, UNCASED: 1}}),
+    "distilmulti-2to1-geometric": (CASED, {"teachers": {CASED: 2, UNCASED: 1}, "teacher_mixing": "geometric"}),
+}
+CURVE_REFERENCE = "distil-bert"  # every other curve student is compared with it at each budget
+
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -85,7 +112,16 @@ def parse_args(argv):
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--train-steps", type=int, default=0, help="steps per student (0: ceiling only)")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default=None,
+                    help=f"comma-separated, of {', '.join(VARIANTS)} (default all); with --budgets of "
+                         f"{', '.join(CURVE_STUDENTS)} (default all)")
+    ap.add_argument("--budgets", default="",
+                    help="the token-budget curve: comma-separated multiples of --train-steps, e.g. 1,2,4,8 "
+                         "(one constant-rate run per student to the largest, snapshots at the others)")
+    ap.add_argument("--warmup-steps", type=int, default=None,
+                    help="curve: linear warm-up steps before the constant rate (default 5%% of --train-steps)")
+    ap.add_argument("--checkpoint-every", type=int, default=None,
+                    help="curve: steps between checkpoints (default a quarter of --train-steps)")
     ap.add_argument("--max-seconds", type=float, default=230.0, help="wall-time budget of the whole run")
     ap.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
     ap.add_argument("--num-workers", type=int, default=None,
@@ -98,9 +134,20 @@ def parse_args(argv):
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args(argv)
-    unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
+    try:
+        args.budgets = sorted({int(b) for b in args.budgets.split(",") if b.strip()})
+    except ValueError:
+        ap.error(f"--budgets takes comma-separated whole multiples of --train-steps, e.g. 1,2,4,8; got {args.budgets!r}")
+    if any(b < 1 for b in args.budgets):
+        ap.error(f"--budgets must be positive multiples of --train-steps, got {args.budgets}")
+    if args.budgets and args.train_steps < 1:
+        ap.error("--budgets needs --train-steps N (the steps of budget 1)")
+    known = CURVE_STUDENTS if args.budgets else VARIANTS
+    if args.variants is None:
+        args.variants = ",".join(known)
+    unknown = [v for v in args.variants.split(",") if v and v not in known]
     if unknown:
-        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
+        ap.error(f"unknown {'curve student' if args.budgets else 'variant'}(s) {unknown}; choose from {list(known)}")
     return args
 
 
@@ -329,20 +376,42 @@ def evaluate_student(model, tokenizer, kind: str, batches, space: SharedSpace, s
             {"acc": acc, "nll": nlls})
 
 
+def student_spec(name: str, args) -> tuple[str, dict]:
+    """(input model, distill parameters) of a variant, or with --budgets of a curve student."""
+    return (CURVE_STUDENTS if args.budgets else VARIANTS)[name]
+
+
+def curve_schedule(args) -> dict:
+    """The curve's distill parameters beyond a student's own: a constant rate after the warm-up, and
+    a snapshot at every budget below the largest (that one is the stage's output)."""
+    steps = args.train_steps * args.budgets[-1]
+    warmup = args.warmup_steps if args.warmup_steps is not None else round(0.05 * args.train_steps)
+    if not 0 <= warmup < steps:
+        raise SystemExit(f"--warmup-steps {warmup} must be at least 0 and below the run's {steps} steps")
+    return {"lr_schedule": "constant", "warmup_ratio": warmup / steps,
+            "snapshot_steps": [args.train_steps * b for b in args.budgets[:-1]]}
+
+
 def run_variant(name: str, args, refs: dict, work: Path, device) -> tuple[object, dict]:
     from rich.console import Console
 
     from compresso.strategies.distill import DistillStrategy
     from compresso.strategy import RunContext
 
-    input_name, extra = VARIANTS[name]
+    input_name, extra = student_spec(name, args)
     extra = dict(extra)
-    steps = args.train_steps * extra.pop("steps_factor", 1)
+    if args.budgets:
+        steps = args.train_steps * args.budgets[-1]
+        extra.update(curve_schedule(args))
+        checkpoint_every = args.checkpoint_every or max(1, args.train_steps // 4)
+    else:
+        steps = args.train_steps * extra.pop("steps_factor", 1)
+        checkpoint_every = 10**9
     bundle = refs[input_name].load()
     n_layers = bundle.model.config.num_hidden_layers
     params = DistillStrategy.Params(
         corpus=corpus_files(args.shared), heldout_documents=args.heldout_docs, seq_len=args.seq_len,
-        batch_size=args.batch_size, max_steps=steps, lr=5e-4, checkpoint_every=10**9,
+        batch_size=args.batch_size, max_steps=steps, lr=5e-4, checkpoint_every=checkpoint_every,
         log_every=max(1, steps // 10), layers=default_layers(n_layers, max(1, n_layers // 2)),
         max_documents=args.max_documents, num_workers=args.num_workers, **extra)
     stage = work / name / "stage"
@@ -352,7 +421,7 @@ def run_variant(name: str, args, refs: dict, work: Path, device) -> tuple[object
     start = time.perf_counter()
     out = DistillStrategy(params).apply(bundle, ctx)
     report = json.loads((stage / "distill.json").read_text())
-    info = {"input": input_name, "params": dict(VARIANTS[name][1]), "steps": steps,
+    info = {"input": input_name, "params": dict(student_spec(name, args)[1]), "steps": steps,
             "seconds": time.perf_counter() - start,
             "tokens": report["training"]["tokens"], "train_seconds": report["training"]["seconds"],
             "tokens_per_second": report["training"]["tokens_per_second"],
@@ -410,7 +479,7 @@ def train_variants(names: list[str], args, t0: float, console) -> tuple[list[str
             if time.perf_counter() - t0 > args.max_seconds:
                 skipped[name] = f"time budget: not started within {args.max_seconds:.0f} s"
                 continue
-            log = open(args.out / "logs" / f"{name}.log", "w")
+            log = open(args.out / "logs" / f"{name}.log", "a")  # a resumed run's log follows the first's
             console.print(f"[bold]student {name}[/bold] (process, log {log.name})")
             running[name] = (subprocess.Popen([*base, "--train-variant", name], stdout=log,
                                               stderr=subprocess.STDOUT), log)
@@ -429,6 +498,182 @@ def train_variants(names: list[str], args, t0: float, console) -> tuple[list[str
             log.close()
             del running[name]
     return [n for n in names if n in done], skipped
+
+
+# --- (c) the token-budget curve --------------------------------------------------------------------
+
+def snapshot_folder(name: str, step: int, args) -> Path:
+    return args.out / "work" / name / "stage" / "snapshots" / f"step-{step}"
+
+
+def curve_point(name: str, budget: int, args) -> tuple[Path, int] | None:
+    """(folder, tokens) of the student of ``name`` at ``budget``: a snapshot of its run, or the
+    run's output when the run ended there; None while the run has not reached it."""
+    step = args.train_steps * budget
+    snap = snapshot_folder(name, step, args)
+    if (snap / "snapshot.json").is_file():
+        return snap, json.loads((snap / "snapshot.json").read_text())["tokens"]
+    variant = args.out / "students" / name / "variant.json"
+    if variant.is_file():
+        info = json.loads(variant.read_text())
+        if info["steps"] == step:
+            return variant.parent, info["tokens"]
+    return None
+
+
+def extend_shorter_runs(names: list[str], args, console) -> None:
+    """A student whose finished run is shorter than the largest budget: its output becomes the
+    snapshot at its step, so that training resumes from its last checkpoint to the new largest
+    budget (a constant-rate run resumes into a longer one) and the curve keeps that point."""
+    import shutil
+
+    for name in names:
+        out = args.out / "students" / name
+        if not (out / "variant.json").is_file():
+            continue
+        info = json.loads((out / "variant.json").read_text())
+        if info["steps"] >= args.train_steps * args.budgets[-1]:
+            continue
+        snap = snapshot_folder(name, info["steps"], args)
+        if (snap / "snapshot.json").is_file():
+            shutil.rmtree(out)
+        else:
+            snap.parent.mkdir(parents=True, exist_ok=True)
+            (out / "snapshot.json").write_text(json.dumps({"step": info["steps"], "tokens": info["tokens"]},
+                                                          indent=2) + "\n")
+            out.replace(snap)
+        console.print(f"{name}: its run ended at step {info['steps']}; continuing it to "
+                      f"{args.train_steps * args.budgets[-1]} (that student kept as {snap})")
+
+
+def scored_once(folder: Path, cache: Path, key: dict, score) -> tuple[dict, dict]:
+    """``score(folder)`` -> (metrics, per-position arrays), kept in ``cache``.json/.npz and reused
+    while ``key`` (the held-out positions and the saved weights) is unchanged."""
+    meta, arrays = cache.with_suffix(".json"), cache.with_suffix(".npz")
+    if meta.is_file() and arrays.is_file():
+        kept = json.loads(meta.read_text())
+        if kept.get("key") == key:
+            with np.load(arrays) as z:
+                return kept["metrics"], {k: z[k] for k in z.files}
+    metrics, per_pos = score(folder)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(arrays, **per_pos)
+    meta.write_text(json.dumps({"key": key, "metrics": metrics}, indent=2) + "\n")  # written last: the marker
+    return metrics, per_pos
+
+
+def budget_curve(names: list[str], args, batches, space, space_cols, tops, rows_all, ceil, device,
+                 console) -> dict:
+    """Every curve student at every budget it has reached, scored at the ceiling's positions, with
+    paired intervals against ``CURVE_REFERENCE`` at the same budget."""
+    from compresso.models import load_bundle
+
+    heldout_key = {k: getattr(args, k) for k in ("heldout_docs", "mask_passes", "seq_len", "batch_size", "seed")}
+    heldout_key["positions"] = int(len(rows_all))
+    students, per_pos, missing = {}, {}, {}
+    for name in names:
+        input_name, extra = CURVE_STUDENTS[name]
+        entry = {"input": input_name, "params": extra, "budgets": {}}
+        variant = args.out / "students" / name / "variant.json"
+        if variant.is_file() and json.loads(variant.read_text())["steps"] == args.train_steps * args.budgets[-1]:
+            info = json.loads(variant.read_text())
+            entry["training"] = {k: info.get(k) for k in ("steps", "tokens", "train_seconds", "tokens_per_second",
+                                                         "final_losses", "teachers")}
+        for budget in args.budgets:
+            point = curve_point(name, budget, args)
+            if point is None:
+                missing.setdefault(name, []).append(budget)
+                continue
+            folder, tokens = point
+            weights = folder / "model.safetensors"
+            key = {**heldout_key, "weights_mtime_ns": weights.stat().st_mtime_ns, "weights_bytes": weights.stat().st_size}
+
+            def score(path, kind=input_name):
+                bundle = load_bundle(path)
+                console.print(f"scoring {name} at {budget}x ({path})")
+                return evaluate_student(bundle.model, bundle.tokenizer, kind, batches, space, space_cols, tops, device)
+
+            metrics, arrays = scored_once(folder, args.out / "curve" / name / f"step-{args.train_steps * budget}",
+                                          key, score)
+            entry["budgets"][str(budget)] = {"steps": args.train_steps * budget, "tokens": tokens, **metrics,
+                                             "saved": str(folder)}
+            per_pos[(name, budget)] = arrays
+        students[name] = entry
+    for name, entry in students.items():
+        if name == CURVE_REFERENCE:
+            continue
+        for b, e in entry["budgets"].items():
+            ref = per_pos.get((CURVE_REFERENCE, int(b)))
+            if ref is None:
+                continue
+            mine = per_pos[(name, int(b))]
+            e[f"shared_accuracy_minus_{CURVE_REFERENCE}"] = paired_interval(mine["acc"], ref["acc"], rows_all,
+                                                                             args.bootstrap, args.seed)
+            e[f"shared_nll_minus_{CURVE_REFERENCE}"] = paired_interval(mine["nll"], ref["nll"], rows_all,
+                                                                        args.bootstrap, args.seed)
+    teachers = {n: {"accuracy": e["accuracy"], "nll": e["nll"]} for n, e in ceil["models"].items()}
+    return {"budgets": args.budgets, "steps_per_budget": args.train_steps,
+            "nominal_tokens_per_budget": args.train_steps * args.batch_size * args.seq_len,
+            "schedule": {"lr": 5e-4, "warmup_steps": round(curve_schedule(args)["warmup_ratio"]
+                                                           * args.train_steps * args.budgets[-1]), "after_warmup": "constant",
+                         "one_run_per_student": True, "max_steps": args.train_steps * args.budgets[-1],
+                         "snapshot_steps": curve_schedule(args)["snapshot_steps"]},
+            "reference": CURVE_REFERENCE, "students": students, "teachers_and_mixes": teachers,
+            "missing_budgets": missing}
+
+
+def plot_curve(curve: dict, path: Path, title: str) -> Path:
+    """Shared-space accuracy against tokens (students; teachers and the mixes as horizontal lines),
+    and each two-teacher student's paired difference to the reference with its 95 % interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7.5, 7.5), sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    styles = {CASED: ("tab:blue", "-"), UNCASED: ("tab:orange", "-"), "mean 2:1 (cased)": ("tab:green", ":"),
+              "geometric mean": ("tab:purple", ":")}
+    for name, (color, ls) in styles.items():
+        t = curve["teachers_and_mixes"].get(name)
+        if t is not None:
+            top.axhline(100 * t["accuracy"], color=color, ls=ls, lw=1,
+                        label=f"{name} ({'teacher' if name in (CASED, UNCASED) else 'teacher mix'})")
+    looks = iter(zip("osD^v", ("tab:red", "tab:cyan", "tab:olive", "tab:brown", "tab:pink")))
+    ref = curve["reference"]
+    ticks = set()
+    for name, entry in curve["students"].items():
+        pts = sorted((e["tokens"], e["shared_accuracy"]) for e in entry["budgets"].values())
+        if not pts:
+            continue
+        m, color = next(looks)
+        ticks.update(t / 1e6 for t, _ in pts)
+        top.plot([t / 1e6 for t, _ in pts], [100 * a for _, a in pts], marker=m, color=color, label=f"student {name}")
+        diffs = sorted((e["tokens"], e[f"shared_accuracy_minus_{ref}"]) for e in entry["budgets"].values()
+                       if f"shared_accuracy_minus_{ref}" in e)
+        if diffs:
+            x = [t / 1e6 for t, _ in diffs]
+            mean = [100 * d["mean"] for _, d in diffs]
+            err = [[100 * (d["mean"] - d["low"]) for _, d in diffs], [100 * (d["high"] - d["mean"]) for _, d in diffs]]
+            bottom.errorbar(x, mean, yerr=err, marker=m, color=color, capsize=3, label=f"{name} − {ref}")
+    top.set_xscale("log", base=2)
+    if ticks:  # one tick per budget (the reference student's token counts), in plain numbers
+        from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+        ref_ticks = sorted(e["tokens"] / 1e6 for e in curve["students"].get(ref, {}).get("budgets", {}).values())
+        bottom.xaxis.set_major_locator(FixedLocator(ref_ticks or sorted(ticks)))
+        bottom.xaxis.set_minor_locator(NullLocator())
+        bottom.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+    top.set_ylabel("held-out MLM accuracy, shared space (%)")
+    top.set_title(title, fontsize=9)
+    top.legend(fontsize=7, loc="lower right")
+    bottom.axhline(0, color="black", lw=0.8)
+    bottom.set_ylabel(f"Δ accuracy vs {ref} (points, 95% CI)")
+    bottom.set_xlabel("training tokens per student (millions)")
+    bottom.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 # --- main ------------------------------------------------------------------------------------------
@@ -481,6 +726,27 @@ def main(argv=None) -> dict | None:
                               "on the whole corpus, these documents included",
               "ceiling": ceil, "students": {}, "skipped": {}}
 
+    if args.budgets:
+        names = [v for v in args.variants.split(",") if v]
+        extend_shorter_runs(names, args, console)
+        trained, result["skipped"] = train_variants(names, args, t0, console)
+        curve = budget_curve(names, args, batches, space, space_cols, tops, rows_all, ceil, device, console)
+        result["curve"] = curve
+        if args.fp16_copies:
+            from compresso.models import load_bundle
+
+            for name in trained:
+                folder = args.out / "students" / name
+                curve["students"][name]["saved_fp16"] = str(save_fp16_copy(load_bundle(folder), folder, args.out))
+        if device.type == "cuda":
+            env["clocks_end"] = nvidia_smi()
+        result["wall_seconds"] = time.perf_counter() - t0
+        (args.out / "budget_curve.json").write_text(json.dumps(result, indent=2) + "\n")
+        plot_curve(curve, args.out / "budget_curve.png",
+                   f"{args.train_steps} steps x {args.batch_size} x {args.seq_len} per budget; one constant-rate run "
+                   f"per student, {env.get('gpu', env['device'])}")
+        print_curve(curve, result["skipped"], args)
+        return result
     if args.train_steps > 0:
         from compresso.models import load_bundle
 
@@ -552,6 +818,34 @@ def main(argv=None) -> dict | None:
         out.print(f"skipped {name}: {why}")
     out.print(f"wall time {result['wall_seconds']:.0f} s; JSON: {args.out / 'ensemble_study.json'}")
     return result
+
+
+def print_curve(curve: dict, skipped: dict, args) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(width=170)
+    ref = curve["reference"]
+    t = Table(title=f"Budget curve: {args.train_steps} steps per budget x {args.batch_size} x {args.seq_len} "
+                    "tokens, one constant-rate run per student (shared space, held-out positions)")
+    for col in ("student", "budget", "tokens", "accuracy", f"Δ acc vs {ref} [95% CI]", "NLL",
+                f"Δ NLL vs {ref} [95% CI]"):
+        t.add_column(col, justify="left" if col == "student" else "right")
+    for name, entry in curve["students"].items():
+        for b, e in entry["budgets"].items():
+            da, dn = e.get(f"shared_accuracy_minus_{ref}"), e.get(f"shared_nll_minus_{ref}")
+            t.add_row(name, f"{b}x", f"{e['tokens']:,}", f"{100 * e['shared_accuracy']:.2f}%",
+                      "–" if da is None else f"{100 * da['mean']:+.2f} [{100 * da['low']:+.2f}, {100 * da['high']:+.2f}]",
+                      f"{e['shared_nll']:.4f}",
+                      "–" if dn is None else f"{dn['mean']:+.4f} [{dn['low']:+.4f}, {dn['high']:+.4f}]")
+    for name, e in curve["teachers_and_mixes"].items():
+        t.add_row(name, "", "", f"{100 * e['accuracy']:.2f}%", "", f"{e['nll']:.4f}", "")
+    out.print(t)
+    for name, budgets in curve["missing_budgets"].items():
+        out.print(f"not reached yet: {name} at {', '.join(f'{b}x' for b in budgets)} (a rerun resumes)")
+    for name, why in skipped.items():
+        out.print(f"skipped {name}: {why}")
+    out.print(f"JSON: {args.out / 'budget_curve.json'}; plot: {args.out / 'budget_curve.png'}")
 
 
 if __name__ == "__main__":

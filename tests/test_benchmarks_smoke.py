@@ -226,7 +226,7 @@ def test_ensemble_study_tiny(tmp_path):
     study = load("ensemble_study")
     out = study.main(["--shared", str(shared), "--out", str(tmp_path / "out"), "--device", "cpu",
                       "--heldout-docs", "30", "--mask-passes", "2", "--seq-len", "32", "--batch-size", "4",
-                      "--train-steps", "2", "--bootstrap", "50", "--jobs", "2", "--fp16-copies",
+                      "--train-steps", "2", "--bootstrap", "50", "--jobs", "2", "--fp16-copies", "--max-seconds", "1200",
                       "--variants", "distil-bert,distilmulti,distil-robert,distilmulti-init-uncased,distilmulti-2x,distil-bert-2x"])
     assert json.loads((tmp_path / "out" / "ensemble_study.json").read_text()) == json.loads(json.dumps(out))
     ceil = out["ceiling"]
@@ -263,6 +263,64 @@ def test_ensemble_study_tiny(tmp_path):
         with safe_open(str(copy / "model.safetensors"), "pt") as f:
             assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
         assert s["steps"] == (4 if name.endswith("-2x") else 2) and (tmp_path / "out" / "students" / name / "model.safetensors").exists()
+
+def test_ensemble_budget_curve_tiny(tmp_path):
+    """The budget curve end to end on tiny teachers with two tokenizers: one constant-rate run per
+    student gives every budget, scored with paired intervals, plotted; a rerun trains and scores
+    nothing again; a rerun with a larger budget continues the runs and keeps the earlier points."""
+    from tests.test_distill import cased_tokenizer, tiny_mlm, uncased_tokenizer, write_corpus
+
+    shared = tmp_path / "shared"
+    tiny_mlm(cased_tokenizer(), shared / "teachers" / "ro-bert-small-cased", seed=1)
+    tiny_mlm(uncased_tokenizer(), shared / "teachers" / "ro-robert-small-uncased", seed=2)
+    (shared / "corpus").mkdir()
+    write_corpus(shared / "corpus" / "c.txt", lines=200)
+    study = load("ensemble_study")
+    out_dir = tmp_path / "out"
+    argv = ["--shared", str(shared), "--out", str(out_dir), "--device", "cpu", "--heldout-docs", "30",
+            "--mask-passes", "1", "--seq-len", "32", "--batch-size", "4", "--train-steps", "2",
+            "--bootstrap", "50", "--max-seconds", "600", "--variants", "distil-bert,distilmulti-2to1-geometric"]
+    out = study.main([*argv, "--budgets", "1,2"])
+    assert json.loads((out_dir / "budget_curve.json").read_text()) == json.loads(json.dumps(out))
+    assert (out_dir / "budget_curve.png").stat().st_size > 10_000
+    curve = out["curve"]
+    assert curve["budgets"] == [1, 2] and not curve["missing_budgets"] and not out["skipped"]
+    assert curve["schedule"]["after_warmup"] == "constant" and curve["schedule"]["snapshot_steps"] == [2]
+    assert set(curve["students"]) == {"distil-bert", "distilmulti-2to1-geometric"}
+    for name, entry in curve["students"].items():
+        assert list(entry["budgets"]) == ["1", "2"] and entry["training"]["steps"] == 4  # one run to 2x
+        assert 0 < entry["budgets"]["1"]["tokens"] < entry["budgets"]["2"]["tokens"]
+        for e in entry["budgets"].values():
+            assert 0 <= e["shared_accuracy"] <= 1 and e["shared_nll"] > 0
+            d = e.get("shared_accuracy_minus_distil-bert")
+            assert (d is None) == (name == "distil-bert")
+            if d is not None:
+                assert d["low"] <= d["mean"] <= d["high"]
+    # the same seed and corpus order: the single-teacher student's tokens equal a two-teacher one's
+    # up to the row packing a second tokenizer changes
+    multi = curve["students"]["distilmulti-2to1-geometric"]["budgets"]["1"]["tokens"]
+    assert abs(curve["students"]["distil-bert"]["budgets"]["1"]["tokens"] - multi) <= 0.1 * multi
+    geo = json.loads((out_dir / "work" / "distilmulti-2to1-geometric" / "stage" / "distill.json").read_text())
+    assert geo["config"]["teacher_mixing"] == "geometric" and geo["config"]["lr_schedule"] == "constant"
+
+    # a rerun: nothing trained or scored again, the same figures
+    stamps = {p: p.stat().st_mtime_ns for p in (out_dir / "curve").rglob("*.json")}
+    again = study.main([*argv, "--budgets", "1,2"])
+    assert {p: p.stat().st_mtime_ns for p in (out_dir / "curve").rglob("*.json")} == stamps
+    assert again["curve"]["students"] == curve["students"]
+
+    # a larger budget: the runs continue from their checkpoints; 1x and 2x are kept as they were
+    longer = study.main([*argv, "--budgets", "1,2,4"])["curve"]
+    assert not longer["missing_budgets"]
+    for name, entry in longer["students"].items():
+        assert list(entry["budgets"]) == ["1", "2", "4"] and entry["training"]["steps"] == 8
+        for b in ("1", "2"):
+            assert entry["budgets"][b]["shared_accuracy"] == curve["students"][name]["budgets"][b]["shared_accuracy"]
+        assert entry["budgets"]["4"]["tokens"] > entry["budgets"]["2"]["tokens"]
+        assert (out_dir / "work" / name / "stage" / "snapshots" / "step-4" / "snapshot.json").is_file()
+        log = (out_dir / "logs" / f"{name}.log").read_text()
+        assert "resuming from the checkpoint at step 4" in log
+
 
 def test_distill_speed_flop_formula_matches_the_docs():
     """docs/performance.md quotes 14.5 MFLOP per layer-token and ~452 MFLOP per token for the

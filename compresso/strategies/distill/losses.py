@@ -20,8 +20,10 @@ Several teachers: at each position the teachers that supervise it share weight 1
 to their recipe weights (``static``) or to weight * exp(-entropy / tau) (``entropy``), the entropy
 taken on the teacher's distribution in one space all teachers share (``TeacherLink.shared_column``;
 a cased teacher would otherwise look unsure for spreading mass over ``Casa``/``casa``).
-Hidden-state losses use the recipe weights. Nothing here reads a value back to the host, so a
-step runs without synchronising.
+With ``teacher_mixing: geometric`` the per-row teacher weights w_t (the same, static or entropy)
+instead make one target, the normalised geometric mean prod_t p_t^w_t in the student's vocabulary,
+and the soft-target loss is one KL to it (``geometric_targets``). Hidden-state losses use the recipe
+weights. Nothing here reads a value back to the host, so a step runs without synchronising.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class LossConfig:
     ce_scope: str = "all"  # "all" | "masked"
     unmapped_mass: str = "other"  # "other" | "renormalise"
     chunk_rows: int | None = None  # head + soft-target + MLM losses this many rows at a time (ChunkedHeadLoss)
+    mixing: str = "arithmetic"  # "arithmetic" (one KL per teacher) | "geometric" (one KL to their geometric mean)
     compile: bool = False  # torch.compile the soft-target KL, teachers' log-probs, pooling, hidden-state losses
 
 
@@ -132,6 +135,21 @@ class TeacherLink:
         self.target_columns = np.concatenate(placed)
         self.target_teacher_ids = torch.as_tensor(np.asarray(self.vocab.teacher_ids)[self.target_columns],
                                                   device=device)
+
+    def student_target_columns(self, width: int, device: torch.device) -> torch.Tensor:
+        """(width,) long: each student id's column in this teacher's target space (layout order; the
+        mapped ids' columns, ``len(target_columns)`` = "other" for the rest)."""
+        cache = self.__dict__.setdefault("_student_target_columns", {})
+        if width not in cache:
+            n_cols = len(self.target_columns)
+            layout = np.empty(n_cols, dtype=np.int64)
+            layout[self.target_columns] = np.arange(n_cols)
+            out = np.full(width, n_cols, dtype=np.int64)
+            ids = np.asarray(self.vocab.student_ids)
+            keep = ids < width
+            out[ids[keep]] = layout[np.asarray(self.vocab.columns)[keep]]
+            cache[width] = torch.as_tensor(out, device=device)
+        return cache[width]
 
     def permutation(self, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(order, inverse) of a student logit row of ``width``: the mapped ids in layout order,
@@ -576,7 +594,21 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
         n_any = (denom > 0).sum().clamp_min(1).float()
         t2 = cfg.temperature ** 2
 
-        if chunked:
+        if cfg.mixing == "geometric":
+            logits = out.float()
+            masked_logits = logits.index_select(0, masked_rows) if all_scope else logits
+            mlm = F.cross_entropy(masked_logits, batch.labels) if n else zero
+            anchor = next(link for link in links if not link.cross)
+            row_w = [w / denom_safe for w in raw]
+            if n_rows:
+                log_r = geometric_targets(links, [tgt.log_p for tgt in targets], row_w, anchor)
+                kl = soft_target_kl(logits, log_r, anchor, cfg)
+                # one KL; each teacher's part of it is its share of the row weights (for the report)
+                ce_parts = [(w * kl).sum() / n_any for w in row_w]
+            else:
+                ce_parts = [zero for _ in links]
+            head_total = cfg.alpha_ce * t2 * torch.stack(ce_parts).sum() + cfg.alpha_mlm * mlm
+        elif chunked:
             with autocast():  # the head's matmuls in the same precision as unchunked
                 head_total, ce_parts, mlm = _chunked_head_losses(module, links, targets, raw, denom_safe, n_any, batch,
                                                                  masked_rows, out, cfg)
@@ -623,6 +655,41 @@ def compute_losses(student: torch.nn.Module, links: list[TeacherLink], batch: Ba
     total = head_total + cfg.alpha_cos * cos + cfg.alpha_mse * mse
     parts = torch.stack([ce, mlm, cos, mse]).detach()
     return StepLosses(total=total, parts=parts, contributions=contributions)
+
+
+def geometric_targets(links: list[TeacherLink], log_ps: list[torch.Tensor], row_weights: list[torch.Tensor],
+                      anchor: TeacherLink) -> torch.Tensor:
+    """Log-probs (k, W) at T of the normalised geometric mean prod_t p_t^w_t in the student's
+    vocabulary (W: the anchor's target width), with per-row weights w_t (0 where t does not
+    supervise; rows no teacher supervises come out uniform, and their weights are 0 in the loss).
+
+    A teacher with the student's tokenizer gives each id its own log-prob. A teacher with another
+    tokenizer has one probability per column of the shared vocabulary (plus "other" for the ids
+    outside it); it is split among the student ids of a column as the anchor (a teacher with the
+    student's tokenizer) splits that column: log p_t(col) + log p_a(id) - log p_a(col). Summed over
+    a column's ids, the mix is then the geometric mean of the column distributions themselves."""
+    log_a = log_ps[links.index(anchor)].float()
+    k, width = log_a.shape
+    total = torch.zeros_like(log_a)
+    for link, log_p, w in zip(links, log_ps, row_weights):
+        if not link.cross:
+            if log_p.shape[1] != width:
+                raise ValueError(f"teacher_mixing: geometric: teacher {link.name!r} has {log_p.shape[1]} output ids, "
+                                 f"teacher {anchor.name!r} {width}; teachers with the student's tokenizer must agree")
+            lifted = log_p.float()
+        else:
+            cols = link.student_target_columns(width, log_a.device)
+            n_cols = log_p.shape[1]
+            # the anchor's log-mass per column: log-sum-exp over the ids of each column
+            peak = torch.full((k, n_cols), float("-inf"), device=log_a.device).scatter_reduce(
+                1, cols.expand(k, -1), log_a, "amax", include_self=True)
+            peak = torch.where(torch.isfinite(peak), peak, 0.0)
+            mass = torch.zeros(k, n_cols, device=log_a.device).index_add_(1, cols, (log_a - peak.index_select(1, cols)).exp())
+            log_mass = mass.clamp_min(torch.finfo(mass.dtype).tiny).log() + peak
+            lifted = log_p.float().index_select(1, cols) + log_a - log_mass.index_select(1, cols)
+        # a weight of 0 must silence a teacher even where its log-prob is -inf
+        total = total + torch.where(w[:, None] > 0, w[:, None] * lifted.clamp_min(-1e4), 0.0)
+    return total.log_softmax(-1)
 
 
 def _where_supervised(tgt: TeacherTargets, value: torch.Tensor, otherwise: float) -> torch.Tensor:

@@ -19,6 +19,15 @@ class DistillParams(StrategyParams):
                               "exp(-H / entropy_temperature) over the teachers that supervise it, H the "
                               "teacher's entropy in the vocabulary space all teachers share, so confident "
                               "teachers count more.")
+    teacher_mixing: Literal["arithmetic", "geometric"] = Field(
+        "arithmetic", description="How several teachers' soft targets combine. arithmetic: the weighted sum of "
+                                  "one KL per teacher, each in its own target space (for teachers in one space "
+                                  "the same gradient as the KL to the weighted mean of their distributions). "
+                                  "geometric: one KL to the normalised weighted geometric mean of the teachers' "
+                                  "distributions at T, taken in the student's vocabulary: a teacher with another "
+                                  "tokenizer gives each student id its column's probability, split among the ids "
+                                  "of that column as a teacher with the student's tokenizer splits it (one is "
+                                  "needed). Needs unmapped_mass: other and no loss_chunk_rows.")
     entropy_temperature: float | Literal["auto"] = Field(
         "auto", description="Scale tau (nats) of the entropy weighting. auto: calibrated before training on "
                             "the held-out slice as the mean gap between the teachers' entropies at positions "
@@ -59,7 +68,11 @@ class DistillParams(StrategyParams):
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warm-up share of max_steps; "
-                                                              "then linear decay to 0.")
+                                                              "then lr_schedule.")
+    lr_schedule: Literal["linear", "constant"] = Field(
+        "linear", description="After the warm-up: linear = linear decay to 0 at max_steps; constant = the "
+                              "learning rate stays at lr (the students saved at snapshot_steps are then each "
+                              "the same run stopped early, whatever max_steps is).")
     adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
         (0.9, 0.98), description="AdamW's (beta1, beta2), each in [0, 1).")
     adam_eps: float = Field(1e-6, gt=0)
@@ -104,6 +117,11 @@ class DistillParams(StrategyParams):
     # Runtime -------------------------------------------------------------------------------
     checkpoint_every: int = Field(500, ge=1, description="Checkpoint every N optimizer steps (and at the end).")
     log_every: int = Field(20, ge=1, description="Read losses back from the device every N steps.")
+    snapshot_steps: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=list, description="Also save the student at these optimizer steps (each below "
+                                          "max_steps), as save_pretrained folders STAGE/snapshots/step-N with a "
+                                          "snapshot.json (step, tokens); a checkpoint is written at each, so a "
+                                          "resumed run never trains past one it has not saved.")
     compile: bool | Literal["auto"] = Field(
         "auto", description="torch.compile the student's and the teachers' encoders and MLM heads, and the loss pieces "
                             "(soft-target KL with the push-forward, teachers' log-probs, pooling; batches are then "
@@ -164,6 +182,13 @@ class DistillParams(StrategyParams):
             raise ValueError(f"a teacher is named twice in {v}")
         return v
 
+    @field_validator("snapshot_steps")
+    @classmethod
+    def _snapshots(cls, v):
+        if v != sorted(set(v)):
+            raise ValueError(f"snapshot_steps must be increasing, without repeats, got {v}")
+        return v
+
     @field_validator("entropy_temperature")
     @classmethod
     def _tau(cls, v):
@@ -193,6 +218,15 @@ class DistillParams(StrategyParams):
             raise ValueError("mask_replace_prob + mask_random_prob must not exceed 1")
         if self.whole_word_mask and {"mlm_smoothing", "smoothing_documents"} & self.model_fields_set:
             raise ValueError("mlm_smoothing applies to token-level masking; set whole_word_mask: false to use it")
+        if self.snapshot_steps and self.snapshot_steps[-1] >= self.max_steps:
+            raise ValueError(f"snapshot_steps {self.snapshot_steps} must all be below max_steps {self.max_steps} "
+                             "(the student at max_steps is the stage's output)")
+        if self.teacher_mixing == "geometric" and self.unmapped_mass != "other":
+            raise ValueError("teacher_mixing: geometric needs unmapped_mass: other (a foreign teacher's "
+                             "probability outside the shared vocabulary is what it gives the student's unmapped ids)")
+        if self.teacher_mixing == "geometric" and self.loss_chunk_rows:
+            raise ValueError("teacher_mixing: geometric mixes whole rows of teacher log-probs; remove "
+                             "loss_chunk_rows to use it")
         if self.teacher_seq_len is not None and self.teacher_seq_len < self.seq_len // 2:
             raise ValueError(f"teacher_seq_len {self.teacher_seq_len} is under half of seq_len "
                              f"{self.seq_len}: rows would be mostly empty")

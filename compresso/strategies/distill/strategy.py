@@ -42,7 +42,7 @@ from compresso.strategies.distill.modeling import (
 )
 from compresso.strategies.distill.params import DistillParams
 from compresso.strategies.distill.report import write_report
-from compresso.strategies.distill.trainer import Trainer, TrainConfig, fingerprint
+from compresso.strategies.distill.trainer import Trainer, TrainConfig, fingerprint, warmup_steps
 from compresso.strategies.distill.vocab import build_vocab_map, same_tokenization
 from compresso.strategy import CompressionStrategy, ModelBundle, RunContext, StrategyError, check_text_source
 
@@ -182,6 +182,8 @@ class DistillStrategy(CompressionStrategy):
                                         bundle.model.config.num_hidden_layers)
         if p.teacher_weighting == "entropy":
             self._shared_space(links)
+        if p.teacher_mixing == "geometric" and len(links) > 1:
+            self._check_geometric(links)
         if p.teacher_weighting == "entropy" and p.entropy_temperature == "auto" and p.heldout_documents == 0:
             raise StrategyError("distill: entropy_temperature: auto is calibrated on the held-out slice; set "
                                 "heldout_documents > 0 or give entropy_temperature a number")
@@ -189,7 +191,8 @@ class DistillStrategy(CompressionStrategy):
         loss_cfg = LossConfig(temperature=p.temperature, alpha_ce=p.alpha_ce, alpha_mlm=p.alpha_mlm,
                               alpha_cos=p.alpha_cos, alpha_mse=p.alpha_hidden_mse, weighting=p.teacher_weighting,
                               entropy_temperature=1.0 if p.entropy_temperature == "auto" else p.entropy_temperature,
-                              ce_scope=p.ce_scope, unmapped_mass=p.unmapped_mass, chunk_rows=p.loss_chunk_rows)
+                              ce_scope=p.ce_scope, unmapped_mass=p.unmapped_mass, chunk_rows=p.loss_chunk_rows,
+                              mixing=p.teacher_mixing if len(links) > 1 else "arithmetic")
         token_weights = None
         if not p.whole_word_mask and p.mlm_smoothing > 0:
             token_weights = self._token_weights(corpus, student_tok, p)
@@ -240,8 +243,13 @@ class DistillStrategy(CompressionStrategy):
         train_cfg = TrainConfig(max_steps=p.max_steps, grad_accum_steps=p.grad_accum_steps, lr=p.lr,
                                 weight_decay=p.weight_decay, warmup_ratio=p.warmup_ratio, betas=tuple(p.adam_betas),
                                 eps=p.adam_eps, max_grad_norm=p.max_grad_norm, log_every=p.log_every,
-                                checkpoint_every=p.checkpoint_every)
+                                checkpoint_every=p.checkpoint_every, lr_schedule=p.lr_schedule,
+                                snapshot_steps=tuple(p.snapshot_steps))
         trainer = Trainer(student, links, loss_cfg, train_cfg, stream_cfg, ctx, run_id)
+        if p.snapshot_steps and ctx.is_main:
+            trainer.snapshot = lambda step, tokens: save_snapshot(
+                ModelBundle(model=student_model, tokenizer=student_tok, lineage=list(bundle.lineage),
+                            format=bundle.format), ctx.stage_dir / "snapshots", step, tokens)
 
         # Held-out metrics before training (teachers and the undistilled student), kept across resumes.
         calibrate = p.teacher_weighting == "entropy" and p.entropy_temperature == "auto"
@@ -340,6 +348,16 @@ class DistillStrategy(CompressionStrategy):
                         link.mse_projections[s] = f"t{i}_h{s}"
                 info[link.name]["layer_map"] = {str(k): v for k, v in layer_map.items()}
         return out
+
+    @staticmethod
+    def _check_geometric(links: list[TeacherLink]) -> None:
+        """The geometric mix lives in the student's vocabulary: a teacher with the student's tokenizer
+        splits each foreign teacher's column among the student ids of that column."""
+        if not any(not lk.cross for lk in links):
+            raise StrategyError("distill: teacher_mixing: geometric mixes the teachers in the student's vocabulary "
+                                "and needs a teacher with the student's tokenizer to split a foreign teacher's "
+                                "probabilities among the student's ids; none of "
+                                f"{', '.join(lk.name for lk in links)} has it. Use teacher_mixing: arithmetic")
 
     @staticmethod
     def _shared_space(links: list[TeacherLink]) -> None:
@@ -441,9 +459,48 @@ SPEED_ONLY = frozenset({"num_workers", "log_every", "checkpoint_every", "compile
                         "teacher_cuda_graphs", "student_cuda_graphs"})
 
 
+# Settings that choose what is written besides the stage's output, not how it trains.
+OUTPUT_ONLY = frozenset({"snapshot_steps"})
+
+# Settings added after checkpoints existed: at these values they train as before their time, so they
+# stay out of the fingerprint there and such checkpoints still resume.
+ADDED_WITH_DEFAULT = {"lr_schedule": "linear", "teacher_mixing": "arithmetic"}
+
+
 def resumable_params(p: DistillParams) -> dict:
-    """What of the parameters makes a checkpoint resumable: everything but ``SPEED_ONLY``."""
-    return p.model_dump(mode="json", exclude=set(SPEED_ONLY))
+    """What of the parameters makes a checkpoint resumable: everything but ``SPEED_ONLY`` and
+    ``OUTPUT_ONLY``, and the ``ADDED_WITH_DEFAULT`` settings only where they differ from that value.
+    Under ``lr_schedule: constant`` the rate at a step does not depend on ``max_steps``, only on the
+    warm-up's length in steps: such a run's checkpoint resumes into a longer run of the same warm-up
+    (the curve of ``benchmarks/ensemble_study.py --budgets`` grows that way)."""
+    dump = p.model_dump(mode="json", exclude=set(SPEED_ONLY | OUTPUT_ONLY))
+    for key, value in ADDED_WITH_DEFAULT.items():
+        if dump.get(key) == value:
+            del dump[key]
+    if p.lr_schedule == "constant":
+        dump["warmup_steps"] = warmup_steps(dump.pop("warmup_ratio"), dump.pop("max_steps"))  # as the trainer counts
+    return dump
+
+
+def save_snapshot(bundle: ModelBundle, folder, step: int, tokens: int):
+    """The student at ``step`` as a save_pretrained folder ``folder/step-N`` with ``snapshot.json``,
+    written under a temporary name and renamed: a snapshot is there complete or not at all."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    from compresso.models import save_bundle
+
+    dest = Path(folder) / f"step-{step}"
+    tmp = dest.with_name(dest.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_bundle(bundle, tmp)
+    (tmp / "snapshot.json").write_text(json.dumps({"step": step, "tokens": tokens}, indent=2) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.replace(dest)
+    return dest
 
 
 def compiles_on(setting: bool | str, device: torch.device) -> bool:

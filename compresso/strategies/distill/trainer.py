@@ -1,4 +1,4 @@
-"""The training loop: AdamW with warm-up + linear decay, accumulation, clipping, DDP, checkpoints.
+"""The training loop: AdamW with warm-up + linear decay (or constant), accumulation, clipping, DDP, checkpoints.
 
 A checkpoint (``work_dir/checkpoint/``) holds the trained weights as safetensors and everything
 else (optimizer, scheduler, step, every rank's RNG states and data position, loss history) in a
@@ -43,6 +43,8 @@ class TrainConfig:
     max_grad_norm: float | None = 5.0
     log_every: int = 20
     checkpoint_every: int = 500
+    lr_schedule: str = "linear"  # after the warm-up: "linear" decay to 0 at max_steps, or "constant"
+    snapshot_steps: tuple[int, ...] = ()  # steps at which ``Trainer.snapshot`` is called (and a checkpoint made)
 
 
 @dataclass
@@ -64,10 +66,18 @@ def fingerprint(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _lr_lambda(max_steps: int, warmup: int) -> Callable[[int], float]:
+def warmup_steps(warmup_ratio: float, max_steps: int) -> int:
+    """The warm-up's length in steps (a hair of tolerance, so that a ratio computed as steps / max_steps
+    gives back those steps)."""
+    return int(warmup_ratio * max_steps + 1e-9)
+
+
+def _lr_lambda(max_steps: int, warmup: int, schedule: str = "linear") -> Callable[[int], float]:
     def f(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
         return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
     return f
 
@@ -114,6 +124,10 @@ class Trainer:
         self.tokens_seen = 0
         self.masked_seen = 0
         self.input_wait_s = 0.0  # host time blocked on the input pipeline (benchmarks read it per turn)
+        # Called as snapshot(step, tokens) at each of ``cfg.snapshot_steps`` (rank 0 only), after the
+        # step's losses are logged and before its checkpoint: a run resumed from that checkpoint has the
+        # snapshot, one that died before it retrains the step and writes the snapshot again.
+        self.snapshot: Callable[[int, int], None] | None = None
 
     # Hook for tests: called after every optimizer step with the step number.
     def on_step_end(self, step: int) -> None:
@@ -144,8 +158,8 @@ class Trainer:
         fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(_param_groups(student, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                       eps=cfg.eps, fused=fused)
-        warmup = int(cfg.warmup_ratio * cfg.max_steps)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.max_steps, warmup))
+        warmup = warmup_steps(cfg.warmup_ratio, cfg.max_steps)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg.max_steps, warmup, cfg.lr_schedule))
 
         state = self._load_checkpoint(student, optimizer, scheduler)
         start = state.get("step", 0)
@@ -199,7 +213,8 @@ class Trainer:
                         scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
                     done = step + 1
-                    if done % cfg.log_every == 0 or done == cfg.max_steps:
+                    snapshot_now = done in cfg.snapshot_steps
+                    if done % cfg.log_every == 0 or done == cfg.max_steps or snapshot_now:
                         values = acc / max(acc_n, 1)
                         share_sum += acc[5:]
                         window = torch.tensor([float(window_tokens)], device=self.device)
@@ -227,7 +242,9 @@ class Trainer:
                         acc.zero_()
                         acc_n, window_tokens, window_start, window_wait_start = 0, 0, now, self.input_wait_s
                     progress.update(task, completed=done)
-                    if done % cfg.checkpoint_every == 0 or done == cfg.max_steps:
+                    if snapshot_now and self.snapshot is not None and self.rank == 0:
+                        self.snapshot(done, tokens)
+                    if done % cfg.checkpoint_every == 0 or done == cfg.max_steps or snapshot_now:
                         # Never overwrite a good checkpoint with a diverged model.
                         if not bool(torch.isfinite(acc).all()) or not _finite(student):
                             self._diverged(done, float("nan"), scheduler.get_last_lr()[0])
@@ -311,6 +328,12 @@ class Trainer:
             self.ctx.log(f"[yellow]checkpoint in {self.checkpoint_dir} was written by a run with other "
                          f"settings; starting from scratch[/yellow]")
             return None
+        if state["step"] > self.cfg.max_steps:
+            from compresso.strategy import StrategyError
+
+            raise StrategyError(f"the checkpoint in {self.checkpoint_dir} is at step {state['step']}, past this run's "
+                                f"max_steps {self.cfg.max_steps}; raise max_steps to at least {state['step']} or delete "
+                                f"the folder to start over")
         if state.get("world_size") != self.world:
             from compresso.strategy import StrategyError
 
@@ -337,4 +360,4 @@ class Trainer:
         return {**state, "position": mine["position"]}
 
 
-__all__ = ["Trainer", "TrainConfig", "TrainResult", "fingerprint"]
+__all__ = ["Trainer", "TrainConfig", "TrainResult", "fingerprint", "warmup_steps"]
