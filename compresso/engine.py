@@ -314,12 +314,26 @@ def git_commit() -> str | None:
         return None
 
 
+MAX_NUM_LABELS = 100_000
+
+
+def host_memory_bytes() -> int | None:
+    """Physical memory of this machine (None where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def override_config(config, overrides: dict) -> None:
     """Set ``student.config`` values on a model configuration; a setting it does not have, or a
     value its setter refuses, is a RunError naming the key."""
     for key, value in overrides.items():
         if key.startswith("_") or not hasattr(config, key):
             raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
+        # transformers' num_labels setter builds an id2label entry per label: 2**64 of them never finish
+        if key == "num_labels" and isinstance(value, int) and not isinstance(value, bool) and value > MAX_NUM_LABELS:
+            raise RunError(f"student.config.num_labels: {value} labels; at most {MAX_NUM_LABELS:,} are accepted")
         try:
             setattr(config, key, value)
         except Exception as exc:  # a property whose setter checks its value (num_labels, id2label...)
@@ -582,10 +596,17 @@ class Runner:
         override_config(config, self.recipe.student.config)
         try:
             with torch.device("meta"):  # shapes only: no memory, no time
-                AutoModelForMaskedLM.from_config(config, trust_remote_code=self.recipe.trust_remote_code)
+                model = AutoModelForMaskedLM.from_config(config, trust_remote_code=self.recipe.trust_remote_code)
         except Exception as exc:
             raise RunError(f"student.config: the model cannot be built with these settings: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        # The student is built in host memory first (fp32): one that cannot fit would be killed mid-run.
+        nbytes = sum(p.numel() * 4 for p in model.parameters())
+        memory = host_memory_bytes()
+        if memory is not None and nbytes > memory:
+            raise RunError(f"student.config: these settings build a model of {nbytes / 4:,.0f} parameters "
+                           f"({nbytes / 2**30:,.1f} GiB in fp32), more than this machine's "
+                           f"{memory / 2**30:,.1f} GiB of memory")
 
     def _stage_key(self, index: int, input_key: str, keys: list[str]) -> str:
         stage, strategy = self.recipe.stages[index], self.strategies[index]

@@ -658,6 +658,22 @@ def test_non_finite_model_configuration_is_refused_with_its_key(tmp_path, site, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("{num_labels: 18446744073709551616}", "at most 100,000 are accepted"),  # transformers would build 2**64 labels
+    ("{hidden_size: 65536, intermediate_size: 4194304, num_attention_heads: 1}", "more than this machine's"),
+])
+def test_a_student_too_large_to_build_is_refused_before_any_memory_is_taken(tmp_path, site, model_dir, setting,
+                                                                             message):
+    path = recipe(tmp_path, model_dir)
+    for command in ("validate", "apply"):
+        t0 = time.monotonic()
+        code, output = invoke([command, path, "--set", f"student.config={setting}"])
+        assert code == 2, output
+        assert "student.config" in output and message in output
+        assert time.monotonic() - t0 < 60
+    assert not list((tmp_path / "run").glob("00-*"))
+
+
 def test_a_student_with_non_finite_weights_never_trains(tmp_path, site, model_dir):
     path = recipe(tmp_path, model_dir)
     code, output = invoke(["apply", path, "--set", "student.config={initializer_range: 1.0e+300}"])
