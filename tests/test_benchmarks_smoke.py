@@ -242,6 +242,20 @@ def test_quantize_cpu_base_size_teacher_and_headline(tmp_path, shared_dir):
         base, tmp_path / "x.json", tmp_path)
 
 
+def test_prune_quality_table_is_rendered_from_its_json():
+    """docs/pruning.md's quality table is benchmarks/prune.py --render of the committed JSON."""
+    bench = load("prune")
+    path = BENCHMARKS.parent / "docs" / "results" / "benchmarks" / "prune_quality_cpu.json"
+    result = json.loads(path.read_text())
+    text = bench.markdown(result)
+    row = next(r for r in result["rows"] if (r["setting"], r["importance"]) == ("ffn50", "taylor"))
+    assert f"| ffn50 | taylor | 4 | 512 | {row['parameters'] / 1e6:.2f} M |" in text
+    assert text.count("\n| ") == len(result["rows"]) and f"{100 * row['mlm_accuracy']:.1f}%" in text
+    page = (BENCHMARKS.parent / "docs" / "pruning.md").read_text()
+    assert ("<!-- BEGIN GENERATED: python benchmarks/prune.py --render docs/results/benchmarks/prune_quality_cpu.json -->\n"
+            + text + "<!-- END GENERATED -->") in page
+
+
 def test_ensemble_study_tiny(tmp_path):
     """The issue-13 study end to end on tiny teachers with two tokenizers: the ceiling and students."""
     from tests.test_distill import cased_tokenizer, tiny_mlm, uncased_tokenizer, write_corpus
