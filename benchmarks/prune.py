@@ -18,6 +18,7 @@ same budget".
 
     python benchmarks/prune.py                           # CPU, magnitude importance
     python benchmarks/prune.py --quality --importance magnitude taylor --out prune.json
+    python benchmarks/prune.py --render prune.json       # the quality table of a run, from its JSON
 """
 
 from __future__ import annotations
@@ -164,7 +165,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-gpu", action="store_true")
     parser.add_argument("--no-cpu", action="store_true", help="skip CPU latency (e.g. for a quality-only run)")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--render", metavar="JSON", help="print the Markdown quality table of a run's JSON and exit")
     args = parser.parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(Path(args.render).read_text())), end="")
+        return 0
 
     from rich.console import Console
     from rich.table import Table
@@ -261,11 +266,32 @@ def main(argv=None) -> int:
                             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                             "gpu": torch.cuda.get_device_name() if use_gpu else None},
             "quality_text": args.quality_text if args.quality else None,
+            "quality_sentences": len(sentences) if args.quality else None,
+            "taylor_calibration": {"corpus": args.corpus, "batches": args.calibration_batches,
+                                   "batch_size": 16, "seq_len": 128},
             "rows": rows,
         }
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
         console.print(f"wrote {args.out}")
     return 0
+
+
+def markdown(result: dict) -> str:
+    """The size and masked-LM quality table of a run (docs/pruning.md), every figure from its JSON."""
+    lines = ["| setting | importance | heads/layer | FFN/layer | parameters | size (MiB) | GFLOPs/seq | MLM loss "
+             "| MLM accuracy |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        quality = (f"{r['mlm_loss']:.3f} | {100 * r['mlm_accuracy']:.1f}%" if "mlm_loss" in r else "– | –")
+        lines.append(f"| {r['setting']} | {r['importance']} | {','.join(map(str, r['heads']))} | "
+                     f"{','.join(map(str, r['ffn']))} | {r['parameters'] / 1e6:.2f} M | {r['size_bytes'] / 2**20:.1f} | "
+                     f"{r['gflops_per_seq_s128']:.2f} | {quality} |")
+    tokens = {r.get("masked_tokens") for r in result["rows"]} - {None}
+    if tokens:
+        lines += ["", f"MLM loss and accuracy over {', '.join(f'{t:,}' for t in sorted(tokens))} masked tokens of "
+                      f"`{Path(result['quality_text']).name}`"
+                  + (f" ({result['quality_sentences']:,} sentences)" if result.get("quality_sentences") else "")
+                  + f"; torch {result['environment']['torch']}."]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

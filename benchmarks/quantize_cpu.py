@@ -11,12 +11,22 @@ model's weights file(s). The CPU (model, flags, capability class), the emulation
 thread count and affinity, the load average before and after, and library versions go into the JSON.
 
 Models carry a sequence-classification head (2 labels, seeded): the way an encoder is served; latency
-does not depend on the head's training. Default teacher: the ``ro-bert-small-cased`` fixture (12
-layers, hidden 256, 16k vocabulary), calibration and inputs from the ``ro-corpus-00`` fixture.
+does not depend on the head's training. Default teacher (``--size fixture``): the ``ro-bert-small-cased``
+fixture (12 layers, hidden 256, 16k vocabulary), calibration and inputs from the ``ro-corpus-00``
+fixture. ``--size base`` builds, inside the script, a randomly initialised (seeded) teacher of
+BERT-base's shape — 12 layers, hidden 768, 12 heads, FFN 3072 — with the vocabulary and tokenizer of
+``--teacher`` (the fixture's by default), and cuts and quantizes its student the same way: the size
+users deploy, where the matrix products, not the per-call overhead, are the time. Latency does not
+depend on the weights' values, so a random teacher times like a trained one.
 
     python benchmarks/quantize_cpu.py                                  # → docs/results/benchmarks/
+    python benchmarks/quantize_cpu.py --size base                      # → ...-base.json/.md
     python benchmarks/quantize_cpu.py --emulate-avx2                   # torch/oneDNN/MKL capped at AVX2
     taskset -c 0,1 python benchmarks/quantize_cpu.py --threads 2 --teacher ... --corpus ...
+
+``--render JSON`` prints the Markdown table of a committed run and ``--headline FOLDER`` the table of
+INT8 speed-ups at base size beside fixture size, per CPU (docs/quantization.md's generated blocks;
+nothing is measured).
 
 ``--compare-levers`` adds, for each torch INT8 graph, a row per compile-time lever turned off (the
 Python wrapper instead of inductor's C++ wrapper; for inc, separate query/key/value products instead
@@ -49,12 +59,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 RESULTS = REPO / "docs" / "results" / "benchmarks"
 CASES = ("inc-static", "torchao-dynamic", "ort-static", "ort-dynamic")
+BASE_SHAPE = {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12, "intermediate_size": 3072}
+"""BERT-base's shape (``--size base``); vocabulary, positions and tokenizer come from ``--teacher``."""
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--teacher", default=str(SHARED / "teachers" / "ro-bert-small-cased"))
+    ap.add_argument("--teacher", default=str(SHARED / "teachers" / "ro-bert-small-cased"),
+                    help="the fp32 teacher (--size fixture), or where the tokenizer and vocabulary of the random "
+                         "base-size teacher come from (--size base)")
+    ap.add_argument("--size", choices=("fixture", "base"), default="fixture",
+                    help="fixture: time --teacher as it is; base: a randomly initialised teacher of BERT-base's shape "
+                         "(12 layers, hidden 768, 12 heads, FFN 3072) with --teacher's tokenizer")
     ap.add_argument("--corpus", default=str(SHARED / "corpus" / "ro-corpus-00.txt.xz"),
                     help="text for calibration and for the benchmark inputs")
     ap.add_argument("--student-layers", type=int, default=6)
@@ -76,9 +93,37 @@ def parse_args(argv=None):
                     help="also time each torch INT8 graph (inc, torchao) without each of the compile-time levers that "
                          "are on by default, as rows of their own: inductor's Python wrapper instead of its C++ wrapper; "
                          "(inc) the query, key and value products kept separate instead of merged")
-    ap.add_argument("--out", help="JSON file or folder (default: docs/results/benchmarks/, one file per CPU and "
-                                  "capability class)")
+    ap.add_argument("--out", help="JSON file or folder (default: docs/results/benchmarks/, one file per CPU, "
+                                  "capability class and size)")
+    ap.add_argument("--render", metavar="JSON", help="print the Markdown table of a run's JSON and exit (links "
+                                                     "relative to --relative-to)")
+    ap.add_argument("--headline", metavar="FOLDER", help="print the base-size vs fixture-size table of the runs in "
+                                                         "FOLDER and exit (links relative to --relative-to)")
+    ap.add_argument("--relative-to", default=str(REPO / "docs"), help="folder the printed links start from "
+                                                                      "(default: docs/)")
     return ap.parse_args(argv)
+
+
+def architecture(config) -> dict:
+    """The shape a run's teacher had (recorded in the JSON)."""
+    keys = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size")
+    return {k: getattr(config, k) for k in keys}
+
+
+def base_teacher(tokenizer_source: str):
+    """A randomly initialised (seeded) BERT of BERT-base's shape with ``tokenizer_source``'s vocabulary,
+    positions and tokenizer, and a 2-label sequence-classification head."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(tokenizer_source)
+    for key, value in BASE_SHAPE.items():
+        setattr(config, key, value)
+    config.num_labels = 2
+    config.dtype = "float32"
+    torch.manual_seed(0)
+    return AutoModelForSequenceClassification.from_config(config, attn_implementation="sdpa",
+                                                          dtype=torch.float32).eval()
 
 
 def onednn_isa(env: dict) -> str | None:
@@ -156,6 +201,11 @@ def weights_bytes(folder: Path) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.render or args.headline:
+        text = (markdown(json.loads(Path(args.render).read_text()), Path(args.render), Path(args.relative_to))
+                if args.render else headline(Path(args.headline), Path(args.relative_to)))
+        print(text, end="")
+        return 0
     if args.emulate_avx2:
         os.environ.update(AVX2_ENV)  # before torch loads: ATen reads its variable at import
     import torch
@@ -198,8 +248,11 @@ def main(argv=None) -> int:
     started = time.time()
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(args.teacher)
-    teacher = AutoModelForSequenceClassification.from_pretrained(args.teacher, dtype=torch.float32, num_labels=2,
-                                                                 attn_implementation="sdpa").eval()
+    if args.size == "base":
+        teacher = base_teacher(args.teacher)
+    else:
+        teacher = AutoModelForSequenceClassification.from_pretrained(args.teacher, dtype=torch.float32, num_labels=2,
+                                                                     attn_implementation="sdpa").eval()
     layers = default_layers(teacher.config.num_hidden_layers, args.student_layers)
     student = build_student(teacher, layers).eval()
 
@@ -255,7 +308,9 @@ def main(argv=None) -> int:
     load_after = os.getloadavg()
 
     teacher_name = "fp32 teacher"
+    shape = architecture(teacher.config)
     table = Table(title=f"{cpu_info['model']} ({cpu.capability_class()}{', emulated' if args.emulate_avx2 else ''}): "
+                        f"{args.size} size ({shape['num_hidden_layers']} × {shape['hidden_size']}), "
                         f"seq {args.seq_len}, {args.threads} threads, median [IQR] of {args.repeats} calls")
     table.add_column("model")
     for b in args.batch_sizes:
@@ -287,7 +342,10 @@ def main(argv=None) -> int:
         console.print(f"[yellow]machine load average {load_before[0]:.1f} → {load_after[0]:.1f} on {os.cpu_count()} "
                       f"cores: other processes competed for the CPU; these timings are not publishable[/yellow]")
     result = {
-        "benchmark": "quantize_cpu", "teacher": args.teacher, "corpus": args.corpus, "student_layers": layers,
+        "benchmark": "quantize_cpu", "size": args.size, "teacher": args.teacher,
+        "teacher_note": ("randomly initialised (seed 0) with BERT-base's shape and the tokenizer and vocabulary of "
+                         "the teacher path" if args.size == "base" else "the teacher path as saved"),
+        "teacher_architecture": shape, "corpus": args.corpus, "student_layers": layers,
         "seq_len": args.seq_len, "batch_sizes": args.batch_sizes, "threads": args.threads,
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds, "clock": args.clock,
@@ -301,29 +359,51 @@ def main(argv=None) -> int:
     out = Path(args.out) if args.out else RESULTS
     if out.suffix != ".json":
         slug = re.sub(r"[^a-z0-9]+", "-", cpu_info["model"].lower()).strip("-")
-        out = out / f"quantize_cpu-{slug}-{cpu.capability_class()}{'-emulated' if args.emulate_avx2 else ''}.json"
+        out = out / (f"quantize_cpu-{slug}-{cpu.capability_class()}{'-emulated' if args.emulate_avx2 else ''}"
+                     f"{'-base' if args.size == 'base' else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(result, out.name))
+    out.with_suffix(".md").write_text(markdown(result, out, out.parent))
     console.print(f"wrote {out} and {out.with_suffix('.md').name}")
     return 0
 
 
-def markdown(result: dict, json_name: str) -> str:
-    """The table of ``result`` for docs/quantization.md, every number from the JSON beside it."""
+def _link(path: Path, relative_to: Path) -> str:
+    return os.path.relpath(Path(path).resolve(), Path(relative_to).resolve())
+
+
+def teacher_words(result: dict) -> str:
+    """The run's teacher in words: its size and shape (runs before ``size`` was recorded: the fixture)."""
+    shape = result.get("teacher_architecture")
+    if result.get("size") == "base":
+        return (f"base size: random teacher of BERT-base's shape ({shape['num_hidden_layers']} layers, hidden "
+                f"{shape['hidden_size']}, {shape['num_attention_heads']} heads, FFN {shape['intermediate_size']}, "
+                f"{shape['vocab_size']:,} vocabulary)")
+    if shape:
+        return (f"fixture size: `{Path(result['teacher']).name}` ({shape['num_hidden_layers']} layers, hidden "
+                f"{shape['hidden_size']}, {shape['num_attention_heads']} heads, FFN {shape['intermediate_size']}, "
+                f"{shape['vocab_size']:,} vocabulary)")
+    return f"fixture size: `{Path(result['teacher']).name}`"
+
+
+def markdown(result: dict, json_path: Path, relative_to: Path) -> str:
+    """The table of ``result`` for docs/quantization.md, every number from the JSON (linked relative
+    to ``relative_to``)."""
     cpu_info, emulation, machine = result["cpu"], result["emulation"], result["machine"]
     sizes = result["batch_sizes"]
+    link = _link(json_path, relative_to)
     emulated = (f"; torch/oneDNN/MKL capped by {', '.join(f'{k}={v}' for k, v in emulation['env'].items())} "
                 f"(torch {emulation['torch_capability']}, oneDNN {emulation['onednn_isa']}; ONNX Runtime not capped)"
                 if emulation["env"] else "")
+    size = f"Teacher: {teacher_words(result)}. " if result.get("size") else ""
     lines = [
-        f"**{cpu_info['model']}**, class `{cpu_info['capability_class']}` (flags {', '.join(cpu_info['flags'])})"
+        f"{size}**{cpu_info['model']}**, class `{cpu_info['capability_class']}` (flags {', '.join(cpu_info['flags'])})"
         f"{emulated}; {result['threads']} threads (CPUs {result['affinity']}), sequence {result['seq_len']}, "
         f"median [interquartile range] of {result['repeats']} calls in {result['rounds']} interleaved rounds"
         f"{' (**CPU time** of the process, not latency)' if result.get('clock') == 'cpu' else ''}; "
         f"load average {machine['load_average_before'][0]:.1f} → {machine['load_average_after'][0]:.1f}"
         f"{' (**busy machine: not a speed claim**)' if machine['busy'] else ''}; "
-        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + f". Source: [{json_name}]({json_name}).",
+        + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()) + f". Source: [{Path(link).name}]({link}).",
         "",
         "| model | " + " | ".join(f"batch {b} ms | × teacher" for b in sizes) + " | weights | of teacher |",
         "|---|" + "---:|---:|" * len(sizes) + "---:|---:|",
@@ -343,6 +423,57 @@ def markdown(result: dict, json_name: str) -> str:
               + f". `backend: auto` on this class: {auto['backend']} ({auto['method']}).", ""]
     return "\n".join(lines)
 
+
+def headline_row(result: dict) -> dict | None:
+    """The INT8 row a user of ``backend: auto`` gets on the run's CPU class (the fastest INT8 row when
+    that backend was skipped), with the fp32 rows it is compared with."""
+    rows = {r["model"]: r for r in result["rows"] if "variant" not in r}
+    auto = result["auto_choice"]
+    chosen = rows.get(f"int8 student, {auto['backend']}-{auto['method']}")
+    if chosen is None:
+        int8 = [r for r in rows.values() if r["model"].startswith("int8")]
+        if not int8:
+            return None
+        b = str(result["batch_sizes"][0])
+        chosen = min(int8, key=lambda r: r["latency"][b]["median_ms"])
+    return {"int8": chosen, "student": rows["fp32 student"], "teacher": rows["fp32 teacher"]}
+
+
+def headline(folder: Path, relative_to: Path) -> str:
+    """Per CPU: the INT8 student against the fp32 teacher at base size, and at fixture size beside it
+    (the run of the same CPU and class without ``-base``), every figure from the JSON it links."""
+    runs = sorted(folder.glob("quantize_cpu-*-base.json"))
+    if not runs:
+        return ("No base-size run is committed yet: `python benchmarks/quantize_cpu.py --size base` on a quiet "
+                "machine writes `docs/results/benchmarks/quantize_cpu-<cpu>-<class>-base.json`.\n")
+    lines = ["| CPU (class) | threads, sequence | teacher | INT8 student | INT8 × fp32 teacher, batch 1 | batch 8 | "
+             "fp32 student × teacher, batch 1 | batch 8 | INT8 weights, of the teacher's | of the fp32 student's "
+             "| source |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for base in runs:
+        pair = [base, base.with_name(base.name.removesuffix("-base.json") + ".json")]
+        for path in [p for p in pair if p.is_file()]:
+            result = json.loads(path.read_text())
+            picked = headline_row(result)
+            if picked is None or set(result["batch_sizes"]) < {1, 8}:
+                continue
+            int8, student, teacher = picked["int8"], picked["student"], picked["teacher"]
+            shape = result.get("teacher_architecture") or {}
+            size = ("**base**" if result.get("size") == "base" else "fixture") + (
+                f" ({shape['num_hidden_layers']} × {shape['hidden_size']})" if shape else "")
+            busy = " (busy machine: not a speed claim)" if result["machine"]["busy"] else ""
+            speed = [f"{int8['speedup_vs_teacher'][b]:.2f}×" for b in ("1", "8")]
+            if result.get("size") == "base":
+                speed = [f"**{x}**" for x in speed]
+            lines.append(
+                f"| {result['cpu']['model']} (`{result['cpu']['capability_class']}`) | {result['threads']}, "
+                f"{result['seq_len']}{busy} | {size} | {int8['model'].removeprefix('int8 student, ')} | {speed[0]} "
+                f"| {speed[1]} | "
+                + " | ".join(f"{student['speedup_vs_teacher'][b]:.2f}×" for b in ("1", "8"))
+                + f" | {int8['weights_bytes'] / teacher['weights_bytes']:.1%} "
+                f"| {int8['weights_bytes'] / student['weights_bytes']:.1%} "
+                f"| [{path.name}]({_link(path, relative_to)}) |")
+    return "\n".join(lines) + "\n"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -226,6 +226,48 @@ def test_quantize_cpu_benchmark_records_the_machine(tmp_path, shared_dir):
     assert len(result["machine"]["load_average_before"]) == 3 and result["threads"] == 1
     assert result["emulation"]["ort_restricted"] is False and result["auto_choice"]["backend"]
 
+@pytest.mark.shared
+def test_quantize_cpu_base_size_teacher_and_headline(tmp_path, shared_dir):
+    """--size base builds BERT-base's shape with the fixture's vocabulary; --headline puts each base-size
+    run first with the same CPU's fixture-size run beside it, every figure from the JSON it links."""
+    bench = load("quantize_cpu")
+    teacher = bench.base_teacher(str(shared_dir / "teachers" / "ro-bert-small-cased"))
+    shape = bench.architecture(teacher.config)
+    assert shape == {"num_hidden_layers": 12, "hidden_size": 768, "num_attention_heads": 12,
+                     "intermediate_size": 3072, "vocab_size": 16000}
+    assert teacher.config.num_labels == 2 and next(teacher.parameters()).dtype.is_floating_point
+    assert "No base-size run" in bench.headline(tmp_path, tmp_path)
+    fixture = json.loads((BENCHMARKS.parent / "docs" / "results" / "benchmarks" /
+                          "quantize_cpu-amd-epyc-avx512_vnni.json").read_text())
+    base = json.loads(json.dumps(fixture)) | {"size": "base", "teacher_architecture": shape}
+    for row in base["rows"]:
+        row["speedup_vs_teacher"] = {b: 3 * x for b, x in row["speedup_vs_teacher"].items()}
+    (tmp_path / "quantize_cpu-amd-epyc-avx512_vnni.json").write_text(json.dumps(fixture))
+    (tmp_path / "quantize_cpu-amd-epyc-avx512_vnni-base.json").write_text(json.dumps(base))
+    lines = bench.headline(tmp_path, tmp_path).splitlines()
+    assert len(lines) == 4 and "**base** (12 × 768)" in lines[2] and "| fixture |" in lines[3]
+    inc = next(r for r in fixture["rows"] if r["model"] == "int8 student, inc-static")
+    assert f"| {inc['speedup_vs_teacher']['1']:.2f}× | {inc['speedup_vs_teacher']['8']:.2f}× |" in lines[3]
+    assert f"**{3 * inc['speedup_vs_teacher']['8']:.2f}×**" in lines[2]
+    assert lines[3].endswith("| [quantize_cpu-amd-epyc-avx512_vnni.json](quantize_cpu-amd-epyc-avx512_vnni.json) |")
+    assert "Teacher: base size: random teacher of BERT-base's shape (12 layers, hidden 768" in bench.markdown(
+        base, tmp_path / "x.json", tmp_path)
+
+
+def test_prune_quality_table_is_rendered_from_its_json():
+    """docs/pruning.md's quality table is benchmarks/prune.py --render of the committed JSON."""
+    bench = load("prune")
+    path = BENCHMARKS.parent / "docs" / "results" / "benchmarks" / "prune_quality_cpu.json"
+    result = json.loads(path.read_text())
+    text = bench.markdown(result)
+    row = next(r for r in result["rows"] if (r["setting"], r["importance"]) == ("ffn50", "taylor"))
+    assert f"| ffn50 | taylor | 4 | 512 | {row['parameters'] / 1e6:.2f} M |" in text
+    assert text.count("\n| ") == len(result["rows"]) and f"{100 * row['mlm_accuracy']:.1f}%" in text
+    page = (BENCHMARKS.parent / "docs" / "pruning.md").read_text()
+    assert ("<!-- BEGIN GENERATED: python benchmarks/prune.py --render docs/results/benchmarks/prune_quality_cpu.json -->\n"
+            + text + "<!-- END GENERATED -->") in page
+
+
 def test_ensemble_study_tiny(tmp_path):
     """The issue-13 study end to end on tiny teachers with two tokenizers: the ceiling and students."""
     from tests.test_distill import cased_tokenizer, tiny_mlm, uncased_tokenizer, write_corpus
