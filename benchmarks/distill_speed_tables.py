@@ -1,104 +1,116 @@
-"""Markdown tables from a ``distill_speed.py`` JSON file, for docs/performance.md.
+"""Markdown tables for docs/performance.md, rendered from the JSON of the distillation benchmarks.
 
-Several JSON files (one run per batch size or group of batch sizes, e.g. to stay within a time
-limit per command) are merged into one set of tables; they must come from the same GPU, sizes,
-vocabularies and configurations, and no batch size may appear twice.
+What it renders depends on the JSON given:
 
-Prints the tables; with ``--write PAGE`` replaces the text between the markers
-``<!-- distill-speed tables: begin -->`` and ``<!-- distill-speed tables: end -->`` in PAGE with
-them (the page must already have both markers). ``--section NAME`` uses the markers
-``<!-- distill-speed tables NAME: begin -->`` / ``… NAME: end -->`` instead, so one page can hold
-the tables of several commands (runs with different configurations do not merge). Every figure comes from the JSON; the tables name
-the JSON path they were rendered from.
+* ``distill_speed.py`` JSON, one run or several runs of other batch sizes (merged; same GPU, sizes,
+  vocabularies): every table of the run — step times, tokens/s, MFU, peak memory, host
+  synchronisations, warm-up, the ratios of each lever against its twin, the input pipeline alone.
+* ``--current`` with ``distill_speed.py`` JSON files of one GPU: one table for that GPU, a row per
+  batch size and configuration, taken from the *last* file given that measured it, with its
+  ratios against the compiled 1-teacher step (``c1c``) of the same run. This is the table of
+  docs/performance.md; list the files oldest first.
+* ``teacher_float8.py`` JSON: the speed and fidelity tables of float8 teachers.
+
+Output goes to stdout. Every figure comes from the JSON, and the tables name the files they were
+rendered from; ``--link-base DIR`` writes those links relative to DIR (``docs`` for a page in docs/).
+
+Pages mark a generated block as ``<!-- BEGIN GENERATED: <command> -->`` … ``<!-- END GENERATED -->``,
+where the command, run from the repository root, prints the block's content exactly.
+``--update PAGE`` reruns every such block of PAGE whose command is this script and rewrites the
+page; ``--check PAGE`` only reports (exit status 1) the blocks that differ.
 
 Usage:
-  python benchmarks/distill_speed_tables.py docs/results/benchmarks/distill_speed.json
-  python benchmarks/distill_speed_tables.py docs/results/benchmarks/distill_speed.json --write docs/performance.md
-  python benchmarks/distill_speed_tables.py b64/distill_speed.json b256/distill_speed.json --issue-note
-  python benchmarks/distill_speed_tables.py b64.json b512.json --write docs/performance.md --section b64-b512
+  python benchmarks/distill_speed_tables.py runs/bench/distill_speed.json
+  python benchmarks/distill_speed_tables.py b64/distill_speed.json b256/distill_speed.json
+  python benchmarks/distill_speed_tables.py --current --link-base docs old.json newer.json newest.json
+  python benchmarks/distill_speed_tables.py docs/results/benchmarks/teacher_float8/teacher_float8-h200.json
+  python benchmarks/distill_speed_tables.py --update docs/performance.md
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
-BEGIN = "<!-- distill-speed tables: begin -->"
-END = "<!-- distill-speed tables: end -->"
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = "benchmarks/distill_speed_tables.py"
+BLOCK = re.compile(r"<!-- BEGIN GENERATED: (?P<command>.+?) -->\n(?P<body>.*?)<!-- END GENERATED -->", re.S)
 
-# The goals of issue 14, checked against the JSON: (ratio key or metric, comparison, bound, what).
-GOALS = [
-    ("cx / c1 step time", "<=", 1.45, "cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
-    ("c1-text / c1 tokens/s", ">=", 0.90, "real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
-    ("cx-text / cx tokens/s", ">=", 0.90, "real text ≥ 90 % of synthetic tokens/s, cross-tokenizer"),
-    ("c1 / reference tokens/s", ">=", 2.0, "compresso ≥ 2 × the reference's tokens/s (its faster mode)"),
-    ("c1 / reference peak memory", "<=", 0.6, "compresso peak memory ≤ 0.6 × the reference's"),
-    # the same goals for the compiled configurations (distill `compile: true`)
-    ("cxc / c1c step time", "<=", 1.45, "compiled: cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
-    ("c1c / reference tokens/s", ">=", 2.0, "compiled: compresso ≥ 2 × the reference's tokens/s"),
-    ("c1c / reference peak memory", "<=", 0.6, "compiled: compresso peak memory ≤ 0.6 × the reference's"),
-    ("cxg / c1g step time", "<=", 1.45, "teacher CUDA graphs: cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
-    ("c1g / reference tokens/s", ">=", 2.0, "teacher CUDA graphs: compresso ≥ 2 × the reference's tokens/s"),
-    ("c1g / reference peak memory", "<=", 0.6, "teacher CUDA graphs: compresso peak memory ≤ 0.6 × the reference's"),
-    ("c1g-text / c1g tokens/s", ">=", 0.90, "teacher CUDA graphs: real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
-    ("cxg-text / cxg tokens/s", ">=", 0.90, "teacher CUDA graphs: real text ≥ 90 % of synthetic tokens/s, cross-tokenizer"),
-    ("cxs / c1s step time", "<=", 1.45, "student CUDA graphs: cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
-    ("c1s / reference tokens/s", ">=", 2.0, "student CUDA graphs: compresso ≥ 2 × the reference's tokens/s"),
-    ("c1s / reference peak memory", "<=", 0.6, "student CUDA graphs: compresso peak memory ≤ 0.6 × the reference's"),
-    ("cxgs / c1gs step time", "<=", 1.45, "teacher and student CUDA graphs: cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
-    ("c1gs / reference tokens/s", ">=", 2.0, "teacher and student CUDA graphs: compresso ≥ 2 × the reference's tokens/s"),
-    ("c1gs / reference peak memory", "<=", 0.6, "teacher and student CUDA graphs: compresso peak memory ≤ 0.6 × the reference's"),
-    ("c1gs-text / c1gs tokens/s", ">=", 0.90, "teacher and student CUDA graphs: real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
-    ("cxc8 / c1c8 step time", "<=", 1.45, "compiled, float8 teachers: cross-tokenizer step ≤ 1.45 × the 1-teacher step"),
-    ("c1c8 / reference tokens/s", ">=", 2.0, "compiled, float8 teachers: compresso ≥ 2 × the reference's tokens/s"),
-    ("c1c8 / reference peak memory", "<=", 0.6, "compiled, float8 teachers: compresso peak memory ≤ 0.6 × the reference's"),
-    ("c1c-text / c1c tokens/s", ">=", 0.90, "compiled: real text ≥ 90 % of synthetic tokens/s, 1 teacher"),
-    ("cxc-text / cxc tokens/s", ">=", 0.90, "compiled: real text ≥ 90 % of synthetic tokens/s, cross-tokenizer"),
-    # KL at every token (ce_scope all) against the reference without restrict_ce_to_mask
-    ("c1-all-chunk / reference tokens/s", ">=", 2.0, "KL everywhere, chunked: ≥ 2 × the reference's tokens/s"),
-    ("c1-all-chunk / reference peak memory", "<=", 0.6, "KL everywhere, chunked: peak memory ≤ 0.6 × the reference's"),
-]
-MFU_GOALS = [("c1", 0.45, "1 teacher ≥ 45 % MFU"), ("cx", 0.40, "cross-tokenizer ≥ 40 % MFU"),
-             ("c1c", 0.45, "compiled: 1 teacher ≥ 45 % MFU"), ("cxc", 0.40, "compiled: cross-tokenizer ≥ 40 % MFU"),
-             ("c1g", 0.45, "teacher CUDA graphs: 1 teacher ≥ 45 % MFU"), ("cxg", 0.40, "teacher CUDA graphs: cross-tokenizer ≥ 40 % MFU"),
-             ("c1s", 0.45, "student CUDA graphs: 1 teacher ≥ 45 % MFU"), ("cxs", 0.40, "student CUDA graphs: cross-tokenizer ≥ 40 % MFU"),
-             ("c1gs", 0.45, "teacher and student CUDA graphs: 1 teacher ≥ 45 % MFU"),
-             ("cxgs", 0.40, "teacher and student CUDA graphs: cross-tokenizer ≥ 40 % MFU"),
-             # float8 teachers do the same FLOPs; MFU is still against the bf16 dense peak
-             ("c1c8", 0.45, "compiled, float8 teachers: 1 teacher ≥ 45 % MFU (bf16 peak)"),
-             ("cxc8", 0.40, "compiled, float8 teachers: cross-tokenizer ≥ 40 % MFU (bf16 peak)")]
+MUST_AGREE = ("sizes", "vocab", "tiny", "peak_tflops", "loss", "optimiser")
+BASELINE = "c1c"  # the default configuration on a GPU: 1 teacher, compile: auto
+# Row order of --current (distill_speed.py's configurations; others follow in the order first seen)
+ORDER = ("c1", "c1c", "c2", "c2c", "cx", "cxc", "c1-text", "c1c-text", "cx-text", "cxc-text", "c1g", "cxg",
+         "c1g-text", "cxg-text", "c1s", "cxs", "c1gs", "cxgs", "c1gs-text", "c1c8", "cxc8", "c1-all", "c1-all-chunk",
+         "c1c-all-chunk", "cx-all-chunk", "ref", "ref-fp32", "ref-all", "ref-fp32-all")
 
 
 def fmt_int(v) -> str:
     return "–" if v is None else f"{v:,.0f}"
 
 
-def render(data: dict, sources: list[str]) -> str:
+def fmt_ms(v) -> str:
+    return "–" if v is None else f"{v:.1f}"
+
+
+def link(path: Path, base: Path | None) -> str:
+    """A Markdown link to path, relative to base (a folder) when given."""
+    if base is None:
+        target = path.as_posix()
+    else:
+        target = Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+    return f"[`{path.name}`]({target})"
+
+
+def environment_line(data: dict) -> str:
     env = data["environment"]
-    lines = []
     gpu = env.get("gpu", env["device"])
-    source = " and ".join(f"[`{s}`]({s})" for s in sources)
-    lines.append(f"Rendered from {source} by `benchmarks/distill_speed_tables.py`. "
-                 f"{gpu}, torch {env['torch']}, transformers {env['transformers']}, commit {env.get('commit')}; "
-                 f"whole run {data['wall_s']} s. MFU against {data['peak_tflops']} TFLOP/s dense bf16."
-                 if data.get("peak_tflops") else
-                 f"Rendered from {source}. {gpu}, torch {env['torch']}; no MFU (no peak given).")
-    if not data.get("complete", True):
-        lines.append("")
-        lines.append("**Incomplete run**: it stopped early; only the batch sizes below finished.")
-    lines.append("")
+    memory = f" ({env['gpu_memory_gib']} GiB)" if env.get("gpu_memory_gib") else ""
+    return f"{gpu}{memory}, torch {env['torch']}, transformers {env['transformers']}"
+
+
+def commit_of(data: dict) -> str:
+    commit = data["environment"].get("commit")
+    return f"commit {commit}" if commit else "commit not recorded"
+
+
+def smi_line(data: dict) -> str:
+    """The GPU's clocks before and after a run, and whether anything else ran on it."""
+    parts, others = [], set()
     for when in ("gpu_before", "gpu_after"):
         smi = data.get(when)
         if smi and smi.get("gpus"):
             g = smi["gpus"][0]
-            others = smi.get("other_processes", [])
-            lines.append(f"- nvidia-smi {when.split('_')[1]} the run: SM {g.get('clocks.sm')} MHz "
-                         f"(max {g.get('clocks.max.sm')}), memory {g.get('clocks.mem')} MHz, utilisation "
-                         f"{g.get('utilization.gpu')} %, {g.get('power.draw')} W; other processes on the GPU: "
-                         f"{', '.join(p['name'] for p in others) if others else 'none'}")
-    lines.append("")
+            parts.append(f"SM {g.get('clocks.sm')}/{g.get('clocks.max.sm')} MHz {when.split('_')[1]}")
+            others.update(p["name"] for p in smi.get("other_processes", []))
+    if not parts:
+        return "no nvidia-smi reading"
+    return ", ".join(parts) + f"; other processes on the GPU: {', '.join(sorted(others)) if others else 'none'}"
+
+
+def warmup_cell(r: dict) -> str:
+    warm = r["warmup"]
+    return f"after {warm['steps']} steps" if warm["steady"] else f"not steady after {warm['steps']}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One run (or runs of other batch sizes, merged): every table
+
+
+def render_run(data: dict, sources: list[str]) -> str:
+    lines = [f"Rendered from {' and '.join(sources)} by `{SCRIPT}`. {environment_line(data)}, "
+             f"{commit_of(data)}; whole run {data['wall_s']} s."
+             + (f" MFU against {data['peak_tflops']} TFLOP/s dense bf16." if data.get("peak_tflops") else
+                " No MFU (no peak given).")]
+    if not data.get("complete", True):
+        lines += ["", "**Incomplete run**: it stopped early; only the batch sizes below finished."]
+    lines += ["", f"nvidia-smi: {smi_line(data)}.", ""]
     for phase in data["phases"]:
         b = phase["batch_size"]
         setup = (f"; set-up {phase['setup_s']} s, then a budget of {phase['budget_s']} s for warm-up and measurement"
@@ -106,124 +118,39 @@ def render(data: dict, sources: list[str]) -> str:
         lines.append(f"**Batch {b} × {data['sizes']['seq_len']} tokens** (phase wall time {phase['wall_s']} s{setup})")
         lines.append("")
         lines.append("| run | step ms, median | min – max | IQR | tokens/s | MFU | peak GPU MiB | host syncs / step "
-                     "| steady after (steps) | turns |")
+                     "| warm-up | turns |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in phase["runs"]:
             s = r["step_ms"]
             syncs = r.get("host_syncs_one_step")
-            warm = r["warmup"]
             sustained = r.get("sustained_tokens_per_s")
             mfu = "–" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
             tps = fmt_int(r["tokens_per_s"]) + (f" (sustained {fmt_int(sustained)})"
                                                  if sustained is not None and sustained < r["tokens_per_s"] else "")
             lines.append(f"| {r['label']} | {s['median']:.1f} | {s['min']:.1f} – {s['max']:.1f} | "
-                         f"{s['q1']:.1f} – {s['q3']:.1f} | {tps} | "
-                         f"{mfu} | "
-                         f"{fmt_int(r['peak_gpu_mib'])} | {'–' if not syncs else syncs['count']} | "
-                         f"{warm['steps'] if warm['steady'] else 'not steady after ' + str(warm['steps'])} | "
+                         f"{s['q1']:.1f} – {s['q3']:.1f} | {tps} | {mfu} | {fmt_int(r['peak_gpu_mib'])} | "
+                         f"{'–' if not syncs else syncs['count']} | {warmup_cell(r)} | "
                          f"{r['turns_measured']} × {r['turn_steps']} |")
         lines.append("")
         if phase["ratios"]:
-            lines.append("| ratio | value |")
-            lines.append("|---|---:|")
-            for k, v in phase["ratios"].items():
-                lines.append(f"| {k} | {v:.3f} |")
+            lines += ["| ratio | value |", "|---|---:|"]
+            lines += [f"| {k} | {v:.3f} |" for k, v in phase["ratios"].items()]
             lines.append("")
-    pipes = [(p["batch_size"], r) for p in data["phases"] for r in p["runs"] if r.get("pipeline")]
-    if pipes:
-        lines.append("Input pipeline alone (the strategy's `BatchStream` with the workers below, no GPU work):")
-        lines.append("")
-        lines.append("| run | batch | workers | tokens/s | first batch after (s) |")
-        lines.append("|---|---:|---:|---:|---:|")
-        for b, r in pipes:
-            p = r["pipeline"]
-            lines.append(f"| {r['label']} | {b} | {p['workers']} | {fmt_int(p['tokens_per_s'])} | "
-                         f"{p['first_batch_s']:.1f} |")
-        lines.append("")
-    lines.append("Goals of issue 14 at each batch size:")
-    lines.append("")
-    lines.append("| goal | " + " | ".join(f"batch {p['batch_size']}" for p in data["phases"]) + " |")
-    lines.append("|---|" + "---:|" * len(data["phases"]))
-    for key, op, bound, what in GOALS:
-        if not any(key in p["ratios"] for p in data["phases"]):
-            continue  # configurations this run did not have
-        cells = []
-        for p in data["phases"]:
-            v = p["ratios"].get(key)
-            cells.append("–" if v is None else f"{v:.3f} {'✓' if (v <= bound if op == '<=' else v >= bound) else '✗'}")
-        lines.append(f"| {what} | " + " | ".join(cells) + " |")
-    for name, bound, what in MFU_GOALS:
-        if not any(r["config"] == name for p in data["phases"] for r in p["runs"]):
-            continue
-        cells = []
-        for p in data["phases"]:
-            r = next((r for r in p["runs"] if r["config"] == name), None)
-            m = None if r is None else r["mfu"]
-            cells.append("–" if m is None else f"{100 * m:.1f} % {'✓' if m >= bound else '✗'}")
-        lines.append(f"| {what} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    lines += pipeline_table([(p["batch_size"], r) for p in data["phases"] for r in p["runs"]])
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def issue_note(data: dict) -> str:
-    """Issue 14's opening table (runs × batch sizes) with this run's figures: tokens/s (median step ms)."""
-    phases = data["phases"]
-    rows = [("compresso, 1 teacher, first warm-up turn (step 2 on)", "c1", "first"),
-            ("compresso, 1 teacher, steady", "c1", "median"),
-            ("compresso, 2 teachers, same tokenizer", "c2", "median"),
-            ("compresso, 2 teachers, second with another tokenizer", "cx", "median"),
-            ("compresso, 1 teacher, compiled", "c1c", "median"),
-            ("compresso, 2 teachers, second with another tokenizer, compiled", "cxc", "median"),
-            ("compresso, 1 teacher, compiled, teacher CUDA graphs", "c1g", "median"),
-            ("compresso, 2 teachers, another tokenizer, compiled, teacher CUDA graphs", "cxg", "median"),
-            ("compresso, 1 teacher, compiled, student CUDA graphs", "c1s", "median"),
-            ("compresso, 2 teachers, another tokenizer, compiled, student CUDA graphs", "cxs", "median"),
-            ("compresso, 1 teacher, teacher and student CUDA graphs", "c1gs", "median"),
-            ("compresso, 2 teachers, another tokenizer, teacher and student CUDA graphs", "cxgs", "median"),
-            ("compresso, 1 teacher, real text, teacher and student CUDA graphs (sustained)", "c1gs-text", "sustained"),
-            ("compresso, 1 teacher, compiled, float8 teachers", "c1c8", "median"),
-            ("compresso, 2 teachers, another tokenizer, compiled, float8 teachers", "cxc8", "median"),
-            ("compresso, 1 teacher, real text (sustained)", "c1-text", "sustained"),
-            ("compresso, 2 teachers, cross-tokenizer, real text (sustained)", "cx-text", "sustained"),
-            ("compresso, 1 teacher, real text, compiled (sustained)", "c1c-text", "sustained"),
-            ("compresso, 2 teachers, cross-tokenizer, real text, compiled (sustained)", "cxc-text", "sustained"),
-            ("reference (HF DistilBERT, fp16 apex O1 emulated)", "ref", "median"),
-            ("reference (HF DistilBERT, fp32)", "ref-fp32", "median")]
-    lines = ["| run (base size, seq " + str(data["sizes"]["seq_len"]) + ") | "
-             + " | ".join(f"batch {p['batch_size']}" for p in phases) + " |",
-             "|---|" + "---|" * len(phases)]
-    for label, config, kind in rows:
-        cells = []
-        for p in phases:
-            r = next((r for r in p["runs"] if r["config"] == config), None)
-            if r is None:
-                cells.append("–")
-                continue
-            if kind == "first":
-                ms = r["warmup"]["turn_ms"][0]
-                tps = r["tokens_per_step"] / (ms / 1000)
-            else:
-                ms = r["step_ms"]["median"]
-                tps = r.get("sustained_tokens_per_s", r["tokens_per_s"]) if kind == "sustained" else r["tokens_per_s"]
-            cells.append(f"{tps / 1000:,.0f}k ({ms:.1f} ms)")
-        if any(c != "–" for c in cells):
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    # What the labels above claim but this run may not have: steadiness, a pipeline-alone rate.
-    unsteady = [f"{r['config']} at batch {p['batch_size']}" for p in phases for r in p["runs"]
-                if not r["warmup"]["steady"]]
-    if unsteady:
-        lines.append("")
-        lines.append(f"Not steady (warm-up ended before {data['method']['steady_turns']} turns agreed): "
-                     + ", ".join(unsteady) + ".")
-    no_pipeline = [f"{r['config']} at batch {p['batch_size']}" for p in phases for r in p["runs"]
-                   if r["data"] == "text" and "sustained_tokens_per_s" not in r]
-    if no_pipeline:
-        lines.append("")
-        lines.append("No pipeline-alone measurement, so the GPU rate stands for the sustained one: "
-                     + ", ".join(no_pipeline) + ".")
-    return "\n".join(lines) + "\n"
-
-
-MUST_AGREE = ("sizes", "vocab", "tiny", "peak_tflops", "loss", "optimiser")
+def pipeline_table(rows: list[tuple[int, dict]]) -> list[str]:
+    rows = [(b, r) for b, r in rows if r.get("pipeline")]
+    if not rows:
+        return []
+    lines = ["Input pipeline alone (the strategy's `BatchStream` with the workers it chose, no GPU work):", "",
+             "| batch | configuration | workers | tokens/s | first batch after (s) |", "|---:|---|---:|---:|---:|"]
+    for b, r in rows:
+        p = r["pipeline"]
+        lines.append(f"| {b} | `{r['config']}` {r['label']} | {p['workers']} | {fmt_int(p['tokens_per_s'])} | "
+                     f"{p['first_batch_s']:.1f} |")
+    return lines + [""]
 
 
 def merge(runs: list[tuple[Path, dict]]) -> dict:
@@ -231,71 +158,220 @@ def merge(runs: list[tuple[Path, dict]]) -> dict:
     (first_path, first), rest = runs[0], runs[1:]
     merged = dict(first)
     for path, data in rest:
-        for key in MUST_AGREE:
-            if data.get(key) != first.get(key):
-                raise SystemExit(f"{path}: {key} differs from {first_path}'s; these runs cannot share a table")
-        if data["environment"].get("gpu") != first["environment"].get("gpu"):
-            raise SystemExit(f"{path}: GPU {data['environment'].get('gpu')!r} differs from {first_path}'s "
-                             f"{first['environment'].get('gpu')!r}")
+        agree(first_path, first, path, data)
     phases = [p for _, data in runs for p in data["phases"]]
     sizes = [p["batch_size"] for p in phases]
     repeated = sorted({b for b in sizes if sizes.count(b) > 1})
     if repeated:
         raise SystemExit(f"batch size {', '.join(map(str, repeated))} appears in more than one of "
-                         f"{', '.join(str(p) for p, _ in runs)}")
+                         f"{', '.join(str(p) for p, _ in runs)} (--current takes the last of them)")
     commits = list(dict.fromkeys(str(data["environment"].get("commit")) for _, data in runs))
     merged.update(phases=sorted(phases, key=lambda p: p["batch_size"]),
                   complete=all(data.get("complete", True) for _, data in runs),
                   wall_s=round(sum(data["wall_s"] for _, data in runs), 1), gpu_after=runs[-1][1].get("gpu_after"),
-                  environment={**first["environment"], "commit": ", ".join(commits)})
+                  environment={**first["environment"],
+                               "commit": None if commits == ["None"] else ", ".join(commits)})
     return merged
 
 
-def main(argv=None) -> str:
+def agree(first_path: Path, first: dict, path: Path, data: dict) -> None:
+    for key in MUST_AGREE:
+        if data.get(key) != first.get(key):
+            raise SystemExit(f"{path}: {key} differs from {first_path}'s; these runs cannot share a table")
+    if data["environment"].get("gpu") != first["environment"].get("gpu"):
+        raise SystemExit(f"{path}: GPU {data['environment'].get('gpu')!r} differs from {first_path}'s "
+                         f"{first['environment'].get('gpu')!r}: one table per GPU")
+
+
+# ---------------------------------------------------------------------------------------------
+# --current: one table per GPU, the latest measurement of every batch size and configuration
+
+
+def twin(config: str) -> str | None:
+    """The configuration a row is compared with when its run has no c1c: its synthetic-text twin."""
+    return config[:-len("-text")] if config.endswith("-text") else None
+
+
+def render_current(runs: list[tuple[Path, dict]], base: Path | None) -> str:
+    (first_path, first) = runs[0]
+    for path, data in runs[1:]:
+        agree(first_path, first, path, data)
+    chosen: dict[tuple[int, str], tuple[int, dict, dict]] = {}  # (batch, config) -> (file index, phase, run)
+    for i, (_, data) in enumerate(runs):
+        for phase in data["phases"]:
+            for r in phase["runs"]:
+                chosen[(phase["batch_size"], r["config"])] = (i, phase, r)
+    order = {name: k for k, name in enumerate(ORDER)}
+    for _, data in runs:
+        for name in data["configs"]:
+            order.setdefault(name, len(order))
+    used = sorted({i for i, _, _ in chosen.values()})
+    unused = [str(path) for i, (path, _) in enumerate(runs) if i not in used]
+    if unused:
+        raise SystemExit(f"{', '.join(unused)}: every row of it is replaced by a later file; leave it out")
+    sizes, vocab = first["sizes"], first["vocab"]
+    loss = first["loss"]
+    lines = [
+        f"Rendered by `{SCRIPT} --current` from the JSON files listed below the table. "
+        f"{environment_line(first)}. Random base-size models: teachers {sizes['layers']} × {sizes['hidden']} "
+        f"(FFN {sizes['ffn']}, {sizes['heads']} heads), student {sizes['student_layers']} layers; vocabularies "
+        f"{vocab['A']:,} (student, teacher A) and {vocab['B']:,} (teacher B, another tokenizer); rows of "
+        f"{sizes['seq_len']} tokens; loss {loss['alpha_ce']:g}·T²·KL (T = {loss['temperature']:g}) + "
+        f"{loss['alpha_mlm']:g}·MLM + {loss['alpha_cos']:g}·cosine. "
+        + (f"MFU against {first['peak_tflops']} TFLOP/s dense bf16. " if first.get("peak_tflops") else "")
+        + f"Each row comes from the last of the files listed below that measured that configuration at that "
+        f"batch size; its ratios compare it with the compiled 1-teacher step (`{BASELINE}`) of the same run, or, "
+        f"where that run has none, with the configuration named in the cell.",
+        "",
+        "| batch | configuration | step ms, median (IQR) | tokens/s | tokens/s ÷ `c1c` | MFU | peak GPU MiB "
+        "| peak memory ÷ `c1c` | warm-up | training thread CPU ms / step | GPU work queued at turn end, ms | JSON |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for (b, name), (i, phase, r) in sorted(chosen.items(), key=lambda kv: (kv[0][0], order[kv[0][1]])):
+        same_run = {x["config"]: x for x in phase["runs"]}
+        ref_name = BASELINE if BASELINE in same_run else twin(name) if twin(name) in same_run else None
+
+        def ratio(value, key):
+            if name == BASELINE:
+                return "1"
+            if ref_name is None:
+                return "–"
+            other = same_run[ref_name][key]
+            cell = f"{value / other:.3f}"
+            return cell if ref_name == BASELINE else f"{cell} of `{ref_name}`"
+
+        s, host = r["step_ms"], r.get("host", {})
+        sustained = r.get("sustained_tokens_per_s")
+        tps = fmt_int(r["tokens_per_s"]) + (f" (sustained {fmt_int(sustained)})"
+                                             if sustained is not None and sustained < r["tokens_per_s"] else "")
+        mfu = "–" if r["mfu"] is None else f"{100 * r['mfu']:.1f} %"
+        lines.append(
+            f"| {b} | `{name}` {r['label']} | {s['median']:.1f} ({s['q1']:.1f} – {s['q3']:.1f}) | {tps} | "
+            f"{ratio(r['tokens_per_s'], 'tokens_per_s')} | {mfu} | {fmt_int(r['peak_gpu_mib'])} | "
+            f"{ratio(r['peak_gpu_mib'], 'peak_gpu_mib')} | {warmup_cell(r)} | "
+            f"{fmt_ms(host.get('thread_cpu_ms_median'))} | {fmt_ms(host.get('closing_sync_ms_median'))} | "
+            f"{link(runs[i][0], base)} |")
+    lines.append("")
+    lines += pipeline_table([(b, r) for (b, _), (_, _, r) in sorted(chosen.items(), key=lambda kv: kv[0])])
+    lines += ["Files, in the order given (a later file's row replaces an earlier one's):", ""]
+    for i in used:
+        path, data = runs[i]
+        batches = ", ".join(str(p["batch_size"]) for p in data["phases"])
+        env = "" if environment_line(data) == environment_line(first) else f"{environment_line(data)}, "
+        lines.append(f"- {link(path, base)}: batch {batches}; {env}{commit_of(data)}; whole run {data['wall_s']} s; "
+                     f"nvidia-smi: {smi_line(data)}")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher_float8.py
+
+
+def render_float8(data: dict, source: str) -> str:
+    lines = [f"Rendered from {source} by `{SCRIPT}`. {data['gpu']}, torch {data['torch']}, transformers "
+             f"{data['transformers']}, torchao {data.get('torchao')}. Speed: one compiled encoder pass of a random "
+             f"teacher, rows of {data['seq_len']} tokens, {data['repeats']} interleaved rounds of {data['iters']} "
+             f"passes after {data['warmup']} warm-up passes each.", "",
+             "| teacher | rows | bf16 ms, median (min – max) | float8 ms, median (min – max) | float8 / bf16 |",
+             "|---|---:|---:|---:|---:|"]
+    for size, entry in data["speed"].items():
+        dims = entry["size"]
+        for rows, b in entry["batches"].items():
+            cells = [f"{b[k]['median_ms']:.2f} ({b[k]['min_ms']:.2f} – {b[k]['max_ms']:.2f})" for k in ("bf16", "float8")]
+            lines.append(f"| {size} ({dims['layers']} × {dims['hidden']}) | {rows} | {cells[0]} | {cells[1]} | "
+                         f"{b['float8 / bf16 time']:.3f} |")
+    lines += ["", f"Fidelity on the shared Romanian teachers: the first {data['documents']:,} documents of "
+                  f"`{data['corpus']}`, 15 % of the tokens masked.", "",
+              "| teacher | masked positions | MLM accuracy bf16 | MLM accuracy float8 | top-1 agreement "
+              "| KL(bf16 ‖ float8), T = 2 | T = 1 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, f in data["fidelity"].items():
+        lines.append(f"| {name} | {f['masked_positions']:,} | {f['mlm_accuracy_bf16']:.4f} | "
+                     f"{f['mlm_accuracy_float8']:.4f} | {f['top1_agreement']:.4f} | {f['kl_bf16_float8_T2']:.2e} | "
+                     f"{f['kl_bf16_float8_T1']:.2e} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated blocks of a page
+
+
+def blocks(page: Path) -> list[re.Match]:
+    return [m for m in BLOCK.finditer(page.read_text()) if shlex.split(m["command"])[1:2] == [SCRIPT]]
+
+
+def regenerate(command: str) -> str:
+    """What the block's command prints, run in this process from the repository root."""
+    argv = shlex.split(command)
+    if argv[:2] != ["python", SCRIPT]:
+        raise SystemExit(f"not a command of this script: {command}")
+    out, cwd = io.StringIO(), Path.cwd()
+    try:
+        os.chdir(REPO)
+        with contextlib.redirect_stdout(out):
+            main(argv[2:])
+    finally:
+        os.chdir(cwd)
+    return out.getvalue()
+
+
+def update(page: Path, write: bool) -> int:
+    text, stale = page.read_text(), []
+
+    def fresh(m: re.Match) -> str:
+        if shlex.split(m["command"])[1:2] != [SCRIPT]:
+            return m[0]
+        body = regenerate(m["command"])
+        if body != m["body"]:
+            stale.append(m["command"])
+        return f"<!-- BEGIN GENERATED: {m['command']} -->\n{body}<!-- END GENERATED -->"
+
+    new = BLOCK.sub(fresh, text)
+    for command in stale:
+        print(f"{page}: {'rewrote' if write else 'out of date'}: {command}", file=sys.stderr)
+    if write and new != text:
+        page.write_text(new)
+    return 1 if stale and not write else 0
+
+
+def read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read a benchmark JSON ({exc})") from None
+
+
+def main(argv=None) -> str | int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("json", type=Path, nargs="+", help="distill_speed.json file(s); several are merged")
-    ap.add_argument("--write", type=Path, help="page whose marked section is replaced by the tables")
-    ap.add_argument("--section", help="name of the marked section of --write's page (default: the unnamed one)")
-    ap.add_argument("--issue-note", action="store_true",
-                    help="print only issue 14's opening table with this run's figures (for its closing note)")
+    ap.add_argument("json", type=Path, nargs="*", help="benchmark JSON file(s)")
+    ap.add_argument("--current", action="store_true",
+                    help="one table for the GPU: each batch size and configuration from the last file that has it")
+    ap.add_argument("--link-base", type=Path, help="write links to the JSON relative to this folder")
+    ap.add_argument("--update", type=Path, metavar="PAGE", help="rewrite the generated blocks of PAGE")
+    ap.add_argument("--check", type=Path, metavar="PAGE", help="exit 1 if a generated block of PAGE is out of date")
     args = ap.parse_args(argv)
-    runs = []
-    for path in args.json:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"{path}: cannot read a distill_speed JSON ({exc})") from None
-        if data.get("benchmark") != "distill_speed":
-            raise SystemExit(f"{path}: not written by benchmarks/distill_speed.py (benchmark = "
-                             f"{data.get('benchmark')!r})")
-        runs.append((path, data))
-    data = merge(runs)
-    if args.issue_note:
-        text = issue_note(data)
-        print(text)
-        return text
-    if args.write:
-        sources = []
-        for path in args.json:  # links relative to the page when the JSON is beside or under it
-            try:
-                sources.append(path.resolve().relative_to(args.write.resolve().parent).as_posix())
-            except ValueError:
-                sources.append(path.as_posix())
-        text = render(data, sources)
-        begin, end = (BEGIN, END) if not args.section else (
-            BEGIN.replace("tables:", f"tables {args.section}:"), END.replace("tables:", f"tables {args.section}:"))
-        page = args.write.read_text()
-        if page.count(begin) != 1 or page.count(end) != 1 or page.index(begin) > page.index(end):
-            raise SystemExit(f"{args.write}: needs exactly one {begin} line followed by one {end} line")
-        head, rest = page.split(begin)
-        _, tail = rest.split(end)
-        args.write.write_text(f"{head}{begin}\n{text}{end}{tail}")
-        print(f"wrote the tables into {args.write}", file=sys.stderr)
+    if args.update or args.check:
+        if args.json:
+            ap.error("--update/--check take a page, not JSON files")
+        return update(args.update or args.check, write=bool(args.update))
+    if not args.json:
+        ap.error("give a benchmark JSON file")
+    runs = [(path, read(path)) for path in args.json]
+    kinds = {data.get("benchmark") for _, data in runs}
+    if kinds == {"teacher_float8"} and len(runs) == 1 and not args.current:
+        text = render_float8(runs[0][1], link(runs[0][0], args.link_base))
+    elif kinds == {"distill_speed"}:
+        text = (render_current(runs, args.link_base) if args.current else
+                render_run(merge(runs), [link(path, args.link_base) for path, _ in runs]))
     else:
-        text = render(data, [path.as_posix() for path in args.json])
-        print(text)
+        raise SystemExit(f"{', '.join(map(str, args.json))}: expected distill_speed.py JSON (one or more; "
+                         f"--current for several runs of one GPU) or one teacher_float8.py JSON, got "
+                         f"{sorted(map(str, kinds))}")
+    # a blank line last: in a page, the block's end marker must not be read as a table row
+    text = text.rstrip("\n") + "\n\n"
+    sys.stdout.write(text)
     return text
 
 
 if __name__ == "__main__":
-    main()
+    result = main()
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,6 +1,6 @@
 """Is the two-teacher ensemble a better teacher than either teacher, and does DistilMulti gain from it?
 
-Issue 13's study, on the fixture teachers (``--shared DIR`` holding ``teachers/`` and ``corpus/``):
+The study, on the fixture teachers (``--shared DIR`` holding ``teachers/`` and ``corpus/``):
 
 (a) **The ceiling.** On the held-out corpus slice (the first ``--heldout-docs`` documents, which no
     student is distilled on; the teachers, though, were pretrained on the whole corpus), with the

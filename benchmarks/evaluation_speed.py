@@ -1,6 +1,6 @@
 """Wall time and GPU utilisation of the evaluation suite with its job scheduler.
 
-GPU (the issue's target: 2 teachers + 3 six-layer students x 7 tasks x 3 seeds in <= 10 minutes on
+GPU (the target: 2 teachers + 3 six-layer students x 7 tasks x 3 seeds in <= 10 minutes on
 one H200, SM utilisation >= 60% averaged over the run): runs ``evaluate_models`` with the default
 settings and the default number of workers, while ``nvidia-smi --query-gpu=utilization.gpu ...
 -lms 500`` samples the GPU in a background process; then re-runs three short jobs (UPOS, SAPN and
@@ -12,7 +12,7 @@ under OUT/speed.json.
     python benchmarks/evaluation_speed.py --shared /root/stage/shared \\
         --models s1=runs/a/00-distill s2=runs/b/00-distill s3=runs/c/00-distill --out bench-eval
 
-CPU smoke / the issue's 2-core comparison (run on a quiet machine): one tiny random-weight BERT
+CPU smoke / the 2-core comparison (run on a quiet machine): one tiny random-weight BERT
 (the cased teacher's tokenizer) x 7 tasks x 2 seeds on data subsets, first sequentially
 (``--jobs 1``, in this process), then concurrently (``--jobs 2`` worker processes by default):
 

@@ -1,4 +1,4 @@
-"""Summarise the GPU samples of an evaluation run against issue 12's targets, without re-running it.
+"""Summarise the GPU samples of an evaluation run against its speed targets, without re-running it.
 
 ``benchmarks/evaluation_speed.py`` samples ``nvidia-smi`` every 500 ms while the evaluation runs
 (OUT/nvidia-smi.csv: timestamp, utilization.gpu %, memory.used MiB, clocks.sm MHz) and writes its
@@ -23,8 +23,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-TARGET_WALL_SECONDS = 600  # issue 12: the whole workload in <= 10 minutes on one H200
-TARGET_UTILISATION = 60.0  # issue 12: SM utilisation >= 60 % averaged over the run
+TARGET_WALL_SECONDS = 600  # the whole workload in <= 10 minutes on one H200
+TARGET_UTILISATION = 60.0  # SM utilisation >= 60 % averaged over the run
 SAMPLE_FORMAT = "%Y/%m/%d %H:%M:%S.%f"  # nvidia-smi --format=csv timestamps
 
 

@@ -1,19 +1,17 @@
 """The cross-tokenizer soft-target KL alone: compresso's push-forward (one permutation, then
 slices; its gradient in closed form), eager and compiled, against the layouts it replaced.
 
-Pushing the student's distribution onto a foreign teacher's vocabulary is the part of the
-cross-tokenizer step that grew most in the H200 profile of issue 14 (5.1 ms of device time per step
-forward at batch 256, plus its backward). Three layouts of the same sum, each giving the same
-values and gradients (``tests/test_distill.py``, and the agreement figures below):
+Pushing the student's distribution onto a foreign teacher's vocabulary is, after the second
+teacher's own encoder pass, the largest addition of the cross-tokenizer step to the 1-teacher one.
+Three layouts of the same sum, each giving the same values and gradients (``tests/test_distill.py``,
+and the agreement figures below):
 
-* ``scatter``: a scatter-based grouped log-sum-exp over every mapped id (compresso before issue 14's
-  profile);
+* ``scatter``: a scatter-based grouped log-sum-exp over every mapped id;
 * ``gathers``: student ids laid out by how many share a teacher column, one index gather per group
-  size and one to put the columns back in the teacher's order (compresso until stop 23); backward,
-  each gather scatter-adds;
+  size and one to put the columns back in the teacher's order; backward, each gather scatter-adds;
 * ``permuted``: one permutation of the student's logits puts every group in a contiguous slice and
   the target space takes the columns in that order (``student_log_q``); backward, the
-  permutation's inverse is a gather, and autograd goes back through every step (stop 23);
+  permutation's inverse is a gather, and autograd goes back through every step;
 * ``closed form``: the same forward, the gradient written out (``losses._PushForwardKL``, what
   the step computes now): one rows x vocabulary tensor backward instead of one per step.
 
@@ -55,7 +53,7 @@ from compresso.strategies.distill.vocab import build_vocab_map  # noqa: E402
 
 
 def scatter_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -> torch.Tensor:
-    """The push-forward as compresso computed it before issue 14's profile ("other" bucket):
+    """The push-forward by scatter ("other" bucket):
     a grouped log-sum-exp by scatter over all mapped ids, "other" by masking the whole row."""
     log_q = (logits / temperature).log_softmax(-1)
     mapped = log_q.index_select(1, link.student_ids)
@@ -71,7 +69,7 @@ def scatter_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -
 
 
 def gather_log_q(logits: torch.Tensor, link: TeacherLink, temperature: float) -> torch.Tensor:
-    """The push-forward as compresso computed it until stop 23 (teacher_ids order): one gather per
+    """The push-forward by gathers (teacher_ids order): one gather per
     group size, then one to put the columns back in the teacher's order."""
     log_q = (logits / temperature).log_softmax(-1)
     k = log_q.shape[0]
@@ -114,7 +112,7 @@ def gather_kl_compiled(logits, log_p, link, temperature):
 
 
 def autograd_kl(logits, log_p, link, temperature):
-    """The permuted push-forward with autograd's backward through each of its steps (stop 23)."""
+    """The permuted push-forward with autograd's backward through each of its steps."""
     return kl_per_position(log_p, student_log_q(logits, link, temperature, "other"))
 
 

@@ -353,7 +353,10 @@ def nonfinite_part(bundle: ModelBundle) -> str | None:
     if not isinstance(model, torch.nn.Module):
         return None
     for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        data = tensor.data if isinstance(tensor, torch.nn.Parameter) else tensor
+        if type(data) is not torch.Tensor:
+            continue  # a quantized tensor subclass (torchao's Int8Tensor) has no isfinite; the forward pass below checks it
+        if data.is_floating_point() and not bool(torch.isfinite(data).all()):
             return f"weight {name}"
     if bundle.format != "transformers" or bundle.tokenizer is None:
         return None

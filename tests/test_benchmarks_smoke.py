@@ -88,29 +88,41 @@ def test_distill_speed_tiny(tmp_path):
         assert "c1 / reference tokens/s" in phase["ratios"]
 
     tables = load("distill_speed_tables")
-    page = tmp_path / "page.md"
-    page.write_text(f"intro\n{tables.BEGIN}\nold\n{tables.END}\noutro\n")
-    tables.main([str(tmp_path / "distill_speed.json"), "--write", str(page)])
-    text = page.read_text()
-    assert text.startswith("intro\n") and text.endswith("outro\n") and "\nold\n" not in text
+    text = tables.main([str(tmp_path / "distill_speed.json")])
     assert f"| compresso, 1 teacher | {runs['c1']['step_ms']['median']:.1f} |" in text
-    # a named section beside the unnamed one: each command's tables in its own place
-    named = ("<!-- distill-speed tables extra: begin -->", "<!-- distill-speed tables extra: end -->")
-    page.write_text(text + f"{named[0]}\nold\n{named[1]}\n")
-    tables.main([str(tmp_path / "distill_speed.json"), "--write", str(page), "--section", "extra"])
-    both = page.read_text()
-    assert both.startswith(text) and "\nold\n" not in both
-    assert both.count(f"| compresso, 1 teacher | {runs['c1']['step_ms']['median']:.1f} |") == 2
-    note = tables.main([str(tmp_path / "distill_speed.json"), "--issue-note"])
-    assert f"({runs['cx']['step_ms']['median']:.1f} ms)" in note
-    # runs of other batch sizes (separate commands) merge into one table; a batch size twice is refused
+    assert text.endswith("|\n\n")  # a blank line last: a page's end marker is not read as a table row
+    # runs of other batch sizes (separate commands) merge into one set of tables; a batch size twice is refused
     other = json.loads((tmp_path / "distill_speed.json").read_text())
     other["phases"][0]["batch_size"] = 8
     (tmp_path / "b8.json").write_text(json.dumps(other))
-    assert "| batch 4 | batch 8 |" in tables.main([str(tmp_path / "distill_speed.json"), str(tmp_path / "b8.json"),
-                                                   "--issue-note"])
+    merged = tables.main([str(tmp_path / "distill_speed.json"), str(tmp_path / "b8.json")])
+    assert "**Batch 4 × " in merged and "**Batch 8 × " in merged
     with pytest.raises(SystemExit, match="more than one"):
         tables.main([str(tmp_path / "distill_speed.json")] * 2)
+    # --current: one row per batch size and configuration, the last file that has it winning
+    later = json.loads(json.dumps(other))
+    later["phases"][0]["batch_size"] = 4
+    later["phases"][0]["runs"] = [r for r in later["phases"][0]["runs"] if r["config"] == "c1"]
+    later["phases"][0]["runs"][0]["step_ms"]["median"] += 1000
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    current = tables.main(["--current", str(tmp_path / "distill_speed.json"), str(tmp_path / "b8.json"),
+                           str(tmp_path / "later.json")])
+    rows = [line for line in current.splitlines() if line.startswith("| 4 | `c1` ")]
+    assert len(rows) == 1 and f"| {runs['c1']['step_ms']['median'] + 1000:.1f} (" in rows[0]
+    assert rows[0].endswith("| [`later.json`](" + (tmp_path / "later.json").as_posix() + ") |")
+    assert sum(line.startswith("| 8 | `c1` ") for line in current.splitlines()) == 1
+    # a file whose every row a later file replaces has no business in the command
+    with pytest.raises(SystemExit, match="replaced by a later file"):
+        tables.main(["--current", str(tmp_path / "later.json"), str(tmp_path / "later.json")])
+    # a page's generated blocks: --check finds a stale one, --update rewrites it to what the command prints
+    page = tmp_path / "page.md"
+    command = f"python benchmarks/distill_speed_tables.py {tmp_path / 'b8.json'}"
+    page.write_text(f"intro\n<!-- BEGIN GENERATED: {command} -->\nold\n<!-- END GENERATED -->\noutro\n")
+    assert tables.main(["--check", str(page)]) == 1
+    assert tables.main(["--update", str(page)]) == 0
+    fresh = tables.main([str(tmp_path / "b8.json")])
+    assert page.read_text() == f"intro\n<!-- BEGIN GENERATED: {command} -->\n{fresh}<!-- END GENERATED -->\noutro\n"
+    assert tables.main(["--check", str(page)]) == 0
 
 
 @pytest.mark.shared
@@ -390,18 +402,6 @@ def test_results_tables_leave_failed_cells_empty():
     assert "–" not in multi
 
 
-def test_stream_startup_compares_both_start_methods(tmp_path, shared_dir):
-    """benchmarks/stream_startup.py opens the real stream with spawned and with forkserver workers
-    and writes both, with the ratio the docs quote."""
-    bench = load("stream_startup")
-    out = bench.main(["--shared", str(shared_dir), "--workers", "1", "--repeats", "1", "--batches", "1",
-                      "--out", str(tmp_path / "s.json")])
-    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(out))
-    for method in ("spawn", "forkserver"):
-        assert len(out["runs"][method]) == 1 and out["first_batch"][f"{method}, stream 2"]["median"] > 0
-    assert out["ratios"]["forkserver / spawn, stream 1"] > 0
-
-
 def test_stream_workers_come_from_a_preloaded_forkserver():
     """The pipeline's workers fork from a server that imported the pipeline once (Linux/macOS), not
     a fresh interpreter each."""
@@ -428,3 +428,26 @@ def test_push_forward_benchmark_times_both_and_they_agree(tmp_path, shared_dir):
     assert all(v < 1e-4 for v in out["agreement"].values()) and len(out["agreement"]) == 6
     assert set(out["ratios"]) == {"gathers / scatter", "permuted / gathers", "closed form / permuted"}
     assert out["single_columns"] + sum(out["groups"].values()) == out["columns"]
+
+
+def test_performance_page_tables_come_from_the_json():
+    """docs/performance.md's tables are generated blocks: each regenerates byte for byte from the
+    committed JSON its command names."""
+    tables = load("distill_speed_tables")
+    page = BENCHMARKS.parent / "docs" / "performance.md"
+    blocks = tables.blocks(page)
+    assert len(blocks) >= 2
+    for m in blocks:
+        assert tables.regenerate(m["command"]) == m["body"], m["command"]
+
+
+def test_float8_tables_come_from_the_json():
+    tables = load("distill_speed_tables")
+    path = BENCHMARKS.parent / "docs" / "results" / "benchmarks" / "teacher_float8" / "teacher_float8-h200.json"
+    data = json.loads(path.read_text())
+    text = tables.main([str(path)])
+    large = data["speed"]["large"]["batches"]["512"]
+    assert f"| large (24 × 1024) | 512 | {large['bf16']['median_ms']:.2f} (" in text
+    assert f"| {large['float8 / bf16 time']:.3f} |" in text
+    cased = data["fidelity"]["ro-bert-small-cased"]
+    assert f"| {cased['top1_agreement']:.4f} |" in text

@@ -21,7 +21,7 @@ from transformers import (
 )
 
 from compresso import registry
-from compresso.models import load_bundle, save_bundle
+from compresso.models import ModelLoadError, load_bundle, save_bundle
 from compresso.strategies.prune import PruneStrategy, layer_shapes
 from compresso.strategy import ModelBundle, RunContext, StrategyError
 from tests.tiny import WORDS, tiny_tokenizer
@@ -354,7 +354,7 @@ def test_prune_format_refuses_weights_that_do_not_fit(tokenizer, tmp_path):
     layout = json.loads(layout_path.read_text())
     layout["layers"][1]["heads"] = 3
     layout_path.write_text(json.dumps(layout))
-    with pytest.raises(ValueError, match="do not fit the pruned layout"):
+    with pytest.raises(ModelLoadError, match="do not fit the pruned layout"):
         load_bundle(tmp_path / "out")
 
 

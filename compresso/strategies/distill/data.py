@@ -529,8 +529,8 @@ def _worker_context():
     """Where workers come from: forked from a *forkserver* that has imported this module once, where
     the platform has one; else spawned. Not plain fork: the training process has threads (the
     pinning thread, CUDA's) that a fork would copy mid-flight. Not spawn where avoidable: every
-    spawned worker imports torch anew, and a dozen doing so at once held the first batch of a GPU
-    run back by about 30 s (docs/performance.md); a forkserver pays one import per process, and
+    spawned worker imports torch anew, and a dozen doing so at once hold the first batch of a GPU
+    run back; a forkserver pays one import per process, and
     only once however many streams (stages, benchmark configurations) start workers."""
     import multiprocessing as mp
 

@@ -126,28 +126,25 @@ class DistillParams(StrategyParams):
         "auto", description="torch.compile the student's and the teachers' encoders and MLM heads, and the loss pieces "
                             "(soft-target KL with the push-forward, teachers' log-probs, pooling; batches are then "
                             "kept seq_len wide, so shapes never change); auto = on CUDA devices. The first steps "
-                            "take longer while it compiles (about 15 s); on the H200 a base-size step then ran "
-                            "0.82x as long (docs/performance.md).")
+                            "take longer while it compiles; docs/performance.md has the measured effect.")
     teacher_cuda_graphs: bool = Field(
         False, description="CUDA only: replay each teacher's encoder pass from a CUDA graph (one per batch shape; "
                            "batches are then kept seq_len wide; the teachers are then not compiled). The host then "
-                           "issues one launch per teacher and step instead of hundreds: on the H200 a batch-64 step "
-                           "took 0.82x as long; at batch 256 on par with compiled teachers, at 512 1.09x "
-                           "(docs/performance.md), so it is off by default.")
+                           "issues one launch per teacher and step instead of hundreds: it pays at small batches, not at "
+                           "large ones (docs/performance.md, speed switches), so it is off by default.")
     student_cuda_graphs: bool = Field(
         False, description="CUDA only, one process: replay the student's encoder pass, forward and backward, from "
                            "CUDA graphs in training (one pair per batch shape; batches are then kept seq_len wide; "
                            "the student's encoder is then not compiled, its MLM head still is). For small batches, "
-                           "where the host's per-kernel work sets the pace: with teacher_cuda_graphs too, a batch-64 "
-                           "step on the H200 took 0.47x the compiled one, at batch 256 1.13x (docs/performance.md).")
+                           "where the host's per-kernel work sets the pace; at large batches it is slower than the "
+                           "compiled student (docs/performance.md, speed switches).")
     teacher_float8: bool = Field(
         False, description="CUDA GPUs of compute capability 8.9+ (Ada, Hopper, Blackwell) only: the linear layers of "
                            "the teachers' encoder layers run in float8 (torchao; weights scaled per row once, "
                            "activations per row on the fly), their embeddings and MLM heads stay bf16. Scaling the "
-                           "activations costs a pass over each, so it pays only for wide teachers and large batches: on "
-                           "the H200 a large teacher's pass (1024 wide) took 0.82x the bf16 time at 512 rows, a "
-                           "base-size one's 1.03-1.10x (docs/performance.md). The soft targets change slightly "
-                           "(Romanian teachers: top-1 agreement 0.965-0.969). Off by default.")
+                           "activations costs a pass over each, so it pays only for wide teachers and large batches "
+                           "(docs/performance.md, float8 teachers, has the measured passes and the agreement of "
+                           "the soft targets with bf16's). Off by default.")
     loss_chunk_rows: int | None = Field(
         None, ge=1, description="Compute the student's vocabulary logits and the soft-target and masked-LM losses "
                                 "this many positions at a time, the gradient of each chunk taken at once, so the "
