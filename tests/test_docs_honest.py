@@ -40,7 +40,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "bench
 
 
 def rel(path: Path) -> str:
-    return str(path.relative_to(REPO))
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 # --- reading Markdown ----------------------------------------------------------------------------
@@ -215,17 +215,34 @@ def repo_paths(path: Path) -> list[tuple[int, str, str | None]]:
     return found
 
 
-@pytest.mark.parametrize("doc", DOCS, ids=rel)
-def test_every_repository_path_in_inline_code_exists(doc):
+def test_the_path_checker_finds_what_is_missing(tmp_path):
+    doc = tmp_path / "page.md"
+    doc.write_text("`benchmarks/results_tables.py` `recipes/nothing.yaml` `docs/results/<cpu>.json`\n"
+                   "`tests/test_docs_honest.py::test_github_slug_rule` `tests/test_docs_honest.py::test_nothing`\n"
+                   "`python benchmarks/x.py`\n```\n`compresso/never.py`\n```\n")
+    assert [(n, p, t) for n, p, t in repo_paths(doc)] == [
+        (1, "benchmarks/results_tables.py", None), (1, "recipes/nothing.yaml", None),
+        (2, "tests/test_docs_honest.py", "test_github_slug_rule"), (2, "tests/test_docs_honest.py", "test_nothing")]
+    assert missing_paths(doc) == [f"{doc.name}:1: `recipes/nothing.yaml` does not exist",
+                                  f"{doc.name}:2: tests/test_docs_honest.py has no test test_nothing"]
+
+
+def missing_paths(doc: Path) -> list[str]:
     """`benchmarks/x.py`, `recipes/y.yaml`, `tests/test_z.py::test_name`: read from the repository
     root (or, for a path that is not there, from the doc's own folder, as its links are)."""
     problems = []
     for number, path, test in repo_paths(doc):
         target = next((p for p in (REPO / path, doc.parent / path) if p.exists()), None)
         if target is None:
-            problems.append(f"{rel(doc)}:{number}: `{path}` does not exist")
+            problems.append(f"{doc.name}:{number}: `{path}` does not exist")
         elif test and not re.search(rf"^\s*(?:async\s+)?def {test}\(", target.read_text(encoding="utf-8"), re.M):
-            problems.append(f"{rel(doc)}:{number}: {path} has no test {test}")
+            problems.append(f"{doc.name}:{number}: {path} has no test {test}")
+    return problems
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=rel)
+def test_every_repository_path_in_inline_code_exists(doc):
+    problems = missing_paths(doc)
     assert not problems, "\n".join(problems)
 
 
@@ -265,13 +282,38 @@ def generated_blocks(doc: Path) -> list[Generated]:
     return blocks
 
 
-ALL_GENERATED = [block for doc in DOCS for block in generated_blocks(doc)]
+def _collected(function) -> list:
+    """What a collection-time helper finds, or nothing when a doc is malformed: the tests that
+    read the docs directly then fail with the reason, instead of the whole module erroring."""
+    try:
+        return function()
+    except AssertionError:
+        return []
 
 
-def test_generated_blocks_are_well_formed_and_present():
-    assert ALL_GENERATED, "no generated block in the docs: docs/results.md's tables are rendered from JSON"
-    for block in ALL_GENERATED:
+ALL_GENERATED = _collected(lambda: [block for doc in DOCS for block in generated_blocks(doc)])
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=rel)
+def test_generated_blocks_are_well_formed(doc):
+    for block in generated_blocks(doc):
         assert block.content, f"{rel(block.doc)}:{block.line}: an empty generated block"
+
+
+def test_generated_blocks_exist_and_the_check_can_fail(tmp_path, python_on_path):
+    assert ALL_GENERATED, "no generated block in the docs: docs/results.md's tables are rendered from JSON"
+    doc = tmp_path / "page.md"
+    doc.write_text("a\n\n<!-- BEGIN GENERATED: python -c 'print(1 + 1)' -->\n\n2\n\n<!-- END GENERATED -->\n"
+                   "<!-- BEGIN GENERATED: echo new -->\nold\n<!-- END GENERATED -->\n")
+    first, second = generated_blocks(doc)
+    assert regenerate(first, python_on_path) is None
+    assert "-old" in regenerate(second, python_on_path) and "+new" in regenerate(second, python_on_path)
+    doc.write_text("<!-- BEGIN GENERATED: echo a -->\na\n")
+    with pytest.raises(AssertionError, match="without an END"):
+        generated_blocks(doc)
+    doc.write_text("<!-- BEGIN GENERATED echo a -->\na\n<!-- END GENERATED -->\n")
+    with pytest.raises(AssertionError, match="without a BEGIN|malformed"):
+        generated_blocks(doc)
 
 
 @pytest.fixture(scope="module")
@@ -287,17 +329,24 @@ def python_on_path(tmp_path_factory) -> dict:
     return env
 
 
+def regenerate(block: Generated, env: dict) -> str | None:
+    """Run the block's command from the repository root; None when it prints the block's content
+    exactly (blank lines around either ignored), else a unified diff."""
+    result = subprocess.run(["bash", "-c", block.command], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, f"{block.doc.name}:{block.line}: `{block.command}` failed:\n{result.stderr}"
+    produced = result.stdout.strip("\n")
+    if produced == block.content:
+        return None
+    return "\n".join(difflib.unified_diff(block.content.splitlines(), produced.splitlines(),
+                                          f"{block.doc.name} (as committed)", "regenerated", lineterm=""))
+
+
 @pytest.mark.parametrize("block", ALL_GENERATED, ids=lambda b: f"{rel(b.doc)}:{b.line}")
 def test_generated_block_regenerates_byte_identical(block, python_on_path):
-    result = subprocess.run(["bash", "-c", block.command], cwd=REPO, env=python_on_path, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 0, f"{rel(block.doc)}:{block.line}: `{block.command}` failed:\n{result.stderr}"
-    produced = result.stdout.strip("\n")
-    if produced != block.content:
-        diff = "\n".join(difflib.unified_diff(block.content.splitlines(), produced.splitlines(),
-                                              f"{rel(block.doc)} (as committed)", "regenerated", lineterm=""))
-        pytest.fail(f"{rel(block.doc)}:{block.line}: the block differs from what `{block.command}` prints "
-                    f"(rerun it and paste its output):\n{diff}")
+    diff = regenerate(block, python_on_path)
+    assert diff is None, (f"{rel(block.doc)}:{block.line}: the block differs from what `{block.command}` "
+                          f"prints (rerun it and paste its output):\n{diff}")
 
 
 # --- 3. recipes ----------------------------------------------------------------------------------
@@ -328,6 +377,9 @@ def whole_recipes() -> list[tuple[str, str]]:
     return found
 
 
+WHOLE_RECIPES = _collected(whole_recipes)
+
+
 @pytest.fixture()
 def validate(monkeypatch):
     """``compresso validate ARGS`` in-process, from ``cwd``: (exit code, output). Never online."""
@@ -351,6 +403,7 @@ def test_docs_name_recipes_that_exist():
     assert named, "no doc names a recipe under recipes/"
     missing = {name: where for name, where in named.items() if not (REPO / "recipes" / name).is_file()}
     assert not missing, f"docs name recipes that do not exist: {missing}"
+    assert WHOLE_RECIPES, "no doc shows a whole recipe (a yaml block starting with name:); README.md does"
 
 
 @pytest.mark.parametrize("name", sorted(named_recipes()))
@@ -400,7 +453,7 @@ def _user_files(node, cwd: Path) -> None:
         _user_files(value, cwd)
 
 
-@pytest.mark.parametrize("where, text", whole_recipes(), ids=[w for w, _ in whole_recipes()])
+@pytest.mark.parametrize("where, text", WHOLE_RECIPES, ids=[w for w, _ in WHOLE_RECIPES])
 def test_recipe_shown_in_a_doc_validates(where, text, validate, tmp_path):
     """Run from a folder beside ../shared, with stand-ins for the user's own files the recipe names
     (its corpus, its task files); hub ids are checked for their form only (validate stays offline)."""
