@@ -171,12 +171,15 @@ def main(argv=None) -> dict:
     totals: Counter = Counter()
     unit_totals: Counter = Counter()
     listed = []
+    names = {path: str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+             for path in files}
+    width = max(len(n) for n in [*names.values(), "file"])
     print("claims (in how many paragraphs, list items or tables)")
-    print(f"{'file':28} {'claims':>11} " + " ".join(f"{c:>15}" for c in CATEGORIES))
+    print(f"{'file':{width}} {'claims':>11} " + " ".join(f"{c:>15}" for c in CATEGORIES))
 
     def row(name, counts, unit_counts):
         cells = [f"{counts[c]} ({unit_counts[c]})" for c in CATEGORIES]
-        return (f"{name:28} {f'{sum(counts.values())} ({sum(unit_counts.values())})':>11} "
+        return (f"{name:{width}} {f'{sum(counts.values())} ({sum(unit_counts.values())})':>11} "
                 + " ".join(f"{c:>15}" for c in cells))
 
     for path in files:
@@ -189,11 +192,10 @@ def main(argv=None) -> dict:
                 listed.append((path, unit, category, found))
         totals.update(counts)
         unit_totals.update(unit_counts)
-        name = str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
-        print(row(name, counts, unit_counts))
+        print(row(names[path], counts, unit_counts))
     print(row("all", totals, unit_totals))
     for path, unit, category, found in listed:
-        name = path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+        name = names[path]
         snippet = " ".join(unit.text.split())
         print(f"\n[{category}] {name}:{unit.line} ({unit.kind}, {len(found)}): {', '.join(found)}\n    "
               f"{snippet[:160]}{'…' if len(snippet) > 160 else ''}")
