@@ -526,7 +526,7 @@ def api_examples() -> list[Fence]:
 def test_api_examples_run_as_written(tmp_path, monkeypatch):
     """Every ``python`` block of docs/api.md, in order, in one namespace, from a stand-in of the
     repository root (tiny models in place of ../shared's teachers); publishing goes to a recorder
-    instead of the Hub. About 30 s on a 2-core CPU: the evaluation fine-tunes two models."""
+    instead of the Hub. The slowest test here: about 7 s on a busy 2-core CPU."""
     import huggingface_hub
     from rich.console import Console
 
