@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import difflib
 import inspect
-import json
 import lzma
 import os
 import random
