@@ -3,7 +3,9 @@
 Prints three tables: headline scores (mean ± std over seeds, plus the plain mean of the task
 columns), the paired-bootstrap differences as a pair × task matrix (bold = distinguishable), and
 loyalty (label / probability; STS: regression). ``--names`` renames models for display
-(``cased=bert-cased (teacher)``), and its order is the row order.
+(``cased=bert-cased (teacher)``), and its order is the row order. ``--table`` prints one of
+the three (docs/results.md marks each table with the command that regenerates it, and
+tests/test_docs_honest.py checks that it does, byte for byte).
 
     python benchmarks/results_tables.py docs/results/fixtures_3seeds_h200/results.json \\
         --names "cased=bert-cased (teacher)" "uncased=robert-uncased (teacher)" distil-bert=Distil-BERT
@@ -75,17 +77,23 @@ def loyalty_table(results: dict, names: dict[str, str]) -> str:
     return markdown_table(["student → reference", *(t.upper() for t in tasks)], rows, ["l"] + ["c"] * len(tasks))
 
 
+TABLES = {"scores": score_table, "differences": difference_table, "loyalty": loyalty_table}
+
+
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("results", type=Path, help="an evaluation's results.json")
     ap.add_argument("--names", nargs="*", default=[], help="MODEL=DISPLAY NAME, in row order")
+    ap.add_argument("--table", choices=sorted(TABLES), action="append",
+                    help="print only this table (repeatable; default: all three, in the order scores, "
+                         "differences, loyalty)")
     args = ap.parse_args(argv)
     results = json.loads(args.results.read_text())
     names = dict(n.split("=", 1) for n in args.names) or {m: m for m in results["scores"]}
     missing = [m for m in names if m not in results["scores"]]
     if missing:
         ap.error(f"{args.results}: no model(s) {missing}; it has {list(results['scores'])}")
-    text = "\n\n".join([score_table(results, names), difference_table(results, names), loyalty_table(results, names)])
+    text = "\n\n".join(TABLES[t](results, names) for t in (args.table or TABLES))
     print(text)
     return text
 
