@@ -314,7 +314,7 @@ def git_commit() -> str | None:
         return None
 
 
-MAX_NUM_LABELS = 100_000
+CONFIG_COUNT_LIMITS = {"num_labels": 100_000, "num_hidden_layers": 1_000, "num_layers": 1_000, "n_layers": 1_000}
 
 
 def host_memory_bytes() -> int | None:
@@ -326,16 +326,23 @@ def host_memory_bytes() -> int | None:
 
 
 def override_config(config, overrides: dict) -> None:
-    """Set ``student.config`` values on a model configuration; a setting it does not have, or a
-    value its setter refuses, is a RunError naming the key."""
+    """Set ``student.config`` values on a model configuration; a setting it does not have, a value
+    its setter refuses, or a count too large to build, is a RunError naming the key."""
     for key, value in overrides.items():
-        if key.startswith("_") or not hasattr(config, key):
+        try:
+            known = not key.startswith("_") and hasattr(config, key)
+        except Exception:  # a property whose getter fails on an earlier override (id2label: 1.5)
+            known = True
+        if not known:
             raise RunError(f"student.config.{key}: {type(config).__name__} has no such setting")
-        # transformers' num_labels setter builds an id2label entry per label: 2**64 of them never finish
-        if key == "num_labels" and isinstance(value, int) and not isinstance(value, bool) and value > MAX_NUM_LABELS:
-            raise RunError(f"student.config.num_labels: {value} labels; at most {MAX_NUM_LABELS:,} are accepted")
+        limit = CONFIG_COUNT_LIMITS.get(key)
+        if limit is not None and isinstance(value, int) and not isinstance(value, bool) and value > limit:
+            # transformers builds one label entry per label and one module per layer, even on the meta
+            # device: 2**64 of them never finish
+            raise RunError(f"student.config.{key}: {value}; at most {limit:,} are accepted")
         try:
             setattr(config, key, value)
+            getattr(config, key)
         except Exception as exc:  # a property whose setter checks its value (num_labels, id2label...)
             raise RunError(f"student.config.{key}: {type(config).__name__} refuses {value!r}: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None

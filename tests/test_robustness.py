@@ -660,6 +660,8 @@ def test_non_finite_model_configuration_is_refused_with_its_key(tmp_path, site, 
 
 @pytest.mark.parametrize("setting, message", [
     ("{num_labels: 18446744073709551616}", "at most 100,000 are accepted"),  # transformers would build 2**64 labels
+    ("{num_hidden_layers: 2147483648}", "at most 1,000 are accepted"),  # and 2**31 layers, even on the meta device
+    ("{id2label: 1.5, num_labels: 3}", "refuses"),
     ("{hidden_size: 65536, intermediate_size: 4194304, num_attention_heads: 1}", "more than this machine's"),
 ])
 def test_a_student_too_large_to_build_is_refused_before_any_memory_is_taken(tmp_path, site, model_dir, setting,
