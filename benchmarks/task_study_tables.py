@@ -42,9 +42,11 @@ def _stage_metrics(folder: Path) -> dict[str, dict]:
 
 
 def _route(name: str, results: dict) -> str:
-    strategy = results["models"].get(name, {}).get("strategy")
-    return {"finetune": "fine-tuned teacher", "task_distill": "task-distilled", "quantize": "INT8 (of the row above)",
-            "distill": "fine-tuned only (general student)"}.get(strategy, strategy or "")
+    model = next((m for m in results["models"] if m["name"] == name), {})
+    if model.get("role") == "teacher":
+        return "fine-tuned teacher, as is"
+    return {"task_distill": "task-distilled, as is", "quantize": "INT8 of its input, as is",
+            "distill": "general student fine-tuned here (today's route)"}.get(model.get("strategy"), "")
 
 
 def _cell(stat: dict) -> str:
@@ -75,13 +77,13 @@ def score_table(folder: Path, task: str, baseline: str) -> str:
                      f"{eff['parameters'] / 1e6:.2f} M" if eff.get("parameters") else "",
                      f"{eff['size_fp32_bytes'] / 2**20:.1f} MiB" if eff.get("size_fp32_bytes") else "",
                      f"{eff['disk_bytes'] / 2**20:.1f} MiB" if eff.get("disk_bytes") else ""])
-        ensemble = stages.get(name.split("-", 1)[1] if "-" in name else name, {}).get("ensemble")
+        ensemble = stages.get(name.split("-", 1)[1], {}).get("ensemble")
         if ensemble:  # the teachers' ensemble, scored by this stage on the same test split
             rows.append([f"ensemble of {name}'s teachers", f"{ensemble['mode']} mean of the teachers", "1",
                          f"{ensemble['test'][metric]:.2f}", "", "", "", ""])
-    headers = ["model", "route", "runs", f"test {metric}", f"Δ vs {baseline} [95% CI]", "parameters",
+    headers = ["model", "route", "scored runs", f"test {metric}", f"Δ vs {baseline} [95% CI]", "parameters",
                "fp32 size", "on disk"]
-    return markdown_table(headers, rows)
+    return markdown_table(headers, rows, align=["l", "l"] + ["r"] * (len(headers) - 2))
 
 
 def loyalty_table(folder: Path, task: str) -> str:
