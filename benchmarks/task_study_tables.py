@@ -109,8 +109,9 @@ def main(argv=None) -> None:
     parser.add_argument("--baseline", default="04-general", help="the fine-tuned-only student")
     parser.add_argument("--table", choices=["scores", "loyalty"], default="scores")
     args = parser.parse_args(argv)
-    print(score_table(args.folder, args.task, args.baseline) if args.table == "scores"
-          else loyalty_table(args.folder, args.task))
+    table = score_table(args.folder, args.task, args.baseline) if args.table == "scores" \
+        else loyalty_table(args.folder, args.task)
+    print(table + "\n")  # a blank line ends the table before the generated block's end marker
 
 
 if __name__ == "__main__":
