@@ -22,14 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_tables import results_headline  # noqa: E402
 from compresso.evaluation.report import markdown_table  # noqa: E402
-
-
-def _headline(results: dict, task: str) -> str:
-    for c in results["comparisons"]:
-        if c["task"] == task:
-            return c["metric"]
-    raise SystemExit(f"results.json has no comparison on {task}")
 
 
 def _stage_metrics(folder: Path) -> dict[str, dict]:
@@ -46,7 +40,7 @@ def _route(name: str, results: dict) -> str:
     if model.get("role") == "teacher":
         return "fine-tuned teacher, as is"
     return {"task_distill": "task-distilled, as is", "quantize": "INT8 of its input, as is",
-            "distill": "general student fine-tuned here (today's route)"}.get(model.get("strategy"), "")
+            "distill": "general student fine-tuned here (the usual route)"}.get(model.get("strategy"), "")
 
 
 def _cell(stat: dict) -> str:
@@ -57,7 +51,9 @@ def _cell(stat: dict) -> str:
 
 def score_table(folder: Path, task: str, baseline: str) -> str:
     results = json.loads((folder / "results.json").read_text())
-    metric = _headline(results, task)
+    metric = results_headline(results, task)
+    if metric is None:
+        raise SystemExit(f"results.json has no comparison on {task}")
     stages = _stage_metrics(folder)
     efficiency = results.get("efficiency", {}).get("models", {})
     diffs = {}

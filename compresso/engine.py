@@ -342,7 +342,6 @@ def override_config(config, overrides: dict) -> None:
             raise RunError(f"student.config.{key}: {value}; at most {limit:,} are accepted")
         try:
             setattr(config, key, value)
-            getattr(config, key)
         except Exception as exc:  # a property whose setter checks its value (num_labels, id2label...)
             raise RunError(f"student.config.{key}: {type(config).__name__} refuses {value!r}: "
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
